@@ -1,0 +1,1 @@
+//! Hyperplane: one control plane for virtual machines on every hypervisor.
