@@ -35,21 +35,25 @@ impl Service {
         }
     }
 
-    /// One reconciliation pass over every loaded provider.
+    /// One reconciliation pass over every loaded provider, all providers at once so that a
+    /// slow one delays nobody else.
     pub async fn reconcile_all(&self) {
         let providers: Vec<(String, Driver)> =
             self.providers().loaded().map(|(name, driver)| (name.to_owned(), driver.clone())).collect();
-        for (name, driver) in providers {
-            let hosts = self.sync_hosts(&name, &driver).await;
-            self.providers().record_sync(&name, hosts.as_ref().map(|hosts| *hosts).map_err(|error| error.to_string()));
-            if hosts.is_ok()
-                && let Err(error) = self.reconcile_instances(&name, &driver).await
-            {
-                tracing::warn!(provider = %name, error = %error, "instance reconciliation failed");
-                self.providers().record_sync(&name, Err(error.to_string()));
-            }
-        }
+        let passes = providers.iter().map(|(name, driver)| self.reconcile_provider(name, driver));
+        futures::future::join_all(passes).await;
         self.task_engine().wake();
+    }
+
+    async fn reconcile_provider(&self, name: &str, driver: &Driver) {
+        let hosts = self.sync_hosts(name, driver).await;
+        self.providers().record_sync(name, hosts.as_ref().map(|hosts| *hosts).map_err(|error| error.to_string()));
+        if hosts.is_ok()
+            && let Err(error) = self.reconcile_instances(name, driver).await
+        {
+            tracing::warn!(provider = %name, error = %error, "instance reconciliation failed");
+            self.providers().record_sync(name, Err(error.to_string()));
+        }
     }
 
     async fn sync_hosts(&self, provider: &str, driver: &Driver) -> ServiceResult<usize> {
