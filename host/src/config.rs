@@ -304,6 +304,12 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let config = Config::from_toml(include_str!("../../examples/hyperplane.toml")).expect("example parses");
+        assert_eq!(config.providers.len(), 2);
+    }
+
+    #[test]
     fn provider_config_is_passed_through() {
         let config = Config::from_toml(
             "[[providers]]\nname = \"lab\"\ndriver = \"driver-sim\"\nconfig = { hosts = 2, delays_ms = { start = 0 } }",
