@@ -1,1 +1,9 @@
+//! End-to-end tests: each starts the real `hyperplane` binary on a temporary data directory
+//! with the real driver components, and talks to it over HTTP like any client.
 
+mod bad_input;
+mod events;
+mod harness;
+mod hostile;
+mod lifecycle;
+mod restart;

@@ -1,0 +1,105 @@
+//! The native API, version 1. Paths here are the public contract.
+
+mod events;
+mod hosts;
+mod instances;
+mod tasks;
+mod templates;
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody};
+use super::{AppState, MAX_WAIT};
+use crate::model::Task;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hyperplane API", description = "One control plane for virtual machines on every hypervisor."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(hosts::list_providers))
+        .routes(routes!(hosts::list_hosts))
+        .routes(routes!(hosts::get_host, hosts::update_host))
+        .routes(routes!(templates::create_template, templates::list_templates))
+        .routes(routes!(templates::get_template))
+        .routes(routes!(templates::create_template_version))
+        .routes(routes!(instances::create_instances, instances::list_instances))
+        .routes(routes!(instances::get_instance, instances::update_instance, instances::delete_instance))
+        .routes(routes!(instances::instance_action))
+        .routes(routes!(tasks::list_tasks))
+        .routes(routes!(tasks::get_task, tasks::cancel_task))
+        .routes(routes!(events::list_events))
+}
+
+/// `?wait=<seconds>` on operations that start a task.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WaitParams {
+    /// Seconds to wait for the task to end before answering (at most 3600).
+    wait: Option<f64>,
+}
+
+impl WaitParams {
+    fn duration(&self) -> Result<Option<Duration>, ApiError> {
+        parse_wait(self.wait)
+    }
+}
+
+pub(super) fn parse_wait(wait: Option<f64>) -> Result<Option<Duration>, ApiError> {
+    match wait {
+        None => Ok(None),
+        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => Ok(Some(Duration::from_secs_f64(seconds).min(MAX_WAIT))),
+        Some(seconds) => Err(ApiError::invalid(format!("wait must be a number of seconds >= 0, got {seconds}"))),
+    }
+}
+
+/// Answers a task: `200` when it has ended, else `202`, with `Location: /v1/tasks/{id}`.
+pub(super) fn task_response(task: Task) -> Response {
+    let status = if task.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/tasks/{}", task.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    (status, headers, Json(task)).into_response()
+}
+
+/// Whether the client asked for newline-delimited JSON.
+pub(super) fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/x-ndjson"))
+}
+
+pub(super) fn ndjson_response(lines: impl IntoIterator<Item = serde_json::Value>) -> Response {
+    let mut body = String::new();
+    for line in lines {
+        body.push_str(&line.to_string());
+        body.push('\n');
+    }
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}

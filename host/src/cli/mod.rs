@@ -1,0 +1,336 @@
+//! The `hyperplane` command: `serve` runs the server; every other command is a client of the
+//! HTTP API (tables by default, `--json` for scripts).
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::{Config, LogFormat};
+use client::Client;
+
+#[derive(Debug, Parser)]
+#[command(name = "hyperplane", version, about = "One control plane for virtual machines on every hypervisor")]
+pub struct Cli {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConnectionArgs {
+    /// Server URL.
+    #[arg(long, global = true, env = "HYPERPLANE_URL", default_value = "http://127.0.0.1:8090")]
+    url: String,
+    /// API token; defaults to the local server's `./data/admin.token`.
+    #[arg(long, global = true, env = "HYPERPLANE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, env = "HYPERPLANE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides the configuration).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory (overrides the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Instances.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Hosts.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Print the event log; `--follow` keeps streaming.
+    Events {
+        #[arg(long, short)]
+        follow: bool,
+        /// Start after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InstanceCommand {
+    /// Create instances of a template.
+    Create {
+        /// Template name or id.
+        #[arg(long, short)]
+        template: String,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        vcpu: Option<u32>,
+        #[arg(long)]
+        ram_mb: Option<u64>,
+        #[arg(long)]
+        count: Option<u32>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        external_id: Option<String>,
+        /// Wait until the instances run (or fail).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List instances.
+    List {
+        /// `field=value,…` (state, host, provider, template, name, external_id).
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    Get { id: String },
+    Start(ActionArgs),
+    Stop(ActionArgs),
+    Restart(ActionArgs),
+    Delete {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ActionArgs {
+    id: String,
+    #[arg(long)]
+    wait: bool,
+    /// Power off at once instead of a graceful shutdown.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCommand {
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum TemplateCommand {
+    Create {
+        name: String,
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCommand {
+    Get { id: String },
+    /// Wait until the task ends, showing its progress.
+    Wait {
+        id: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    Cancel { id: String },
+}
+
+/// Runs the command line; the process exit code is non-zero on any error.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, listen, data_dir } => serve(config, listen, data_dir).await,
+        command => {
+            let client = Client::new(&cli.connection.url, cli.connection.token)?;
+            run_client(&client, command, cli.json).await
+        }
+    }
+}
+
+async fn serve(
+    config_file: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(config_file.as_deref())?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    if let Some(data_dir) = data_dir {
+        config.data_dir = data_dir;
+    }
+    init_tracing(&config);
+    let server = crate::server::start(config, std::env::var("HYPERPLANE_ADMIN_TOKEN").ok()).await?;
+    println!("Hyperplane is listening on http://{}", server.address);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HYPERPLANE_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+async fn run_client(client: &Client, command: Command, json_output: bool) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { .. } => unreachable!("handled by run"),
+        Command::Instance(command) => instance_command(client, command, json_output).await,
+        Command::Host(HostCommand::List) => {
+            let hosts = client.get("/v1/hosts").await?;
+            output::print(&hosts, json_output, output::hosts_table);
+            Ok(())
+        }
+        Command::Template(TemplateCommand::Create { name, arch, description }) => {
+            let template =
+                client.post("/v1/templates", &json!({ "name": name, "arch": arch, "description": description })).await?;
+            output::print(&Value::Array(vec![template]), json_output, output::templates_table);
+            Ok(())
+        }
+        Command::Template(TemplateCommand::List) => {
+            let templates = client.get("/v1/templates").await?;
+            output::print(&templates, json_output, output::templates_table);
+            Ok(())
+        }
+        Command::Task(TaskCommand::Get { id }) => {
+            let task = client.get(&format!("/v1/tasks/{id}")).await?;
+            output::print(&Value::Array(vec![task]), json_output, output::tasks_table);
+            Ok(())
+        }
+        Command::Task(TaskCommand::Wait { id, timeout }) => {
+            let task = client.wait_for_task(&id, Duration::from_secs(timeout), !json_output).await?;
+            finish_task(&task, json_output)
+        }
+        Command::Task(TaskCommand::Cancel { id }) => {
+            let task = client.delete(&format!("/v1/tasks/{id}")).await?;
+            output::print(&Value::Array(vec![task]), json_output, output::tasks_table);
+            Ok(())
+        }
+        Command::Events { follow, since } => {
+            client
+                .stream_lines(&format!("/v1/events?since={since}&follow={follow}"), |event| {
+                    if json_output {
+                        println!("{event}");
+                    } else {
+                        println!("{}", output::event_line(&event));
+                    }
+                })
+                .await
+        }
+    }
+}
+
+async fn instance_command(client: &Client, command: InstanceCommand, json_output: bool) -> anyhow::Result<()> {
+    match command {
+        InstanceCommand::Create { template, tag, name, vcpu, ram_mb, count, host, external_id, wait } => {
+            let host_id = match host {
+                Some(host) => Some(client.resolve_host(&host).await?),
+                None => None,
+            };
+            let mut body = json!({ "template": template });
+            for (key, value) in [
+                ("tag", tag.map(Value::from)),
+                ("name", name.map(Value::from)),
+                ("vcpu", vcpu.map(Value::from)),
+                ("ram_mb", ram_mb.map(Value::from)),
+                ("count", count.map(Value::from)),
+                ("host_id", host_id.map(Value::from)),
+                ("external_id", external_id.map(Value::from)),
+            ] {
+                if let Some(value) = value {
+                    body[key] = value;
+                }
+            }
+            let task = client.post("/v1/instances", &body).await?;
+            after_task(client, task, wait, json_output).await
+        }
+        InstanceCommand::List { filter, limit } => {
+            let mut path = format!("/v1/instances?limit={limit}");
+            if let Some(filter) = filter {
+                path.push_str(&format!("&filter={}", client::encode_query_value(&filter)));
+            }
+            let list = client.get(&path).await?;
+            output::print(&list["items"], json_output, output::instances_table);
+            Ok(())
+        }
+        InstanceCommand::Get { id } => {
+            let instance = client.get(&format!("/v1/instances/{id}")).await?;
+            output::print(&Value::Array(vec![instance]), json_output, output::instances_table);
+            Ok(())
+        }
+        InstanceCommand::Start(args) => action(client, "start", args, json_output).await,
+        InstanceCommand::Stop(args) => action(client, "stop", args, json_output).await,
+        InstanceCommand::Restart(args) => action(client, "restart", args, json_output).await,
+        InstanceCommand::Delete { id, wait } => {
+            let task = client.delete(&format!("/v1/instances/{id}")).await?;
+            after_task(client, task, wait, json_output).await
+        }
+    }
+}
+
+async fn action(client: &Client, action: &str, args: ActionArgs, json_output: bool) -> anyhow::Result<()> {
+    let task = client.post(&format!("/v1/instances/{}/actions/{action}?force={}", args.id, args.force), &json!({})).await?;
+    after_task(client, task, args.wait, json_output).await
+}
+
+async fn after_task(client: &Client, task: Value, wait: bool, json_output: bool) -> anyhow::Result<()> {
+    if !wait {
+        output::print(&Value::Array(vec![task]), json_output, output::tasks_table);
+        return Ok(());
+    }
+    let id = task["id"].as_str().context("the server answered a task without an id")?;
+    let task = client.wait_for_task(id, Duration::from_secs(3600), !json_output).await?;
+    finish_task(&task, json_output)
+}
+
+fn finish_task(task: &Value, json_output: bool) -> anyhow::Result<()> {
+    output::print(&Value::Array(vec![task.clone()]), json_output, output::tasks_table);
+    match task["state"].as_str() {
+        Some("succeeded") => Ok(()),
+        Some(state) => bail!("task {} {state}: {}", task["id"], task["error"]["message"].as_str().unwrap_or("")),
+        None => bail!("the server answered a task without a state"),
+    }
+}

@@ -1,0 +1,102 @@
+//! Tables and lines for people; JSON for scripts.
+
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use serde_json::Value;
+
+/// Prints `items` (a JSON array) as JSON or through `table`.
+pub fn print(items: &Value, json_output: bool, table: fn(&[Value]) -> Table) {
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(items).unwrap_or_default());
+        return;
+    }
+    let rows = items.as_array().map(Vec::as_slice).unwrap_or_default();
+    println!("{}", table(rows));
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn new_table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    table
+}
+
+pub fn instances_table(instances: &[Value]) -> Table {
+    let mut table = new_table(&["ID", "NAME", "STATE", "VCPU", "RAM MB", "IP", "HOST", "PROVIDER"]);
+    for instance in instances {
+        table.add_row(
+            ["id", "name", "state", "vcpu", "ram_mb", "ip", "host_id", "provider"].map(|field| text(&instance[field])),
+        );
+    }
+    table
+}
+
+pub fn hosts_table(hosts: &[Value]) -> Table {
+    let mut table = new_table(&["ID", "PROVIDER", "NAME", "STATE", "ARCH", "INSTANCES", "VCPU", "RAM MB"]);
+    for host in hosts {
+        let vcpu_limit = host["capacity"]["vcpu"].as_u64().or(host["cpu"].as_u64()).unwrap_or(0);
+        let ram_limit = host["capacity"]["ram_mb"].as_u64().or(host["ram_mb"].as_u64()).unwrap_or(0);
+        table.add_row(vec![
+            text(&host["id"]),
+            text(&host["provider"]),
+            text(&host["name"]),
+            text(&host["state"]),
+            text(&host["arch"]),
+            text(&host["usage"]["instances"]),
+            format!("{}/{vcpu_limit}", text(&host["usage"]["vcpu"])),
+            format!("{}/{ram_limit}", text(&host["usage"]["ram_mb"])),
+        ]);
+    }
+    table
+}
+
+pub fn templates_table(templates: &[Value]) -> Table {
+    let mut table = new_table(&["ID", "NAME", "ARCH", "VERSIONS", "LATEST TAG"]);
+    for template in templates {
+        let versions = template["versions"].as_array().map(Vec::len).unwrap_or(0);
+        let latest = template["versions"].as_array().and_then(|versions| versions.last()).map(|version| text(&version["tag"]));
+        table.add_row(vec![
+            text(&template["id"]),
+            text(&template["name"]),
+            text(&template["arch"]),
+            versions.to_string(),
+            latest.unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    table
+}
+
+pub fn tasks_table(tasks: &[Value]) -> Table {
+    let mut table = new_table(&["ID", "KIND", "STATE", "PROGRESS", "OBJECT", "MESSAGE"]);
+    for task in tasks {
+        let progress = task["progress"].as_f64().unwrap_or(0.0) * 100.0;
+        table.add_row(vec![
+            text(&task["id"]),
+            text(&task["kind"]),
+            text(&task["state"]),
+            format!("{progress:.0}%"),
+            text(&task["object_id"]),
+            text(&task["message"]),
+        ]);
+    }
+    table
+}
+
+/// One event as a line: `seq time type object data`.
+pub fn event_line(event: &Value) -> String {
+    format!(
+        "{:>6} {} {:<28} {}:{} {}",
+        text(&event["seq"]),
+        text(&event["time"]),
+        text(&event["type"]),
+        text(&event["object_kind"]),
+        text(&event["object_id"]),
+        if event["data"].is_null() { String::new() } else { event["data"].to_string() }
+    )
+}

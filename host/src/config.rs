@@ -1,0 +1,315 @@
+//! Operator configuration: one TOML file plus `HYPERPLANE_*` environment overrides, validated
+//! once at start-up. Every section has defaults, so no file is needed to run.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Name under which the bundled simulated driver is referenced in `providers[].driver`.
+pub const BUNDLED_DRIVER_SIM: &str = "driver-sim";
+
+/// Environment variables with the `HYPERPLANE_` prefix that are not configuration keys.
+const NON_CONFIG_VARIABLES: &[&str] = &["ADMIN_TOKEN", "URL", "TOKEN", "CONFIG", "LOG"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Directory for the embedded database, the admin token and the plugin cache.
+    pub data_dir: PathBuf,
+    /// Database URL; defaults to SQLite at `<data_dir>/hyperplane.db`.
+    pub database_url: Option<String>,
+    pub log: LogConfig,
+    pub plugins: PluginDefaults,
+    pub tasks: TaskConfig,
+    pub reconcile: ReconcileConfig,
+    /// Configured drivers. Without any, the bundled simulated driver runs with 4 hosts.
+    pub providers: Vec<ProviderConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `hyperplane=debug,tower_http=info`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginDefaults {
+    /// Where compiled components are cached; defaults to `<data_dir>/plugin-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Deadline of one plugin call.
+    pub call_timeout_secs: f64,
+    /// Linear memory cap of one plugin instance.
+    pub memory_limit_mib: u64,
+    /// Largest response a plugin call may return.
+    pub max_response_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskConfig {
+    /// Tasks that run at the same time.
+    pub concurrency: usize,
+    /// Attempts before a task interrupted by restarts is failed.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Period of the loop that compares providers' reports with the database.
+    pub interval_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Unique provider name, used in host ids and logs.
+    pub name: String,
+    /// `driver-sim` (bundled) or a path to a driver component (`.wasm`).
+    pub driver: String,
+    /// Driver-specific settings, handed to the driver's `init` as JSON.
+    #[serde(default = "empty_table")]
+    pub config: serde_json::Value,
+    /// Named endpoints granted to the driver: `unix:///path` or `tcp://host:port`.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, String>,
+    /// Hosts (`host` or `host:port`) the driver may reach over outgoing HTTP.
+    #[serde(default)]
+    pub allowed_http_hosts: Vec<String>,
+    pub call_timeout_secs: Option<f64>,
+    pub memory_limit_mib: Option<u64>,
+}
+
+fn empty_table() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            log: LogConfig::default(),
+            plugins: PluginDefaults::default(),
+            tasks: TaskConfig::default(),
+            reconcile: ReconcileConfig::default(),
+            providers: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+impl Default for PluginDefaults {
+    fn default() -> Self {
+        Self { cache_dir: None, call_timeout_secs: 60.0, memory_limit_mib: 256, max_response_mib: 16 }
+    }
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self { concurrency: 64, max_attempts: 3 }
+    }
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self { interval_secs: 10.0 }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file (if any), then `HYPERPLANE_*` variables
+    /// (`HYPERPLANE_PLUGINS__CALL_TIMEOUT_SECS=5` sets `plugins.call_timeout_secs`).
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Parse(format!("config file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("HYPERPLANE_").ignore(NON_CONFIG_VARIABLES).split("__"));
+        let config: Config = figment.extract().map_err(|error| ConfigError::Parse(describe_figment_error(error)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on its own (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|error| ConfigError::Parse(describe_figment_error(error)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| Err(ConfigError::Invalid { key: key.into(), message: message.into() });
+        if !(self.plugins.call_timeout_secs > 0.0 && self.plugins.call_timeout_secs <= 86_400.0) {
+            return invalid("plugins.call_timeout_secs", "must be between 0 and 86400 seconds");
+        }
+        if !(1..=65_536).contains(&self.plugins.memory_limit_mib) {
+            return invalid("plugins.memory_limit_mib", "must be between 1 and 65536");
+        }
+        if !(1..=4096).contains(&self.plugins.max_response_mib) {
+            return invalid("plugins.max_response_mib", "must be between 1 and 4096");
+        }
+        if !(1..=10_000).contains(&self.tasks.concurrency) {
+            return invalid("tasks.concurrency", "must be between 1 and 10000");
+        }
+        if self.tasks.max_attempts == 0 {
+            return invalid("tasks.max_attempts", "must be at least 1");
+        }
+        if !(self.reconcile.interval_secs >= 0.05 && self.reconcile.interval_secs <= 86_400.0) {
+            return invalid("reconcile.interval_secs", "must be between 0.05 and 86400 seconds");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (index, provider) in self.providers.iter().enumerate() {
+            let key = |field: &str| format!("providers[{index}].{field}");
+            if !is_valid_name(&provider.name) {
+                return invalid(&key("name"), "must be 1-63 characters of a-z, 0-9 and '-'");
+            }
+            if !names.insert(provider.name.as_str()) {
+                return invalid(&key("name"), &format!("provider '{}' is defined twice", provider.name));
+            }
+            if provider.driver.is_empty() {
+                return invalid(&key("driver"), "must name a bundled driver or a .wasm file");
+            }
+            if !provider.config.is_object() {
+                return invalid(&key("config"), "must be a table");
+            }
+            if let Some(timeout) = provider.call_timeout_secs
+                && !(timeout > 0.0 && timeout <= 86_400.0)
+            {
+                return invalid(&key("call_timeout_secs"), "must be between 0 and 86400 seconds");
+            }
+            if let Some(memory) = provider.memory_limit_mib
+                && !(1..=65_536).contains(&memory)
+            {
+                return invalid(&key("memory_limit_mib"), "must be between 1 and 65536");
+            }
+            for (name, address) in &provider.endpoints {
+                if !(address.starts_with("unix://") || address.starts_with("tcp://")) {
+                    return invalid(&key(&format!("endpoints.{name}")), "must start with unix:// or tcp://");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured providers, or the bundled simulator with 4 hosts when none is configured.
+    pub fn effective_providers(&self) -> Vec<ProviderConfig> {
+        if !self.providers.is_empty() {
+            return self.providers.clone();
+        }
+        vec![ProviderConfig {
+            name: "sim".into(),
+            driver: BUNDLED_DRIVER_SIM.into(),
+            config: serde_json::json!({ "hosts": 4 }),
+            endpoints: BTreeMap::new(),
+            allowed_http_hosts: Vec::new(),
+            call_timeout_secs: None,
+            memory_limit_mib: None,
+        }]
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("hyperplane.db").display()))
+    }
+
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        self.plugins.cache_dir.clone().unwrap_or_else(|| self.data_dir.join("plugin-cache"))
+    }
+}
+
+/// Names of providers and other operator-chosen identifiers.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+}
+
+/// Figment's error already names the key; keep its text and every chained error.
+fn describe_figment_error(error: figment::Error) -> String {
+    error.into_iter().map(|error| error.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_error(toml: &str, expected_fragment: &str) {
+        let error = Config::from_toml(toml).expect_err("config should be rejected").to_string();
+        assert!(error.contains(expected_fragment), "error {error:?} should contain {expected_fragment:?}");
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = Config::from_toml("").expect("empty config is valid");
+        assert_eq!(config.listen.port(), 8090);
+        let providers = config.effective_providers();
+        assert_eq!(providers.len(), 1);
+        assert_eq!(providers[0].driver, BUNDLED_DRIVER_SIM);
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        check_error("listn = \"127.0.0.1:1\"", "listn");
+        check_error("[plugins]\ncall_timeout = 3", "call_timeout");
+        check_error("[plugins]\nmemory_limit_mib = 0", "plugins.memory_limit_mib");
+        check_error("[tasks]\nconcurrency = \"many\"", "concurrency");
+        check_error("[[providers]]\nname = \"Bad Name\"\ndriver = \"driver-sim\"", "providers[0].name");
+        check_error(
+            "[[providers]]\nname = \"a\"\ndriver = \"driver-sim\"\n[[providers]]\nname = \"a\"\ndriver = \"driver-sim\"",
+            "defined twice",
+        );
+        check_error(
+            "[[providers]]\nname = \"a\"\ndriver = \"x.wasm\"\nendpoints = { libvirt = \"/run/sock\" }",
+            "providers[0].endpoints.libvirt",
+        );
+    }
+
+    #[test]
+    fn provider_config_is_passed_through() {
+        let config = Config::from_toml(
+            "[[providers]]\nname = \"lab\"\ndriver = \"driver-sim\"\nconfig = { hosts = 2, delays_ms = { start = 0 } }",
+        )
+        .expect("valid");
+        assert_eq!(config.providers[0].config["hosts"], 2);
+        assert_eq!(config.providers[0].config["delays_ms"]["start"], 0);
+    }
+}

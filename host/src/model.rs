@@ -1,0 +1,363 @@
+//! The domain: providers, hosts, templates, instances, tasks and events, as the service layer
+//! hands them to every front-end. Plain data with no behaviour beyond small derived facts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub type Timestamp = DateTime<Utc>;
+pub type Labels = BTreeMap<String, String>;
+
+/// Declares a string-valued enum with `as_str`, `Display` and `FromStr` in one place, so that the
+/// database, the API and the CLI agree on spellings.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(text: &str) -> Result<Self, String> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "unknown {} '{text}' (expected one of: {})",
+                        stringify!($name).to_lowercase(),
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// CPU architecture of a host or template.
+    Arch { Amd64 => "amd64", Arm64 => "arm64" }
+);
+
+string_enum!(
+    /// Lifecycle of an instance.
+    InstanceState {
+        Scheduling => "scheduling",
+        Pulling => "pulling",
+        Starting => "starting",
+        Running => "running",
+        Stopping => "stopping",
+        Stopped => "stopped",
+        Suspended => "suspended",
+        Terminating => "terminating",
+        Terminated => "terminated",
+        Error => "error",
+    }
+);
+
+impl InstanceState {
+    /// Whether the instance holds capacity on its host.
+    pub fn holds_capacity(self) -> bool {
+        !matches!(self, InstanceState::Terminated)
+    }
+}
+
+string_enum!(
+    /// How a host takes part in placement.
+    HostState {
+        Active => "active",
+        Offline => "offline",
+        Draining => "draining",
+        Updating => "updating",
+    }
+);
+
+string_enum!(
+    /// Where an instance record came from.
+    InstanceOrigin { Api => "api", Discovered => "discovered" }
+);
+
+string_enum!(
+    TaskState {
+        Pending => "pending",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl TaskState {
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+string_enum!(
+    TaskKind {
+        InstanceCreate => "instance.create",
+        InstanceStart => "instance.start",
+        InstanceStop => "instance.stop",
+        InstanceRestart => "instance.restart",
+        InstanceDelete => "instance.delete",
+        Batch => "batch",
+    }
+);
+
+string_enum!(
+    /// Actions on an existing instance (`POST /v1/instances/{id}/actions/{action}`).
+    InstanceAction { Start => "start", Stop => "stop", Restart => "restart" }
+);
+
+impl InstanceAction {
+    pub fn task_kind(self) -> TaskKind {
+        match self {
+            InstanceAction::Start => TaskKind::InstanceStart,
+            InstanceAction::Stop => TaskKind::InstanceStop,
+            InstanceAction::Restart => TaskKind::InstanceRestart,
+        }
+    }
+}
+
+/// A configured driver and how it is doing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Provider {
+    pub name: String,
+    pub driver: String,
+    /// `ready` or `failed`.
+    pub status: String,
+    pub capabilities: Option<ProviderCapabilities>,
+    pub hosts: usize,
+    pub last_sync_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProviderCapabilities {
+    pub exec: bool,
+    pub console: bool,
+    pub templates: bool,
+    pub snapshots: bool,
+    pub suspend: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CachedTemplate {
+    pub name: String,
+    pub version: u32,
+    pub tag: String,
+    pub size_bytes: u64,
+}
+
+/// Limits an operator sets on a host; absent limits default to the host's hardware.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Capacity {
+    pub max_instances: Option<u32>,
+    pub vcpu: Option<u32>,
+    pub ram_mb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    pub instances: u32,
+    pub vcpu: u32,
+    pub ram_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Host {
+    pub id: Uuid,
+    pub provider: String,
+    /// The host's identifier within its provider.
+    pub name: String,
+    pub arch: Arch,
+    pub cpu: u32,
+    pub ram_mb: u64,
+    pub disk_gb: u64,
+    pub hypervisor: String,
+    pub state: HostState,
+    pub draining: bool,
+    pub capacity: Capacity,
+    pub usage: Usage,
+    pub labels: Labels,
+    pub cached_templates: Vec<CachedTemplate>,
+    pub last_report_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Host {
+    /// Effective limits: the operator's override, else the hardware.
+    pub fn vcpu_limit(&self) -> u32 {
+        self.capacity.vcpu.unwrap_or(self.cpu)
+    }
+    pub fn ram_limit_mb(&self) -> u64 {
+        self.capacity.ram_mb.unwrap_or(self.ram_mb)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Template {
+    pub id: Uuid,
+    pub name: String,
+    pub arch: Arch,
+    pub description: String,
+    pub versions: Vec<TemplateVersion>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Template {
+    pub fn latest_version(&self) -> Option<&TemplateVersion> {
+        self.versions.iter().max_by_key(|version| version.number)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateVersion {
+    pub number: u32,
+    pub tag: String,
+    pub description: String,
+    pub size_bytes: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    pub id: Uuid,
+    pub name: String,
+    pub external_id: Option<String>,
+    pub state: InstanceState,
+    pub template_id: Option<Uuid>,
+    pub template_version: Option<u32>,
+    pub provider: Option<String>,
+    pub host_id: Option<Uuid>,
+    /// The host the user asked for, if any.
+    pub requested_host_id: Option<Uuid>,
+    pub vcpu: u32,
+    pub ram_mb: u64,
+    pub disk_gb: u64,
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+    pub metadata: Labels,
+    pub startup_script: Option<String>,
+    pub startup_result: Option<ExecOutcome>,
+    /// Why the instance is in `error`, or why it was terminated behind our back.
+    pub error: Option<String>,
+    pub origin: InstanceOrigin,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExecOutcome {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: Uuid,
+    pub kind: TaskKind,
+    pub state: TaskState,
+    /// The instance this task works on, if any.
+    pub object_id: Option<Uuid>,
+    pub parent_id: Option<Uuid>,
+    pub progress: f32,
+    pub message: Option<String>,
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub error: Option<TaskError>,
+    pub attempts: u32,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub seq: i64,
+    pub time: DateTime<Utc>,
+    /// Dotted type such as `instance.state_changed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub object_kind: String,
+    pub object_id: String,
+    pub actor: String,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// An event about to be appended; `seq` and `time` are assigned by the store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: String,
+    pub object_kind: &'static str,
+    pub object_id: String,
+    pub actor: String,
+    pub data: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(kind: impl Into<String>, object_kind: &'static str, object_id: impl ToString) -> Self {
+        Self {
+            kind: kind.into(),
+            object_kind,
+            object_id: object_id.to_string(),
+            actor: "system".into(),
+            data: serde_json::Value::Null,
+        }
+    }
+
+    pub fn data(mut self, data: serde_json::Value) -> Self {
+        self.data = data;
+        self
+    }
+
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = actor.into();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_enums_round_trip_and_name_the_alternatives() {
+        for state in InstanceState::ALL {
+            assert_eq!(state.as_str().parse::<InstanceState>(), Ok(*state));
+        }
+        let error = "runing".parse::<InstanceState>().expect_err("unknown state");
+        assert!(error.contains("runing") && error.contains("running"), "{error}");
+        assert_eq!(serde_json::to_string(&TaskKind::InstanceCreate).expect("serializes"), "\"instance.create\"");
+    }
+}

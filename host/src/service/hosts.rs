@@ -1,0 +1,107 @@
+//! Hosts: listing and the operator's settings (drain, capacity, labels).
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Service, ServiceError, ServiceResult};
+use crate::model::{Capacity, Host, Labels, NewEvent, Provider};
+use crate::store;
+
+/// `PATCH /v1/hosts/{id}`: fields absent are left as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostPatch {
+    /// A draining host takes no new instances; running ones stay.
+    pub draining: Option<bool>,
+    /// Replaces the capacity limits; `null` fields mean "the host's hardware".
+    pub capacity: Option<Capacity>,
+    /// Replaces all labels.
+    pub labels: Option<Labels>,
+}
+
+impl Service {
+    pub fn list_providers(&self) -> Vec<Provider> {
+        self.providers().list()
+    }
+
+    pub async fn list_hosts(&self) -> ServiceResult<Vec<Host>> {
+        Ok(store::hosts::list(&mut *self.store().reader().await?).await?)
+    }
+
+    pub async fn get_host(&self, id: Uuid) -> ServiceResult<Host> {
+        store::hosts::get(&mut *self.store().reader().await?, id).await?.ok_or_else(|| ServiceError::not_found("host", id))
+    }
+
+    /// A host by id, by name, or by `provider/name`.
+    pub(super) async fn resolve_host_id(&self, reference: &str) -> ServiceResult<Uuid> {
+        if let Ok(id) = Uuid::parse_str(reference) {
+            return Ok(self.get_host(id).await?.id);
+        }
+        let hosts = self.list_hosts().await?;
+        let matches: Vec<&Host> = hosts
+            .iter()
+            .filter(|host| host.name == reference || format!("{}/{}", host.provider, host.name) == reference)
+            .collect();
+        match matches.as_slice() {
+            [host] => Ok(host.id),
+            [] => Err(ServiceError::not_found("host", reference)),
+            _ => Err(ServiceError::Invalid(format!("host name '{reference}' is ambiguous; use provider/name or the id"))),
+        }
+    }
+
+    pub async fn update_host(&self, id: Uuid, patch: HostPatch, actor: &str) -> ServiceResult<Host> {
+        if let Some(capacity) = &patch.capacity {
+            if capacity.vcpu == Some(0) || capacity.ram_mb == Some(0) {
+                return Err(ServiceError::Invalid("capacity.vcpu and capacity.ram_mb must be positive".into()));
+            }
+            if capacity.max_instances.is_some_and(|max| max > 100_000) {
+                return Err(ServiceError::Invalid("capacity.max_instances must be at most 100000".into()));
+            }
+        }
+        if let Some(labels) = &patch.labels {
+            if labels.len() > 64 {
+                return Err(ServiceError::Invalid("labels must have at most 64 entries".into()));
+            }
+            if let Some(key) = labels.keys().find(|key| key.is_empty() || key.len() > 128 || key.contains(['=', ','])) {
+                return Err(ServiceError::Invalid(format!(
+                    "label key '{key}' must be 1-128 bytes without '=' or ','"
+                )));
+            }
+        }
+        let mut transaction = self.store().begin().await?;
+        let mut host =
+            store::hosts::get(&mut transaction, id).await?.ok_or_else(|| ServiceError::not_found("host", id))?;
+        let previous_state = host.state;
+        if let Some(draining) = patch.draining {
+            host.draining = draining;
+        }
+        if let Some(capacity) = patch.capacity.clone() {
+            host.capacity = capacity;
+        }
+        if let Some(labels) = patch.labels.clone() {
+            host.labels = labels;
+        }
+        host.updated_at = store::now();
+        store::hosts::update_settings(&mut transaction, &host).await?;
+        transaction
+            .append_event(
+                NewEvent::new("host.updated", "host", id).actor(actor).data(serde_json::to_value(&patch).unwrap_or_default()),
+            )
+            .await?;
+        let host = store::hosts::get(&mut transaction, id).await?.ok_or_else(|| ServiceError::not_found("host", id))?;
+        if host.state != previous_state {
+            transaction
+                .append_event(
+                    NewEvent::new("host.state_changed", "host", id)
+                        .actor(actor)
+                        .data(json!({ "from": previous_state, "to": host.state })),
+                )
+                .await?;
+        }
+        transaction.commit().await?;
+        self.task_engine().wake();
+        Ok(host)
+    }
+}

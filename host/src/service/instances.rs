@@ -1,0 +1,486 @@
+//! Instance requests: create (with idempotency), list with filters and cursors, get, update,
+//! actions and delete. Each long operation becomes a task; the work itself is in `lifecycle`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Service, ServiceError, ServiceResult};
+use crate::model::{Instance, InstanceAction, InstanceOrigin, InstanceState, Labels, NewEvent, Task, TaskKind, TaskState};
+use crate::store::{self, instances::InstanceFilter};
+use crate::tasks::NewTask;
+
+/// `POST /v1/instances`: one or more instances of a template.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstances {
+    /// Template name or id.
+    pub template: String,
+    /// Template version by tag; default: the latest version.
+    pub tag: Option<String>,
+    /// Template version by number; default: the latest version.
+    pub version: Option<u32>,
+    /// Instance name; with `count` > 1 each gets a `-N` suffix. Default: `<template>-<id prefix>`.
+    pub name: Option<String>,
+    /// The caller's own identifier for the instance.
+    pub external_id: Option<String>,
+    /// Virtual CPUs (1–512, default 2).
+    pub vcpu: Option<u32>,
+    /// Memory in MiB (64–16777216, default 2048).
+    pub ram_mb: Option<u64>,
+    /// Disk in GiB (1–65536, default 20).
+    pub disk_gb: Option<u64>,
+    /// How many instances (1–1000, default 1).
+    pub count: Option<u32>,
+    /// Place on this host only.
+    pub host_id: Option<Uuid>,
+    pub metadata: Option<Labels>,
+    /// Script run in the instance once it is running (at most 64 KiB).
+    pub startup_script: Option<String>,
+}
+
+/// `PATCH /v1/instances/{id}`: fields absent are left as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstancePatch {
+    pub name: Option<String>,
+    pub external_id: Option<String>,
+    /// Replaces the whole metadata map.
+    pub metadata: Option<Labels>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    /// `field=value` terms joined by `,` (AND); `state` also takes `!=` and `a|b` alternatives.
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InstanceList {
+    pub items: Vec<Instance>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+const DEFAULT_VCPU: u32 = 2;
+const DEFAULT_RAM_MB: u64 = 2048;
+const DEFAULT_DISK_GB: u64 = 20;
+const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+
+fn check_range<T: PartialOrd + std::fmt::Display>(field: &str, value: T, min: T, max: T) -> ServiceResult<T> {
+    if value < min || value > max {
+        return Err(ServiceError::Invalid(format!("{field} must be between {min} and {max}, got {value}")));
+    }
+    Ok(value)
+}
+
+fn check_text(field: &str, value: &str, max_len: usize) -> ServiceResult<()> {
+    if value.is_empty() {
+        return Err(ServiceError::Invalid(format!("{field} must not be empty")));
+    }
+    if value.len() > max_len {
+        return Err(ServiceError::Invalid(format!("{field} must be at most {max_len} bytes")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ServiceError::Invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(())
+}
+
+fn check_metadata(metadata: &Labels) -> ServiceResult<()> {
+    if metadata.len() > 64 {
+        return Err(ServiceError::Invalid("metadata must have at most 64 entries".into()));
+    }
+    for (key, value) in metadata {
+        check_text("metadata key", key, 128)?;
+        if value.len() > 4096 {
+            return Err(ServiceError::Invalid(format!("metadata value of '{key}' must be at most 4096 bytes")));
+        }
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Validates the request, creates the instances (`scheduling`) and their tasks in one
+    /// transaction, and returns the task: a single create, or a batch over several.
+    /// With an idempotency key already used for the same request, returns the original task.
+    pub async fn create_instances(
+        &self,
+        request: CreateInstances,
+        idempotency_key: Option<String>,
+        actor: &str,
+    ) -> ServiceResult<Task> {
+        let count = check_range("count", request.count.unwrap_or(1), 1, 1000)?;
+        let vcpu = check_range("vcpu", request.vcpu.unwrap_or(DEFAULT_VCPU), 1, 512)?;
+        let ram_mb = check_range("ram_mb", request.ram_mb.unwrap_or(DEFAULT_RAM_MB), 64, 16 * 1024 * 1024)?;
+        let disk_gb = check_range("disk_gb", request.disk_gb.unwrap_or(DEFAULT_DISK_GB), 1, 65_536)?;
+        if let Some(name) = &request.name {
+            check_text("name", name, 128)?;
+        }
+        if let Some(external_id) = &request.external_id {
+            check_text("external_id", external_id, 256)?;
+        }
+        if let Some(metadata) = &request.metadata {
+            check_metadata(metadata)?;
+        }
+        if request.startup_script.as_ref().is_some_and(|script| script.len() > 64 * 1024) {
+            return Err(ServiceError::Invalid("startup_script must be at most 65536 bytes".into()));
+        }
+        if let Some(key) = &idempotency_key {
+            check_text("Idempotency-Key", key, 255)?;
+        }
+        let digest = hex::encode(Sha256::digest(serde_json::to_vec(&request).unwrap_or_default()));
+        if let Some(task) = self.replay_idempotent(idempotency_key.as_deref(), &digest).await? {
+            return Ok(task);
+        }
+
+        let template = self.resolve_template(&request.template).await?;
+        let version = match (request.version, &request.tag) {
+            (Some(number), _) => Some(
+                template
+                    .versions
+                    .iter()
+                    .find(|version| version.number == number)
+                    .ok_or_else(|| ServiceError::not_found("template version", format!("{}:{number}", template.name)))?,
+            ),
+            (None, Some(tag)) => Some(
+                template
+                    .versions
+                    .iter()
+                    .find(|version| &version.tag == tag)
+                    .ok_or_else(|| ServiceError::not_found("template tag", format!("{}:{tag}", template.name)))?,
+            ),
+            (None, None) => template.latest_version(),
+        };
+        if let Some(host_id) = request.host_id {
+            self.get_host(host_id).await?;
+        }
+
+        let mut transaction = self.store().begin().await?;
+        // Checked again under the write lock: two retries racing with one key create one task.
+        if let Some(task) = self.replay_idempotent_in(&mut transaction, idempotency_key.as_deref(), &digest).await? {
+            return Ok(task);
+        }
+        let now = store::now();
+        let mut instances = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let id = Uuid::now_v7();
+            let name = match (&request.name, count) {
+                (Some(name), 1) => name.clone(),
+                (Some(name), _) => format!("{name}-{}", index + 1),
+                (None, _) => format!("{}-{}", template.name, &id.simple().to_string()[24..]),
+            };
+            instances.push(Instance {
+                id,
+                name,
+                external_id: request.external_id.clone(),
+                state: InstanceState::Scheduling,
+                template_id: Some(template.id),
+                template_version: version.map(|version| version.number),
+                provider: None,
+                host_id: None,
+                requested_host_id: request.host_id,
+                vcpu,
+                ram_mb,
+                disk_gb,
+                ip: None,
+                mac: None,
+                metadata: request.metadata.clone().unwrap_or_default(),
+                startup_script: request.startup_script.clone(),
+                startup_result: None,
+                error: None,
+                origin: InstanceOrigin::Api,
+                created_at: now,
+                updated_at: now,
+            });
+        }
+        let tasks = self.task_engine();
+        let batch = if count > 1 {
+            Some(
+                tasks
+                    .create(
+                        &mut transaction,
+                        NewTask {
+                            kind: TaskKind::Batch,
+                            object_id: None,
+                            parent_id: None,
+                            input: json!({ "operation": "instance.create", "instances": instances.iter().map(|instance| instance.id).collect::<Vec<_>>() }),
+                            idempotency_key: idempotency_key.clone(),
+                            request_digest: Some(digest.clone()),
+                            actor: actor.into(),
+                        },
+                    )
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let mut single = None;
+        for instance in &instances {
+            store::instances::insert(&mut transaction, instance).await?;
+            transaction
+                .append_event(
+                    NewEvent::new("instance.created", "instance", instance.id)
+                        .actor(actor)
+                        .data(json!({ "name": instance.name, "template": template.name, "state": instance.state })),
+                )
+                .await?;
+            let task = tasks
+                .create(
+                    &mut transaction,
+                    NewTask {
+                        kind: TaskKind::InstanceCreate,
+                        object_id: Some(instance.id),
+                        parent_id: batch.as_ref().map(|batch| batch.id),
+                        input: json!({ "instance_id": instance.id }),
+                        idempotency_key: if batch.is_none() { idempotency_key.clone() } else { None },
+                        request_digest: if batch.is_none() { Some(digest.clone()) } else { None },
+                        actor: actor.into(),
+                    },
+                )
+                .await?;
+            single.get_or_insert(task);
+        }
+        transaction.commit().await?;
+        tasks.wake();
+        batch.or(single).ok_or_else(|| ServiceError::Internal("no task created".into()))
+    }
+
+    async fn replay_idempotent(&self, key: Option<&str>, digest: &str) -> ServiceResult<Option<Task>> {
+        let Some(key) = key else { return Ok(None) };
+        let found = store::tasks::get_by_idempotency_key(&mut *self.store().reader().await?, key).await?;
+        check_replay(found, digest)
+    }
+
+    async fn replay_idempotent_in(
+        &self,
+        transaction: &mut store::WriteTx,
+        key: Option<&str>,
+        digest: &str,
+    ) -> ServiceResult<Option<Task>> {
+        let Some(key) = key else { return Ok(None) };
+        check_replay(store::tasks::get_by_idempotency_key(transaction, key).await?, digest)
+    }
+
+    pub async fn get_instance(&self, id: Uuid) -> ServiceResult<Instance> {
+        store::instances::get(&mut *self.store().reader().await?, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("instance", id))
+    }
+
+    pub async fn list_instances(&self, query: InstanceQuery) -> ServiceResult<InstanceList> {
+        let limit = check_range("limit", query.limit.unwrap_or(DEFAULT_PAGE), 1, MAX_PAGE)?;
+        let mut filter = self.parse_instance_filter(query.filter.as_deref().unwrap_or("")).await?;
+        filter.after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+        filter.limit = Some(limit + 1);
+        let mut items = store::instances::list(&mut *self.store().reader().await?, &filter).await?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|instance| encode_cursor(instance.id))
+        } else {
+            None
+        };
+        Ok(InstanceList { items, next_cursor })
+    }
+
+    /// Parses `field=value` terms. Without a `state` term, terminated instances are left out.
+    async fn parse_instance_filter(&self, text: &str) -> ServiceResult<InstanceFilter> {
+        let mut filter = InstanceFilter::default();
+        let mut has_state_term = false;
+        for term in text.split(',').map(str::trim).filter(|term| !term.is_empty()) {
+            let (field, negated, value) = match term.split_once("!=") {
+                Some((field, value)) => (field.trim(), true, value.trim()),
+                None => match term.split_once('=') {
+                    Some((field, value)) => (field.trim(), false, value.trim()),
+                    None => return Err(ServiceError::Invalid(format!("filter term '{term}' is not field=value"))),
+                },
+            };
+            if negated && field != "state" {
+                return Err(ServiceError::Invalid(format!("filter field '{field}' does not support !=")));
+            }
+            match field {
+                "state" => {
+                    has_state_term = true;
+                    let states = value
+                        .split('|')
+                        .map(|state| state.trim().parse::<InstanceState>().map_err(ServiceError::Invalid))
+                        .collect::<ServiceResult<Vec<_>>>()?;
+                    if negated { filter.excluded_states.extend(states) } else { filter.states.extend(states) }
+                }
+                "host" | "host_id" => filter.host_id = Some(self.resolve_host_id(value).await?),
+                "provider" => filter.provider = Some(value.to_owned()),
+                "template" | "template_id" => filter.template_id = Some(self.resolve_template(value).await?.id),
+                "name" => filter.name = Some(value.to_owned()),
+                "external_id" => filter.external_id = Some(value.to_owned()),
+                other => {
+                    return Err(ServiceError::Invalid(format!(
+                        "unknown filter field '{other}' (expected one of: state, host, provider, template, name, external_id)"
+                    )));
+                }
+            }
+        }
+        if !has_state_term {
+            filter.excluded_states.push(InstanceState::Terminated);
+        }
+        Ok(filter)
+    }
+
+    pub async fn update_instance(&self, id: Uuid, patch: InstancePatch, actor: &str) -> ServiceResult<Instance> {
+        if let Some(name) = &patch.name {
+            check_text("name", name, 128)?;
+        }
+        if let Some(external_id) = &patch.external_id {
+            check_text("external_id", external_id, 256)?;
+        }
+        if let Some(metadata) = &patch.metadata {
+            check_metadata(metadata)?;
+        }
+        let mut transaction = self.store().begin().await?;
+        let mut instance = store::instances::get(&mut transaction, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("instance", id))?;
+        if let Some(name) = patch.name.clone() {
+            instance.name = name;
+        }
+        if let Some(external_id) = patch.external_id.clone() {
+            instance.external_id = Some(external_id);
+        }
+        if let Some(metadata) = patch.metadata.clone() {
+            instance.metadata = metadata;
+        }
+        instance.updated_at = store::now();
+        store::instances::update(&mut transaction, &instance).await?;
+        transaction
+            .append_event(NewEvent::new("instance.updated", "instance", id).actor(actor).data(serde_json::to_value(&patch).unwrap_or_default()))
+            .await?;
+        transaction.commit().await?;
+        Ok(instance)
+    }
+
+    /// Starts, stops or restarts an instance: a task, refused while another task works on it.
+    pub async fn instance_action(
+        &self,
+        id: Uuid,
+        action: InstanceAction,
+        force: bool,
+        actor: &str,
+    ) -> ServiceResult<Task> {
+        let mut transaction = self.store().begin().await?;
+        let instance = store::instances::get(&mut transaction, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("instance", id))?;
+        let allowed: &[InstanceState] = match action {
+            InstanceAction::Start => &[InstanceState::Stopped, InstanceState::Suspended, InstanceState::Error],
+            InstanceAction::Stop => &[InstanceState::Running, InstanceState::Suspended, InstanceState::Error],
+            InstanceAction::Restart => &[InstanceState::Running, InstanceState::Error],
+        };
+        if !allowed.contains(&instance.state) || instance.host_id.is_none() {
+            return Err(ServiceError::Conflict(format!("cannot {action} instance {id} while it is {}", instance.state)));
+        }
+        if let Some(active) = active_task(&mut transaction, id).await? {
+            return Err(ServiceError::Conflict(format!(
+                "instance {id} has a task in progress ({} {}); wait for it or cancel it",
+                active.kind, active.id
+            )));
+        }
+        let task = self
+            .task_engine()
+            .create(
+                &mut transaction,
+                NewTask {
+                    kind: action.task_kind(),
+                    object_id: Some(id),
+                    parent_id: None,
+                    input: json!({ "instance_id": id, "force": force }),
+                    idempotency_key: None,
+                    request_digest: None,
+                    actor: actor.into(),
+                },
+            )
+            .await?;
+        transaction.commit().await?;
+        self.task_engine().wake();
+        Ok(task)
+    }
+
+    /// Deletes an instance: a task that first cancels whatever else works on the instance.
+    /// Asking again while a delete is under way answers that delete's task.
+    pub async fn delete_instance(&self, id: Uuid, actor: &str) -> ServiceResult<Task> {
+        let mut transaction = self.store().begin().await?;
+        let instance = store::instances::get(&mut transaction, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("instance", id))?;
+        if let Some(active) = active_task(&mut transaction, id).await?
+            && active.kind == TaskKind::InstanceDelete
+        {
+            return Ok(active);
+        }
+        if instance.state == InstanceState::Terminated {
+            return Err(ServiceError::Conflict(format!("instance {id} is already terminated")));
+        }
+        let task = self
+            .task_engine()
+            .create(
+                &mut transaction,
+                NewTask {
+                    kind: TaskKind::InstanceDelete,
+                    object_id: Some(id),
+                    parent_id: None,
+                    input: json!({ "instance_id": id }),
+                    idempotency_key: None,
+                    request_digest: None,
+                    actor: actor.into(),
+                },
+            )
+            .await?;
+        transaction.commit().await?;
+        self.task_engine().wake();
+        Ok(task)
+    }
+}
+
+fn check_replay(found: Option<(Task, Option<String>)>, digest: &str) -> ServiceResult<Option<Task>> {
+    match found {
+        None => Ok(None),
+        Some((task, Some(original))) if original == digest => Ok(Some(task)),
+        Some(_) => Err(ServiceError::Conflict(
+            "Idempotency-Key was already used for a different request; use a new key".into(),
+        )),
+    }
+}
+
+/// The pending or running task working on an instance, if any (batches excluded).
+pub(super) async fn active_task(
+    connection: &mut sqlx::SqliteConnection,
+    instance_id: Uuid,
+) -> ServiceResult<Option<Task>> {
+    let tasks = store::tasks::list(
+        connection,
+        &store::tasks::TaskFilter {
+            states: vec![TaskState::Pending, TaskState::Running],
+            object_id: Some(instance_id),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(tasks.into_iter().next())
+}
+
+fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn decode_cursor(cursor: &str) -> ServiceResult<Uuid> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .ok_or_else(|| ServiceError::Invalid(format!("cursor '{cursor}' is not one this server issued")))
+}

@@ -1,0 +1,424 @@
+//! What instance tasks do: drive the instance through its lifecycle with the provider's driver,
+//! recording every state change with its event. Every step is idempotent, so a task resumed
+//! after a restart simply runs again from the top.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::providers::{
+    cached_templates_from_driver, instance_state_from_driver, is_conflict, is_not_found, task_error_from_call,
+};
+use super::{Service, ServiceError};
+use crate::model::{ExecOutcome, Host, Instance, InstanceState, NewEvent, Task, TaskError, TaskKind, TaskState};
+use crate::plugins::driver_types as driver;
+use crate::plugins::{CallError, Driver, progress};
+use crate::store;
+use crate::tasks::{TaskContext, TaskHandler, TaskOutcome};
+
+/// How long a startup script may run.
+const STARTUP_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub(super) struct LifecycleHandler {
+    pub(super) service: Service,
+}
+
+impl TaskHandler for LifecycleHandler {
+    async fn run(&self, task: Task, context: TaskContext) -> TaskOutcome {
+        let Some(instance_id) = task.object_id else {
+            return TaskOutcome::Failed(failure("invalid_task", "task has no instance"));
+        };
+        let sink_context = context.clone();
+        let sink: progress::ProgressSink =
+            Arc::new(move |fraction: f32, message: &str| sink_context.report_progress(fraction, message));
+        let work = async {
+            match task.kind {
+                TaskKind::InstanceCreate => self.service.run_create(instance_id, &context).await,
+                TaskKind::InstanceStart => self.service.run_start(instance_id).await,
+                TaskKind::InstanceStop => self.service.run_stop(instance_id, &task).await,
+                TaskKind::InstanceRestart => self.service.run_restart(instance_id, &task).await,
+                TaskKind::InstanceDelete => self.service.run_delete(instance_id, task.id).await,
+                TaskKind::Batch => Err(Step::Failed(failure("invalid_task", "batches do not run"))),
+            }
+        };
+        match progress::scope(sink, work).await {
+            Ok(result) => TaskOutcome::Succeeded(result),
+            Err(Step::Failed(error)) => TaskOutcome::Failed(error),
+            Err(Step::Cancelled) => TaskOutcome::Cancelled("cancelled by request".into()),
+        }
+    }
+
+    async fn before_dispatch(&self) {
+        if let Err(error) = self.service.place_waiting_instances().await {
+            tracing::error!(error = %error, "placement pass failed");
+        }
+    }
+}
+
+/// Why a step stopped the task.
+enum Step {
+    Failed(TaskError),
+    Cancelled,
+}
+
+impl From<ServiceError> for Step {
+    fn from(error: ServiceError) -> Self {
+        let code = match &error {
+            ServiceError::NotFound { .. } => "not_found",
+            ServiceError::Invalid(_) => "invalid",
+            ServiceError::Conflict(_) => "conflict",
+            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Internal(_) => "internal",
+        };
+        Step::Failed(failure(code, &error.to_string()))
+    }
+}
+
+impl From<store::StoreError> for Step {
+    fn from(error: store::StoreError) -> Self {
+        Step::from(ServiceError::from(error))
+    }
+}
+
+fn failure(code: &str, message: &str) -> TaskError {
+    TaskError { code: code.into(), message: message.into() }
+}
+
+type StepResult<T> = Result<T, Step>;
+
+impl Service {
+    async fn load_instance(&self, id: Uuid) -> StepResult<Instance> {
+        Ok(store::instances::get(&mut *self.store().reader().await?, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("instance", id))?)
+    }
+
+    /// The instance's host and its provider's driver.
+    async fn placement_of(&self, instance: &Instance) -> StepResult<(Host, Driver)> {
+        let host_id = instance
+            .host_id
+            .ok_or_else(|| Step::Failed(failure("not_placed", "instance has no host yet")))?;
+        let host = self.get_host(host_id).await?;
+        let driver = self.providers().driver(&host.provider)?.clone();
+        Ok((host, driver))
+    }
+
+    /// Writes the instance's new state and an `instance.state_changed` event together.
+    async fn set_state(&self, instance: &mut Instance, state: InstanceState, data: Value) -> StepResult<()> {
+        let from = instance.state;
+        instance.state = state;
+        instance.updated_at = store::now();
+        let mut transaction = self.store().begin().await?;
+        store::instances::update(&mut transaction, instance).await?;
+        let mut event_data = json!({ "from": from, "to": state });
+        if let (Value::Object(event), Value::Object(extra)) = (&mut event_data, data) {
+            event.extend(extra);
+        }
+        transaction.append_event(NewEvent::new("instance.state_changed", "instance", instance.id).data(event_data)).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn fail_instance(&self, instance: &mut Instance, error: &TaskError) -> StepResult<()> {
+        instance.error = Some(error.message.clone());
+        self.set_state(instance, InstanceState::Error, json!({ "error": error })).await
+    }
+
+    async fn run_create(&self, id: Uuid, context: &TaskContext) -> StepResult<Value> {
+        let mut instance = self.load_instance(id).await?;
+        if instance.state == InstanceState::Running {
+            return Ok(json!({ "instance_id": id }));
+        }
+        if context.cancel.is_cancelled() || instance.host_id.is_none() {
+            self.abandon_create(&mut instance).await?;
+            return Err(Step::Cancelled);
+        }
+        let result = self.create_on_driver(&mut instance, context).await;
+        match result {
+            Ok(()) => Ok(json!({ "instance_id": id, "host_id": instance.host_id, "ip": instance.ip })),
+            Err(Step::Cancelled) => {
+                self.abandon_create(&mut instance).await?;
+                Err(Step::Cancelled)
+            }
+            Err(Step::Failed(error)) => {
+                // Leave nothing half-created behind on the hypervisor.
+                if let Ok((_, driver)) = self.placement_of(&instance).await
+                    && let Err(cleanup) = driver.delete_instance(&id.to_string()).await
+                    && !is_not_found(&cleanup)
+                {
+                    tracing::warn!(instance = %id, error = %cleanup, "cleanup after a failed create failed");
+                }
+                self.fail_instance(&mut instance, &error).await?;
+                Err(Step::Failed(error))
+            }
+        }
+    }
+
+    async fn create_on_driver(&self, instance: &mut Instance, context: &TaskContext) -> StepResult<()> {
+        let (host, driver) = self.placement_of(instance).await?;
+        let template = match instance.template_id {
+            Some(template_id) => Some(self.resolve_template(&template_id.to_string()).await?),
+            None => None,
+        };
+        let version = template.as_ref().and_then(|template| {
+            template.versions.iter().find(|version| Some(version.number) == instance.template_version)
+        });
+        let template_ref = driver::TemplateRef {
+            name: template.as_ref().map(|template| template.name.clone()).unwrap_or_default(),
+            version: instance.template_version.unwrap_or(0),
+            tag: version.map(|version| version.tag.clone()).unwrap_or_default(),
+            size_bytes: version.map_or(0, |version| version.size_bytes),
+        };
+        let id = instance.id.to_string();
+
+        let cached = host
+            .cached_templates
+            .iter()
+            .any(|cached| cached.name == template_ref.name && cached.version == template_ref.version);
+        if !cached && driver.capabilities().templates {
+            self.set_state(instance, InstanceState::Pulling, json!({ "host": host.name })).await?;
+            let pulled = driver
+                .pull_template(&host.name, template_ref.clone())
+                .await
+                .map_err(|error| Step::Failed(task_error_from_call("pull-template", &error)))?;
+            self.record_cached_template(host.id, pulled).await?;
+        }
+        check_cancelled(context)?;
+
+        self.set_state(instance, InstanceState::Starting, json!({ "host": host.name })).await?;
+        let spec = driver::InstanceSpec {
+            id: id.clone(),
+            name: instance.name.clone(),
+            host: host.name.clone(),
+            template: template_ref,
+            vcpu: instance.vcpu,
+            ram_mb: instance.ram_mb,
+            disk_gb: instance.disk_gb,
+            mac: instance.mac.clone(),
+            vlan: None,
+            metadata: instance
+                .metadata
+                .iter()
+                .map(|(key, value)| driver::KeyValue { key: key.clone(), value: value.clone() })
+                .collect(),
+        };
+        match driver.create_instance(spec).await {
+            Ok(_) => {}
+            // Created by an earlier attempt of this task.
+            Err(error) if is_conflict(&error) && driver.get_instance(&id).await.is_ok() => {}
+            Err(error) => return Err(Step::Failed(task_error_from_call("create-instance", &error))),
+        }
+        check_cancelled(context)?;
+        let running = self.start_on_driver(&driver, &id).await?;
+        instance.ip = running.ip.clone();
+        instance.mac = running.mac.clone();
+        instance.error = None;
+        self.set_state(instance, InstanceState::Running, json!({ "ip": instance.ip })).await?;
+
+        if let Some(script) = instance.startup_script.clone()
+            && instance.startup_result.is_none()
+        {
+            let outcome = if driver.capabilities().exec {
+                match driver.exec(&id, &script, STARTUP_SCRIPT_TIMEOUT.as_millis() as u32).await {
+                    Ok(result) => ExecOutcome {
+                        stdout: result.stdout,
+                        stderr: result.stderr,
+                        exit_code: result.exit_code,
+                        timed_out: result.timed_out,
+                    },
+                    Err(error) => ExecOutcome {
+                        stdout: String::new(),
+                        stderr: task_error_from_call("exec", &error).message,
+                        exit_code: -1,
+                        timed_out: matches!(error, CallError::Timeout { .. }),
+                    },
+                }
+            } else {
+                ExecOutcome {
+                    stdout: String::new(),
+                    stderr: "the provider's driver cannot run scripts".into(),
+                    exit_code: -1,
+                    timed_out: false,
+                }
+            };
+            instance.startup_result = Some(outcome.clone());
+            instance.updated_at = store::now();
+            let mut transaction = self.store().begin().await?;
+            store::instances::update(&mut transaction, instance).await?;
+            transaction
+                .append_event(
+                    NewEvent::new("instance.startup_script_finished", "instance", instance.id)
+                        .data(json!({ "exit_code": outcome.exit_code, "timed_out": outcome.timed_out })),
+                )
+                .await?;
+            transaction.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the instance; one that already runs (an earlier attempt) is fine.
+    async fn start_on_driver(&self, driver: &Driver, id: &str) -> StepResult<driver::Instance> {
+        match driver.start_instance(id).await {
+            Ok(instance) => Ok(instance),
+            Err(error) if is_conflict(&error) => match driver.get_instance(id).await {
+                Ok(instance) if instance.state == driver::InstanceState::Running => Ok(instance),
+                _ => Err(Step::Failed(task_error_from_call("start-instance", &error))),
+            },
+            Err(error) => Err(Step::Failed(task_error_from_call("start-instance", &error))),
+        }
+    }
+
+    /// A creation cancelled before or during its work: remove what exists, end as terminated.
+    async fn abandon_create(&self, instance: &mut Instance) -> StepResult<()> {
+        if instance.host_id.is_some()
+            && let Ok((_, driver)) = self.placement_of(instance).await
+            && let Err(error) = driver.delete_instance(&instance.id.to_string()).await
+            && !is_not_found(&error)
+        {
+            return Err(Step::Failed(task_error_from_call("delete-instance", &error)));
+        }
+        self.set_state(instance, InstanceState::Terminated, json!({ "reason": "creation cancelled" })).await
+    }
+
+    async fn record_cached_template(&self, host_id: Uuid, pulled: driver::CachedTemplate) -> StepResult<()> {
+        let mut transaction = self.store().begin().await?;
+        let mut host = store::hosts::get(&mut transaction, host_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("host", host_id))?;
+        let pulled = cached_templates_from_driver(std::slice::from_ref(&pulled));
+        for template in pulled {
+            if !host.cached_templates.iter().any(|cached| cached.name == template.name && cached.version == template.version) {
+                host.cached_templates.push(template.clone());
+                transaction
+                    .append_event(
+                        NewEvent::new("host.template_cached", "host", host_id)
+                            .data(json!({ "template": template.name, "version": template.version })),
+                    )
+                    .await?;
+            }
+        }
+        host.updated_at = store::now();
+        store::hosts::update_cached_templates(&mut transaction, &host).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn run_start(&self, id: Uuid) -> StepResult<Value> {
+        let mut instance = self.load_instance(id).await?;
+        let (_, driver) = self.placement_of(&instance).await?;
+        self.set_state(&mut instance, InstanceState::Starting, Value::Null).await?;
+        match self.start_on_driver(&driver, &id.to_string()).await {
+            Ok(running) => {
+                instance.ip = running.ip;
+                instance.error = None;
+                let ip = json!({ "ip": instance.ip });
+                self.set_state(&mut instance, InstanceState::Running, ip).await?;
+                Ok(json!({ "instance_id": id }))
+            }
+            Err(step) => self.settle_after_failure(&mut instance, &driver, step).await,
+        }
+    }
+
+    async fn run_stop(&self, id: Uuid, task: &Task) -> StepResult<Value> {
+        let force = task.input.get("force").and_then(Value::as_bool).unwrap_or(false);
+        let mut instance = self.load_instance(id).await?;
+        let (_, driver) = self.placement_of(&instance).await?;
+        self.set_state(&mut instance, InstanceState::Stopping, Value::Null).await?;
+        let stopped = match driver.stop_instance(&id.to_string(), force).await {
+            Ok(stopped) => Ok(stopped),
+            Err(error) if is_conflict(&error) => match driver.get_instance(&id.to_string()).await {
+                Ok(current) if current.state == driver::InstanceState::Stopped => Ok(current),
+                _ => Err(Step::Failed(task_error_from_call("stop-instance", &error))),
+            },
+            Err(error) => Err(Step::Failed(task_error_from_call("stop-instance", &error))),
+        };
+        match stopped {
+            Ok(_) => {
+                instance.ip = None;
+                self.set_state(&mut instance, InstanceState::Stopped, Value::Null).await?;
+                Ok(json!({ "instance_id": id }))
+            }
+            Err(step) => self.settle_after_failure(&mut instance, &driver, step).await,
+        }
+    }
+
+    async fn run_restart(&self, id: Uuid, task: &Task) -> StepResult<Value> {
+        let force = task.input.get("force").and_then(Value::as_bool).unwrap_or(false);
+        let mut instance = self.load_instance(id).await?;
+        let (_, driver) = self.placement_of(&instance).await?;
+        self.set_state(&mut instance, InstanceState::Starting, json!({ "reason": "restart" })).await?;
+        match driver.restart_instance(&id.to_string(), force).await {
+            Ok(running) => {
+                instance.ip = running.ip;
+                let ip = json!({ "ip": instance.ip });
+                self.set_state(&mut instance, InstanceState::Running, ip).await?;
+                Ok(json!({ "instance_id": id }))
+            }
+            Err(error) => {
+                let step = Step::Failed(task_error_from_call("restart-instance", &error));
+                self.settle_after_failure(&mut instance, &driver, step).await
+            }
+        }
+    }
+
+    /// After a failed action, records what the driver says the instance is now (or `error`).
+    async fn settle_after_failure(&self, instance: &mut Instance, driver: &Driver, step: Step) -> StepResult<Value> {
+        let Step::Failed(error) = step else { return Err(step) };
+        match driver.get_instance(&instance.id.to_string()).await {
+            Ok(current) => {
+                let state = instance_state_from_driver(current.state);
+                self.set_state(instance, state, json!({ "error": error })).await?;
+            }
+            Err(_) => self.fail_instance(instance, &error).await?,
+        }
+        Err(Step::Failed(error))
+    }
+
+    async fn run_delete(&self, id: Uuid, own_task: Uuid) -> StepResult<Value> {
+        self.cancel_other_tasks(id, own_task).await?;
+        let mut instance = self.load_instance(id).await?;
+        if instance.state == InstanceState::Terminated {
+            return Ok(json!({ "instance_id": id }));
+        }
+        self.set_state(&mut instance, InstanceState::Terminating, Value::Null).await?;
+        if instance.host_id.is_some() {
+            let (_, driver) = self.placement_of(&instance).await?;
+            if let Err(error) = driver.delete_instance(&id.to_string()).await
+                && !is_not_found(&error)
+            {
+                let error = task_error_from_call("delete-instance", &error);
+                self.fail_instance(&mut instance, &error).await?;
+                return Err(Step::Failed(error));
+            }
+        }
+        instance.ip = None;
+        self.set_state(&mut instance, InstanceState::Terminated, Value::Null).await?;
+        Ok(json!({ "instance_id": id }))
+    }
+
+    /// Cancels every other unfinished task of the instance and waits until they have ended.
+    async fn cancel_other_tasks(&self, instance_id: Uuid, own_task: Uuid) -> StepResult<()> {
+        let others = store::tasks::list(
+            &mut *self.store().reader().await?,
+            &store::tasks::TaskFilter {
+                states: vec![TaskState::Pending, TaskState::Running],
+                object_id: Some(instance_id),
+                ..Default::default()
+            },
+        )
+        .await?;
+        for other in others.iter().filter(|task| task.id != own_task) {
+            self.task_engine().cancel(other.id).await.map_err(ServiceError::from)?;
+        }
+        for other in others.iter().filter(|task| task.id != own_task) {
+            self.task_engine().wait(other.id, Duration::from_secs(3600)).await.map_err(ServiceError::from)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_cancelled(context: &TaskContext) -> StepResult<()> {
+    if context.cancel.is_cancelled() { Err(Step::Cancelled) } else { Ok(()) }
+}

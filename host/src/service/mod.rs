@@ -1,0 +1,198 @@
+//! The service layer: the one internal API that every front-end (native REST API, façades,
+//! CLI) calls. It validates requests, owns transactions (state change + event together),
+//! creates tasks and runs them through the drivers.
+
+mod hosts;
+mod instances;
+mod lifecycle;
+mod placement;
+mod providers;
+mod reconcile;
+mod templates;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use hosts::HostPatch;
+pub use instances::{CreateInstances, InstanceList, InstancePatch, InstanceQuery};
+pub use providers::{ProviderRegistry, load_providers};
+pub use templates::{NewTemplate, NewTemplateVersion};
+
+use crate::config::Config;
+use crate::model::{Event, Task, TaskState};
+use crate::store::{self, Store, StoreError};
+use crate::tasks::{TaskEngine, TaskEngineError};
+
+/// Every way a service call can fail. Front-ends map these to their own status codes in one
+/// place each (see `api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{kind} '{id}' not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn not_found(kind: &'static str, id: impl ToString) -> Self {
+        ServiceError::NotFound { kind, id: id.to_string() }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(error = ?error, "store failure");
+        ServiceError::Internal(error.to_string())
+    }
+}
+
+impl From<TaskEngineError> for ServiceError {
+    fn from(error: TaskEngineError) -> Self {
+        match error {
+            TaskEngineError::NotFound(id) => ServiceError::not_found("task", id),
+            TaskEngineError::Store(error) => error.into(),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Settings of the service that come from the operator's configuration.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub reconcile_interval: Duration,
+    pub host_offline_after: Duration,
+    pub task_concurrency: usize,
+    pub task_max_attempts: u32,
+}
+
+impl ServiceSettings {
+    pub fn from_config(config: &Config) -> Self {
+        let reconcile_interval = Duration::from_secs_f64(config.reconcile.interval_secs);
+        ServiceSettings {
+            reconcile_interval,
+            host_offline_after: (reconcile_interval * 3).max(Duration::from_secs(30)),
+            task_concurrency: config.tasks.concurrency,
+            task_max_attempts: config.tasks.max_attempts,
+        }
+    }
+}
+
+/// Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    tasks: TaskEngine,
+    providers: ProviderRegistry,
+    settings: ServiceSettings,
+    shutdown: CancellationToken,
+}
+
+impl Service {
+    pub fn new(store: Store, providers: ProviderRegistry, settings: ServiceSettings) -> Service {
+        let tasks = TaskEngine::new(store.clone(), settings.task_concurrency, settings.task_max_attempts);
+        Service { inner: Arc::new(Inner { store, tasks, providers, settings, shutdown: CancellationToken::new() }) }
+    }
+
+    /// Recovers interrupted tasks, takes a first inventory of every provider, then starts the
+    /// task dispatcher and the reconciliation loop.
+    pub async fn start(&self) -> ServiceResult<()> {
+        let resumed = self.inner.tasks.recover().await?;
+        if resumed > 0 {
+            tracing::info!(resumed, "resuming tasks interrupted by the last shutdown");
+        }
+        self.reconcile_all().await;
+        self.inner.tasks.start(Arc::new(lifecycle::LifecycleHandler { service: self.clone() }));
+        let service = self.clone();
+        tokio::spawn(async move { service.reconcile_loop().await });
+        Ok(())
+    }
+
+    /// Stops background work; running tasks are left to be resumed on the next start.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.shutdown();
+    }
+
+    /// Cancelled when the service shuts down; long-lived streams end on it.
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn providers(&self) -> &ProviderRegistry {
+        &self.inner.providers
+    }
+
+    pub(crate) fn task_engine(&self) -> &TaskEngine {
+        &self.inner.tasks
+    }
+
+    // ----- tasks -----
+
+    pub async fn get_task(&self, id: Uuid) -> ServiceResult<Task> {
+        store::tasks::get(&mut *self.inner.store.reader().await?, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("task", id))
+    }
+
+    /// Waits up to `wait` for the task to end; answers the task as it is then.
+    pub async fn wait_task(&self, id: Uuid, wait: Duration) -> ServiceResult<Task> {
+        Ok(self.inner.tasks.wait(id, wait).await?)
+    }
+
+    pub async fn list_tasks(&self, query: TaskQuery) -> ServiceResult<Vec<Task>> {
+        let filter = store::tasks::TaskFilter {
+            states: query.state.into_iter().collect(),
+            object_id: query.object_id,
+            parent_id: query.parent_id,
+            after: query.after,
+            limit: Some(query.limit),
+            ..Default::default()
+        };
+        Ok(store::tasks::list(&mut *self.inner.store.reader().await?, &filter).await?)
+    }
+
+    /// Cancels a task; a task that already ended is answered as it is.
+    pub async fn cancel_task(&self, id: Uuid) -> ServiceResult<Task> {
+        Ok(self.inner.tasks.cancel(id).await?)
+    }
+
+    // ----- events -----
+
+    /// Events after `since`, oldest first.
+    pub async fn events_after(&self, since: i64, limit: u32) -> ServiceResult<Vec<Event>> {
+        Ok(store::events::list_after(&mut *self.inner.store.reader().await?, since, limit).await?)
+    }
+
+    /// Changes whenever events were committed; its value is the newest sequence number.
+    pub fn watch_events(&self) -> watch::Receiver<i64> {
+        self.inner.store.subscribe_events()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    pub state: Option<TaskState>,
+    pub object_id: Option<Uuid>,
+    pub parent_id: Option<Uuid>,
+    pub after: Option<Uuid>,
+    pub limit: u32,
+}

@@ -1,0 +1,273 @@
+//! Configured providers: loading their driver components, their status, the SQL-backed state
+//! store the plugins use, and conversions between driver types and the domain.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{BUNDLED_DRIVER_SIM, Config, ProviderConfig};
+use crate::model::{self, Arch, CachedTemplate, InstanceState, Provider, ProviderCapabilities, TaskError, Timestamp};
+use crate::plugins::driver_types as driver;
+use crate::plugins::{
+    CallError, ComponentSource, Driver, EndpointAddress, PluginRuntime, PluginStateStore, ProviderSettings,
+};
+use crate::store::{self, Store};
+
+/// The simulated driver, built from `plugins/driver-sim` and bundled into the binary.
+const DRIVER_SIM_COMPONENT: &[u8] = include_bytes!(env!("HYPERPLANE_DRIVER_SIM_WASM"));
+
+/// All configured providers by name, each with its driver (when it loaded) and status.
+#[derive(Clone, Default)]
+pub struct ProviderRegistry {
+    providers: Arc<BTreeMap<String, ProviderEntry>>,
+}
+
+struct ProviderEntry {
+    driver_label: String,
+    driver: Option<Driver>,
+    status: Mutex<ProviderStatus>,
+}
+
+#[derive(Default, Clone)]
+struct ProviderStatus {
+    hosts: usize,
+    last_sync_at: Option<Timestamp>,
+    last_error: Option<String>,
+}
+
+impl ProviderRegistry {
+    /// The loaded driver of a provider, or `Unavailable` when it failed to load.
+    pub fn driver(&self, name: &str) -> Result<&Driver, super::ServiceError> {
+        match self.providers.get(name) {
+            Some(ProviderEntry { driver: Some(driver), .. }) => Ok(driver),
+            Some(entry) => Err(super::ServiceError::Unavailable(format!(
+                "provider '{name}' is not available: {}",
+                entry.status.lock().ok().and_then(|status| status.last_error.clone()).unwrap_or_default()
+            ))),
+            None => Err(super::ServiceError::not_found("provider", name)),
+        }
+    }
+
+    pub fn loaded(&self) -> impl Iterator<Item = (&str, &Driver)> {
+        self.providers.iter().filter_map(|(name, entry)| entry.driver.as_ref().map(|driver| (name.as_str(), driver)))
+    }
+
+    pub fn list(&self) -> Vec<Provider> {
+        self.providers
+            .iter()
+            .map(|(name, entry)| {
+                let status = entry.status.lock().map(|status| status.clone()).unwrap_or_default();
+                Provider {
+                    name: name.clone(),
+                    driver: entry.driver_label.clone(),
+                    status: if entry.driver.is_some() { "ready" } else { "failed" }.into(),
+                    capabilities: entry.driver.as_ref().map(|driver| {
+                        let capabilities = driver.capabilities();
+                        ProviderCapabilities {
+                            exec: capabilities.exec,
+                            console: capabilities.console,
+                            templates: capabilities.templates,
+                            snapshots: capabilities.snapshots,
+                            suspend: capabilities.suspend,
+                        }
+                    }),
+                    hosts: status.hosts,
+                    last_sync_at: status.last_sync_at,
+                    last_error: status.last_error,
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn record_sync(&self, name: &str, result: Result<usize, String>) {
+        let Some(entry) = self.providers.get(name) else { return };
+        let Ok(mut status) = entry.status.lock() else { return };
+        match result {
+            Ok(hosts) => {
+                status.hosts = hosts;
+                status.last_sync_at = Some(store::now());
+                status.last_error = None;
+            }
+            Err(error) => status.last_error = Some(error),
+        }
+    }
+}
+
+/// Loads every configured provider (in parallel). A provider that fails to load is kept with
+/// its error so that the server still starts and reports it.
+pub async fn load_providers(config: &Config, runtime: &PluginRuntime, store: &Store) -> ProviderRegistry {
+    let state: Arc<dyn PluginStateStore> = Arc::new(SqlPluginState { store: store.clone() });
+    let loads = config.effective_providers().into_iter().map(|provider| {
+        let state = state.clone();
+        async move {
+            let label = provider.driver.clone();
+            let name = provider.name.clone();
+            let loaded = match provider_settings(config, &provider) {
+                Ok(settings) => Driver::load(runtime, settings, state).await.map_err(|error| error.to_string()),
+                Err(error) => Err(error),
+            };
+            let (driver, last_error) = match loaded {
+                Ok(driver) => {
+                    tracing::info!(provider = %name, driver = %label, "provider loaded");
+                    (Some(driver), None)
+                }
+                Err(error) => {
+                    tracing::error!(provider = %name, driver = %label, error = %error, "provider failed to load");
+                    (None, Some(error))
+                }
+            };
+            let status = ProviderStatus { last_error, ..Default::default() };
+            (name, ProviderEntry { driver_label: label, driver, status: Mutex::new(status) })
+        }
+    });
+    let providers = futures::future::join_all(loads).await.into_iter().collect();
+    ProviderRegistry { providers: Arc::new(providers) }
+}
+
+fn provider_settings(config: &Config, provider: &ProviderConfig) -> Result<ProviderSettings, String> {
+    let component = if provider.driver == BUNDLED_DRIVER_SIM {
+        ComponentSource::Bytes { label: BUNDLED_DRIVER_SIM.into(), bytes: Arc::from(DRIVER_SIM_COMPONENT) }
+    } else {
+        ComponentSource::File(provider.driver.clone().into())
+    };
+    let mut endpoints = BTreeMap::new();
+    for (name, address) in &provider.endpoints {
+        let address: EndpointAddress =
+            address.parse().map_err(|error| format!("providers.{}.endpoints.{name}: {error}", provider.name))?;
+        endpoints.insert(name.clone(), address);
+    }
+    let mib = |value: u64| (value as usize).saturating_mul(1024 * 1024);
+    Ok(ProviderSettings {
+        name: provider.name.clone(),
+        component,
+        config_json: provider.config.to_string(),
+        call_timeout: Duration::from_secs_f64(provider.call_timeout_secs.unwrap_or(config.plugins.call_timeout_secs)),
+        memory_limit_bytes: mib(provider.memory_limit_mib.unwrap_or(config.plugins.memory_limit_mib)),
+        endpoints,
+        allowed_http_hosts: provider.allowed_http_hosts.clone(),
+        max_response_bytes: mib(config.plugins.max_response_mib),
+    })
+}
+
+/// Plugin key-value state kept in the database, so that a simulated (or any) driver's state
+/// survives restarts of the server.
+struct SqlPluginState {
+    store: Store,
+}
+
+fn describe(error: store::StoreError) -> String {
+    error.to_string()
+}
+
+#[async_trait::async_trait]
+impl PluginStateStore for SqlPluginState {
+    async fn get(&self, provider: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let mut reader = self.store.reader().await.map_err(describe)?;
+        store::plugin_state::get(&mut reader, provider, key).await.map_err(describe)
+    }
+
+    async fn set(&self, provider: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        let mut transaction = self.store.begin().await.map_err(describe)?;
+        store::plugin_state::set(&mut transaction, provider, key, value).await.map_err(describe)?;
+        transaction.commit().await.map_err(describe)
+    }
+
+    async fn delete(&self, provider: &str, key: &str) -> Result<bool, String> {
+        let mut transaction = self.store.begin().await.map_err(describe)?;
+        let existed = store::plugin_state::delete(&mut transaction, provider, key).await.map_err(describe)?;
+        transaction.commit().await.map_err(describe)?;
+        Ok(existed)
+    }
+
+    async fn scan(&self, provider: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut reader = self.store.reader().await.map_err(describe)?;
+        store::plugin_state::scan(&mut reader, provider, prefix).await.map_err(describe)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        provider: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<bool, String> {
+        let mut transaction = self.store.begin().await.map_err(describe)?;
+        let current = store::plugin_state::get(&mut transaction, provider, key).await.map_err(describe)?;
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        match value {
+            Some(value) => store::plugin_state::set(&mut transaction, provider, key, value).await.map_err(describe)?,
+            None => {
+                store::plugin_state::delete(&mut transaction, provider, key).await.map_err(describe)?;
+            }
+        }
+        transaction.commit().await.map_err(describe)?;
+        Ok(true)
+    }
+}
+
+// ----- conversions between the driver contract and the domain -----
+
+pub(super) fn arch_from_driver(arch: driver::Arch) -> Arch {
+    match arch {
+        driver::Arch::Amd64 => Arch::Amd64,
+        driver::Arch::Arm64 => Arch::Arm64,
+    }
+}
+
+pub(super) fn host_state_from_driver(state: driver::HostState) -> model::HostState {
+    match state {
+        driver::HostState::Active => model::HostState::Active,
+        driver::HostState::Offline => model::HostState::Offline,
+        driver::HostState::Updating => model::HostState::Updating,
+    }
+}
+
+pub(super) fn instance_state_from_driver(state: driver::InstanceState) -> InstanceState {
+    match state {
+        driver::InstanceState::Stopped => InstanceState::Stopped,
+        driver::InstanceState::Starting => InstanceState::Starting,
+        driver::InstanceState::Running => InstanceState::Running,
+        driver::InstanceState::Stopping => InstanceState::Stopping,
+        driver::InstanceState::Suspended => InstanceState::Suspended,
+        driver::InstanceState::Error => InstanceState::Error,
+    }
+}
+
+pub(super) fn cached_templates_from_driver(templates: &[driver::CachedTemplate]) -> Vec<CachedTemplate> {
+    templates
+        .iter()
+        .map(|template| CachedTemplate {
+            name: template.name.clone(),
+            version: template.version,
+            tag: template.tag.clone(),
+            size_bytes: template.size_bytes,
+        })
+        .collect()
+}
+
+/// A driver call's failure as a task error: the driver's own kind, or what the host saw.
+pub(super) fn task_error_from_call(function: &str, error: &CallError) -> TaskError {
+    let (code, message) = match error {
+        CallError::Driver(driver_error) => match driver_error {
+            driver::Error::NotFound(message) => ("not_found", message.clone()),
+            driver::Error::Conflict(message) => ("conflict", message.clone()),
+            driver::Error::Invalid(message) => ("invalid", message.clone()),
+            driver::Error::Unsupported(message) => ("unsupported", message.clone()),
+            driver::Error::Unavailable(message) => ("unavailable", message.clone()),
+            driver::Error::Backend(backend) => ("backend", format!("{} (code {})", backend.message, backend.code)),
+        },
+        other => ("plugin_failure", other.to_string()),
+    };
+    TaskError { code: code.into(), message: format!("{function}: {message}") }
+}
+
+/// Whether a driver call failed because the object does not exist.
+pub(super) fn is_not_found(error: &CallError) -> bool {
+    matches!(error, CallError::Driver(driver::Error::NotFound(_)))
+}
+
+pub(super) fn is_conflict(error: &CallError) -> bool {
+    matches!(error, CallError::Driver(driver::Error::Conflict(_)))
+}

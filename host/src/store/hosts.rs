@@ -1,0 +1,150 @@
+//! Hosts as last reported by their providers, with the operator's settings and live usage.
+
+use std::collections::HashMap;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+use uuid::Uuid;
+
+use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_time, parse_uuid, to_json};
+use crate::model::{Capacity, Host, HostState, Usage};
+
+const SELECT_WITH_USAGE: &str = "SELECT h.*, \
+        COALESCE(u.instances, 0) AS used_instances, COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb \
+    FROM hosts h LEFT JOIN ( \
+        SELECT host_id, COUNT(*) AS instances, SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb \
+        FROM instances WHERE host_id IS NOT NULL AND state != 'terminated' GROUP BY host_id \
+    ) u ON u.host_id = h.id";
+
+fn from_row(row: &SqliteRow) -> StoreResult<Host> {
+    let reported: HostState = parse_enum(row.try_get("state")?)?;
+    let draining: bool = row.try_get("draining")?;
+    Ok(Host {
+        id: parse_uuid(row.try_get("id")?)?,
+        provider: row.try_get("provider")?,
+        name: row.try_get("name")?,
+        arch: parse_enum(row.try_get("arch")?)?,
+        cpu: row.try_get("cpu")?,
+        ram_mb: row.try_get::<i64, _>("ram_mb")? as u64,
+        disk_gb: row.try_get::<i64, _>("disk_gb")? as u64,
+        hypervisor: row.try_get("hypervisor")?,
+        state: if draining && reported == HostState::Active { HostState::Draining } else { reported },
+        draining,
+        capacity: Capacity {
+            max_instances: row.try_get("max_instances")?,
+            vcpu: row.try_get("vcpu_limit")?,
+            ram_mb: row.try_get::<Option<i64>, _>("ram_limit_mb")?.map(|ram| ram as u64),
+        },
+        usage: Usage {
+            instances: row.try_get("used_instances")?,
+            vcpu: row.try_get("used_vcpu")?,
+            ram_mb: row.try_get::<i64, _>("used_ram_mb")? as u64,
+        },
+        labels: parse_json(row.try_get("labels")?)?,
+        cached_templates: parse_json(row.try_get("cached_templates")?)?,
+        last_report_at: parse_optional_time(row.try_get("last_report_at")?)?,
+        created_at: parse_time(row.try_get("created_at")?)?,
+        updated_at: parse_time(row.try_get("updated_at")?)?,
+    })
+}
+
+pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Host>> {
+    let rows = sqlx::query(&format!("{SELECT_WITH_USAGE} ORDER BY h.provider, h.name")).fetch_all(connection).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Host>> {
+    let row = sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.id = ?"))
+        .bind(id.to_string())
+        .fetch_optional(connection)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Hosts of one provider keyed by their name within it.
+pub async fn by_provider(connection: &mut SqliteConnection, provider: &str) -> StoreResult<HashMap<String, Host>> {
+    let rows = sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.provider = ?"))
+        .bind(provider)
+        .fetch_all(connection)
+        .await?;
+    rows.iter().map(|row| from_row(row).map(|host| (host.name.clone(), host))).collect()
+}
+
+pub async fn insert(connection: &mut SqliteConnection, host: &Host) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO hosts (id, provider, name, arch, cpu, ram_mb, disk_gb, hypervisor, state, draining, \
+            max_instances, vcpu_limit, ram_limit_mb, labels, cached_templates, last_report_at, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(host.id.to_string())
+    .bind(&host.provider)
+    .bind(&host.name)
+    .bind(host.arch.as_str())
+    .bind(host.cpu)
+    .bind(host.ram_mb as i64)
+    .bind(host.disk_gb as i64)
+    .bind(&host.hypervisor)
+    .bind(host.state.as_str())
+    .bind(host.draining)
+    .bind(host.capacity.max_instances)
+    .bind(host.capacity.vcpu)
+    .bind(host.capacity.ram_mb.map(|ram| ram as i64))
+    .bind(to_json(&host.labels))
+    .bind(to_json(&host.cached_templates))
+    .bind(host.last_report_at.as_ref().map(format_time))
+    .bind(format_time(&host.created_at))
+    .bind(format_time(&host.updated_at))
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Writes what a provider reports (hardware, reachability, cached templates). `state` is the
+/// reported state; draining is the operator's and kept apart.
+pub async fn update_report(connection: &mut SqliteConnection, host: &Host, reported_state: HostState) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE hosts SET arch = ?, cpu = ?, ram_mb = ?, disk_gb = ?, hypervisor = ?, state = ?, \
+            cached_templates = ?, last_report_at = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(host.arch.as_str())
+    .bind(host.cpu)
+    .bind(host.ram_mb as i64)
+    .bind(host.disk_gb as i64)
+    .bind(&host.hypervisor)
+    .bind(reported_state.as_str())
+    .bind(to_json(&host.cached_templates))
+    .bind(host.last_report_at.as_ref().map(format_time))
+    .bind(format_time(&host.updated_at))
+    .bind(host.id.to_string())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Writes the operator's settings: drain flag, capacity limits and labels.
+pub async fn update_settings(connection: &mut SqliteConnection, host: &Host) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE hosts SET draining = ?, max_instances = ?, vcpu_limit = ?, ram_limit_mb = ?, labels = ?, updated_at = ? \
+         WHERE id = ?",
+    )
+    .bind(host.draining)
+    .bind(host.capacity.max_instances)
+    .bind(host.capacity.vcpu)
+    .bind(host.capacity.ram_mb.map(|ram| ram as i64))
+    .bind(to_json(&host.labels))
+    .bind(format_time(&host.updated_at))
+    .bind(host.id.to_string())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+pub async fn update_cached_templates(connection: &mut SqliteConnection, host: &Host) -> StoreResult<()> {
+    sqlx::query("UPDATE hosts SET cached_templates = ?, updated_at = ? WHERE id = ?")
+        .bind(to_json(&host.cached_templates))
+        .bind(format_time(&host.updated_at))
+        .bind(host.id.to_string())
+        .execute(connection)
+        .await?;
+    Ok(())
+}

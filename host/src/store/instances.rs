@@ -1,0 +1,160 @@
+//! Instances.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use uuid::Uuid;
+
+use super::{StoreResult, format_time, parse_enum, parse_json, parse_time, parse_uuid, to_json};
+use crate::model::{Instance, InstanceState};
+
+/// Conditions for listing instances, all combined with AND. `Some(vec![])`-style negations use
+/// the `excluded_*` fields.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    pub states: Vec<InstanceState>,
+    pub excluded_states: Vec<InstanceState>,
+    pub host_id: Option<Uuid>,
+    /// Only instances without a host yet.
+    pub unplaced: bool,
+    pub provider: Option<String>,
+    pub template_id: Option<Uuid>,
+    pub name: Option<String>,
+    pub external_id: Option<String>,
+    /// Only instances whose id sorts after this one (cursor pagination; ids are UUIDv7).
+    pub after: Option<Uuid>,
+    pub limit: Option<u32>,
+}
+
+fn from_row(row: &SqliteRow) -> StoreResult<Instance> {
+    let optional_uuid = |column: &str| -> StoreResult<Option<Uuid>> {
+        row.try_get::<Option<String>, _>(column)?.as_deref().map(parse_uuid).transpose()
+    };
+    Ok(Instance {
+        id: parse_uuid(row.try_get("id")?)?,
+        name: row.try_get("name")?,
+        external_id: row.try_get("external_id")?,
+        state: parse_enum(row.try_get("state")?)?,
+        template_id: optional_uuid("template_id")?,
+        template_version: row.try_get("template_version")?,
+        provider: row.try_get("provider")?,
+        host_id: optional_uuid("host_id")?,
+        requested_host_id: optional_uuid("requested_host_id")?,
+        vcpu: row.try_get("vcpu")?,
+        ram_mb: row.try_get::<i64, _>("ram_mb")? as u64,
+        disk_gb: row.try_get::<i64, _>("disk_gb")? as u64,
+        ip: row.try_get("ip")?,
+        mac: row.try_get("mac")?,
+        metadata: parse_json(row.try_get("metadata")?)?,
+        startup_script: row.try_get("startup_script")?,
+        startup_result: row.try_get::<Option<String>, _>("startup_result")?.as_deref().map(parse_json).transpose()?,
+        error: row.try_get("error")?,
+        origin: parse_enum(row.try_get("origin")?)?,
+        created_at: parse_time(row.try_get("created_at")?)?,
+        updated_at: parse_time(row.try_get("updated_at")?)?,
+    })
+}
+
+pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Instance>> {
+    let row = sqlx::query("SELECT * FROM instances WHERE id = ?").bind(id.to_string()).fetch_optional(connection).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn list(connection: &mut SqliteConnection, filter: &InstanceFilter) -> StoreResult<Vec<Instance>> {
+    let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM instances WHERE 1 = 1");
+    push_state_list(&mut query, " AND state IN (", &filter.states);
+    push_state_list(&mut query, " AND state NOT IN (", &filter.excluded_states);
+    if let Some(host_id) = filter.host_id {
+        query.push(" AND host_id = ").push_bind(host_id.to_string());
+    }
+    if filter.unplaced {
+        query.push(" AND host_id IS NULL");
+    }
+    if let Some(provider) = &filter.provider {
+        query.push(" AND provider = ").push_bind(provider.clone());
+    }
+    if let Some(template_id) = filter.template_id {
+        query.push(" AND template_id = ").push_bind(template_id.to_string());
+    }
+    if let Some(name) = &filter.name {
+        query.push(" AND name = ").push_bind(name.clone());
+    }
+    if let Some(external_id) = &filter.external_id {
+        query.push(" AND external_id = ").push_bind(external_id.clone());
+    }
+    if let Some(after) = filter.after {
+        query.push(" AND id > ").push_bind(after.to_string());
+    }
+    query.push(" ORDER BY id");
+    if let Some(limit) = filter.limit {
+        query.push(" LIMIT ").push_bind(limit);
+    }
+    let rows = query.build().fetch_all(connection).await?;
+    rows.iter().map(from_row).collect()
+}
+
+fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &[InstanceState]) {
+    if states.is_empty() {
+        return;
+    }
+    query.push(prefix);
+    let mut separated = query.separated(", ");
+    for state in states {
+        separated.push_bind(state.as_str());
+    }
+    query.push(")");
+}
+
+pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO instances (id, name, external_id, state, template_id, template_version, provider, host_id, \
+            requested_host_id, vcpu, ram_mb, disk_gb, ip, mac, metadata, startup_script, startup_result, error, origin, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(instance.id.to_string())
+    .bind(&instance.name)
+    .bind(&instance.external_id)
+    .bind(instance.state.as_str())
+    .bind(instance.template_id.map(|id| id.to_string()))
+    .bind(instance.template_version)
+    .bind(&instance.provider)
+    .bind(instance.host_id.map(|id| id.to_string()))
+    .bind(instance.requested_host_id.map(|id| id.to_string()))
+    .bind(instance.vcpu)
+    .bind(instance.ram_mb as i64)
+    .bind(instance.disk_gb as i64)
+    .bind(&instance.ip)
+    .bind(&instance.mac)
+    .bind(to_json(&instance.metadata))
+    .bind(&instance.startup_script)
+    .bind(instance.startup_result.as_ref().map(to_json))
+    .bind(&instance.error)
+    .bind(instance.origin.as_str())
+    .bind(format_time(&instance.created_at))
+    .bind(format_time(&instance.updated_at))
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Writes every mutable column of the instance.
+pub async fn update(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE instances SET name = ?, external_id = ?, state = ?, provider = ?, host_id = ?, ip = ?, mac = ?, \
+            metadata = ?, startup_result = ?, error = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(&instance.name)
+    .bind(&instance.external_id)
+    .bind(instance.state.as_str())
+    .bind(&instance.provider)
+    .bind(instance.host_id.map(|id| id.to_string()))
+    .bind(&instance.ip)
+    .bind(&instance.mac)
+    .bind(to_json(&instance.metadata))
+    .bind(instance.startup_result.as_ref().map(to_json))
+    .bind(&instance.error)
+    .bind(format_time(&instance.updated_at))
+    .bind(instance.id.to_string())
+    .execute(connection)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Persistence: sqlx on SQLite (WAL) with embedded migrations, and one repository module per
+//! table. The only module that knows SQL.
+//!
+//! Writes go through [`WriteTx`], a transaction on the single writer connection: every state
+//! change and the events describing it commit together, and readers are woken only after
+//! the commit. Reads use a separate pool and never block behind writers (WAL).
+
+pub mod events;
+pub mod hosts;
+pub mod instances;
+pub mod plugin_state;
+pub mod tasks;
+pub mod templates;
+
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::watch;
+
+use crate::model::{NewEvent, Timestamp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored value is not readable: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The database: one writer connection, a pool of readers, and the latest event sequence
+/// number for anyone waiting on new events.
+#[derive(Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    readers: SqlitePool,
+    latest_event: watch::Sender<i64>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies migrations.
+    pub async fn open(url: &str) -> StoreResult<Store> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.read_only(true))
+            .await?;
+        let latest = events::latest_seq(&mut *writer.acquire().await?).await?;
+        let (latest_event, _) = watch::channel(latest);
+        Ok(Store { writer, readers, latest_event })
+    }
+
+    /// A connection for reads.
+    pub async fn reader(&self) -> StoreResult<PoolConnection<Sqlite>> {
+        Ok(self.readers.acquire().await?)
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE` on the single writer, so transactions
+    /// never fail to upgrade and placement decisions see every committed instance).
+    pub async fn begin(&self) -> StoreResult<WriteTx> {
+        let mut connection = self.writer.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
+        Ok(WriteTx { connection: Some(connection), latest_event: self.latest_event.clone(), appended_up_to: None })
+    }
+
+    /// Sequence number of the newest committed event; changes after every commit that appended.
+    pub fn subscribe_events(&self) -> watch::Receiver<i64> {
+        self.latest_event.subscribe()
+    }
+
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// A write transaction. Dropping it without [`WriteTx::commit`] rolls back.
+pub struct WriteTx {
+    connection: Option<PoolConnection<Sqlite>>,
+    latest_event: watch::Sender<i64>,
+    appended_up_to: Option<i64>,
+}
+
+impl WriteTx {
+    /// Appends an event in this transaction; returns its sequence number.
+    pub async fn append_event(&mut self, event: NewEvent) -> StoreResult<i64> {
+        let seq = events::append(self, &event).await?;
+        self.appended_up_to = Some(seq);
+        Ok(seq)
+    }
+
+    pub async fn commit(mut self) -> StoreResult<()> {
+        if let Some(mut connection) = self.connection.take() {
+            sqlx::query("COMMIT").execute(&mut *connection).await?;
+        }
+        if let Some(seq) = self.appended_up_to {
+            self.latest_event.send_if_modified(|latest| {
+                let newer = seq > *latest;
+                if newer {
+                    *latest = seq;
+                }
+                newer
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if let Some(mut connection) = self.connection.take() {
+            // Roll back on the runtime; the writer connection returns to the pool afterwards.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+                });
+            } else {
+                connection.close_on_drop();
+            }
+        }
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.connection.as_deref().expect("transaction is open until commit or drop")
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.connection.as_deref_mut().expect("transaction is open until commit or drop")
+    }
+}
+
+/// Current time, truncated to milliseconds so that what is stored is what is returned.
+pub fn now() -> Timestamp {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+pub(crate) fn format_time(time: &Timestamp) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub(crate) fn parse_time(text: &str) -> StoreResult<Timestamp> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|error| StoreError::Corrupt(format!("timestamp '{text}': {error}")))
+}
+
+pub(crate) fn parse_optional_time(text: Option<String>) -> StoreResult<Option<Timestamp>> {
+    text.as_deref().map(parse_time).transpose()
+}
+
+pub(crate) fn parse_uuid(text: &str) -> StoreResult<uuid::Uuid> {
+    uuid::Uuid::parse_str(text).map_err(|error| StoreError::Corrupt(format!("uuid '{text}': {error}")))
+}
+
+pub(crate) fn parse_enum<T: FromStr<Err = String>>(text: &str) -> StoreResult<T> {
+    text.parse().map_err(StoreError::Corrupt)
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|error| StoreError::Corrupt(format!("json: {error}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+#[cfg(test)]
+pub(crate) async fn open_temporary() -> (Store, tempfile::TempDir) {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", directory.path().join("test.db").display());
+    (Store::open(&url).await.expect("open store"), directory)
+}

@@ -1,0 +1,196 @@
+//! Durable tasks: every long operation is a row here before it starts.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use uuid::Uuid;
+
+use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_time, parse_uuid, to_json};
+use crate::model::{Task, TaskError, TaskKind, TaskState};
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub states: Vec<TaskState>,
+    pub kind: Option<TaskKind>,
+    pub object_id: Option<Uuid>,
+    pub parent_id: Option<Uuid>,
+    /// Only tasks whose id sorts after this one (ids are UUIDv7, so this is creation order).
+    pub after: Option<Uuid>,
+    pub limit: Option<u32>,
+}
+
+fn from_row(row: &SqliteRow) -> StoreResult<Task> {
+    let optional_uuid = |column: &str| -> StoreResult<Option<Uuid>> {
+        row.try_get::<Option<String>, _>(column)?.as_deref().map(parse_uuid).transpose()
+    };
+    let error = match (row.try_get::<Option<String>, _>("error_code")?, row.try_get::<Option<String>, _>("error_message")?) {
+        (Some(code), message) => Some(TaskError { code, message: message.unwrap_or_default() }),
+        _ => None,
+    };
+    Ok(Task {
+        id: parse_uuid(row.try_get("id")?)?,
+        kind: parse_enum(row.try_get("kind")?)?,
+        state: parse_enum(row.try_get("state")?)?,
+        object_id: optional_uuid("object_id")?,
+        parent_id: optional_uuid("parent_id")?,
+        progress: row.try_get::<f64, _>("progress")? as f32,
+        message: row.try_get("message")?,
+        input: parse_json(row.try_get("input")?)?,
+        result: row.try_get::<Option<String>, _>("result")?.as_deref().map(parse_json).transpose()?,
+        error,
+        attempts: row.try_get("attempts")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: parse_time(row.try_get("created_at")?)?,
+        started_at: parse_optional_time(row.try_get("started_at")?)?,
+        ended_at: parse_optional_time(row.try_get("ended_at")?)?,
+    })
+}
+
+pub async fn insert(connection: &mut SqliteConnection, task: &Task, request_digest: Option<&str>) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO tasks (id, kind, state, object_id, parent_id, progress, message, input, result, error_code, \
+            error_message, attempts, idempotency_key, request_digest, created_at, started_at, ended_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(task.id.to_string())
+    .bind(task.kind.as_str())
+    .bind(task.state.as_str())
+    .bind(task.object_id.map(|id| id.to_string()))
+    .bind(task.parent_id.map(|id| id.to_string()))
+    .bind(f64::from(task.progress))
+    .bind(&task.message)
+    .bind(task.input.to_string())
+    .bind(task.result.as_ref().map(to_json))
+    .bind(task.error.as_ref().map(|error| error.code.clone()))
+    .bind(task.error.as_ref().map(|error| error.message.clone()))
+    .bind(task.attempts)
+    .bind(&task.idempotency_key)
+    .bind(request_digest)
+    .bind(format_time(&task.created_at))
+    .bind(task.started_at.as_ref().map(format_time))
+    .bind(task.ended_at.as_ref().map(format_time))
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Writes the task's progress and outcome columns.
+pub async fn update(connection: &mut SqliteConnection, task: &Task) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE tasks SET state = ?, progress = ?, message = ?, result = ?, error_code = ?, error_message = ?, \
+            attempts = ?, started_at = ?, ended_at = ? WHERE id = ?",
+    )
+    .bind(task.state.as_str())
+    .bind(f64::from(task.progress))
+    .bind(&task.message)
+    .bind(task.result.as_ref().map(to_json))
+    .bind(task.error.as_ref().map(|error| error.code.clone()))
+    .bind(task.error.as_ref().map(|error| error.message.clone()))
+    .bind(task.attempts)
+    .bind(task.started_at.as_ref().map(format_time))
+    .bind(task.ended_at.as_ref().map(format_time))
+    .bind(task.id.to_string())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Progress only; cheap enough to call often.
+pub async fn update_progress(connection: &mut SqliteConnection, id: Uuid, progress: f32, message: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE tasks SET progress = ?, message = ? WHERE id = ? AND state = 'running'")
+        .bind(f64::from(progress))
+        .bind(message)
+        .bind(id.to_string())
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Task>> {
+    let row = sqlx::query("SELECT * FROM tasks WHERE id = ?").bind(id.to_string()).fetch_optional(connection).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The task created with this idempotency key, and the digest of the request that created it.
+pub async fn get_by_idempotency_key(
+    connection: &mut SqliteConnection,
+    key: &str,
+) -> StoreResult<Option<(Task, Option<String>)>> {
+    let row = sqlx::query("SELECT * FROM tasks WHERE idempotency_key = ?").bind(key).fetch_optional(connection).await?;
+    row.as_ref().map(|row| Ok((from_row(row)?, row.try_get("request_digest")?))).transpose()
+}
+
+pub async fn list(connection: &mut SqliteConnection, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
+    let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM tasks WHERE 1 = 1");
+    if !filter.states.is_empty() {
+        query.push(" AND state IN (");
+        let mut separated = query.separated(", ");
+        for state in &filter.states {
+            separated.push_bind(state.as_str());
+        }
+        query.push(")");
+    }
+    if let Some(kind) = filter.kind {
+        query.push(" AND kind = ").push_bind(kind.as_str());
+    }
+    if let Some(object_id) = filter.object_id {
+        query.push(" AND object_id = ").push_bind(object_id.to_string());
+    }
+    if let Some(parent_id) = filter.parent_id {
+        query.push(" AND parent_id = ").push_bind(parent_id.to_string());
+    }
+    if let Some(after) = filter.after {
+        query.push(" AND id > ").push_bind(after.to_string());
+    }
+    query.push(" ORDER BY id");
+    if let Some(limit) = filter.limit {
+        query.push(" LIMIT ").push_bind(limit);
+    }
+    let rows = query.build().fetch_all(connection).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Pending tasks the dispatcher may start now, oldest first: batches never run themselves, and
+/// an instance creation waits until placement gave its instance a host (unless cancelled).
+pub async fn claimable(connection: &mut SqliteConnection, limit: u32) -> StoreResult<Vec<(Task, bool)>> {
+    let rows = sqlx::query(
+        "SELECT t.* FROM tasks t LEFT JOIN instances i ON i.id = t.object_id \
+         WHERE t.state = 'pending' AND t.kind != 'batch' \
+           AND (t.kind != 'instance.create' OR i.host_id IS NOT NULL OR t.cancel_requested = 1) \
+         ORDER BY t.id LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(|row| Ok((from_row(row)?, row.try_get("cancel_requested")?))).collect()
+}
+
+pub async fn request_cancel(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<()> {
+    sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?").bind(id.to_string()).execute(connection).await?;
+    Ok(())
+}
+
+pub async fn is_cancel_requested(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<bool> {
+    let row = sqlx::query("SELECT cancel_requested FROM tasks WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(connection)
+        .await?;
+    Ok(row.map(|row| row.try_get("cancel_requested")).transpose()?.unwrap_or(false))
+}
+
+/// Sets the message of the pending creation task of an instance (why it waits), when it changed.
+pub async fn set_pending_create_message(
+    connection: &mut SqliteConnection,
+    instance_id: Uuid,
+    message: &str,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE tasks SET message = ? WHERE object_id = ? AND kind = 'instance.create' AND state = 'pending' \
+         AND (message IS NULL OR message != ?)",
+    )
+    .bind(message)
+    .bind(instance_id.to_string())
+    .bind(message)
+    .execute(connection)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Starting, stopping and talking to a real server process.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "e2e-admin-token";
+
+/// A simulated fleet that answers quickly: 4 hosts of 25 vCPU / 64 GiB.
+pub fn fast_sim_config() -> String {
+    r#"
+[reconcile]
+interval_secs = 0.5
+
+[[providers]]
+name = "sim"
+driver = "driver-sim"
+config = { hosts = 4, cpu = 25, ram_mb = 65536, delays_ms = { create = 20, start = 30, stop = 20, restart = 30, delete = 10, pull = 30 } }
+"#
+    .into()
+}
+
+pub struct Server {
+    pub url: String,
+    pub data_dir: PathBuf,
+    config_file: PathBuf,
+    child: Option<Child>,
+    http: reqwest::Client,
+    _directory: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server with `config` (TOML) on a fresh data directory.
+    pub async fn start(config: &str) -> Server {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let data_dir = directory.path().join("data");
+        let config_file = directory.path().join("hyperplane.toml");
+        std::fs::write(&config_file, with_shared_plugin_cache(config)).expect("write config");
+        let mut server = Server {
+            url: String::new(),
+            data_dir,
+            config_file,
+            child: None,
+            http: reqwest::Client::new(),
+            _directory: Some(directory),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hyperplane"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_file)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("HYPERPLANE_ADMIN_TOKEN", TOKEN)
+            .env("HYPERPLANE_LOG", "warn,hyperplane=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the hyperplane binary");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("Hyperplane is listening on ") {
+                    let _ = sender.send(url.trim().to_owned());
+                }
+            }
+        });
+        self.url = receiver.recv_timeout(Duration::from_secs(120)).expect("the server starts and prints its address");
+        self.child = Some(child);
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same data directory and configuration.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Sends a raw body (for malformed JSON) with the given headers.
+    pub async fn raw(&self, method: Method, path: &str, body: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url)).body(body.to_owned());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.request(Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn create_template(&self, name: &str) -> Value {
+        let (status, body) = self.post("/v1/templates", json!({ "name": name, "arch": "amd64" })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// Waits until `check` holds for the value of GET `path`, or panics after `timeout`.
+    pub async fn wait_until(&self, path: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let value = self.get(path).await;
+            if check(&value) {
+                return value;
+            }
+            assert!(started.elapsed() < timeout, "timed out waiting on {path}; last answer: {value}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The event log after `since`, read as NDJSON.
+    pub async fn events_since(&self, since: i64) -> Vec<Value> {
+        let response = self
+            .http
+            .get(format!("{}/v1/events?since={since}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("the server answers");
+        assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+        let text = response.text().await.expect("a body");
+        text.lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect()
+    }
+
+    /// Every instance, across pages, terminated ones included.
+    pub async fn all_instances(&self) -> Vec<Value> {
+        let filter = "state=scheduling|pulling|starting|running|stopping|stopped|suspended|terminating|terminated|error";
+        let mut items = Vec::new();
+        let mut path = format!("/v1/instances?limit=100&filter={filter}");
+        loop {
+            let page = self.get(&path).await;
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(cursor) => path = format!("/v1/instances?limit=100&filter={filter}&cursor={cursor}"),
+                None => return items,
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Tests share one compiled-component cache so that each server does not compile again.
+fn with_shared_plugin_cache(config: &str) -> String {
+    let cache: &Path = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let cache = cache.join("plugin-cache");
+    if config.contains("[plugins]") {
+        config.replacen("[plugins]", &format!("[plugins]\ncache_dir = {:?}", cache.display().to_string()), 1)
+    } else {
+        format!("[plugins]\ncache_dir = {:?}\n{config}", cache.display().to_string())
+    }
+}
+
+/// Path of a built fixture component.
+pub fn hostile_component() -> &'static str {
+    env!("HYPERPLANE_DRIVER_HOSTILE_WASM")
+}
