@@ -1,0 +1,689 @@
+//! Unit tests of the simulator on an in-memory store and a fake clock that never sleeps.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hyperplane_guest::state::{JsonState, KeyValueStore, MemoryStore};
+use hyperplane_guest::types::{Arch, KeyValue};
+
+use super::*;
+use crate::records::{HostLedger, InstanceRecord};
+
+const START_MS: u64 = 1_000_000;
+
+type SleepHook = Box<dyn FnMut() + Send>;
+
+/// A clock that jumps forward on `sleep`, with scripted randomness and recorded progress.
+#[derive(Default)]
+struct FakeEnvironment {
+    now_ms: AtomicU64,
+    slept_ms: AtomicU64,
+    progress: Mutex<Vec<(f32, String)>>,
+    random_fractions: Mutex<VecDeque<f64>>,
+    /// Runs at the start of every sleep, to look at the store mid-operation.
+    on_sleep: Mutex<Option<SleepHook>>,
+}
+
+impl Environment for Arc<FakeEnvironment> {
+    fn now_ms(&self) -> u64 {
+        START_MS + self.now_ms.load(Ordering::SeqCst)
+    }
+
+    fn sleep(&self, duration: Duration) {
+        if let Some(hook) = self.on_sleep.lock().expect("hook lock").as_mut() {
+            hook();
+        }
+        self.now_ms.fetch_add(millis(duration), Ordering::SeqCst);
+        self.slept_ms.fetch_add(millis(duration), Ordering::SeqCst);
+    }
+
+    fn report_progress(&self, fraction: f32, message: &str) {
+        self.progress.lock().expect("progress lock").push((fraction, message.to_owned()));
+    }
+
+    fn random_fraction(&self) -> f64 {
+        self.random_fractions.lock().expect("random lock").pop_front().unwrap_or(0.5)
+    }
+}
+
+impl FakeEnvironment {
+    fn advance(&self, milliseconds: u64) {
+        self.now_ms.fetch_add(milliseconds, Ordering::SeqCst);
+    }
+
+    fn take_slept_ms(&self) -> u64 {
+        self.slept_ms.swap(0, Ordering::SeqCst)
+    }
+}
+
+struct Fixture {
+    store: Arc<MemoryStore>,
+    environment: Arc<FakeEnvironment>,
+    simulator: Simulator<Arc<MemoryStore>, Arc<FakeEnvironment>>,
+}
+
+impl Fixture {
+    fn new(config_json: &str) -> Fixture {
+        let store = Arc::new(MemoryStore::new());
+        let environment = Arc::new(FakeEnvironment::default());
+        let settings = Settings::from_json(config_json).expect("valid test config");
+        let simulator = Simulator::new(settings, Arc::clone(&store), Arc::clone(&environment));
+        Fixture { store, environment, simulator }
+    }
+
+    /// Another component instance of the same provider: same store and clock.
+    fn another_instance(&self) -> Simulator<Arc<MemoryStore>, Arc<FakeEnvironment>> {
+        Simulator::new(self.simulator.settings().clone(), Arc::clone(&self.store), Arc::clone(&self.environment))
+    }
+
+    fn record(&self, instance_id: &str) -> Option<InstanceRecord> {
+        JsonState::new(Arc::clone(&self.store)).get_json(&instance_key(instance_id)).expect("readable record")
+    }
+
+    fn put_record(&self, record: &InstanceRecord) {
+        JsonState::new(Arc::clone(&self.store)).set_json(&instance_key(&record.id), record).expect("writable record");
+    }
+
+    fn ledger(&self, host_id: &str) -> HostLedger {
+        JsonState::new(Arc::clone(&self.store))
+            .get_json(&ledger_key(host_id))
+            .expect("readable ledger")
+            .unwrap_or_default()
+    }
+
+    /// Pulls `ubuntu` v1 to the host and creates a stopped instance on it.
+    fn stopped_instance(&self, instance_id: &str, host_id: &str) -> Result<Instance, Error> {
+        self.simulator.pull_template(host_id, &ubuntu())?;
+        self.simulator.create_instance(spec(instance_id, host_id, 2, 2048))
+    }
+
+    fn running_instance(&self, instance_id: &str, host_id: &str) -> Result<Instance, Error> {
+        self.stopped_instance(instance_id, host_id)?;
+        self.simulator.start_instance(instance_id)
+    }
+}
+
+const ZERO_DELAYS: &str = r#"{"pull_bytes_per_sec": 0,
+    "delays_ms": {"create": 0, "start": 0, "stop": 0, "restart": 0, "delete": 0, "pull": 0}}"#;
+
+fn ubuntu() -> TemplateRef {
+    TemplateRef { name: "ubuntu".into(), version: 1, tag: "24.04".into(), size_bytes: 2 << 30 }
+}
+
+fn spec(instance_id: &str, host_id: &str, vcpu: u32, ram_mb: u64) -> InstanceSpec {
+    InstanceSpec {
+        id: instance_id.into(),
+        name: format!("{instance_id}-name"),
+        host: host_id.into(),
+        template: ubuntu(),
+        vcpu,
+        ram_mb,
+        disk_gb: 20,
+        mac: None,
+        vlan: Some(12),
+        metadata: vec![KeyValue { key: "owner".into(), value: "ci".into() }],
+    }
+}
+
+fn error_kind(error: &Error) -> &'static str {
+    match error {
+        Error::NotFound(_) => "not-found",
+        Error::Conflict(_) => "conflict",
+        Error::Invalid(_) => "invalid",
+        Error::Unsupported(_) => "unsupported",
+        Error::Unavailable(_) => "unavailable",
+        Error::Backend(_) => "backend",
+    }
+}
+
+fn error_message(error: &Error) -> String {
+    match error {
+        Error::NotFound(message)
+        | Error::Conflict(message)
+        | Error::Invalid(message)
+        | Error::Unsupported(message)
+        | Error::Unavailable(message) => message.clone(),
+        Error::Backend(backend) => format!("{}: {}", backend.code, backend.message),
+    }
+}
+
+/// Asserts that `result` failed with `expected_kind` and a message containing `fragment`.
+fn check_error<T: std::fmt::Debug>(result: Result<T, Error>, expected_kind: &str, fragment: &str) {
+    match result {
+        Err(error) => {
+            assert_eq!(error_kind(&error), expected_kind, "{error:?}");
+            assert!(error_message(&error).contains(fragment), "{error:?} does not mention {fragment:?}");
+        }
+        Ok(value) => panic!("expected {expected_kind} ({fragment}), got {value:?}"),
+    }
+}
+
+#[test]
+fn default_config_has_four_uniform_hosts() {
+    let settings = Settings::from_json("{}").expect("defaults");
+    let ids: Vec<&str> = settings.hosts.iter().map(|host| host.id.as_str()).collect();
+    assert_eq!(ids, ["sim-1", "sim-2", "sim-3", "sim-4"]);
+    assert!(settings.hosts.iter().all(|host| host.cpu == 16 && host.ram_mb == 65_536 && host.disk_gb == 500));
+    assert!(settings.hosts.iter().all(|host| host.arch == Arch::Amd64 && !host.offline));
+    assert_eq!(settings.delays.start, Duration::from_millis(300));
+    assert_eq!(settings.failure_rate, 0.0);
+    assert_eq!(settings.pull_bytes_per_sec, 1 << 30);
+}
+
+#[test]
+fn host_specs_override_uniform_hosts_and_inherit_sizes() {
+    let settings = Settings::from_json(
+        r#"{"cpu": 8, "arch": "arm64", "offline_hosts": ["b"],
+            "host_specs": [{"id": "a", "cpu": 4}, {"id": "b", "ram_mb": 1024, "arch": "amd64"}, {"id": "c", "offline": true}]}"#,
+    )
+    .expect("valid");
+    let summary: Vec<(&str, u32, u64, Arch, bool)> =
+        settings.hosts.iter().map(|host| (host.id.as_str(), host.cpu, host.ram_mb, host.arch, host.offline)).collect();
+    assert_eq!(
+        summary,
+        [("a", 4, 65_536, Arch::Arm64, false), ("b", 8, 1024, Arch::Amd64, true), ("c", 8, 65_536, Arch::Arm64, true)]
+    );
+}
+
+#[test]
+fn invalid_configs_name_the_problem() {
+    let check = |json: &str, fragment: &str| check_error(Settings::from_json(json), "invalid", fragment);
+    check(r#"{"hostz": 3}"#, "unknown field `hostz`");
+    check(r#"{"delays_ms": {"start": "slow"}}"#, "delays_ms.start");
+    check(r#"{"delays_ms": {"boot": 1}}"#, "unknown field `boot`");
+    check(r#"{"arch": "sparc"}"#, "arch");
+    check(r#"{"failure_rate": 1.5}"#, "failure_rate");
+    check(r#"{"hosts": 2, "host_specs": [{"id": "a"}]}"#, "not both");
+    check(r#"{"host_specs": [{"id": "a"}, {"id": "a"}]}"#, "duplicate host id `a`");
+    check(r#"{"host_specs": [{"id": "a/b"}]}"#, "host_specs[0].id");
+    check(r#"{"host_specs": [{"id": "a", "cpu": 0}]}"#, "host_specs[0]");
+    check(r#"{"host_specs": [{"id": "a", "size": 1}]}"#, "unknown field `size`");
+    check(r#"{"offline_hosts": ["sim-9"]}"#, "unknown host `sim-9`");
+    check(r#"{"cpu": 0}"#, "cpu");
+}
+
+#[test]
+fn list_hosts_reports_state_sizes_and_cached_templates() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"hosts": 2, "offline_hosts": ["sim-2"], "delays_ms": {"pull": 0}}"#);
+    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    let hosts = fixture.simulator.list_hosts()?;
+    assert_eq!(hosts.len(), 2);
+    assert_eq!(
+        (hosts[0].id.as_str(), hosts[0].state, hosts[0].hypervisor.as_str()),
+        ("sim-1", HostState::Active, "driver-sim")
+    );
+    assert_eq!(hosts[0].cached_templates.len(), 1);
+    assert_eq!(hosts[0].cached_templates[0].name, "ubuntu");
+    assert_eq!((hosts[1].state, hosts[1].cached_templates.len()), (HostState::Offline, 0));
+    Ok(())
+}
+
+#[test]
+fn create_defines_a_stopped_instance_with_derived_addresses() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    fixture.environment.take_slept_ms();
+    let instance = fixture.simulator.create_instance(spec("vm-1", "sim-1", 2, 2048))?;
+    assert_eq!(fixture.environment.take_slept_ms(), 200);
+    assert_eq!(
+        (instance.id.as_str(), instance.host.as_str(), instance.state),
+        ("vm-1", "sim-1", InstanceState::Stopped)
+    );
+    assert_eq!(instance.ip, None);
+    assert_eq!(instance.mac, Some(mac_for("vm-1")));
+    let record = fixture.record("vm-1").expect("persisted");
+    assert_eq!((record.name.as_str(), record.vlan, record.power), ("vm-1-name", Some(12), PowerState::Stopped));
+    assert_eq!(record.metadata, [("owner".to_owned(), "ci".to_owned())]);
+    let ledger = fixture.ledger("sim-1");
+    assert_eq!(ledger.allocated, Resources { vcpu: 2, ram_mb: 2048, disk_gb: 20 });
+    assert!(ledger.pending_creates.is_empty());
+    assert!(ledger.template_in_use("ubuntu/1"));
+
+    let mut with_mac = spec("vm-2", "sim-1", 1, 512);
+    with_mac.mac = Some("52:54:00:AA:BB:CC".into());
+    assert_eq!(fixture.simulator.create_instance(with_mac)?.mac.as_deref(), Some("52:54:00:aa:bb:cc"));
+    Ok(())
+}
+
+#[test]
+fn create_refuses_bad_requests() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"offline_hosts": ["sim-4"]}"#);
+    let simulator = &fixture.simulator;
+    check_error(
+        simulator.create_instance(spec("vm-1", "sim-1", 1, 512)),
+        "conflict",
+        "not cached on host sim-1; pull it first",
+    );
+    simulator.pull_template("sim-1", &ubuntu())?;
+    simulator.create_instance(spec("vm-1", "sim-1", 1, 512))?;
+    check_error(simulator.create_instance(spec("vm-1", "sim-1", 1, 512)), "conflict", "vm-1 already exists");
+    check_error(simulator.create_instance(spec("vm-2", "sim-9", 1, 512)), "not-found", "host sim-9");
+    check_error(simulator.create_instance(spec("vm-2", "sim-4", 1, 512)), "unavailable", "sim-4 is offline");
+    check_error(simulator.create_instance(spec("vm-2", "sim-1", 0, 512)), "invalid", "at least 1 vcpu");
+    check_error(simulator.create_instance(spec("vm-2", "sim-1", 1, 0)), "invalid", "at least 1 vcpu");
+    check_error(simulator.create_instance(spec("", "sim-1", 1, 512)), "invalid", "id must not be empty");
+    check_error(simulator.create_instance(spec("vm-2", "sim-1", 17, 512)), "invalid", "can never fit");
+    let mut bad_mac = spec("vm-2", "sim-1", 1, 512);
+    bad_mac.mac = Some("nope".into());
+    check_error(simulator.create_instance(bad_mac), "invalid", "not a MAC");
+    assert!(fixture.record("vm-2").is_none());
+    assert_eq!(fixture.ledger("sim-1").allocated.vcpu, 1);
+    Ok(())
+}
+
+#[test]
+fn capacity_is_respected_and_freed_by_delete() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    for number in 1..=4 {
+        fixture.simulator.create_instance(spec(&format!("vm-{number}"), "sim-1", 4, 1024))?;
+    }
+    check_error(
+        fixture.simulator.create_instance(spec("vm-5", "sim-1", 1, 1024)),
+        "conflict",
+        "16 of 16 vcpu allocated, 1 requested",
+    );
+    fixture.simulator.delete_instance("vm-2")?;
+    fixture.simulator.create_instance(spec("vm-5", "sim-1", 4, 1024))?;
+
+    let ram_bound = Fixture::new(r#"{"hosts": 1, "ram_mb": 4096, "delays_ms": {"create": 0, "pull": 0}}"#);
+    ram_bound.simulator.pull_template("sim-1", &ubuntu())?;
+    ram_bound.simulator.create_instance(spec("a", "sim-1", 1, 3072))?;
+    check_error(ram_bound.simulator.create_instance(spec("b", "sim-1", 1, 2048)), "conflict", "3072 of 4096 MB ram");
+    Ok(())
+}
+
+#[test]
+fn start_goes_through_starting_to_running_with_an_ip() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.stopped_instance("vm-1", "sim-1")?;
+    fixture.environment.take_slept_ms();
+    fixture.environment.progress.lock().expect("progress").clear();
+    let observed_during_start = Arc::new(Mutex::new(Vec::new()));
+    {
+        let store = Arc::clone(&fixture.store);
+        let environment = Arc::clone(&fixture.environment);
+        let observed = Arc::clone(&observed_during_start);
+        *fixture.environment.on_sleep.lock().expect("hook") = Some(Box::new(move || {
+            let record: Option<InstanceRecord> =
+                JsonState::new(Arc::clone(&store)).get_json(&instance_key("vm-1")).ok().flatten();
+            if let Some(record) = record {
+                observed.lock().expect("observed").push(record.power.observed_at(environment.now_ms()));
+            }
+        }));
+    }
+    let instance = fixture.simulator.start_instance("vm-1")?;
+    assert_eq!(instance.state, InstanceState::Running);
+    assert_eq!(instance.ip, Some(ip_for("vm-1")));
+    assert_eq!(fixture.environment.take_slept_ms(), 300);
+    let observed = observed_during_start.lock().expect("observed").clone();
+    assert!(!observed.is_empty() && observed.iter().all(|state| *state == InstanceState::Starting), "{observed:?}");
+    assert_eq!(fixture.record("vm-1").map(|record| record.power), Some(PowerState::Running));
+    let progress = fixture.environment.progress.lock().expect("progress").clone();
+    assert_eq!(progress.first().map(|(fraction, _)| *fraction), Some(0.0));
+    assert_eq!(progress.last().map(|(fraction, _)| *fraction), Some(1.0));
+    assert!(progress.iter().all(|(_, message)| message.contains("starting instance vm-1")));
+
+    // Starting a running instance is a no-op.
+    assert_eq!(fixture.simulator.start_instance("vm-1")?.state, InstanceState::Running);
+    assert_eq!(fixture.environment.take_slept_ms(), 0);
+    Ok(())
+}
+
+#[test]
+fn transitions_complete_on_schedule_even_if_the_caller_died() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.stopped_instance("vm-1", "sim-1")?;
+    let mut record = fixture.record("vm-1").expect("record");
+    record.power = PowerState::Starting { running_at_ms: fixture.environment.now_ms() + 300 };
+    fixture.put_record(&record);
+    let before = fixture.simulator.get_instance("vm-1")?;
+    assert_eq!((before.state, before.ip), (InstanceState::Starting, None));
+    fixture.environment.advance(300);
+    let after = fixture.simulator.get_instance("vm-1")?;
+    assert_eq!((after.state, after.ip), (InstanceState::Running, Some(ip_for("vm-1"))));
+    assert_eq!(fixture.simulator.list_instances()?[0].state, InstanceState::Running);
+    Ok(())
+}
+
+#[test]
+fn joining_a_transition_waits_for_it() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.stopped_instance("vm-1", "sim-1")?;
+    let mut record = fixture.record("vm-1").expect("record");
+    record.power = PowerState::Starting { running_at_ms: fixture.environment.now_ms() + 120 };
+    fixture.put_record(&record);
+    fixture.environment.take_slept_ms();
+    assert_eq!(fixture.simulator.start_instance("vm-1")?.state, InstanceState::Running);
+    assert_eq!(fixture.environment.take_slept_ms(), 120);
+    check_error(fixture.simulator.stop_instance("vm-1-missing", false), "not-found", "vm-1-missing");
+    Ok(())
+}
+
+#[test]
+fn stop_is_graceful_or_forced() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.running_instance("vm-1", "sim-1")?;
+    fixture.environment.take_slept_ms();
+    let stopped = fixture.simulator.stop_instance("vm-1", false)?;
+    assert_eq!((stopped.state, stopped.ip), (InstanceState::Stopped, None));
+    assert_eq!(fixture.environment.take_slept_ms(), 200);
+    assert_eq!(fixture.simulator.stop_instance("vm-1", false)?.state, InstanceState::Stopped);
+    assert_eq!(fixture.environment.take_slept_ms(), 0);
+
+    fixture.simulator.start_instance("vm-1")?;
+    fixture.environment.take_slept_ms();
+    assert_eq!(fixture.simulator.stop_instance("vm-1", true)?.state, InstanceState::Stopped);
+    assert_eq!(fixture.environment.take_slept_ms(), 20);
+    Ok(())
+}
+
+#[test]
+fn stopping_a_starting_instance_needs_force() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.stopped_instance("vm-1", "sim-1")?;
+    let mut record = fixture.record("vm-1").expect("record");
+    record.power = PowerState::Starting { running_at_ms: fixture.environment.now_ms() + 300 };
+    fixture.put_record(&record);
+    check_error(fixture.simulator.stop_instance("vm-1", false), "conflict", "vm-1 is starting; stop it with force");
+    check_error(fixture.simulator.restart_instance("vm-1", false), "conflict", "vm-1 is starting");
+    assert_eq!(fixture.simulator.stop_instance("vm-1", true)?.state, InstanceState::Stopped);
+    Ok(())
+}
+
+#[test]
+fn starting_a_stopping_instance_conflicts() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.running_instance("vm-1", "sim-1")?;
+    let mut record = fixture.record("vm-1").expect("record");
+    record.power = PowerState::Stopping { stopped_at_ms: fixture.environment.now_ms() + 200 };
+    fixture.put_record(&record);
+    check_error(fixture.simulator.start_instance("vm-1"), "conflict", "vm-1 is stopping; cannot start it");
+    // A plain stop joins the stop under way.
+    fixture.environment.take_slept_ms();
+    assert_eq!(fixture.simulator.stop_instance("vm-1", false)?.state, InstanceState::Stopped);
+    assert_eq!(fixture.environment.take_slept_ms(), 200);
+    Ok(())
+}
+
+#[test]
+fn restart_passes_through_stopping_and_starting() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.stopped_instance("vm-1", "sim-1")?;
+    check_error(fixture.simulator.restart_instance("vm-1", false), "conflict", "stopped; start it instead");
+    fixture.simulator.start_instance("vm-1")?;
+    fixture.environment.take_slept_ms();
+    let observed = Arc::new(Mutex::new(Vec::new()));
+    {
+        let store = Arc::clone(&fixture.store);
+        let environment = Arc::clone(&fixture.environment);
+        let observed = Arc::clone(&observed);
+        *fixture.environment.on_sleep.lock().expect("hook") = Some(Box::new(move || {
+            let record: Option<InstanceRecord> =
+                JsonState::new(Arc::clone(&store)).get_json(&instance_key("vm-1")).ok().flatten();
+            if let Some(record) = record {
+                observed.lock().expect("observed").push(record.power.observed_at(environment.now_ms()));
+            }
+        }));
+    }
+    assert_eq!(fixture.simulator.restart_instance("vm-1", false)?.state, InstanceState::Running);
+    assert_eq!(fixture.environment.take_slept_ms(), 400);
+    let observed = observed.lock().expect("observed").clone();
+    assert!(observed.contains(&InstanceState::Stopping) && observed.contains(&InstanceState::Starting), "{observed:?}");
+    assert!(!observed.contains(&InstanceState::Running), "{observed:?}");
+    Ok(())
+}
+
+#[test]
+fn delete_removes_the_instance_and_frees_the_template() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.running_instance("vm-1", "sim-1")?;
+    check_error(fixture.simulator.remove_template("sim-1", &ubuntu()), "conflict", "used by instances on host sim-1");
+    fixture.environment.take_slept_ms();
+    fixture.simulator.delete_instance("vm-1")?;
+    assert_eq!(fixture.environment.take_slept_ms(), 100);
+    check_error(fixture.simulator.get_instance("vm-1"), "not-found", "vm-1 does not exist");
+    check_error(fixture.simulator.delete_instance("vm-1"), "not-found", "vm-1 does not exist");
+    assert_eq!(fixture.ledger("sim-1"), HostLedger::default());
+    fixture.simulator.remove_template("sim-1", &ubuntu())?;
+    assert!(fixture.simulator.list_templates("sim-1")?.is_empty());
+    check_error(fixture.simulator.remove_template("sim-1", &ubuntu()), "not-found", "not cached on host sim-1");
+    Ok(())
+}
+
+#[test]
+fn pull_takes_time_by_size_and_is_idempotent() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"offline_hosts": ["sim-2"], "pull_bytes_per_sec": 1073741824}"#);
+    let cached = fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    assert_eq!(
+        (cached.name.as_str(), cached.version, cached.tag.as_str(), cached.size_bytes),
+        ("ubuntu", 1, "24.04", 2 << 30)
+    );
+    assert_eq!(fixture.environment.take_slept_ms(), 500 + 2000);
+    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    assert_eq!(fixture.environment.take_slept_ms(), 0);
+    assert_eq!(fixture.simulator.list_templates("sim-1")?.len(), 1);
+    assert!(fixture.simulator.list_templates("sim-3")?.is_empty());
+    check_error(fixture.simulator.pull_template("sim-2", &ubuntu()), "unavailable", "offline");
+    check_error(fixture.simulator.pull_template("sim-9", &ubuntu()), "not-found", "sim-9");
+    check_error(fixture.simulator.list_templates("sim-2"), "unavailable", "offline");
+    let nameless = TemplateRef { name: String::new(), ..ubuntu() };
+    check_error(fixture.simulator.pull_template("sim-1", &nameless), "invalid", "name");
+    Ok(())
+}
+
+#[test]
+fn offline_hosts_refuse_operations_but_keep_their_inventory() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    fixture.running_instance("vm-1", "sim-1")?;
+    let offline = Fixture {
+        simulator: Simulator::new(
+            Settings::from_json(r#"{"offline_hosts": ["sim-1"]}"#).expect("valid"),
+            Arc::clone(&fixture.store),
+            Arc::clone(&fixture.environment),
+        ),
+        store: Arc::clone(&fixture.store),
+        environment: Arc::clone(&fixture.environment),
+    };
+    let simulator = &offline.simulator;
+    assert_eq!(simulator.get_instance("vm-1")?.state, InstanceState::Running);
+    assert_eq!(simulator.list_instances()?.len(), 1);
+    check_error(simulator.start_instance("vm-1"), "unavailable", "host sim-1 is offline");
+    check_error(simulator.stop_instance("vm-1", true), "unavailable", "host sim-1 is offline");
+    check_error(simulator.restart_instance("vm-1", true), "unavailable", "host sim-1 is offline");
+    check_error(simulator.delete_instance("vm-1"), "unavailable", "host sim-1 is offline");
+    check_error(simulator.exec("vm-1", "echo hi", 0), "unavailable", "host sim-1 is offline");
+    check_error(simulator.console("vm-1"), "unavailable", "host sim-1 is offline");
+    check_error(simulator.remove_template("sim-1", &ubuntu()), "unavailable", "host sim-1 is offline");
+    Ok(())
+}
+
+#[test]
+fn injected_failures_are_backend_errors_that_change_nothing() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"failure_rate": 0.5, "delays_ms": {"create": 0, "pull": 0}}"#);
+    fixture.environment.random_fractions.lock().expect("random").extend([0.9, 0.9, 0.1, 0.7]);
+    fixture.stopped_instance("vm-1", "sim-1")?;
+    check_error(fixture.simulator.start_instance("vm-1"), "backend", "1: simulated failure of start-instance");
+    assert_eq!(fixture.simulator.get_instance("vm-1")?.state, InstanceState::Stopped);
+    assert_eq!(fixture.simulator.start_instance("vm-1")?.state, InstanceState::Running);
+
+    let always = Fixture::new(r#"{"failure_rate": 1.0}"#);
+    check_error(always.simulator.pull_template("sim-1", &ubuntu()), "backend", "pull-template");
+    assert!(always.simulator.list_templates("sim-1")?.is_empty());
+    assert_eq!(always.environment.take_slept_ms(), 0);
+    Ok(())
+}
+
+#[test]
+fn exec_simulates_scripts_on_running_instances() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    fixture.stopped_instance("vm-1", "sim-1")?;
+    check_error(fixture.simulator.exec("vm-1", "echo hi", 0), "conflict", "vm-1 is stopped; exec needs it running");
+    check_error(fixture.simulator.console("vm-1"), "conflict", "console needs it running");
+    fixture.simulator.start_instance("vm-1")?;
+    let result = fixture.simulator.exec("vm-1", "hostname\necho hi\nexit 7", 0)?;
+    assert_eq!((result.stdout.as_str(), result.exit_code, result.timed_out), ("vm-1-name\nhi\n", 7, false));
+    let timed_out = fixture.simulator.exec("vm-1", "sleep 5", 1500)?;
+    assert_eq!((timed_out.exit_code, timed_out.timed_out), (124, true));
+    assert_eq!(fixture.environment.take_slept_ms(), 1500);
+    let console = fixture.simulator.console("vm-1")?;
+    assert_eq!(
+        (console.protocol, console.host.as_str(), console.port),
+        (ConsoleProtocol::Vnc, "127.0.0.1", console_port_for("vm-1"))
+    );
+    check_error(fixture.simulator.exec("vm-9", "true", 0), "not-found", "vm-9");
+    Ok(())
+}
+
+#[test]
+fn zero_delay_mode_never_sleeps_or_reports_progress() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    fixture.running_instance("vm-1", "sim-1")?;
+    fixture.simulator.restart_instance("vm-1", false)?;
+    fixture.simulator.restart_instance("vm-1", true)?;
+    assert_eq!(fixture.simulator.stop_instance("vm-1", false)?.state, InstanceState::Stopped);
+    fixture.simulator.delete_instance("vm-1")?;
+    assert_eq!(fixture.environment.take_slept_ms(), 0);
+    assert!(fixture.environment.progress.lock().expect("progress").is_empty());
+    Ok(())
+}
+
+#[test]
+fn stale_reservations_are_reclaimed() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"hosts": 1, "cpu": 4, "delays_ms": {"create": 0, "pull": 0}}"#);
+    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    // A create that died after reserving 4 vcpus.
+    let mut ledger = HostLedger::default();
+    ledger.reserve(
+        "ghost",
+        PendingCreate {
+            resources: Resources { vcpu: 4, ram_mb: 1024, disk_gb: 20 },
+            template_usage_key: "ubuntu/1".into(),
+            reserved_at_ms: fixture.environment.now_ms(),
+        },
+    );
+    JsonState::new(Arc::clone(&fixture.store)).set_json(&ledger_key("sim-1"), &ledger)?;
+    check_error(fixture.simulator.create_instance(spec("vm-1", "sim-1", 1, 512)), "conflict", "4 of 4 vcpu");
+    fixture.environment.advance(STALE_RESERVATION_MS + 1);
+    // The fast pre-check still sees the stale reservation; the reservation step reclaims it.
+    let ledger_after_reclaim = {
+        let mut reclaimed = fixture.ledger("sim-1");
+        fixture.simulator.reclaim_stale_reservations("sim-1", &mut reclaimed, fixture.environment.now_ms())?;
+        reclaimed
+    };
+    assert_eq!(ledger_after_reclaim, HostLedger::default());
+    fixture.simulator.reserve_capacity(
+        fixture.simulator.settings().host("sim-1").expect("host"),
+        "vm-1",
+        PendingCreate {
+            resources: Resources { vcpu: 1, ram_mb: 512, disk_gb: 20 },
+            template_usage_key: "ubuntu/1".into(),
+            reserved_at_ms: fixture.environment.now_ms(),
+        },
+    )?;
+    let ledger = fixture.ledger("sim-1");
+    assert_eq!(ledger.allocated, Resources { vcpu: 1, ram_mb: 512, disk_gb: 20 });
+    assert_eq!(ledger.pending_creates.keys().collect::<Vec<_>>(), ["vm-1"]);
+    Ok(())
+}
+
+#[test]
+fn concurrent_creates_never_overcommit_a_host() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"hosts": 1, "cpu": 16, "delays_ms": {"create": 0, "pull": 0}}"#);
+    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    let simulators: Vec<_> = (0..8).map(|_| fixture.another_instance()).collect();
+    let outcomes: Vec<Result<Instance, Error>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = simulators
+            .iter()
+            .enumerate()
+            .map(|(worker, simulator)| {
+                scope.spawn(move || {
+                    (0..4)
+                        .map(|attempt| {
+                            simulator.create_instance(spec(&format!("vm-{worker}-{attempt}"), "sim-1", 3, 512))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|worker| worker.join().expect("worker")).collect()
+    });
+    let created = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    assert_eq!(created, 5, "16 vcpu fit five 3-vcpu instances");
+    assert!(outcomes.iter().filter_map(|outcome| outcome.as_ref().err()).all(|error| error_kind(error) == "conflict"));
+    assert_eq!(fixture.simulator.list_instances()?.len(), 5);
+    assert_eq!(fixture.ledger("sim-1").allocated.vcpu, 15);
+    Ok(())
+}
+
+#[test]
+fn concurrent_creates_of_one_id_make_one_instance() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"delays_ms": {"create": 0, "pull": 0}}"#);
+    for host in ["sim-1", "sim-2"] {
+        fixture.simulator.pull_template(host, &ubuntu())?;
+    }
+    let simulators: Vec<_> = (0..8).map(|_| fixture.another_instance()).collect();
+    let created = std::thread::scope(|scope| {
+        let workers: Vec<_> = simulators
+            .iter()
+            .enumerate()
+            .map(|(worker, simulator)| {
+                let host = if worker % 2 == 0 { "sim-1" } else { "sim-2" };
+                scope.spawn(move || simulator.create_instance(spec("same", host, 1, 512)).is_ok())
+            })
+            .collect();
+        workers.into_iter().filter(|_| true).map(|worker| worker.join().expect("worker")).filter(|ok| *ok).count()
+    });
+    assert_eq!(created, 1);
+    let total_vcpu = fixture.ledger("sim-1").allocated.vcpu + fixture.ledger("sim-2").allocated.vcpu;
+    assert_eq!(total_vcpu, 1, "losers gave their reservations back");
+    Ok(())
+}
+
+#[test]
+fn template_removal_racing_creates_never_orphans_an_instance() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    for round in 0..50 {
+        fixture.simulator.pull_template("sim-1", &ubuntu())?;
+        let creator = fixture.another_instance();
+        let remover = fixture.another_instance();
+        let instance_id = format!("vm-{round}");
+        std::thread::scope(|scope| {
+            scope.spawn(|| creator.create_instance(spec(&instance_id, "sim-1", 1, 256)).ok());
+            scope.spawn(|| remover.remove_template("sim-1", &ubuntu()).ok());
+        });
+        let instance_exists = fixture.record(&instance_id).is_some();
+        let template_cached = !fixture.simulator.list_templates("sim-1")?.is_empty();
+        assert!(!instance_exists || template_cached, "round {round}: instance without its template");
+        if instance_exists {
+            fixture.simulator.delete_instance(&instance_id)?;
+        }
+    }
+    assert_eq!(fixture.ledger("sim-1").allocated, Resources::default());
+    Ok(())
+}
+
+#[test]
+fn concurrent_power_operations_settle_consistently() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    fixture.stopped_instance("vm-1", "sim-1")?;
+    let simulators: Vec<_> = (0..6).map(|_| fixture.another_instance()).collect();
+    std::thread::scope(|scope| {
+        for (worker, simulator) in simulators.iter().enumerate() {
+            scope.spawn(move || {
+                for _ in 0..20 {
+                    let _ = match worker % 3 {
+                        0 => simulator.start_instance("vm-1"),
+                        1 => simulator.stop_instance("vm-1", true),
+                        _ => simulator.restart_instance("vm-1", true),
+                    };
+                }
+            });
+        }
+    });
+    let state = fixture.simulator.get_instance("vm-1")?.state;
+    assert!(matches!(state, InstanceState::Running | InstanceState::Stopped), "{state:?}");
+    assert_eq!(fixture.store.scan("instance/").map(|entries| entries.len()).ok(), Some(1));
+    Ok(())
+}
