@@ -39,7 +39,7 @@ pub enum CallError {
     /// The driver answered with its own WIT `error` variant; its instance stays in service.
     #[error("{}", describe_driver_error(.0))]
     Driver(DriverError),
-    #[error("provider function {function} did not finish within {after:?}")]
+    #[error("provider function {function} timed out after {after:?}")]
     Timeout { function: &'static str, after: Duration },
     #[error("provider function {function} exceeded its memory limit of {limit_bytes} bytes")]
     MemoryLimit { function: &'static str, limit_bytes: usize },
