@@ -1,0 +1,165 @@
+//! `hyperplane:host/endpoints`: byte streams to the unix sockets and TCP services the operator
+//! granted to a provider by name. The host opens them; the plugin never sees an address.
+
+use std::io;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use wasmtime::component::Resource;
+
+use super::bindings::hyperplane::host::endpoints::{EndpointError, Host, HostConnection};
+use super::settings::EndpointAddress;
+use super::store_data::StoreData;
+use super::telemetry;
+
+/// Most connections one instance may hold open at once.
+pub const MAX_OPEN_CONNECTIONS_PER_INSTANCE: usize = 64;
+/// Largest chunk one `read` returns.
+pub const MAX_READ_CHUNK_BYTES: u32 = 1024 * 1024;
+/// Largest `read-exact` the host serves.
+pub const MAX_READ_EXACT_BYTES: u32 = 16 * 1024 * 1024;
+
+/// An open connection to a granted endpoint, held in the instance's resource table.
+pub struct EndpointConnection {
+    endpoint_name: String,
+    stream: EndpointStream,
+}
+
+enum EndpointStream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl EndpointStream {
+    async fn connect(address: &EndpointAddress) -> io::Result<Self> {
+        match address {
+            EndpointAddress::Unix(path) => Ok(EndpointStream::Unix(UnixStream::connect(path).await?)),
+            EndpointAddress::Tcp(authority) => {
+                let stream = TcpStream::connect(authority.as_str()).await?;
+                stream.set_nodelay(true)?;
+                Ok(EndpointStream::Tcp(stream))
+            }
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            EndpointStream::Unix(stream) => stream.write_all(data).await,
+            EndpointStream::Tcp(stream) => stream.write_all(data).await,
+        }
+    }
+
+    async fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        match self {
+            EndpointStream::Unix(stream) => stream.read(buffer).await,
+            EndpointStream::Tcp(stream) => stream.read(buffer).await,
+        }
+    }
+
+    async fn read_exact(&mut self, buffer: &mut [u8]) -> io::Result<()> {
+        match self {
+            EndpointStream::Unix(stream) => stream.read_exact(buffer).await.map(drop),
+            EndpointStream::Tcp(stream) => stream.read_exact(buffer).await.map(drop),
+        }
+    }
+}
+
+/// Maps an I/O failure on an open connection to the WIT error, without addresses or paths.
+fn connection_error(error: &io::Error) -> EndpointError {
+    match error.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::NotConnected => EndpointError::Closed,
+        _ => EndpointError::Io(error.kind().to_string()),
+    }
+}
+
+impl Host for StoreData {
+    async fn granted(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.provider.endpoints.keys().cloned().collect())
+    }
+
+    async fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<EndpointConnection>, EndpointError>> {
+        let provider_name = &self.provider.name;
+        let Some(address) = self.provider.endpoints.get(&name) else {
+            tracing::warn!(
+                provider = %provider_name,
+                function = self.call.function,
+                endpoint = %name,
+                "plugin asked for an endpoint it was not granted"
+            );
+            telemetry::record_capability_denial(provider_name, "endpoint");
+            return Ok(Err(EndpointError::NotGranted(name)));
+        };
+        if self.open_connection_count >= MAX_OPEN_CONNECTIONS_PER_INSTANCE {
+            return Ok(Err(EndpointError::Io(format!(
+                "an instance may hold at most {MAX_OPEN_CONNECTIONS_PER_INSTANCE} open connections"
+            ))));
+        }
+        let stream = match EndpointStream::connect(address).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::info!(provider = %provider_name, endpoint = %name, %address, %error, "plugin endpoint unreachable");
+                return Ok(Err(EndpointError::Unreachable(format!("endpoint {name}: {}", error.kind()))));
+            }
+        };
+        tracing::debug!(provider = %provider_name, endpoint = %name, "plugin endpoint connection opened");
+        let connection = self.table.push(EndpointConnection { endpoint_name: name, stream })?;
+        self.open_connection_count += 1;
+        Ok(Ok(connection))
+    }
+}
+
+impl HostConnection for StoreData {
+    async fn write(
+        &mut self,
+        connection: Resource<EndpointConnection>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), EndpointError>> {
+        let connection = self.table.get_mut(&connection)?;
+        Ok(connection.stream.write_all(&data).await.map_err(|error| connection_error(&error)))
+    }
+
+    async fn read(
+        &mut self,
+        connection: Resource<EndpointConnection>,
+        max: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, EndpointError>> {
+        let connection = self.table.get_mut(&connection)?;
+        let mut buffer = vec![0; max.min(MAX_READ_CHUNK_BYTES) as usize];
+        if buffer.is_empty() {
+            return Ok(Ok(buffer));
+        }
+        match connection.stream.read(&mut buffer).await {
+            Ok(length) => {
+                buffer.truncate(length);
+                Ok(Ok(buffer))
+            }
+            Err(error) => Ok(Err(connection_error(&error))),
+        }
+    }
+
+    async fn read_exact(
+        &mut self,
+        connection: Resource<EndpointConnection>,
+        length: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, EndpointError>> {
+        let connection = self.table.get_mut(&connection)?;
+        if length > MAX_READ_EXACT_BYTES {
+            return Ok(Err(EndpointError::Io(format!(
+                "read-exact of {length} bytes exceeds the host limit of {MAX_READ_EXACT_BYTES} bytes on endpoint {}",
+                connection.endpoint_name
+            ))));
+        }
+        let mut buffer = vec![0; length as usize];
+        Ok(connection.stream.read_exact(&mut buffer).await.map(|()| buffer).map_err(|error| connection_error(&error)))
+    }
+
+    async fn drop(&mut self, connection: Resource<EndpointConnection>) -> wasmtime::Result<()> {
+        self.table.delete(connection)?;
+        self.open_connection_count = self.open_connection_count.saturating_sub(1);
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! Errors of loading a provider component and of calling into it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::driver_types::DriverError;
+use super::http::InvalidAllowedHttpHost;
+use super::settings::EndpointAddressError;
+
+/// Why a provider component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("could not configure the wasmtime engine: {0}")]
+    Engine(String),
+    #[error("could not create the compiled-component cache directory {path}")]
+    CacheDirectory { path: PathBuf, source: std::io::Error },
+    #[error("could not read component file {path}")]
+    ReadComponent { path: PathBuf, source: std::io::Error },
+    #[error("component {label} is not a valid webassembly component: {message}")]
+    InvalidComponent { label: String, message: String },
+    #[error("could not compile component {label}: {message}")]
+    Compile { label: String, message: String },
+    #[error("component {label} does not fit the hyperplane:driver@0.1.0 world: {message}")]
+    Link { label: String, message: String },
+    #[error("provider {provider} failed to initialize")]
+    Init { provider: String, source: CallError },
+    #[error(transparent)]
+    InvalidEndpointAddress(#[from] EndpointAddressError),
+    #[error(transparent)]
+    InvalidAllowedHttpHost(#[from] InvalidAllowedHttpHost),
+    #[error("the compilation task panicked or was cancelled: {0}")]
+    BackgroundTask(String),
+}
+
+/// Why a call into a provider failed. Every variant except `Driver` means the instance that
+/// served the call was discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The driver answered with its own WIT `error` variant; its instance stays in service.
+    #[error("{}", describe_driver_error(.0))]
+    Driver(DriverError),
+    #[error("provider function {function} timed out after {after:?}")]
+    Timeout { function: &'static str, after: Duration },
+    #[error("provider function {function} exceeded its memory limit of {limit_bytes} bytes")]
+    MemoryLimit { function: &'static str, limit_bytes: usize },
+    #[error("provider function {function} trapped: {message}")]
+    Trap { function: &'static str, message: String },
+    #[error("provider function {function} returned a response larger than {limit_bytes} bytes")]
+    ResponseTooLarge { function: &'static str, limit_bytes: usize },
+    #[error("could not instantiate the provider component: {0}")]
+    Instantiate(String),
+}
+
+impl CallError {
+    /// A short stable name of the failure kind, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Driver(_) => "driver",
+            CallError::Timeout { .. } => "timeout",
+            CallError::MemoryLimit { .. } => "memory_limit",
+            CallError::Trap { .. } => "trap",
+            CallError::ResponseTooLarge { .. } => "response_too_large",
+            CallError::Instantiate(_) => "instantiate",
+        }
+    }
+
+    /// Whether the instance that served the call was thrown away because of this failure.
+    pub fn discarded_instance(&self) -> bool {
+        !matches!(self, CallError::Driver(_))
+    }
+}
+
+/// Renders a driver's WIT error as `kind: message`.
+pub fn describe_driver_error(error: &DriverError) -> String {
+    match error {
+        DriverError::NotFound(message) => format!("not found: {message}"),
+        DriverError::Conflict(message) => format!("conflict: {message}"),
+        DriverError::Invalid(message) => format!("invalid request: {message}"),
+        DriverError::Unsupported(message) => format!("unsupported: {message}"),
+        DriverError::Unavailable(message) => format!("backend unavailable: {message}"),
+        DriverError::Backend(backend_error) => {
+            format!("backend error {}: {}", backend_error.code, backend_error.message)
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The plugin runtime: the only part of the host that knows wasmtime. It compiles and caches
+//! driver components, instantiates them with deny-by-default capabilities and runs every call
+//! under a deadline, a memory cap and a response-size limit.
+//!
+//! Entry points: [`PluginRuntime::new`] once per process, then [`Driver::load`] per provider.
+
+mod bindings;
+mod component_cache;
+mod driver;
+mod endpoints;
+mod errors;
+mod http;
+mod log;
+pub mod progress;
+mod response_size;
+mod runtime;
+mod settings;
+mod state;
+mod store_data;
+pub mod telemetry;
+
+#[cfg(test)]
+mod tests;
+
+pub use component_cache::{CacheOutcome, ComponentCacheStatistics};
+pub use driver::{Driver, DriverStatistics, MAX_CONCURRENT_CALLS_PER_PROVIDER, MAX_IDLE_INSTANCES_PER_PROVIDER};
+pub use endpoints::{
+    EndpointConnection, MAX_OPEN_CONNECTIONS_PER_INSTANCE, MAX_READ_CHUNK_BYTES, MAX_READ_EXACT_BYTES,
+};
+pub use errors::{CallError, LoadError, describe_driver_error};
+pub use http::InvalidAllowedHttpHost;
+pub use runtime::{EPOCH_TICK, PluginRuntime};
+pub use settings::{ComponentSource, EndpointAddress, EndpointAddressError, ProviderSettings, RuntimeSettings};
+pub use state::{MAX_STATE_KEY_BYTES, MAX_STATE_VALUE_BYTES, MemoryStateStore, PluginStateStore};
+
+/// The plain data types of `hyperplane:driver/types@0.1.0`, generated from the WIT.
+pub mod driver_types {
+    pub use super::bindings::exports::hyperplane::driver::types::{
+        Arch, BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, Error,
+        Error as DriverError, ExecResult, Host, HostState, Instance, InstanceSpec, InstanceState, KeyValue,
+        TemplateRef,
+    };
+}

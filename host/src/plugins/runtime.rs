@@ -1,0 +1,104 @@
+//! The process-wide plugin runtime: one wasmtime `Engine` with epoch interruption, the epoch
+//! ticker thread, the linker with WASI, wasi:http and `hyperplane:host`, and the cache of
+//! compiled components.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings;
+use super::component_cache::{ComponentCache, ComponentCacheStatistics};
+use super::errors::LoadError;
+use super::settings::RuntimeSettings;
+use super::store_data::StoreData;
+
+/// How often the ticker bumps the engine epoch; also the slice after which a running guest
+/// yields to the async executor and its deadline is checked.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Shared by the runtime handle and every loaded driver, so the ticker runs while any of
+/// them is alive.
+pub(crate) struct RuntimeShared {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<StoreData>,
+    pub(crate) component_cache: Arc<ComponentCache>,
+    _epoch_ticker: EpochTicker,
+}
+
+/// The plugin runtime of the process. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginRuntime {
+    pub(crate) shared: Arc<RuntimeShared>,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PluginRuntime")
+            .field("component_cache", &self.shared.component_cache.statistics())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginRuntime {
+    /// Creates the engine, starts the epoch ticker and prepares the compiled-component cache.
+    pub fn new(settings: RuntimeSettings) -> Result<Self, LoadError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|error| LoadError::Engine(error.to_string()))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|error| LoadError::Engine(error.to_string()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|error| LoadError::Engine(error.to_string()))?;
+        bindings::DriverHostView::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |data| data)
+            .map_err(|error| LoadError::Engine(error.to_string()))?;
+        linker.instance(bindings::DRIVER_TYPES_INTERFACE).map_err(|error| LoadError::Engine(error.to_string()))?;
+
+        let component_cache = Arc::new(ComponentCache::new(engine.clone(), settings.cache_dir)?);
+        let epoch_ticker = EpochTicker::start(&engine).map_err(|error| LoadError::Engine(error.to_string()))?;
+        Ok(PluginRuntime {
+            shared: Arc::new(RuntimeShared { engine, linker, component_cache, _epoch_ticker: epoch_ticker }),
+        })
+    }
+
+    /// How components were obtained so far: compiled, from the disk cache or from memory.
+    pub fn cache_statistics(&self) -> ComponentCacheStatistics {
+        self.shared.component_cache.statistics()
+    }
+}
+
+/// A thread that increments the engine epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        // A weak handle, so the thread never keeps the engine alive on its own.
+        let weak_engine = engine.weak();
+        thread::Builder::new().name("plugin-epoch-ticker".to_string()).spawn(move || {
+            while !thread_stop.load(Ordering::Relaxed) {
+                thread::sleep(EPOCH_TICK);
+                match weak_engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+        Ok(EpochTicker { stop })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,120 @@
+//! What the operator configures for the runtime and for each provider.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Process-wide settings of the plugin runtime.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeSettings {
+    /// Where compiled components are cached (`<cache_dir>/<sha256>.cwasm`); `None` keeps them
+    /// in memory only.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Where a provider's component comes from.
+#[derive(Clone)]
+pub enum ComponentSource {
+    /// Component bytes already in memory; `label` names them in errors and logs.
+    Bytes { label: String, bytes: Arc<[u8]> },
+    /// A `.wasm` component file.
+    File(PathBuf),
+}
+
+impl ComponentSource {
+    /// A human-readable name of the source for errors and logs.
+    pub fn label(&self) -> String {
+        match self {
+            ComponentSource::Bytes { label, .. } => label.clone(),
+            ComponentSource::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for ComponentSource {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ComponentSource::Bytes { label, bytes } => {
+                formatter.debug_struct("Bytes").field("label", label).field("length", &bytes.len()).finish()
+            }
+            ComponentSource::File(path) => formatter.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+/// An endpoint the host opens on a provider's behalf: `unix:///path` or `tcp://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointAddress {
+    Unix(PathBuf),
+    /// `host:port`.
+    Tcp(String),
+}
+
+/// Why an endpoint address could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointAddressError {
+    #[error("endpoint address {address:?} must start with unix:// or tcp://")]
+    UnknownScheme { address: String },
+    #[error("endpoint address {address:?} must name an absolute socket path, as in unix:///run/libvirt.sock")]
+    RelativeUnixPath { address: String },
+    #[error("endpoint address {address:?} must be tcp://host:port with a numeric port")]
+    InvalidTcpAuthority { address: String },
+}
+
+impl FromStr for EndpointAddress {
+    type Err = EndpointAddressError;
+
+    fn from_str(address: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = address.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(EndpointAddressError::RelativeUnixPath { address: address.to_string() });
+            }
+            return Ok(EndpointAddress::Unix(PathBuf::from(path)));
+        }
+        if let Some(authority) = address.strip_prefix("tcp://") {
+            let authority = authority.strip_suffix('/').unwrap_or(authority);
+            let invalid = || EndpointAddressError::InvalidTcpAuthority { address: address.to_string() };
+            let (host, port) = authority.rsplit_once(':').ok_or_else(invalid)?;
+            let host_is_valid = !host.is_empty() && !host.contains('/') && !host.contains('@');
+            if !host_is_valid || port.parse::<u16>().is_err() {
+                return Err(invalid());
+            }
+            return Ok(EndpointAddress::Tcp(authority.to_string()));
+        }
+        Err(EndpointAddressError::UnknownScheme { address: address.to_string() })
+    }
+}
+
+impl fmt::Display for EndpointAddress {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointAddress::Unix(path) => write!(formatter, "unix://{}", path.display()),
+            EndpointAddress::Tcp(authority) => write!(formatter, "tcp://{authority}"),
+        }
+    }
+}
+
+/// Everything the host needs to run one provider: its component, its configuration and the
+/// capabilities the operator granted it.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// The provider's name, unique in the process; scopes its state and labels its metrics.
+    pub name: String,
+    pub component: ComponentSource,
+    /// Passed to `init` on every fresh instance.
+    pub config_json: String,
+    /// Deadline of every call, including instantiating a fresh instance for it.
+    pub call_timeout: Duration,
+    /// Cap on each linear memory of one instance.
+    pub memory_limit_bytes: usize,
+    /// Named endpoints granted to the provider.
+    pub endpoints: BTreeMap<String, EndpointAddress>,
+    /// Outgoing HTTP allow-list: authorities `host[:port]`; without a port only the scheme's
+    /// default port is allowed.
+    pub allowed_http_hosts: Vec<String>,
+    /// Cap on the estimated size of one response (strings and list lengths).
+    pub max_response_bytes: usize,
+}

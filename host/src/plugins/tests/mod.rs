@@ -1,0 +1,7 @@
+//! Tests of the plugin runtime: host services on their own, then the real driver components
+//! (driver-sim and the hostile fixture) that `host/build.rs` builds to wasm.
+
+mod driver_sim;
+mod host_services;
+mod hostile;
+mod support;
