@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hyperplane::config::Config;
-use hyperplane::plugins::{ComponentSource, Driver, MemoryStateStore, PluginRuntime, ProviderSettings, RuntimeSettings};
+use hyperplane::plugins::{
+    ComponentSource, Driver, MemoryStateStore, PluginRuntime, ProviderSettings, RuntimeSettings,
+};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "bench-token";
@@ -24,7 +26,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn plugin_figures(scratch: &std::path::Path) -> anyhow::Result<()> {
     let component: Arc<[u8]> = Arc::from(std::fs::read(env!("HYPERPLANE_DRIVER_SIM_WASM"))?);
-    let settings = || ProviderSettings {
+    let settings = || {
+        ProviderSettings {
         name: "bench".into(),
         component: ComponentSource::Bytes { label: "driver-sim".into(), bytes: component.clone() },
         config_json: json!({ "hosts": 4, "delays_ms": { "create": 0, "start": 0, "stop": 0, "restart": 0, "delete": 0, "pull": 0 }, "pull_bytes_per_sec": 0 })
@@ -34,6 +37,7 @@ async fn plugin_figures(scratch: &std::path::Path) -> anyhow::Result<()> {
         endpoints: Default::default(),
         allowed_http_hosts: Vec::new(),
         max_response_bytes: 16 << 20,
+    }
     };
     let runtime = PluginRuntime::new(RuntimeSettings { cache_dir: Some(scratch.join("cache")) })?;
     let state = Arc::new(MemoryStateStore::default());
@@ -129,8 +133,7 @@ config = {{ hosts = 16, cpu = 4096, ram_mb = 16777216, delays_ms = {{ create = 0
     );
 
     // GET /v1/instances/{id} next to a bare axum handler answering the same body.
-    let list: Value =
-        http.get(format!("{base}/v1/instances?limit=1")).bearer_auth(TOKEN).send().await?.json().await?;
+    let list: Value = http.get(format!("{base}/v1/instances?limit=1")).bearer_auth(TOKEN).send().await?.json().await?;
     let instance = list["items"][0].clone();
     let id = instance["id"].as_str().context("an instance")?.to_owned();
     let bare_address = start_bare_axum(instance).await?;
@@ -138,7 +141,10 @@ config = {{ hosts = 16, cpu = 4096, ram_mb = 16777216, delays_ms = {{ create = 0
     let concurrency = 32;
     let ours = requests_per_second(&http, &format!("{base}/v1/instances/{id}"), requests, concurrency).await?;
     let bare = requests_per_second(&http, &format!("http://{bare_address}/instance"), requests, concurrency).await?;
-    println!("GET /v1/instances/{{id}}: {ours:.0} req/s; bare axum handler, same body: {bare:.0} req/s; ratio {:.2}", ours / bare);
+    println!(
+        "GET /v1/instances/{{id}}: {ours:.0} req/s; bare axum handler, same body: {bare:.0} req/s; ratio {:.2}",
+        ours / bare
+    );
     server.shutdown().await;
     Ok(())
 }
@@ -158,7 +164,12 @@ async fn start_bare_axum(body: Value) -> anyhow::Result<std::net::SocketAddr> {
     Ok(address)
 }
 
-async fn requests_per_second(http: &reqwest::Client, url: &str, requests: usize, concurrency: usize) -> anyhow::Result<f64> {
+async fn requests_per_second(
+    http: &reqwest::Client,
+    url: &str,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
     let per_worker = requests / concurrency;
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {

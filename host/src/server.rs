@@ -41,6 +41,8 @@ impl RunningServer {
 
 /// Opens the database, loads the providers, starts the service and serves the API.
 pub async fn start(config: Config, admin_token_from_environment: Option<String>) -> anyhow::Result<RunningServer> {
+    // Installed first, so that metrics recorded while starting (plugin loads) are kept.
+    let metrics = api::metrics::prometheus();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let (admin_token, source) = auth::load_or_create_admin_token(admin_token_from_environment, &config.data_dir)
@@ -57,11 +59,7 @@ pub async fn start(config: Config, admin_token_from_environment: Option<String>)
     let service = Service::new(store, providers, ServiceSettings::from_config(&config));
     service.start().await.context("cannot start the service")?;
 
-    let state = AppState {
-        service: service.clone(),
-        authenticator: Authenticator::new(&admin_token),
-        metrics: api::metrics::prometheus(),
-    };
+    let state = AppState { service: service.clone(), authenticator: Authenticator::new(&admin_token), metrics };
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;

@@ -26,19 +26,61 @@ async fn bad_requests_are_refused_with_a_message_naming_the_problem_and_change_n
         (Method::POST, "/v1/instances", r#"{"template": "good", "vcpu": "two"}"#, StatusCode::BAD_REQUEST, "vcpu"),
         (Method::POST, "/v1/instances", r#"{"template": "good", "vcpu": -1}"#, StatusCode::BAD_REQUEST, "vcpu"),
         (Method::POST, "/v1/instances", r#"{"vcpu": 2}"#, StatusCode::BAD_REQUEST, "template"),
-        (Method::POST, "/v1/instances", r#"{"template": "good", "vcpu": 0}"#, StatusCode::UNPROCESSABLE_ENTITY, "vcpu must be between 1 and 512"),
-        (Method::POST, "/v1/instances", r#"{"template": "good", "ram_mb": 1}"#, StatusCode::UNPROCESSABLE_ENTITY, "ram_mb"),
-        (Method::POST, "/v1/instances", r#"{"template": "good", "count": 0}"#, StatusCode::UNPROCESSABLE_ENTITY, "count"),
-        (Method::POST, "/v1/instances", r#"{"template": "good", "count": 100000}"#, StatusCode::UNPROCESSABLE_ENTITY, "count"),
-        (Method::POST, "/v1/instances", r#"{"template": "good", "name": ""}"#, StatusCode::UNPROCESSABLE_ENTITY, "name"),
+        (
+            Method::POST,
+            "/v1/instances",
+            r#"{"template": "good", "vcpu": 0}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "vcpu must be between 1 and 512",
+        ),
+        (
+            Method::POST,
+            "/v1/instances",
+            r#"{"template": "good", "ram_mb": 1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ram_mb",
+        ),
+        (
+            Method::POST,
+            "/v1/instances",
+            r#"{"template": "good", "count": 0}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "count",
+        ),
+        (
+            Method::POST,
+            "/v1/instances",
+            r#"{"template": "good", "count": 100000}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "count",
+        ),
+        (
+            Method::POST,
+            "/v1/instances",
+            r#"{"template": "good", "name": ""}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
         (Method::POST, "/v1/instances", r#"{"template": "nope"}"#, StatusCode::NOT_FOUND, "template 'nope'"),
         (Method::POST, "/v1/instances", r#"{"template": "good", "tag": "v9"}"#, StatusCode::NOT_FOUND, "good:v9"),
         (Method::POST, "/v1/instances", leaked(&unknown_host_body), StatusCode::NOT_FOUND, "host"),
-        (Method::POST, "/v1/instances", r#"{"template": "good", "host_id": "not-a-uuid"}"#, StatusCode::BAD_REQUEST, "host_id"),
+        (
+            Method::POST,
+            "/v1/instances",
+            r#"{"template": "good", "host_id": "not-a-uuid"}"#,
+            StatusCode::BAD_REQUEST,
+            "host_id",
+        ),
         (Method::POST, "/v1/instances?wait=soon", r#"{"template": "good"}"#, StatusCode::BAD_REQUEST, "wait"),
         (Method::POST, "/v1/instances?wait=-1", r#"{"template": "good"}"#, StatusCode::BAD_REQUEST, "wait"),
         (Method::POST, "/v1/templates", r#"{"name": "x", "arch": "sparc"}"#, StatusCode::BAD_REQUEST, "sparc"),
-        (Method::POST, "/v1/templates", r#"{"name": "bad name!", "arch": "amd64"}"#, StatusCode::UNPROCESSABLE_ENTITY, "name"),
+        (
+            Method::POST,
+            "/v1/templates",
+            r#"{"name": "bad name!", "arch": "amd64"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
         (Method::POST, "/v1/templates", r#"{"name": "good", "arch": "amd64"}"#, StatusCode::CONFLICT, "already exists"),
         (Method::POST, "/v1/templates/nope/versions", r#"{"tag": "v1"}"#, StatusCode::NOT_FOUND, "template 'nope'"),
         (Method::GET, leaked(&instance_path), "", StatusCode::NOT_FOUND, missing),
@@ -73,7 +115,8 @@ async fn bad_requests_are_refused_with_a_message_naming_the_problem_and_change_n
     assert!(server.all_instances().await.is_empty());
     assert_eq!(server.get("/v1/tasks").await, serde_json::json!([]));
     let events_after = server.events_since(0).await;
-    let new_events: Vec<_> = events_after[events_before..].iter().filter(|event| event["object_kind"] != "host").collect();
+    let new_events: Vec<_> =
+        events_after[events_before..].iter().filter(|event| event["object_kind"] != "host").collect();
     assert!(new_events.is_empty(), "bad requests wrote events: {new_events:?}");
 }
 
@@ -91,7 +134,16 @@ async fn every_route_but_health_needs_the_token() {
     assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (status, openapi) = server.raw(Method::GET, "/v1/openapi.json", "", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
-    for path in ["/v1/instances", "/v1/instances/{id}", "/v1/instances/{id}/actions/{action}", "/v1/tasks/{id}", "/v1/events", "/v1/hosts/{id}", "/v1/templates/{id}/versions", "/v1/providers"] {
+    for path in [
+        "/v1/instances",
+        "/v1/instances/{id}",
+        "/v1/instances/{id}/actions/{action}",
+        "/v1/tasks/{id}",
+        "/v1/events",
+        "/v1/hosts/{id}",
+        "/v1/templates/{id}/versions",
+        "/v1/providers",
+    ] {
         assert!(openapi["paths"][path].is_object(), "openapi documents {path}");
     }
     let (status, metrics) = server.raw(Method::GET, "/metrics", "", Some(TOKEN)).await;

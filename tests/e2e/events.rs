@@ -6,7 +6,6 @@ use futures::StreamExt;
 
 use crate::harness::{Server, TOKEN, fast_sim_config};
 
-
 #[tokio::test]
 async fn resuming_from_the_last_seen_sequence_loses_nothing_and_repeats_nothing() {
     let server = Server::start(&fast_sim_config()).await;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 pub const TOKEN: &str = "e2e-admin-token";
 
-/// A simulated fleet that answers quickly: 4 hosts of 25 vCPU / 64 GiB.
+/// A simulated fleet that answers quickly: 5 hosts of 20 vCPU / 64 GiB.
 pub fn fast_sim_config() -> String {
     r#"
 [reconcile]
@@ -19,7 +19,7 @@ interval_secs = 0.5
 [[providers]]
 name = "sim"
 driver = "driver-sim"
-config = { hosts = 4, cpu = 25, ram_mb = 65536, delays_ms = { create = 20, start = 30, stop = 20, restart = 30, delete = 10, pull = 30 } }
+config = { hosts = 5, cpu = 20, ram_mb = 65536, delays_ms = { create = 20, start = 30, stop = 20, restart = 30, delete = 10, pull = 30 } }
 "#
     .into()
 }
@@ -62,7 +62,10 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .env("HYPERPLANE_ADMIN_TOKEN", TOKEN)
-            .env("HYPERPLANE_LOG", "warn,hyperplane=info")
+            // Set by cargo for the test binary (from the build script); not server settings.
+            .env_remove("HYPERPLANE_DRIVER_SIM_WASM")
+            .env_remove("HYPERPLANE_DRIVER_HOSTILE_WASM")
+            .env("HYPERPLANE_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -162,7 +165,8 @@ impl Server {
 
     /// Every instance, across pages, terminated ones included.
     pub async fn all_instances(&self) -> Vec<Value> {
-        let filter = "state=scheduling|pulling|starting|running|stopping|stopped|suspended|terminating|terminated|error";
+        let filter =
+            "state=scheduling|pulling|starting|running|stopping|stopped|suspended|terminating|terminated|error";
         let mut items = Vec::new();
         let mut path = format!("/v1/instances?limit=100&filter={filter}");
         loop {

@@ -84,7 +84,8 @@ async fn each_hostile_plugin_is_contained_and_reported_while_the_server_keeps_se
     let metrics = metrics.as_str().expect("text").to_owned();
     for (name, _, _) in HOSTILE {
         assert!(
-            metrics.lines().any(|line| line.starts_with("hyperplane_plugin_call_failures_total") && line.contains(&format!("provider=\"{name}\""))),
+            metrics.lines().any(|line| line.starts_with("hyperplane_plugin_call_failures_total")
+                && line.contains(&format!("provider=\"{name}\""))),
             "failures of {name} are counted"
         );
     }

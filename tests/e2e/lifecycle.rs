@@ -53,12 +53,15 @@ async fn quick_start_create_three_then_stop_start_restart_delete() {
 async fn fifty_concurrent_creates_all_run_and_no_host_is_over_committed() {
     let server = Server::start(&fast_sim_config()).await;
     server.create_template("ci-image").await;
-    // 4 hosts x 25 vCPU = 100 vCPU: 50 instances of 2 vCPU fill the fleet exactly.
+    // 5 hosts x 20 vCPU = 100 vCPU: 50 instances of 2 vCPU fill the fleet exactly.
     let creates = (0..50).map(|index| {
         let server = &server;
         async move {
             server
-                .post("/v1/instances", json!({ "template": "ci-image", "vcpu": 2, "ram_mb": 1024, "name": format!("job-{index}") }))
+                .post(
+                    "/v1/instances",
+                    json!({ "template": "ci-image", "vcpu": 2, "ram_mb": 1024, "name": format!("job-{index}") }),
+                )
                 .await
         }
     });
@@ -77,7 +80,7 @@ async fn fifty_concurrent_creates_all_run_and_no_host_is_over_committed() {
     assert!(instances.iter().all(|instance| instance["state"] == "running"));
     let hosts = server.get("/v1/hosts").await;
     let hosts = hosts.as_array().expect("hosts");
-    assert_eq!(hosts.len(), 4);
+    assert_eq!(hosts.len(), 5);
     let mut placed = 0;
     for host in hosts {
         let used = host["usage"]["vcpu"].as_u64().expect("usage");
@@ -90,7 +93,8 @@ async fn fifty_concurrent_creates_all_run_and_no_host_is_over_committed() {
 
     // The fleet is full: one more waits in `scheduling`, says why, and is placed as soon as
     // an instance is deleted.
-    let (status, waiting) = server.post("/v1/instances", json!({ "template": "ci-image", "vcpu": 2, "ram_mb": 1024 })).await;
+    let (status, waiting) =
+        server.post("/v1/instances", json!({ "template": "ci-image", "vcpu": 2, "ram_mb": 1024 })).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let waiting_id = waiting["id"].as_str().expect("task id").to_owned();
     let task = server
@@ -99,7 +103,7 @@ async fn fifty_concurrent_creates_all_run_and_no_host_is_over_committed() {
         })
         .await;
     assert_eq!(task["state"], "pending", "{task}");
-    assert!(task["message"].as_str().expect("message").contains("4 full"), "{task}");
+    assert!(task["message"].as_str().expect("message").contains("5 full"), "{task}");
     let victim = instances[0]["id"].as_str().expect("id");
     let (status, _) = server.request(Method::DELETE, &format!("/v1/instances/{victim}"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -147,7 +151,10 @@ async fn lists_page_with_cursors_filter_project_fields_and_stream_ndjson() {
     let (_, task) = server.post("/v1/instances?wait=60", json!({ "template": "alpha", "count": 5, "name": "a" })).await;
     assert_eq!(task["state"], "succeeded", "{task}");
     let (_, task) = server
-        .post("/v1/instances?wait=60", json!({ "template": "beta", "name": "b", "external_id": "ext-1", "metadata": { "team": "ci" } }))
+        .post(
+            "/v1/instances?wait=60",
+            json!({ "template": "beta", "name": "b", "external_id": "ext-1", "metadata": { "team": "ci" } }),
+        )
         .await;
     assert_eq!(task["state"], "succeeded", "{task}");
 
@@ -191,7 +198,11 @@ async fn lists_page_with_cursors_filter_project_fields_and_stream_ndjson() {
     assert!(lines.iter().all(|line| line["state"] == "running"));
 
     let (status, renamed) = server
-        .request(Method::PATCH, &format!("/v1/instances/{}", lines[0]["id"].as_str().expect("id")), Some(json!({ "name": "renamed" })))
+        .request(
+            Method::PATCH,
+            &format!("/v1/instances/{}", lines[0]["id"].as_str().expect("id")),
+            Some(json!({ "name": "renamed" })),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{renamed}");
     assert_eq!(renamed["name"], "renamed");

@@ -23,7 +23,8 @@ config = { hosts = 4, cpu = 64, ram_mb = 262144, delays_ms = { create = 300, sta
     server.create_template("crashy").await;
     let mut task_ids = Vec::new();
     for index in 0..20 {
-        let (status, task) = server.post("/v1/instances", json!({ "template": "crashy", "name": format!("c-{index}") })).await;
+        let (status, task) =
+            server.post("/v1/instances", json!({ "template": "crashy", "name": format!("c-{index}") })).await;
         assert!(status.is_success(), "{task}");
         task_ids.push(task["id"].as_str().expect("id").to_owned());
     }
@@ -52,7 +53,10 @@ config = { hosts = 4, cpu = 64, ram_mb = 262144, delays_ms = { create = 300, sta
     let names: HashSet<&str> = instances.iter().map(|instance| instance["name"].as_str().expect("name")).collect();
     assert_eq!(instances.len(), 20, "{instances:?}");
     assert_eq!(names.len(), 20);
-    assert!(instances.iter().all(|instance| instance["state"] == "running" && instance["origin"] == "api"), "{instances:?}");
+    assert!(
+        instances.iter().all(|instance| instance["state"] == "running" && instance["origin"] == "api"),
+        "{instances:?}"
+    );
     let events = server.events_since(0).await;
     assert!(events.iter().any(|event| event["type"] == "task.resumed"), "the crash interrupted running tasks");
     assert!(events.iter().all(|event| event["type"] != "instance.drift"), "no drift after the restart");

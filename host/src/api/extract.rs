@@ -44,13 +44,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        serde_urlencoded::from_str(query)
-            .map(QueryParams)
-            .map_err(|error| ApiError::invalid(format!("invalid query string: {error}")))
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map(QueryParams).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            if path == "." || path.is_empty() {
+                ApiError::invalid(format!("invalid query string: {inner}"))
+            } else {
+                ApiError::invalid(format!("invalid query parameter {path}: {inner}"))
+            }
+        })
     }
 }
 
 /// Parses a path segment as a UUID, naming the object kind when it is not one.
 pub fn parse_id(kind: &str, text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", format!("{kind} '{text}' not found (ids are UUIDs)")))
+    Uuid::parse_str(text).map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{kind} '{text}' not found (ids are UUIDs)"),
+        )
+    })
 }

@@ -64,7 +64,11 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn no_route(request: Request) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", request.method(), request.uri().path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {

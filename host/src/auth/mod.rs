@@ -61,7 +61,10 @@ pub enum TokenSource {
 
 /// The admin token: `HYPERPLANE_ADMIN_TOKEN` if given, else `<data_dir>/admin.token`, else a
 /// new random token written there with mode 0600.
-pub fn load_or_create_admin_token(from_environment: Option<String>, data_dir: &Path) -> std::io::Result<(String, TokenSource)> {
+pub fn load_or_create_admin_token(
+    from_environment: Option<String>,
+    data_dir: &Path,
+) -> std::io::Result<(String, TokenSource)> {
     if let Some(token) = from_environment.filter(|token| !token.trim().is_empty()) {
         return Ok((token.trim().to_owned(), TokenSource::Environment));
     }

@@ -78,7 +78,8 @@ impl Client {
         let started = Instant::now();
         let spinner = if show_progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
         spinner.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         spinner.enable_steady_tick(Duration::from_millis(120));
         loop {
@@ -86,7 +87,8 @@ impl Client {
             let state = task["state"].as_str().unwrap_or("unknown");
             let progress = task["progress"].as_f64().unwrap_or(0.0) * 100.0;
             let message = task["message"].as_str().unwrap_or("");
-            spinner.set_message(format!("{} {state} {progress:.0}% {message}", task["kind"].as_str().unwrap_or("task")));
+            spinner
+                .set_message(format!("{} {state} {progress:.0}% {message}", task["kind"].as_str().unwrap_or("task")));
             if matches!(state, "succeeded" | "failed" | "cancelled") {
                 spinner.finish_and_clear();
                 return Ok(task);

@@ -105,7 +105,9 @@ enum InstanceCommand {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
-    Get { id: String },
+    Get {
+        id: String,
+    },
     Start(ActionArgs),
     Stop(ActionArgs),
     Restart(ActionArgs),
@@ -145,7 +147,9 @@ enum TemplateCommand {
 
 #[derive(Debug, Subcommand)]
 enum TaskCommand {
-    Get { id: String },
+    Get {
+        id: String,
+    },
     /// Wait until the task ends, showing its progress.
     Wait {
         id: String,
@@ -153,7 +157,9 @@ enum TaskCommand {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
-    Cancel { id: String },
+    Cancel {
+        id: String,
+    },
 }
 
 /// Runs the command line; the process exit code is non-zero on any error.
@@ -225,8 +231,9 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
             Ok(())
         }
         Command::Template(TemplateCommand::Create { name, arch, description }) => {
-            let template =
-                client.post("/v1/templates", &json!({ "name": name, "arch": arch, "description": description })).await?;
+            let template = client
+                .post("/v1/templates", &json!({ "name": name, "arch": arch, "description": description }))
+                .await?;
             output::print(&Value::Array(vec![template]), json_output, output::templates_table);
             Ok(())
         }
@@ -312,7 +319,8 @@ async fn instance_command(client: &Client, command: InstanceCommand, json_output
 }
 
 async fn action(client: &Client, action: &str, args: ActionArgs, json_output: bool) -> anyhow::Result<()> {
-    let task = client.post(&format!("/v1/instances/{}/actions/{action}?force={}", args.id, args.force), &json!({})).await?;
+    let task =
+        client.post(&format!("/v1/instances/{}/actions/{action}?force={}", args.id, args.force), &json!({})).await?;
     after_task(client, task, args.wait, json_output).await
 }
 

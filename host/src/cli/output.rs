@@ -60,7 +60,8 @@ pub fn templates_table(templates: &[Value]) -> Table {
     let mut table = new_table(&["ID", "NAME", "ARCH", "VERSIONS", "LATEST TAG"]);
     for template in templates {
         let versions = template["versions"].as_array().map(Vec::len).unwrap_or(0);
-        let latest = template["versions"].as_array().and_then(|versions| versions.last()).map(|version| text(&version["tag"]));
+        let latest =
+            template["versions"].as_array().and_then(|versions| versions.last()).map(|version| text(&version["tag"]));
         table.add_row(vec![
             text(&template["id"]),
             text(&template["name"]),

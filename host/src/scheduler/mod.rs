@@ -99,7 +99,8 @@ fn place_one(hosts: &mut [HostCandidate], request: &PlacementRequest) -> Decisio
             *rejections.entry(reason).or_insert(0) += 1;
             continue;
         }
-        let caches_template = request.template.as_ref().is_some_and(|template| host.cached_templates.contains(template));
+        let caches_template =
+            request.template.as_ref().is_some_and(|template| host.cached_templates.contains(template));
         let free_ram = host.ram_limit_mb - host.used.ram_mb;
         let preference = (caches_template, free_ram);
         if best.as_ref().is_none_or(|(_, best_preference)| preference > *best_preference) {
@@ -200,7 +201,10 @@ mod tests {
         let expected: BTreeMap<_, _> =
             [(Rejection::Offline, 1), (Rejection::Draining, 1), (Rejection::WrongArch, 1), (Rejection::Full, 1)].into();
         assert_eq!(decision.rejections, expected);
-        assert_eq!(decision.explain(4), "no host fits: 4 hosts considered, 1 offline, 1 draining, 1 wrong arch, 1 full");
+        assert_eq!(
+            decision.explain(4),
+            "no host fits: 4 hosts considered, 1 offline, 1 draining, 1 wrong arch, 1 full"
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ impl Service {
     }
 
     pub async fn get_host(&self, id: Uuid) -> ServiceResult<Host> {
-        store::hosts::get(&mut *self.store().reader().await?, id).await?.ok_or_else(|| ServiceError::not_found("host", id))
+        store::hosts::get(&mut *self.store().reader().await?, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("host", id))
     }
 
     /// A host by id, by name, or by `provider/name`.
@@ -47,7 +49,9 @@ impl Service {
         match matches.as_slice() {
             [host] => Ok(host.id),
             [] => Err(ServiceError::not_found("host", reference)),
-            _ => Err(ServiceError::Invalid(format!("host name '{reference}' is ambiguous; use provider/name or the id"))),
+            _ => {
+                Err(ServiceError::Invalid(format!("host name '{reference}' is ambiguous; use provider/name or the id")))
+            }
         }
     }
 
@@ -65,9 +69,7 @@ impl Service {
                 return Err(ServiceError::Invalid("labels must have at most 64 entries".into()));
             }
             if let Some(key) = labels.keys().find(|key| key.is_empty() || key.len() > 128 || key.contains(['=', ','])) {
-                return Err(ServiceError::Invalid(format!(
-                    "label key '{key}' must be 1-128 bytes without '=' or ','"
-                )));
+                return Err(ServiceError::Invalid(format!("label key '{key}' must be 1-128 bytes without '=' or ','")));
             }
         }
         let mut transaction = self.store().begin().await?;
@@ -87,7 +89,9 @@ impl Service {
         store::hosts::update_settings(&mut transaction, &host).await?;
         transaction
             .append_event(
-                NewEvent::new("host.updated", "host", id).actor(actor).data(serde_json::to_value(&patch).unwrap_or_default()),
+                NewEvent::new("host.updated", "host", id)
+                    .actor(actor)
+                    .data(serde_json::to_value(&patch).unwrap_or_default()),
             )
             .await?;
         let host = store::hosts::get(&mut transaction, id).await?.ok_or_else(|| ServiceError::not_found("host", id))?;

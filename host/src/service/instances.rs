@@ -10,7 +10,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Service, ServiceError, ServiceResult};
-use crate::model::{Instance, InstanceAction, InstanceOrigin, InstanceState, Labels, NewEvent, Task, TaskKind, TaskState};
+use crate::model::{
+    Instance, InstanceAction, InstanceOrigin, InstanceState, Labels, NewEvent, Task, TaskKind, TaskState,
+};
 use crate::store::{self, instances::InstanceFilter};
 use crate::tasks::NewTask;
 
@@ -143,13 +145,11 @@ impl Service {
 
         let template = self.resolve_template(&request.template).await?;
         let version = match (request.version, &request.tag) {
-            (Some(number), _) => Some(
-                template
-                    .versions
-                    .iter()
-                    .find(|version| version.number == number)
-                    .ok_or_else(|| ServiceError::not_found("template version", format!("{}:{number}", template.name)))?,
-            ),
+            (Some(number), _) => {
+                Some(template.versions.iter().find(|version| version.number == number).ok_or_else(|| {
+                    ServiceError::not_found("template version", format!("{}:{number}", template.name))
+                })?)
+            }
             (None, Some(tag)) => Some(
                 template
                     .versions
@@ -358,7 +358,11 @@ impl Service {
         instance.updated_at = store::now();
         store::instances::update(&mut transaction, &instance).await?;
         transaction
-            .append_event(NewEvent::new("instance.updated", "instance", id).actor(actor).data(serde_json::to_value(&patch).unwrap_or_default()))
+            .append_event(
+                NewEvent::new("instance.updated", "instance", id)
+                    .actor(actor)
+                    .data(serde_json::to_value(&patch).unwrap_or_default()),
+            )
             .await?;
         transaction.commit().await?;
         Ok(instance)
@@ -382,7 +386,10 @@ impl Service {
             InstanceAction::Restart => &[InstanceState::Running, InstanceState::Error],
         };
         if !allowed.contains(&instance.state) || instance.host_id.is_none() {
-            return Err(ServiceError::Conflict(format!("cannot {action} instance {id} while it is {}", instance.state)));
+            return Err(ServiceError::Conflict(format!(
+                "cannot {action} instance {id} while it is {}",
+                instance.state
+            )));
         }
         if let Some(active) = active_task(&mut transaction, id).await? {
             return Err(ServiceError::Conflict(format!(

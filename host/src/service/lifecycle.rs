@@ -97,9 +97,8 @@ impl Service {
 
     /// The instance's host and its provider's driver.
     async fn placement_of(&self, instance: &Instance) -> StepResult<(Host, Driver)> {
-        let host_id = instance
-            .host_id
-            .ok_or_else(|| Step::Failed(failure("not_placed", "instance has no host yet")))?;
+        let host_id =
+            instance.host_id.ok_or_else(|| Step::Failed(failure("not_placed", "instance has no host yet")))?;
         let host = self.get_host(host_id).await?;
         let driver = self.providers().driver(&host.provider)?.clone();
         Ok((host, driver))
@@ -116,7 +115,9 @@ impl Service {
         if let (Value::Object(event), Value::Object(extra)) = (&mut event_data, data) {
             event.extend(extra);
         }
-        transaction.append_event(NewEvent::new("instance.state_changed", "instance", instance.id).data(event_data)).await?;
+        transaction
+            .append_event(NewEvent::new("instance.state_changed", "instance", instance.id).data(event_data))
+            .await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -289,7 +290,11 @@ impl Service {
             .ok_or_else(|| ServiceError::not_found("host", host_id))?;
         let pulled = cached_templates_from_driver(std::slice::from_ref(&pulled));
         for template in pulled {
-            if !host.cached_templates.iter().any(|cached| cached.name == template.name && cached.version == template.version) {
+            if !host
+                .cached_templates
+                .iter()
+                .any(|cached| cached.name == template.name && cached.version == template.version)
+            {
                 host.cached_templates.push(template.clone());
                 transaction
                     .append_event(

@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::providers::{arch_from_driver, cached_templates_from_driver, host_state_from_driver, instance_state_from_driver};
+use super::providers::{
+    arch_from_driver, cached_templates_from_driver, host_state_from_driver, instance_state_from_driver,
+};
 use super::{Service, ServiceResult};
 use crate::model::{Capacity, Host, HostState, Instance, InstanceOrigin, InstanceState, NewEvent, TaskState, Usage};
 use crate::plugins::Driver;
@@ -132,7 +134,8 @@ impl Service {
     /// Hosts of the provider that were not in its report and have not been heard of for
     /// longer than the offline window go offline.
     async fn mark_silent_hosts_offline(&self, provider: &str, reported: &HashSet<String>) -> ServiceResult<()> {
-        let window = chrono::Duration::from_std(self.inner.settings.host_offline_after).unwrap_or(chrono::Duration::MAX);
+        let window =
+            chrono::Duration::from_std(self.inner.settings.host_offline_after).unwrap_or(chrono::Duration::MAX);
         let now = store::now();
         let mut transaction = self.store().begin().await?;
         for host in store::hosts::by_provider(&mut transaction, provider).await?.into_values() {
@@ -142,10 +145,9 @@ impl Service {
             }
             store::hosts::update_report(&mut transaction, &host, HostState::Offline).await?;
             transaction
-                .append_event(
-                    NewEvent::new("host.state_changed", "host", host.id)
-                        .data(json!({ "from": host.state, "to": HostState::Offline, "reason": "no report from its provider" })),
-                )
+                .append_event(NewEvent::new("host.state_changed", "host", host.id).data(
+                    json!({ "from": host.state, "to": HostState::Offline, "reason": "no report from its provider" }),
+                ))
                 .await?;
         }
         transaction.commit().await?;
@@ -178,9 +180,15 @@ impl Service {
                     let state = instance_state_from_driver(report.state);
                     let settled = matches!(
                         instance.state,
-                        InstanceState::Running | InstanceState::Stopped | InstanceState::Suspended | InstanceState::Error
+                        InstanceState::Running
+                            | InstanceState::Stopped
+                            | InstanceState::Suspended
+                            | InstanceState::Error
                     );
-                    (settled && state != instance.state && state != InstanceState::Starting && state != InstanceState::Stopping)
+                    (settled
+                        && state != instance.state
+                        && state != InstanceState::Starting
+                        && state != InstanceState::Stopping)
                         .then(|| (state, json!({ "kind": "state" }), report.ip.clone()))
                 }
                 None => None,
@@ -280,10 +288,9 @@ impl Service {
         };
         store::instances::insert(&mut transaction, &instance).await?;
         transaction
-            .append_event(
-                NewEvent::new("instance.drift", "instance", id)
-                    .data(json!({ "kind": "appeared", "provider": provider, "provider_id": report.id, "state": instance.state })),
-            )
+            .append_event(NewEvent::new("instance.drift", "instance", id).data(
+                json!({ "kind": "appeared", "provider": provider, "provider_id": report.id, "state": instance.state }),
+            ))
             .await?;
         transaction.commit().await?;
         tracing::warn!(instance = %id, provider, "instance appeared on its provider behind our back");

@@ -106,7 +106,10 @@ impl Service {
             .await?
             .ok_or_else(|| ServiceError::not_found("template", reference))?;
         if template.versions.iter().any(|version| version.tag == request.tag) {
-            return Err(ServiceError::Conflict(format!("template '{}' already has tag '{}'", template.name, request.tag)));
+            return Err(ServiceError::Conflict(format!(
+                "template '{}' already has tag '{}'",
+                template.name, request.tag
+            )));
         }
         let version = TemplateVersion {
             number: template.latest_version().map_or(1, |latest| latest.number + 1),

@@ -65,7 +65,7 @@ mod tests {
         assert!(subscriber.has_changed().expect("open"));
         assert_eq!(*subscriber.borrow_and_update(), second);
 
-        let events = list_after(&mut *store.reader().await.expect("reader"), first, 10).await.expect("list");
+        let events = list_after(&mut store.reader().await.expect("reader"), first, 10).await.expect("list");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, "test.two");
     }
@@ -79,7 +79,7 @@ mod tests {
         }
         let transaction = store.begin().await.expect("begin after rollback");
         transaction.commit().await.expect("commit");
-        let events = list_after(&mut *store.reader().await.expect("reader"), 0, 10).await.expect("list");
+        let events = list_after(&mut store.reader().await.expect("reader"), 0, 10).await.expect("list");
         assert!(events.is_empty());
     }
 }

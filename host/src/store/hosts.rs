@@ -63,10 +63,8 @@ pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Opt
 
 /// Hosts of one provider keyed by their name within it.
 pub async fn by_provider(connection: &mut SqliteConnection, provider: &str) -> StoreResult<HashMap<String, Host>> {
-    let rows = sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.provider = ?"))
-        .bind(provider)
-        .fetch_all(connection)
-        .await?;
+    let rows =
+        sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.provider = ?")).bind(provider).fetch_all(connection).await?;
     rows.iter().map(|row| from_row(row).map(|host| (host.name.clone(), host))).collect()
 }
 
@@ -101,7 +99,11 @@ pub async fn insert(connection: &mut SqliteConnection, host: &Host) -> StoreResu
 
 /// Writes what a provider reports (hardware, reachability, cached templates). `state` is the
 /// reported state; draining is the operator's and kept apart.
-pub async fn update_report(connection: &mut SqliteConnection, host: &Host, reported_state: HostState) -> StoreResult<()> {
+pub async fn update_report(
+    connection: &mut SqliteConnection,
+    host: &Host,
+    reported_state: HostState,
+) -> StoreResult<()> {
     sqlx::query(
         "UPDATE hosts SET arch = ?, cpu = ?, ram_mb = ?, disk_gb = ?, hypervisor = ?, state = ?, \
             cached_templates = ?, last_report_at = ?, updated_at = ? WHERE id = ?",

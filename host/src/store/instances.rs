@@ -55,7 +55,8 @@ fn from_row(row: &SqliteRow) -> StoreResult<Instance> {
 }
 
 pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Instance>> {
-    let row = sqlx::query("SELECT * FROM instances WHERE id = ?").bind(id.to_string()).fetch_optional(connection).await?;
+    let row =
+        sqlx::query("SELECT * FROM instances WHERE id = ?").bind(id.to_string()).fetch_optional(connection).await?;
     row.as_ref().map(from_row).transpose()
 }
 

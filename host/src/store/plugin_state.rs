@@ -36,7 +36,11 @@ pub async fn delete(connection: &mut SqliteConnection, provider: &str, key: &str
 }
 
 /// Entries whose key starts with `prefix`, ordered by key.
-pub async fn scan(connection: &mut SqliteConnection, provider: &str, prefix: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
+pub async fn scan(
+    connection: &mut SqliteConnection,
+    provider: &str,
+    prefix: &str,
+) -> StoreResult<Vec<(String, Vec<u8>)>> {
     // A range scan on the primary key; `prefix || x'ff…'` bounds every key with that prefix.
     let rows = sqlx::query(
         "SELECT key, value FROM plugin_state WHERE provider = ? AND key >= ? AND substr(key, 1, length(?)) = ? ORDER BY key",

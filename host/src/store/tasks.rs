@@ -22,10 +22,11 @@ fn from_row(row: &SqliteRow) -> StoreResult<Task> {
     let optional_uuid = |column: &str| -> StoreResult<Option<Uuid>> {
         row.try_get::<Option<String>, _>(column)?.as_deref().map(parse_uuid).transpose()
     };
-    let error = match (row.try_get::<Option<String>, _>("error_code")?, row.try_get::<Option<String>, _>("error_message")?) {
-        (Some(code), message) => Some(TaskError { code, message: message.unwrap_or_default() }),
-        _ => None,
-    };
+    let error =
+        match (row.try_get::<Option<String>, _>("error_code")?, row.try_get::<Option<String>, _>("error_message")?) {
+            (Some(code), message) => Some(TaskError { code, message: message.unwrap_or_default() }),
+            _ => None,
+        };
     Ok(Task {
         id: parse_uuid(row.try_get("id")?)?,
         kind: parse_enum(row.try_get("kind")?)?,
@@ -95,7 +96,12 @@ pub async fn update(connection: &mut SqliteConnection, task: &Task) -> StoreResu
 }
 
 /// Progress only; cheap enough to call often.
-pub async fn update_progress(connection: &mut SqliteConnection, id: Uuid, progress: f32, message: &str) -> StoreResult<()> {
+pub async fn update_progress(
+    connection: &mut SqliteConnection,
+    id: Uuid,
+    progress: f32,
+    message: &str,
+) -> StoreResult<()> {
     sqlx::query("UPDATE tasks SET progress = ?, message = ? WHERE id = ? AND state = 'running'")
         .bind(f64::from(progress))
         .bind(message)

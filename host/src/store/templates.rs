@@ -67,19 +67,25 @@ pub async fn get_by_name(connection: &mut SqliteConnection, name: &str) -> Store
 }
 
 pub async fn insert(connection: &mut SqliteConnection, template: &Template) -> StoreResult<()> {
-    sqlx::query("INSERT INTO templates (id, name, arch, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(template.id.to_string())
-        .bind(&template.name)
-        .bind(template.arch.as_str())
-        .bind(&template.description)
-        .bind(format_time(&template.created_at))
-        .bind(format_time(&template.updated_at))
-        .execute(connection)
-        .await?;
+    sqlx::query(
+        "INSERT INTO templates (id, name, arch, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(template.id.to_string())
+    .bind(&template.name)
+    .bind(template.arch.as_str())
+    .bind(&template.description)
+    .bind(format_time(&template.created_at))
+    .bind(format_time(&template.updated_at))
+    .execute(connection)
+    .await?;
     Ok(())
 }
 
-pub async fn insert_version(connection: &mut SqliteConnection, template_id: Uuid, version: &TemplateVersion) -> StoreResult<()> {
+pub async fn insert_version(
+    connection: &mut SqliteConnection,
+    template_id: Uuid,
+    version: &TemplateVersion,
+) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO template_versions (template_id, number, tag, description, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)",
     )

@@ -346,7 +346,7 @@ impl TaskEngine {
             }
         }
         self.wake();
-        Ok(store::tasks::get(&mut *store.reader().await?, id).await?.ok_or(TaskEngineError::NotFound(id))?)
+        store::tasks::get(&mut *store.reader().await?, id).await?.ok_or(TaskEngineError::NotFound(id))
     }
 
     /// Waits until the task has ended or `timeout` passed; returns the task as it is then.
@@ -413,11 +413,9 @@ async fn finish_batch_if_done(transaction: &mut WriteTx, batch_id: Uuid) -> Resu
     if batch.state.is_final() {
         return Ok(());
     }
-    let children = store::tasks::list(
-        transaction,
-        &store::tasks::TaskFilter { parent_id: Some(batch_id), ..Default::default() },
-    )
-    .await?;
+    let children =
+        store::tasks::list(transaction, &store::tasks::TaskFilter { parent_id: Some(batch_id), ..Default::default() })
+            .await?;
     let done = children.iter().filter(|child| child.state.is_final()).count();
     if done < children.len() {
         batch.state = TaskState::Running;
@@ -430,7 +428,9 @@ async fn finish_batch_if_done(transaction: &mut WriteTx, batch_id: Uuid) -> Resu
     let failed: Vec<&Task> = children.iter().filter(|child| child.state != TaskState::Succeeded).collect();
     let results: Vec<Value> = children.iter().map(|child| child.result.clone().unwrap_or(Value::Null)).collect();
     let outcome = if failed.is_empty() {
-        TaskOutcome::Succeeded(json!({ "tasks": children.iter().map(|child| child.id).collect::<Vec<_>>(), "results": results }))
+        TaskOutcome::Succeeded(
+            json!({ "tasks": children.iter().map(|child| child.id).collect::<Vec<_>>(), "results": results }),
+        )
     } else if failed.iter().all(|child| child.state == TaskState::Cancelled) {
         TaskOutcome::Cancelled(format!("{} of {} tasks cancelled", failed.len(), children.len()))
     } else {

@@ -41,7 +41,8 @@ pub(super) async fn list_events(
     QueryParams(params): QueryParams<EventParams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok()).and_then(|id| id.parse().ok());
+    let last_event_id =
+        headers.get("last-event-id").and_then(|value| value.to_str().ok()).and_then(|id| id.parse().ok());
     let since = params.since.or(last_event_id).unwrap_or(0);
     if since < 0 {
         return Err(ApiError::invalid(format!("since must be >= 0, got {since}")));

@@ -30,9 +30,9 @@ pub(super) async fn create_instances(
 ) -> ApiResult<Response> {
     let wait = wait.duration()?;
     let idempotency_key = match headers.get("idempotency-key") {
-        Some(value) => Some(
-            value.to_str().map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII"))?.to_owned(),
-        ),
+        Some(value) => {
+            Some(value.to_str().map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII"))?.to_owned())
+        }
         None => None,
     };
     let task = state.service.create_instances(request, idempotency_key, &principal.name).await?;
@@ -170,9 +170,8 @@ pub(super) async fn instance_action(
     QueryParams(params): QueryParams<ActionParams>,
 ) -> ApiResult<Response> {
     let id = parse_id("instance", &id)?;
-    let action: InstanceAction = action
-        .parse()
-        .map_err(|message: String| ApiError::new(StatusCode::NOT_FOUND, "not_found", message))?;
+    let action: InstanceAction =
+        action.parse().map_err(|message: String| ApiError::new(StatusCode::NOT_FOUND, "not_found", message))?;
     let task = state.service.instance_action(id, action, params.force, &principal.name).await?;
     respond_after_wait(&state, task, super::parse_wait(params.wait)?).await
 }
