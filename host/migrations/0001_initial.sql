@@ -52,6 +52,7 @@ CREATE TABLE instances (
     provider         TEXT,
     host_id          TEXT REFERENCES hosts (id),
     requested_host_id TEXT,
+    provider_id      TEXT,
     vcpu             INTEGER NOT NULL,
     ram_mb           INTEGER NOT NULL,
     disk_gb          INTEGER NOT NULL,

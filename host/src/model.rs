@@ -250,6 +250,9 @@ pub struct Instance {
     pub host_id: Option<Uuid>,
     /// The host the user asked for, if any.
     pub requested_host_id: Option<Uuid>,
+    /// The instance's id on its provider, when it is not `id` (instances discovered there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
     pub vcpu: u32,
     pub ram_mb: u64,
     pub disk_gb: u64,
@@ -263,6 +266,13 @@ pub struct Instance {
     pub origin: InstanceOrigin,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Instance {
+    /// The id its driver knows it by: our id, unless it was discovered on the provider.
+    pub fn provider_instance_id(&self) -> String {
+        self.provider_id.clone().unwrap_or_else(|| self.id.to_string())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

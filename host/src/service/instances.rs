@@ -187,6 +187,7 @@ impl Service {
                 provider: None,
                 host_id: None,
                 requested_host_id: request.host_id,
+                provider_id: None,
                 vcpu,
                 ram_mb,
                 disk_gb,

@@ -146,7 +146,7 @@ impl Service {
             Err(Step::Failed(error)) => {
                 // Leave nothing half-created behind on the hypervisor.
                 if let Ok((_, driver)) = self.placement_of(&instance).await
-                    && let Err(cleanup) = driver.delete_instance(&id.to_string()).await
+                    && let Err(cleanup) = driver.delete_instance(&instance.provider_instance_id()).await
                     && !is_not_found(&cleanup)
                 {
                     tracing::warn!(instance = %id, error = %cleanup, "cleanup after a failed create failed");
@@ -172,7 +172,7 @@ impl Service {
             tag: version.map(|version| version.tag.clone()).unwrap_or_default(),
             size_bytes: version.map_or(0, |version| version.size_bytes),
         };
-        let id = instance.id.to_string();
+        let id = instance.provider_instance_id();
 
         let cached = host
             .cached_templates
@@ -275,7 +275,7 @@ impl Service {
     async fn abandon_create(&self, instance: &mut Instance) -> StepResult<()> {
         if instance.host_id.is_some()
             && let Ok((_, driver)) = self.placement_of(instance).await
-            && let Err(error) = driver.delete_instance(&instance.id.to_string()).await
+            && let Err(error) = driver.delete_instance(&instance.provider_instance_id()).await
             && !is_not_found(&error)
         {
             return Err(Step::Failed(task_error_from_call("delete-instance", &error)));
@@ -314,7 +314,7 @@ impl Service {
         let mut instance = self.load_instance(id).await?;
         let (_, driver) = self.placement_of(&instance).await?;
         self.set_state(&mut instance, InstanceState::Starting, Value::Null).await?;
-        match self.start_on_driver(&driver, &id.to_string()).await {
+        match self.start_on_driver(&driver, &instance.provider_instance_id()).await {
             Ok(running) => {
                 instance.ip = running.ip;
                 instance.error = None;
@@ -331,9 +331,9 @@ impl Service {
         let mut instance = self.load_instance(id).await?;
         let (_, driver) = self.placement_of(&instance).await?;
         self.set_state(&mut instance, InstanceState::Stopping, Value::Null).await?;
-        let stopped = match driver.stop_instance(&id.to_string(), force).await {
+        let stopped = match driver.stop_instance(&instance.provider_instance_id(), force).await {
             Ok(stopped) => Ok(stopped),
-            Err(error) if is_conflict(&error) => match driver.get_instance(&id.to_string()).await {
+            Err(error) if is_conflict(&error) => match driver.get_instance(&instance.provider_instance_id()).await {
                 Ok(current) if current.state == driver::InstanceState::Stopped => Ok(current),
                 _ => Err(Step::Failed(task_error_from_call("stop-instance", &error))),
             },
@@ -354,7 +354,7 @@ impl Service {
         let mut instance = self.load_instance(id).await?;
         let (_, driver) = self.placement_of(&instance).await?;
         self.set_state(&mut instance, InstanceState::Starting, json!({ "reason": "restart" })).await?;
-        match driver.restart_instance(&id.to_string(), force).await {
+        match driver.restart_instance(&instance.provider_instance_id(), force).await {
             Ok(running) => {
                 instance.ip = running.ip;
                 let ip = json!({ "ip": instance.ip });
@@ -371,7 +371,7 @@ impl Service {
     /// After a failed action, records what the driver says the instance is now (or `error`).
     async fn settle_after_failure(&self, instance: &mut Instance, driver: &Driver, step: Step) -> StepResult<Value> {
         let Step::Failed(error) = step else { return Err(step) };
-        match driver.get_instance(&instance.id.to_string()).await {
+        match driver.get_instance(&instance.provider_instance_id()).await {
             Ok(current) => {
                 let state = instance_state_from_driver(current.state);
                 self.set_state(instance, state, json!({ "error": error })).await?;
@@ -390,7 +390,7 @@ impl Service {
         self.set_state(&mut instance, InstanceState::Terminating, Value::Null).await?;
         if instance.host_id.is_some() {
             let (_, driver) = self.placement_of(&instance).await?;
-            if let Err(error) = driver.delete_instance(&id.to_string()).await
+            if let Err(error) = driver.delete_instance(&instance.provider_instance_id()).await
                 && !is_not_found(&error)
             {
                 let error = task_error_from_call("delete-instance", &error);

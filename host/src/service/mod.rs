@@ -9,6 +9,8 @@ mod placement;
 mod providers;
 mod reconcile;
 mod templates;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

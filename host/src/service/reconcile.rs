@@ -168,10 +168,10 @@ impl Service {
             .map_err(|error| super::ServiceError::Unavailable(format!("list-instances: {error}")))?;
         let reported_by_id: HashMap<&str, &driver::Instance> =
             reported.iter().map(|instance| (instance.id.as_str(), instance)).collect();
-        let known_ids: HashSet<String> = ours.iter().map(|instance| instance.id.to_string()).collect();
+        let known_ids: HashSet<String> = ours.iter().map(Instance::provider_instance_id).collect();
 
         for instance in &ours {
-            let report = reported_by_id.get(instance.id.to_string().as_str());
+            let report = reported_by_id.get(instance.provider_instance_id().as_str());
             let drift = match report {
                 None if EXPECTED_ON_PROVIDER.contains(&instance.state) => {
                     Some((InstanceState::Terminated, json!({ "kind": "gone" }), None))
@@ -255,9 +255,8 @@ impl Service {
         report: &driver::Instance,
         hosts: &HashMap<String, Host>,
     ) -> ServiceResult<()> {
-        // Our own instances carry our UUID; anything else gets a stable UUID derived from it.
-        let id = Uuid::parse_str(&report.id)
-            .unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("{provider}/{}", report.id).as_bytes()));
+        // A stable id derived from the provider's, so a repeated discovery finds the same row.
+        let id = Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("hyperplane:{provider}/{}", report.id).as_bytes());
         let mut transaction = self.store().begin().await?;
         if store::instances::get(&mut transaction, id).await?.is_some() {
             return Ok(());
@@ -273,6 +272,7 @@ impl Service {
             provider: Some(provider.to_owned()),
             host_id: hosts.get(&report.host).map(|host| host.id),
             requested_host_id: None,
+            provider_id: Some(report.id.clone()),
             vcpu: 0,
             ram_mb: 0,
             disk_gb: 0,

@@ -39,6 +39,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Instance> {
         provider: row.try_get("provider")?,
         host_id: optional_uuid("host_id")?,
         requested_host_id: optional_uuid("requested_host_id")?,
+        provider_id: row.try_get("provider_id")?,
         vcpu: row.try_get("vcpu")?,
         ram_mb: row.try_get::<i64, _>("ram_mb")? as u64,
         disk_gb: row.try_get::<i64, _>("disk_gb")? as u64,
@@ -108,8 +109,8 @@ fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &
 pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO instances (id, name, external_id, state, template_id, template_version, provider, host_id, \
-            requested_host_id, vcpu, ram_mb, disk_gb, ip, mac, metadata, startup_script, startup_result, error, origin, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            requested_host_id, provider_id, vcpu, ram_mb, disk_gb, ip, mac, metadata, startup_script, startup_result, error, origin, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(instance.id.to_string())
     .bind(&instance.name)
@@ -120,6 +121,7 @@ pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> S
     .bind(&instance.provider)
     .bind(instance.host_id.map(|id| id.to_string()))
     .bind(instance.requested_host_id.map(|id| id.to_string()))
+    .bind(&instance.provider_id)
     .bind(instance.vcpu)
     .bind(instance.ram_mb as i64)
     .bind(instance.disk_gb as i64)

@@ -1,0 +1,243 @@
+//! Service tests: the real service over a temporary SQLite database and the real driver-sim
+//! component, without HTTP. Reconciliation, cancellation, failures and host settings.
+
+use std::time::Duration;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{CreateInstances, HostPatch, NewTemplate, Service, ServiceSettings, load_providers};
+use crate::config::Config;
+use crate::model::{Arch, InstanceOrigin, InstanceState, Task, TaskState};
+use crate::plugins::driver_types as driver;
+use crate::plugins::{PluginRuntime, RuntimeSettings};
+use crate::store::{self, Store};
+
+struct Fixture {
+    service: Service,
+    _runtime: PluginRuntime,
+    _directory: tempfile::TempDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.service.inner.shutdown.cancel();
+        self.service.inner.tasks.shutdown();
+    }
+}
+
+/// A started service whose only provider, `sim`, is driver-sim with `sim_config`.
+async fn start(sim_config: serde_json::Value) -> Fixture {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let config = Config::from_toml(&format!(
+        "[reconcile]\ninterval_secs = 3600\n[[providers]]\nname = \"sim\"\ndriver = \"driver-sim\"\nconfig = {}\n",
+        toml_inline(&sim_config)
+    ))
+    .expect("valid config");
+    let store = Store::open(&format!("sqlite://{}", directory.path().join("test.db").display())).await.expect("store");
+    let cache = std::env::temp_dir().join("hyperplane-service-tests-plugin-cache");
+    let runtime = PluginRuntime::new(RuntimeSettings { cache_dir: Some(cache) }).expect("runtime");
+    let providers = load_providers(&config, &runtime, &store).await;
+    let service = Service::new(store, providers, ServiceSettings::from_config(&config));
+    service.start().await.expect("service starts");
+    Fixture { service, _runtime: runtime, _directory: directory }
+}
+
+/// JSON object → TOML inline table (enough for the simulator's settings).
+fn toml_inline(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Object(fields) => format!(
+            "{{ {} }}",
+            fields.iter().map(|(key, value)| format!("{key} = {}", toml_inline(value))).collect::<Vec<_>>().join(", ")
+        ),
+        serde_json::Value::Array(items) => {
+            format!("[{}]", items.iter().map(toml_inline).collect::<Vec<_>>().join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn fast(mut config: serde_json::Value) -> serde_json::Value {
+    config["delays_ms"] = json!({ "create": 5, "start": 5, "stop": 5, "restart": 5, "delete": 5, "pull": 5 });
+    config
+}
+
+fn create_request(template: &str) -> CreateInstances {
+    CreateInstances {
+        template: template.into(),
+        tag: None,
+        version: None,
+        name: None,
+        external_id: None,
+        vcpu: Some(2),
+        ram_mb: Some(1024),
+        disk_gb: None,
+        count: None,
+        host_id: None,
+        metadata: None,
+        startup_script: None,
+    }
+}
+
+async fn create_and_wait(service: &Service, request: CreateInstances) -> (Task, Uuid) {
+    let task = service.create_instances(request, None, "test").await.expect("accepted");
+    let task = service.wait_task(task.id, Duration::from_secs(30)).await.expect("task");
+    (task.clone(), task.object_id.expect("instance task"))
+}
+
+async fn template(service: &Service, name: &str) {
+    service
+        .create_template(NewTemplate { name: name.into(), arch: Arch::Amd64, description: String::new() }, "test")
+        .await
+        .expect("template");
+}
+
+async fn events_of_type(service: &Service, kind: &str) -> Vec<crate::model::Event> {
+    service.events_after(0, 10_000).await.expect("events").into_iter().filter(|event| event.kind == kind).collect()
+}
+
+#[tokio::test]
+async fn reconciliation_records_instances_gone_changed_or_appeared_behind_our_back() {
+    let fixture = start(fast(json!({ "hosts": 2 }))).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let (task, gone) = create_and_wait(service, create_request("base")).await;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    let (_, stopped) = create_and_wait(service, create_request("base")).await;
+    let driver = service.providers().driver("sim").expect("loaded").clone();
+
+    // Behind our back: one deleted, one stopped, one created that we never asked for.
+    driver.delete_instance(&gone.to_string()).await.expect("deleted on the driver");
+    driver.stop_instance(&stopped.to_string(), true).await.expect("stopped on the driver");
+    let host = service.list_hosts().await.expect("hosts")[0].name.clone();
+    let template_ref = driver::TemplateRef { name: "rogue".into(), version: 0, tag: String::new(), size_bytes: 0 };
+    driver.pull_template(&host, template_ref.clone()).await.expect("pulled");
+    let spec = driver::InstanceSpec {
+        id: "rogue-1".into(),
+        name: "rogue".into(),
+        host: host.clone(),
+        template: template_ref,
+        vcpu: 1,
+        ram_mb: 512,
+        disk_gb: 1,
+        mac: None,
+        vlan: None,
+        metadata: Vec::new(),
+    };
+    driver.create_instance(spec).await.expect("created on the driver");
+
+    service.reconcile_all().await;
+
+    let gone = service.get_instance(gone).await.expect("still recorded");
+    assert_eq!(gone.state, InstanceState::Terminated);
+    assert!(gone.error.as_deref().is_some_and(|error| error.contains("disappeared")), "{gone:?}");
+    assert_eq!(service.get_instance(stopped).await.expect("recorded").state, InstanceState::Stopped);
+    let discovered: Vec<_> = store::instances::list(
+        &mut *service.store().reader().await.expect("reader"),
+        &store::instances::InstanceFilter::default(),
+    )
+    .await
+    .expect("list")
+    .into_iter()
+    .filter(|instance| instance.origin == InstanceOrigin::Discovered)
+    .collect();
+    assert_eq!(discovered.len(), 1, "{discovered:?}");
+    assert_eq!(discovered[0].name, "rogue-1");
+    assert_eq!(discovered[0].state, InstanceState::Stopped);
+
+    let kinds: Vec<String> = events_of_type(service, "instance.drift")
+        .await
+        .iter()
+        .map(|event| event.data["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    for kind in ["gone", "state", "appeared"] {
+        assert!(kinds.iter().any(|seen| seen == kind), "drift {kind} recorded: {kinds:?}");
+    }
+    // A second pass finds nothing new.
+    service.reconcile_all().await;
+    assert_eq!(events_of_type(service, "instance.drift").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_request_that_fits_nowhere_waits_and_can_be_cancelled() {
+    let fixture = start(fast(json!({ "hosts": 1, "cpu": 2 }))).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let (task, _) = create_and_wait(service, create_request("base")).await;
+    assert_eq!(task.state, TaskState::Succeeded);
+
+    let waiting = service.create_instances(create_request("base"), None, "test").await.expect("accepted");
+    let still = service.wait_task(waiting.id, Duration::from_millis(300)).await.expect("task");
+    assert_eq!(still.state, TaskState::Pending);
+    assert_eq!(
+        service.get_instance(still.object_id.expect("instance")).await.expect("instance").state,
+        InstanceState::Scheduling
+    );
+
+    service.cancel_task(waiting.id).await.expect("cancel");
+    let cancelled = service.wait_task(waiting.id, Duration::from_secs(10)).await.expect("task");
+    assert_eq!(cancelled.state, TaskState::Cancelled, "{cancelled:?}");
+    let instance = service.get_instance(cancelled.object_id.expect("instance")).await.expect("instance");
+    assert_eq!(instance.state, InstanceState::Terminated);
+}
+
+#[tokio::test]
+async fn deleting_an_instance_while_it_is_being_created_cancels_the_creation_and_leaves_nothing() {
+    let mut config = json!({ "hosts": 1 });
+    config["delays_ms"] = json!({ "create": 10, "start": 1500, "stop": 10, "restart": 10, "delete": 10, "pull": 10 });
+    let fixture = start(config).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let create = service.create_instances(create_request("base"), None, "test").await.expect("accepted");
+    let instance_id = create.object_id.expect("instance");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delete = service.delete_instance(instance_id, "test").await.expect("accepted");
+    let delete = service.wait_task(delete.id, Duration::from_secs(30)).await.expect("task");
+    assert_eq!(delete.state, TaskState::Succeeded, "{delete:?}");
+    let create = service.get_task(create.id).await.expect("task");
+    assert!(create.state.is_final(), "{create:?}");
+    assert_eq!(service.get_instance(instance_id).await.expect("instance").state, InstanceState::Terminated);
+    let driver = service.providers().driver("sim").expect("loaded");
+    assert!(driver.list_instances().await.expect("listed").is_empty(), "nothing left on the hypervisor");
+}
+
+#[tokio::test]
+async fn a_failing_driver_fails_the_task_marks_the_instance_and_cleans_up() {
+    let mut config = fast(json!({ "hosts": 1 }));
+    config["failure_rate"] = json!(1.0);
+    let fixture = start(config).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let (task, instance_id) = create_and_wait(service, create_request("base")).await;
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    let error = task.error.expect("error");
+    assert_eq!(error.code, "backend");
+    assert!(error.message.contains("simulated failure"), "{error:?}");
+    let instance = service.get_instance(instance_id).await.expect("instance");
+    assert_eq!(instance.state, InstanceState::Error);
+    assert!(instance.error.is_some_and(|message| message.contains("simulated failure")));
+}
+
+#[tokio::test]
+async fn draining_and_offline_hosts_take_no_new_instances() {
+    let config = fast(json!({ "host_specs": [{ "id": "a" }, { "id": "b" }, { "id": "c", "offline": true }] }));
+    let fixture = start(config).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let hosts = service.list_hosts().await.expect("hosts");
+    let by_name = |name: &str| hosts.iter().find(|host| host.name == name).expect("host").clone();
+    assert_eq!(by_name("c").state, crate::model::HostState::Offline);
+    let drained = service
+        .update_host(by_name("a").id, HostPatch { draining: Some(true), ..Default::default() }, "test")
+        .await
+        .expect("drain");
+    assert_eq!(drained.state, crate::model::HostState::Draining);
+    for _ in 0..3 {
+        let (task, instance_id) = create_and_wait(service, create_request("base")).await;
+        assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+        let instance = service.get_instance(instance_id).await.expect("instance");
+        assert_eq!(instance.host_id, Some(by_name("b").id), "only the active host takes instances");
+    }
+    assert_eq!(events_of_type(service, "host.state_changed").await.len(), 1, "draining is an event");
+}
