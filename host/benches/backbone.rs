@@ -90,7 +90,7 @@ concurrency = 256
 [[providers]]
 name = "sim"
 driver = "driver-sim"
-config = {{ hosts = 16, cpu = 4096, ram_mb = 16777216, delays_ms = {{ create = 0, start = 0, stop = 0, restart = 0, delete = 0, pull = 0 }}, pull_bytes_per_sec = 0 }}
+config = {{ hosts = 16, cpu = 4096, ram_mb = 16777216, disk_gb = 1000000, delays_ms = {{ create = 0, start = 0, stop = 0, restart = 0, delete = 0, pull = 0 }}, pull_bytes_per_sec = 0 }}
 "#,
         scratch.join("api-data").display().to_string()
     ))?;

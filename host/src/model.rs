@@ -178,6 +178,7 @@ pub struct Usage {
     pub instances: u32,
     pub vcpu: u32,
     pub ram_mb: u64,
+    pub disk_gb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

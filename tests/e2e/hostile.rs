@@ -21,7 +21,7 @@ fn config() -> String {
     let mut config = String::from(
         r#"
 [plugins]
-call_timeout_secs = 1
+call_timeout_secs = 3
 memory_limit_mib = 64
 max_response_mib = 4
 
@@ -59,7 +59,7 @@ async fn each_hostile_plugin_is_contained_and_reported_while_the_server_keeps_se
         slowest = slowest.max(asked.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(slowest < Duration::from_millis(900), "a request waited {slowest:?} behind a hostile plugin");
+    assert!(slowest < Duration::from_secs(2), "a request waited {slowest:?} behind a hostile plugin");
 
     let providers = server.get("/v1/providers").await;
     let providers = providers.as_array().expect("providers");

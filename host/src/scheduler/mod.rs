@@ -21,6 +21,7 @@ pub struct HostCandidate {
     pub max_instances: Option<u32>,
     pub vcpu_limit: u32,
     pub ram_limit_mb: u64,
+    pub disk_limit_gb: u64,
     pub used: Usage,
     /// `(template name, version)` pairs cached on the host.
     pub cached_templates: HashSet<(String, u32)>,
@@ -33,6 +34,7 @@ pub struct PlacementRequest {
     pub arch: Option<Arch>,
     pub vcpu: u32,
     pub ram_mb: u64,
+    pub disk_gb: u64,
     /// A specific host the user asked for.
     pub host_id: Option<Uuid>,
     pub template: Option<(String, u32)>,
@@ -113,6 +115,7 @@ fn place_one(hosts: &mut [HostCandidate], request: &PlacementRequest) -> Decisio
             host.used.instances += 1;
             host.used.vcpu += request.vcpu;
             host.used.ram_mb += request.ram_mb;
+            host.used.disk_gb += request.disk_gb;
             Decision { instance_id: request.instance_id, host_id: Some(host.id), rejections: BTreeMap::new() }
         }
         None => Decision { instance_id: request.instance_id, host_id: None, rejections },
@@ -135,7 +138,8 @@ fn rule_out(host: &HostCandidate, request: &PlacementRequest) -> Option<Rejectio
     let over_count = host.max_instances.is_some_and(|max| host.used.instances + 1 > max);
     let over_vcpu = host.used.vcpu + request.vcpu > host.vcpu_limit;
     let over_ram = host.used.ram_mb + request.ram_mb > host.ram_limit_mb;
-    if over_count || over_vcpu || over_ram {
+    let over_disk = host.used.disk_gb + request.disk_gb > host.disk_limit_gb;
+    if over_count || over_vcpu || over_ram || over_disk {
         return Some(Rejection::Full);
     }
     None
@@ -153,6 +157,7 @@ mod tests {
             max_instances: None,
             vcpu_limit: vcpu,
             ram_limit_mb: ram_mb,
+            disk_limit_gb: 1000,
             used: Usage::default(),
             cached_templates: HashSet::new(),
         }
@@ -164,6 +169,7 @@ mod tests {
             arch: None,
             vcpu,
             ram_mb,
+            disk_gb: 10,
             host_id: None,
             template: None,
         }
@@ -181,6 +187,16 @@ mod tests {
         assert_eq!(placed_on(&decisions), vec![Some(1), Some(2), Some(1), Some(2), None]);
         assert_eq!(decisions[4].rejections.get(&Rejection::Full), Some(&2));
         assert!(hosts.iter().all(|host| host.used.vcpu <= host.vcpu_limit));
+    }
+
+    #[test]
+    fn disk_is_a_limit_too() {
+        let mut hosts = vec![host(1, 64, 65536)];
+        let mut big = request(1, 1, 512);
+        big.disk_gb = 600;
+        let decisions = place_all(&mut hosts, &[big.clone(), big]);
+        assert_eq!(placed_on(&decisions), vec![Some(1), None]);
+        assert_eq!(decisions[1].rejections.get(&Rejection::Full), Some(&1));
     }
 
     #[test]

@@ -402,15 +402,7 @@ impl Service {
             .task_engine()
             .create(
                 &mut transaction,
-                NewTask {
-                    kind: action.task_kind(),
-                    object_id: Some(id),
-                    parent_id: None,
-                    input: json!({ "instance_id": id, "force": force }),
-                    idempotency_key: None,
-                    request_digest: None,
-                    actor: actor.into(),
-                },
+                NewTask::on_object(action.task_kind(), id, json!({ "instance_id": id, "force": force }), actor),
             )
             .await?;
         transaction.commit().await?;
@@ -437,15 +429,7 @@ impl Service {
             .task_engine()
             .create(
                 &mut transaction,
-                NewTask {
-                    kind: TaskKind::InstanceDelete,
-                    object_id: Some(id),
-                    parent_id: None,
-                    input: json!({ "instance_id": id }),
-                    idempotency_key: None,
-                    request_digest: None,
-                    actor: actor.into(),
-                },
+                NewTask::on_object(TaskKind::InstanceDelete, id, json!({ "instance_id": id }), actor),
             )
             .await?;
         transaction.commit().await?;

@@ -33,6 +33,7 @@ impl Service {
                 max_instances: host.capacity.max_instances,
                 vcpu_limit: host.vcpu_limit(),
                 ram_limit_mb: host.ram_limit_mb(),
+                disk_limit_gb: host.disk_gb,
                 used: host.usage.clone(),
                 cached_templates: host
                     .cached_templates
@@ -50,6 +51,7 @@ impl Service {
                     arch: template.map(|template| template.arch),
                     vcpu: instance.vcpu,
                     ram_mb: instance.ram_mb,
+                    disk_gb: instance.disk_gb,
                     host_id: instance.requested_host_id,
                     template: template.map(|template| (template.name.clone(), instance.template_version.unwrap_or(0))),
                 }

@@ -133,7 +133,7 @@ async fn reconciliation_records_instances_gone_changed_or_appeared_behind_our_ba
     assert!(gone.error.as_deref().is_some_and(|error| error.contains("disappeared")), "{gone:?}");
     assert_eq!(service.get_instance(stopped).await.expect("recorded").state, InstanceState::Stopped);
     let discovered: Vec<_> = store::instances::list(
-        &mut *service.store().reader().await.expect("reader"),
+        &mut service.store().reader().await.expect("reader"),
         &store::instances::InstanceFilter::default(),
     )
     .await

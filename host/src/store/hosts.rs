@@ -10,9 +10,9 @@ use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_tim
 use crate::model::{Capacity, Host, HostState, Usage};
 
 const SELECT_WITH_USAGE: &str = "SELECT h.*, \
-        COALESCE(u.instances, 0) AS used_instances, COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb \
+        COALESCE(u.instances, 0) AS used_instances, COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb, COALESCE(u.disk_gb, 0) AS used_disk_gb \
     FROM hosts h LEFT JOIN ( \
-        SELECT host_id, COUNT(*) AS instances, SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb \
+        SELECT host_id, COUNT(*) AS instances, SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb, SUM(disk_gb) AS disk_gb \
         FROM instances WHERE host_id IS NOT NULL AND state != 'terminated' GROUP BY host_id \
     ) u ON u.host_id = h.id";
 
@@ -39,6 +39,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Host> {
             instances: row.try_get("used_instances")?,
             vcpu: row.try_get("used_vcpu")?,
             ram_mb: row.try_get::<i64, _>("used_ram_mb")? as u64,
+            disk_gb: row.try_get::<i64, _>("used_disk_gb")? as u64,
         },
         labels: parse_json(row.try_get("labels")?)?,
         cached_templates: parse_json(row.try_get("cached_templates")?)?,

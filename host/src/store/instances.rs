@@ -4,7 +4,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::{StoreResult, format_time, parse_enum, parse_json, parse_time, parse_uuid, to_json};
+use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid, parse_time, parse_uuid, to_json};
 use crate::model::{Instance, InstanceState};
 
 /// Conditions for listing instances, all combined with AND. `Some(vec![])`-style negations use
@@ -26,9 +26,7 @@ pub struct InstanceFilter {
 }
 
 fn from_row(row: &SqliteRow) -> StoreResult<Instance> {
-    let optional_uuid = |column: &str| -> StoreResult<Option<Uuid>> {
-        row.try_get::<Option<String>, _>(column)?.as_deref().map(parse_uuid).transpose()
-    };
+    let optional_uuid = |column: &str| parse_optional_uuid(row.try_get(column)?);
     Ok(Instance {
         id: parse_uuid(row.try_get("id")?)?,
         name: row.try_get("name")?,

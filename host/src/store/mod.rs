@@ -178,6 +178,10 @@ pub(crate) fn parse_uuid(text: &str) -> StoreResult<uuid::Uuid> {
     uuid::Uuid::parse_str(text).map_err(|error| StoreError::Corrupt(format!("uuid '{text}': {error}")))
 }
 
+pub(crate) fn parse_optional_uuid(text: Option<String>) -> StoreResult<Option<uuid::Uuid>> {
+    text.as_deref().map(parse_uuid).transpose()
+}
+
 pub(crate) fn parse_enum<T: FromStr<Err = String>>(text: &str) -> StoreResult<T> {
     text.parse().map_err(StoreError::Corrupt)
 }

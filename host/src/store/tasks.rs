@@ -4,7 +4,10 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_time, parse_uuid, to_json};
+use super::{
+    StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_optional_uuid, parse_time, parse_uuid,
+    to_json,
+};
 use crate::model::{Task, TaskError, TaskKind, TaskState};
 
 #[derive(Debug, Clone, Default)]
@@ -19,9 +22,7 @@ pub struct TaskFilter {
 }
 
 fn from_row(row: &SqliteRow) -> StoreResult<Task> {
-    let optional_uuid = |column: &str| -> StoreResult<Option<Uuid>> {
-        row.try_get::<Option<String>, _>(column)?.as_deref().map(parse_uuid).transpose()
-    };
+    let optional_uuid = |column: &str| parse_optional_uuid(row.try_get(column)?);
     let error =
         match (row.try_get::<Option<String>, _>("error_code")?, row.try_get::<Option<String>, _>("error_message")?) {
             (Some(code), message) => Some(TaskError { code, message: message.unwrap_or_default() }),
@@ -199,4 +200,16 @@ pub async fn set_pending_create_message(
     .execute(connection)
     .await?;
     Ok(())
+}
+
+/// How many children of a batch are in each state.
+pub async fn count_children_by_state(
+    connection: &mut SqliteConnection,
+    parent_id: Uuid,
+) -> StoreResult<Vec<(TaskState, u32)>> {
+    let rows = sqlx::query("SELECT state, COUNT(*) AS count FROM tasks WHERE parent_id = ? GROUP BY state")
+        .bind(parent_id.to_string())
+        .fetch_all(connection)
+        .await?;
+    rows.iter().map(|row| Ok((parse_enum(row.try_get("state")?)?, row.try_get("count")?))).collect()
 }

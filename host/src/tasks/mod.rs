@@ -84,6 +84,21 @@ pub struct NewTask {
     pub actor: String,
 }
 
+impl NewTask {
+    /// A task working on one object (an instance), with no idempotency key.
+    pub fn on_object(kind: TaskKind, object_id: Uuid, input: Value, actor: &str) -> Self {
+        NewTask {
+            kind,
+            object_id: Some(object_id),
+            parent_id: None,
+            input,
+            idempotency_key: None,
+            request_digest: None,
+            actor: actor.into(),
+        }
+    }
+}
+
 struct Shared {
     store: Store,
     max_attempts: u32,
@@ -413,18 +428,20 @@ async fn finish_batch_if_done(transaction: &mut WriteTx, batch_id: Uuid) -> Resu
     if batch.state.is_final() {
         return Ok(());
     }
-    let children =
-        store::tasks::list(transaction, &store::tasks::TaskFilter { parent_id: Some(batch_id), ..Default::default() })
-            .await?;
-    let done = children.iter().filter(|child| child.state.is_final()).count();
-    if done < children.len() {
+    let counts = store::tasks::count_children_by_state(transaction, batch_id).await?;
+    let total: u32 = counts.iter().map(|(_, count)| count).sum();
+    let done: u32 = counts.iter().filter(|(state, _)| state.is_final()).map(|(_, count)| count).sum();
+    if done < total {
         batch.state = TaskState::Running;
         batch.started_at.get_or_insert_with(store::now);
-        batch.progress = done as f32 / children.len().max(1) as f32;
-        batch.message = Some(format!("{done} of {} done", children.len()));
+        batch.progress = done as f32 / total.max(1) as f32;
+        batch.message = Some(format!("{done} of {total} done"));
         store::tasks::update(transaction, &batch).await?;
         return Ok(());
     }
+    let children =
+        store::tasks::list(transaction, &store::tasks::TaskFilter { parent_id: Some(batch_id), ..Default::default() })
+            .await?;
     let failed: Vec<&Task> = children.iter().filter(|child| child.state != TaskState::Succeeded).collect();
     let results: Vec<Value> = children.iter().map(|child| child.result.clone().unwrap_or(Value::Null)).collect();
     let outcome = if failed.is_empty() {
