@@ -56,6 +56,20 @@ async fn plugin_figures(scratch: &std::path::Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64() * 1e3 / rounds as f64
     );
     let driver = driver.context("loaded")?;
+    // A fresh instance from the InstancePre, with `init` (load leaves one in the pool).
+    let (mut instantiated, mut instantiating) = (0, Duration::ZERO);
+    for _ in 0..rounds {
+        let fresh = Driver::load(&runtime, settings(), state.clone()).await?;
+        let before = fresh.statistics().idle_instances;
+        let started = Instant::now();
+        fresh.prewarm(8).await?;
+        instantiating += started.elapsed();
+        instantiated += fresh.statistics().idle_instances - before;
+    }
+    println!(
+        "plugin instantiate (InstancePre -> instance + init):  {:>7.1} µs",
+        instantiating.as_secs_f64() * 1e6 / instantiated.max(1) as f64
+    );
     let calls = 5000;
     let started = Instant::now();
     for _ in 0..calls {
