@@ -85,6 +85,7 @@ string_enum!(
         Offline => "offline",
         Draining => "draining",
         Updating => "updating",
+        Unhealthy => "unhealthy",
     }
 );
 

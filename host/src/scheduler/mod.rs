@@ -1,23 +1,56 @@
-//! Placement: which host an instance goes to. Pure (no I/O): fed a snapshot of hosts and the
-//! queue of requests, it answers a decision per request and never over-commits a host, also
-//! when several requests are placed in one pass.
+//! Placement: which host an instance goes to. Pure (no I/O): fed a snapshot of hosts, groups
+//! and the queue of requests, it answers a decision per request. It never over-commits a
+//! host, also when many requests are placed in one pass, and it can explain every refusal.
 //!
-//! Today's policy is deliberately minimal: an active, non-draining host of the right arch with
-//! room for the request, preferring hosts that already cache the template, then the emptiest.
+//! - Constraints: requested host, group (then its fallback chain), host state and maintenance,
+//!   arch, labels (`key=value`, `key!=value`), a free USB device, anti-affinity, capacity
+//!   (instance count in `number` mode; vCPU and RAM in `resource` mode; disk always).
+//! - Preferences, in order: affinity with instances of the same key, hosts that cache the
+//!   template, then the group's strategy (`pack` fills hosts, `spread` balances them).
+//! - Queue: requests are taken in priority order (lower is more urgent), FIFO within one. A
+//!   request that does not fit reserves the hosts it could use, so no lower-priority or later
+//!   request takes capacity it is waiting for: nothing starves behind a lesser request.
 
-use std::collections::{BTreeMap, HashSet};
+mod index;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::model::{Arch, HostState, Usage};
+use crate::model::{Arch, HostState, Labels, Usage};
+use index::FleetIndex;
+
+/// How a host's capacity is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CapacityMode {
+    /// A maximum number of instances.
+    Number,
+    /// vCPU and RAM limits.
+    Resource,
+}
+
+/// How a group chooses among hosts that fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum GroupStrategy {
+    /// Fill the fullest host that fits, keeping others empty.
+    Pack,
+    /// Balance: the emptiest host first.
+    #[default]
+    Spread,
+}
 
 /// A host as placement sees it.
 #[derive(Debug, Clone)]
 pub struct HostCandidate {
     pub id: Uuid,
     pub state: HostState,
+    /// Operator's maintenance flag: takes nothing new.
+    pub maintenance: bool,
     pub arch: Arch,
+    pub labels: Labels,
+    pub groups: Vec<Uuid>,
+    pub capacity_mode: CapacityMode,
     pub max_instances: Option<u32>,
     pub vcpu_limit: u32,
     pub ram_limit_mb: u64,
@@ -25,30 +58,98 @@ pub struct HostCandidate {
     pub used: Usage,
     /// `(template name, version)` pairs cached on the host.
     pub cached_templates: HashSet<(String, u32)>,
+    /// Free devices per USB device group.
+    pub usb_free: HashMap<String, u32>,
+    /// Instances on the host per affinity key.
+    pub affinity_keys: HashMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPolicy {
+    pub fallback: Option<Uuid>,
+    pub strategy: GroupStrategy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelConstraint {
+    pub key: String,
+    pub value: String,
+    /// `key!=value` instead of `key=value`.
+    pub negated: bool,
+}
+
+impl LabelConstraint {
+    /// Parses `key=value` or `key!=value`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (key, value, negated) = match text.split_once("!=") {
+            Some((key, value)) => (key, value, true),
+            None => match text.split_once('=') {
+                Some((key, value)) => (key, value, false),
+                None => return Err(format!("label constraint '{text}' is not key=value or key!=value")),
+            },
+        };
+        if key.trim().is_empty() {
+            return Err(format!("label constraint '{text}' has no key"));
+        }
+        Ok(LabelConstraint { key: key.trim().into(), value: value.trim().into(), negated })
+    }
+
+    fn matches(&self, labels: &Labels) -> bool {
+        let equal = labels.get(&self.key).is_some_and(|value| value == &self.value);
+        equal != self.negated
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum AffinityKind {
+    /// Prefer hosts with instances of the same key.
+    Together,
+    /// Never on a host with an instance of the same key.
+    Apart,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affinity {
+    pub key: String,
+    pub kind: AffinityKind,
 }
 
 /// One instance waiting for a host.
 #[derive(Debug, Clone)]
 pub struct PlacementRequest {
     pub instance_id: Uuid,
+    /// 1-10000, lower is more urgent.
+    pub priority: u32,
     pub arch: Option<Arch>,
     pub vcpu: u32,
     pub ram_mb: u64,
     pub disk_gb: u64,
     /// A specific host the user asked for.
     pub host_id: Option<Uuid>,
+    pub group_id: Option<Uuid>,
+    pub labels: Vec<LabelConstraint>,
+    pub usb_device: Option<String>,
+    pub affinity: Option<Affinity>,
     pub template: Option<(String, u32)>,
 }
 
 /// Why a host was ruled out for a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rejection {
     NotRequestedHost,
+    NotInGroup,
     Offline,
     Draining,
+    Unhealthy,
     Updating,
+    Maintenance,
     WrongArch,
+    LabelMismatch,
+    MissingUsbDevice,
+    AntiAffinity,
+    /// Fits, but held for a more urgent (or earlier) request that is waiting for it.
+    Reserved,
     Full,
 }
 
@@ -56,10 +157,17 @@ impl Rejection {
     pub fn describe(self) -> &'static str {
         match self {
             Rejection::NotRequestedHost => "not the requested host",
+            Rejection::NotInGroup => "not in the group",
             Rejection::Offline => "offline",
             Rejection::Draining => "draining",
+            Rejection::Unhealthy => "unhealthy",
             Rejection::Updating => "updating",
+            Rejection::Maintenance => "in maintenance",
             Rejection::WrongArch => "wrong arch",
+            Rejection::LabelMismatch => "label mismatch",
+            Rejection::MissingUsbDevice => "missing USB device",
+            Rejection::AntiAffinity => "anti-affinity",
+            Rejection::Reserved => "reserved for a more urgent request",
             Rejection::Full => "full",
         }
     }
@@ -69,60 +177,191 @@ impl Rejection {
 pub struct Decision {
     pub instance_id: Uuid,
     pub host_id: Option<Uuid>,
-    /// For an unplaced request: how many hosts each reason ruled out.
+    /// The group it was placed through (the requested one or a fallback).
+    pub group_id: Option<Uuid>,
+    /// For an unplaced request: how many hosts each reason ruled out, in the last group tried.
     pub rejections: BTreeMap<Rejection, usize>,
 }
 
 impl Decision {
     /// One line for users: why nothing fits (empty when placed).
-    pub fn explain(&self, host_count: usize) -> String {
+    pub fn explain(&self) -> String {
         if self.host_id.is_some() {
             return String::new();
         }
-        if host_count == 0 {
+        let considered: usize = self.rejections.values().sum();
+        if considered == 0 {
             return "no hosts are known yet".into();
         }
         let reasons: Vec<String> =
             self.rejections.iter().map(|(reason, count)| format!("{count} {}", reason.describe())).collect();
-        format!("no host fits: {host_count} hosts considered, {}", reasons.join(", "))
+        format!("no host fits: {considered} hosts considered, {}", reasons.join(", "))
     }
 }
 
-/// Places requests in order, each seeing the capacity the previous ones took.
-pub fn place_all(hosts: &mut [HostCandidate], requests: &[PlacementRequest]) -> Vec<Decision> {
-    requests.iter().map(|request| place_one(hosts, request)).collect()
+/// Places requests in priority order (stable: FIFO within a priority), each seeing the capacity
+/// the previous ones took. Decisions come back in the order of `requests`.
+pub fn place_all(
+    hosts: &mut [HostCandidate],
+    groups: &HashMap<Uuid, GroupPolicy>,
+    requests: &[PlacementRequest],
+) -> Vec<Decision> {
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by_key(|&index| requests[index].priority);
+    let mut index = FleetIndex::new(hosts);
+    let mut reserved: HashSet<usize> = HashSet::new();
+    // Within a pass hosts only fill up, so a shape of request that found no host finds none
+    // later either: remember why, and skip the search.
+    let mut failed_shapes: HashMap<RequestShape, BTreeMap<Rejection, usize>> = HashMap::new();
+    let mut decisions: Vec<Option<Decision>> = vec![None; requests.len()];
+    for request_index in order {
+        let request = &requests[request_index];
+        let shape = RequestShape::of(request);
+        let decision = match failed_shapes.get(&shape) {
+            Some(rejections) => Decision {
+                instance_id: request.instance_id,
+                host_id: None,
+                group_id: None,
+                rejections: rejections.clone(),
+            },
+            None => {
+                let decision = place_one(hosts, &mut index, groups, request, &mut reserved);
+                if decision.host_id.is_none() {
+                    failed_shapes.insert(shape, decision.rejections.clone());
+                }
+                decision
+            }
+        };
+        decisions[request_index] = Some(decision);
+    }
+    decisions.into_iter().flatten().collect()
 }
 
-fn place_one(hosts: &mut [HostCandidate], request: &PlacementRequest) -> Decision {
+/// Everything about a request that decides where it can go.
+#[derive(PartialEq, Eq, Hash)]
+struct RequestShape {
+    arch: Option<Arch>,
+    resources: (u32, u64, u64),
+    host_id: Option<Uuid>,
+    group_id: Option<Uuid>,
+    labels: Vec<(String, String, bool)>,
+    usb_device: Option<String>,
+    affinity: Option<(String, AffinityKind)>,
+}
+
+impl RequestShape {
+    fn of(request: &PlacementRequest) -> Self {
+        RequestShape {
+            arch: request.arch,
+            resources: (request.vcpu, request.ram_mb, request.disk_gb),
+            host_id: request.host_id,
+            group_id: request.group_id,
+            labels: request
+                .labels
+                .iter()
+                .map(|label| (label.key.clone(), label.value.clone(), label.negated))
+                .collect(),
+            usb_device: request.usb_device.clone(),
+            affinity: request.affinity.as_ref().map(|affinity| (affinity.key.clone(), affinity.kind)),
+        }
+    }
+}
+
+/// Tries the request's group, then each fallback (stopping at a cycle), or every host.
+fn place_one(
+    hosts: &mut [HostCandidate],
+    index: &mut FleetIndex,
+    groups: &HashMap<Uuid, GroupPolicy>,
+    request: &PlacementRequest,
+    reserved: &mut HashSet<usize>,
+) -> Decision {
+    let chain = group_chain(groups, request.group_id);
     let mut rejections = BTreeMap::new();
-    let mut best: Option<(usize, (bool, u64))> = None;
-    for (index, host) in hosts.iter().enumerate() {
-        if let Some(reason) = rule_out(host, request) {
-            *rejections.entry(reason).or_insert(0) += 1;
-            continue;
+    for group in &chain {
+        let strategy = group.and_then(|group| groups.get(&group)).map(|policy| policy.strategy).unwrap_or_default();
+        if let Some(host_index) = index.find(hosts, *group, strategy, request, |host_index, host| {
+            !reserved.contains(&host_index) && rule_out(host, request).is_none()
+        }) {
+            index.take(hosts, host_index, request);
+            return Decision {
+                instance_id: request.instance_id,
+                host_id: Some(hosts[host_index].id),
+                group_id: *group,
+                rejections: BTreeMap::new(),
+            };
         }
-        let caches_template =
-            request.template.as_ref().is_some_and(|template| host.cached_templates.contains(template));
-        let free_ram = host.ram_limit_mb - host.used.ram_mb;
-        let preference = (caches_template, free_ram);
-        if best.as_ref().is_none_or(|(_, best_preference)| preference > *best_preference) {
-            best = Some((index, preference));
+        rejections = explain_group(hosts, index, *group, request, reserved);
+    }
+    // Nothing fits: hold every host this request could use once it frees up.
+    for group in &chain {
+        for host_index in index.members(*group, hosts.len()) {
+            if rule_out_except_capacity(&hosts[host_index], request).is_none() {
+                reserved.insert(host_index);
+            }
         }
     }
-    match best {
-        Some((index, _)) => {
-            let host = &mut hosts[index];
-            host.used.instances += 1;
-            host.used.vcpu += request.vcpu;
-            host.used.ram_mb += request.ram_mb;
-            host.used.disk_gb += request.disk_gb;
-            Decision { instance_id: request.instance_id, host_id: Some(host.id), rejections: BTreeMap::new() }
-        }
-        None => Decision { instance_id: request.instance_id, host_id: None, rejections },
-    }
+    Decision { instance_id: request.instance_id, host_id: None, group_id: None, rejections }
 }
 
+/// The request's group and its fallbacks, without repeating one (a cycle ends the chain).
+/// `[None]` means "any host".
+fn group_chain(groups: &HashMap<Uuid, GroupPolicy>, start: Option<Uuid>) -> Vec<Option<Uuid>> {
+    let Some(start) = start else { return vec![None] };
+    let mut chain = vec![Some(start)];
+    let mut current = start;
+    while let Some(next) = groups.get(&current).and_then(|policy| policy.fallback) {
+        if chain.contains(&Some(next)) {
+            break;
+        }
+        chain.push(Some(next));
+        current = next;
+    }
+    chain
+}
+
+/// Whether setting `group`'s fallback to `fallback` would make a cycle.
+pub fn creates_cycle(groups: &HashMap<Uuid, GroupPolicy>, group: Uuid, fallback: Uuid) -> bool {
+    let mut seen = HashSet::from([group]);
+    let mut current = Some(fallback);
+    while let Some(next) = current {
+        if !seen.insert(next) {
+            return true;
+        }
+        current = groups.get(&next).and_then(|policy| policy.fallback);
+    }
+    false
+}
+
+fn explain_group(
+    hosts: &[HostCandidate],
+    index: &FleetIndex,
+    group: Option<Uuid>,
+    request: &PlacementRequest,
+    reserved: &HashSet<usize>,
+) -> BTreeMap<Rejection, usize> {
+    let mut rejections = BTreeMap::new();
+    let members: HashSet<usize> = index.members(group, hosts.len()).collect();
+    for (host_index, host) in hosts.iter().enumerate() {
+        let reason = if !members.contains(&host_index) {
+            Rejection::NotInGroup
+        } else if let Some(reason) = rule_out(host, request) {
+            reason
+        } else if reserved.contains(&host_index) {
+            Rejection::Reserved
+        } else {
+            continue;
+        };
+        *rejections.entry(reason).or_insert(0) += 1;
+    }
+    rejections
+}
+
+/// The first constraint that rules the host out, capacity included.
 fn rule_out(host: &HostCandidate, request: &PlacementRequest) -> Option<Rejection> {
+    rule_out_except_capacity(host, request).or_else(|| (!fits(host, request)).then_some(Rejection::Full))
+}
+
+fn rule_out_except_capacity(host: &HostCandidate, request: &PlacementRequest) -> Option<Rejection> {
     if request.host_id.is_some_and(|wanted| wanted != host.id) {
         return Some(Rejection::NotRequestedHost);
     }
@@ -131,108 +370,57 @@ fn rule_out(host: &HostCandidate, request: &PlacementRequest) -> Option<Rejectio
         HostState::Offline => return Some(Rejection::Offline),
         HostState::Draining => return Some(Rejection::Draining),
         HostState::Updating => return Some(Rejection::Updating),
+        HostState::Unhealthy => return Some(Rejection::Unhealthy),
+    }
+    if host.maintenance {
+        return Some(Rejection::Maintenance);
     }
     if request.arch.is_some_and(|arch| arch != host.arch) {
         return Some(Rejection::WrongArch);
     }
-    let over_count = host.max_instances.is_some_and(|max| host.used.instances + 1 > max);
-    let over_vcpu = host.used.vcpu + request.vcpu > host.vcpu_limit;
-    let over_ram = host.used.ram_mb + request.ram_mb > host.ram_limit_mb;
-    let over_disk = host.used.disk_gb + request.disk_gb > host.disk_limit_gb;
-    if over_count || over_vcpu || over_ram || over_disk {
-        return Some(Rejection::Full);
+    if !request.labels.iter().all(|constraint| constraint.matches(&host.labels)) {
+        return Some(Rejection::LabelMismatch);
+    }
+    if let Some(device) = &request.usb_device
+        && host.usb_free.get(device).copied().unwrap_or(0) == 0
+    {
+        return Some(Rejection::MissingUsbDevice);
+    }
+    if let Some(Affinity { key, kind: AffinityKind::Apart }) = &request.affinity
+        && host.affinity_keys.get(key).copied().unwrap_or(0) > 0
+    {
+        return Some(Rejection::AntiAffinity);
     }
     None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn host(number: u128, vcpu: u32, ram_mb: u64) -> HostCandidate {
-        HostCandidate {
-            id: Uuid::from_u128(number),
-            state: HostState::Active,
-            arch: Arch::Amd64,
-            max_instances: None,
-            vcpu_limit: vcpu,
-            ram_limit_mb: ram_mb,
-            disk_limit_gb: 1000,
-            used: Usage::default(),
-            cached_templates: HashSet::new(),
+fn fits(host: &HostCandidate, request: &PlacementRequest) -> bool {
+    let disk = host.used.disk_gb + request.disk_gb <= host.disk_limit_gb;
+    let count = host.max_instances.is_none_or(|max| host.used.instances < max);
+    match host.capacity_mode {
+        CapacityMode::Number => disk && count,
+        CapacityMode::Resource => {
+            disk && count
+                && host.used.vcpu + request.vcpu <= host.vcpu_limit
+                && host.used.ram_mb + request.ram_mb <= host.ram_limit_mb
         }
-    }
-
-    fn request(number: u128, vcpu: u32, ram_mb: u64) -> PlacementRequest {
-        PlacementRequest {
-            instance_id: Uuid::from_u128(1000 + number),
-            arch: None,
-            vcpu,
-            ram_mb,
-            disk_gb: 10,
-            host_id: None,
-            template: None,
-        }
-    }
-
-    fn placed_on(decisions: &[Decision]) -> Vec<Option<u128>> {
-        decisions.iter().map(|decision| decision.host_id.map(|id| id.as_u128())).collect()
-    }
-
-    #[test]
-    fn several_requests_in_one_pass_never_over_commit() {
-        let mut hosts = vec![host(1, 4, 4096), host(2, 4, 4096)];
-        let requests: Vec<_> = (0..5).map(|number| request(number, 2, 1024)).collect();
-        let decisions = place_all(&mut hosts, &requests);
-        assert_eq!(placed_on(&decisions), vec![Some(1), Some(2), Some(1), Some(2), None]);
-        assert_eq!(decisions[4].rejections.get(&Rejection::Full), Some(&2));
-        assert!(hosts.iter().all(|host| host.used.vcpu <= host.vcpu_limit));
-    }
-
-    #[test]
-    fn disk_is_a_limit_too() {
-        let mut hosts = vec![host(1, 64, 65536)];
-        let mut big = request(1, 1, 512);
-        big.disk_gb = 600;
-        let decisions = place_all(&mut hosts, &[big.clone(), big]);
-        assert_eq!(placed_on(&decisions), vec![Some(1), None]);
-        assert_eq!(decisions[1].rejections.get(&Rejection::Full), Some(&1));
-    }
-
-    #[test]
-    fn excluded_hosts_are_counted_by_reason() {
-        let mut offline = host(1, 8, 8192);
-        offline.state = HostState::Offline;
-        let mut draining = host(2, 8, 8192);
-        draining.state = HostState::Draining;
-        let mut arm = host(3, 8, 8192);
-        arm.arch = Arch::Arm64;
-        let mut counted = host(4, 8, 8192);
-        counted.max_instances = Some(0);
-        let mut hosts = vec![offline, draining, arm, counted];
-        let mut wanted = request(1, 1, 512);
-        wanted.arch = Some(Arch::Amd64);
-        let decision = &place_all(&mut hosts, &[wanted])[0];
-        assert_eq!(decision.host_id, None);
-        let expected: BTreeMap<_, _> =
-            [(Rejection::Offline, 1), (Rejection::Draining, 1), (Rejection::WrongArch, 1), (Rejection::Full, 1)].into();
-        assert_eq!(decision.rejections, expected);
-        assert_eq!(
-            decision.explain(4),
-            "no host fits: 4 hosts considered, 1 offline, 1 draining, 1 wrong arch, 1 full"
-        );
-    }
-
-    #[test]
-    fn cached_template_wins_over_free_space_and_requested_host_is_honoured() {
-        let mut with_template = host(1, 8, 2048);
-        with_template.cached_templates.insert(("ubuntu".into(), 1));
-        let mut hosts = vec![with_template, host(2, 8, 65536)];
-        let mut wants_template = request(1, 1, 512);
-        wants_template.template = Some(("ubuntu".into(), 1));
-        let mut wants_host_two = request(2, 1, 512);
-        wants_host_two.template = Some(("ubuntu".into(), 1));
-        wants_host_two.host_id = Some(Uuid::from_u128(2));
-        assert_eq!(placed_on(&place_all(&mut hosts, &[wants_template, wants_host_two])), vec![Some(1), Some(2)]);
     }
 }
+
+/// How full a host is, from 0 (empty) to 1_000_000 (full), by its tightest resource.
+fn fullness(host: &HostCandidate) -> u64 {
+    let ratio = |used: u64, limit: u64| if limit == 0 { 1.0 } else { used as f64 / limit as f64 };
+    let mut fullest = ratio(host.used.disk_gb, host.disk_limit_gb);
+    if let Some(max) = host.max_instances {
+        fullest = fullest.max(ratio(u64::from(host.used.instances), u64::from(max)));
+    }
+    if host.capacity_mode == CapacityMode::Resource {
+        fullest = fullest
+            .max(ratio(u64::from(host.used.vcpu), u64::from(host.vcpu_limit)))
+            .max(ratio(host.used.ram_mb, host.ram_limit_mb));
+    }
+    (fullest.clamp(0.0, 1.0) * 1_000_000.0) as u64
+}
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,10 @@ use serde_json::json;
 
 use super::{Service, ServiceResult};
 use crate::model::{HostState, InstanceState, NewEvent};
-use crate::scheduler::{self, HostCandidate, PlacementRequest};
+use crate::scheduler::{self, CapacityMode, HostCandidate, PlacementRequest};
+
+/// Priority of requests that do not give one (1 is the most urgent, 10000 the least).
+const DEFAULT_PRIORITY: u32 = 1000;
 use crate::store::{self, instances::InstanceFilter};
 
 impl Service {
@@ -29,12 +32,18 @@ impl Service {
             .map(|host| HostCandidate {
                 id: host.id,
                 state: if loaded.contains(&host.provider.as_str()) { host.state } else { HostState::Offline },
+                maintenance: false,
                 arch: host.arch,
+                labels: host.labels.clone(),
+                groups: Vec::new(),
+                capacity_mode: CapacityMode::Resource,
                 max_instances: host.capacity.max_instances,
                 vcpu_limit: host.vcpu_limit(),
                 ram_limit_mb: host.ram_limit_mb(),
                 disk_limit_gb: host.disk_gb,
                 used: host.usage.clone(),
+                usb_free: HashMap::new(),
+                affinity_keys: HashMap::new(),
                 cached_templates: host
                     .cached_templates
                     .iter()
@@ -48,16 +57,21 @@ impl Service {
                 let template = instance.template_id.and_then(|id| templates.get(&id));
                 PlacementRequest {
                     instance_id: instance.id,
+                    priority: DEFAULT_PRIORITY,
                     arch: template.map(|template| template.arch),
                     vcpu: instance.vcpu,
                     ram_mb: instance.ram_mb,
                     disk_gb: instance.disk_gb,
                     host_id: instance.requested_host_id,
+                    group_id: None,
+                    labels: Vec::new(),
+                    usb_device: None,
+                    affinity: None,
                     template: template.map(|template| (template.name.clone(), instance.template_version.unwrap_or(0))),
                 }
             })
             .collect();
-        let decisions = scheduler::place_all(&mut candidates, &requests);
+        let decisions = scheduler::place_all(&mut candidates, &HashMap::new(), &requests);
         for (instance, decision) in waiting.into_iter().zip(decisions) {
             match decision.host_id {
                 Some(host_id) => {
@@ -75,7 +89,7 @@ impl Service {
                         .await?;
                 }
                 None => {
-                    let message = format!("waiting for capacity: {}", decision.explain(hosts.len()));
+                    let message = format!("waiting for capacity: {}", decision.explain());
                     store::tasks::set_pending_create_message(&mut transaction, instance.id, &message).await?;
                 }
             }
