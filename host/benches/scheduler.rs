@@ -29,6 +29,7 @@ fn fleet(groups: &[Uuid]) -> Vec<HostCandidate> {
             disk_limit_gb: 10_000,
             used: Usage {
                 instances: RUNNING_PER_HOST,
+                running: RUNNING_PER_HOST,
                 vcpu: RUNNING_PER_HOST * 2,
                 ram_mb: u64::from(RUNNING_PER_HOST) * 4096,
                 disk_gb: u64::from(RUNNING_PER_HOST) * 20,

@@ -11,6 +11,9 @@ CREATE TABLE hosts (
     hypervisor       TEXT NOT NULL,
     state            TEXT NOT NULL,
     draining         INTEGER NOT NULL DEFAULT 0,
+    maintenance      INTEGER NOT NULL DEFAULT 0,
+    capacity_mode    TEXT NOT NULL DEFAULT 'resource',
+    usb_devices      TEXT NOT NULL DEFAULT '{}',
     max_instances    INTEGER,
     vcpu_limit       INTEGER,
     ram_limit_mb     INTEGER,
@@ -20,6 +23,22 @@ CREATE TABLE hosts (
     created_at       TEXT NOT NULL,
     updated_at       TEXT NOT NULL,
     UNIQUE (provider, name)
+);
+
+CREATE TABLE groups (
+    id                TEXT PRIMARY KEY,
+    name              TEXT NOT NULL UNIQUE,
+    description       TEXT NOT NULL DEFAULT '',
+    fallback_group_id TEXT REFERENCES groups (id) ON DELETE SET NULL,
+    strategy          TEXT NOT NULL DEFAULT 'spread',
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL
+);
+
+CREATE TABLE host_groups (
+    host_id  TEXT NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+    group_id TEXT NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+    PRIMARY KEY (host_id, group_id)
 );
 
 CREATE TABLE templates (
@@ -59,6 +78,8 @@ CREATE TABLE instances (
     ip               TEXT,
     mac              TEXT,
     metadata         TEXT NOT NULL DEFAULT '{}',
+    priority         INTEGER NOT NULL DEFAULT 1000,
+    placement        TEXT NOT NULL DEFAULT '{}',
     startup_script   TEXT,
     startup_result   TEXT,
     error            TEXT,

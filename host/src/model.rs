@@ -90,6 +90,31 @@ string_enum!(
 );
 
 string_enum!(
+    /// How a host's capacity is counted: instances (`number`) or vCPU and RAM (`resource`).
+    CapacityMode { Number => "number", Resource => "resource" }
+);
+
+// `string_enum!` owns the derives, so the default is written out.
+#[allow(clippy::derivable_impls)]
+impl Default for CapacityMode {
+    fn default() -> Self {
+        CapacityMode::Resource
+    }
+}
+
+string_enum!(
+    /// How a group chooses among hosts that fit: fill them (`pack`) or balance them (`spread`).
+    GroupStrategy { Pack => "pack", Spread => "spread" }
+);
+
+#[allow(clippy::derivable_impls)]
+impl Default for GroupStrategy {
+    fn default() -> Self {
+        GroupStrategy::Spread
+    }
+}
+
+string_enum!(
     /// Where an instance record came from.
     InstanceOrigin { Api => "api", Discovered => "discovered" }
 );
@@ -166,17 +191,64 @@ pub struct CachedTemplate {
     pub size_bytes: u64,
 }
 
-/// Limits an operator sets on a host; absent limits default to the host's hardware.
+/// Limits an operator sets on a host. In `number` mode only `max_instances` counts; in
+/// `resource` mode vCPU and RAM count too (absent: the host's hardware). Disk always counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Capacity {
+    #[serde(default)]
+    pub mode: CapacityMode,
     pub max_instances: Option<u32>,
+    /// vCPU limit (`vcpu_override`).
     pub vcpu: Option<u32>,
+    /// RAM limit in MiB (`ram_override`).
     pub ram_mb: Option<u64>,
+}
+
+/// A named group of USB devices attached to a host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsbDeviceGroup {
+    pub total: u32,
+    /// In use by instances on the host.
+    pub busy: u32,
+}
+
+/// A node group: hosts that serve requests for it, and where requests go when it is full.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Group {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub fallback_group_id: Option<Uuid>,
+    pub strategy: GroupStrategy,
+    pub hosts: Vec<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where an instance may go, beyond its size and template.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlacementConstraints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<Uuid>,
+    /// `key=value` or `key!=value` conditions on host labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usb_device: Option<String>,
+    /// Prefer hosts running instances with the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_key: Option<String>,
+    /// Never on a host running an instance with the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     pub instances: u32,
+    /// Of those, how many are running.
+    pub running: u32,
     pub vcpu: u32,
     pub ram_mb: u64,
     pub disk_gb: u64,
@@ -197,7 +269,11 @@ pub struct Host {
     pub draining: bool,
     pub capacity: Capacity,
     pub usage: Usage,
+    /// Operator's flag: takes no new instances.
+    pub maintenance: bool,
     pub labels: Labels,
+    pub groups: Vec<Uuid>,
+    pub usb_devices: BTreeMap<String, UsbDeviceGroup>,
     pub cached_templates: Vec<CachedTemplate>,
     pub last_report_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -258,6 +334,9 @@ pub struct Instance {
     pub vcpu: u32,
     pub ram_mb: u64,
     pub disk_gb: u64,
+    /// 1 (most urgent) to 10000; default 1000.
+    pub priority: u32,
+    pub placement: PlacementConstraints,
     pub ip: Option<String>,
     pub mac: Option<String>,
     pub metadata: Labels,

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod events;
+mod fleet;
 mod harness;
 mod hostile;
 mod lifecycle;

@@ -19,26 +19,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::model::{Arch, HostState, Labels, Usage};
+pub use crate::model::{CapacityMode, GroupStrategy};
 use index::FleetIndex;
-
-/// How a host's capacity is counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum CapacityMode {
-    /// A maximum number of instances.
-    Number,
-    /// vCPU and RAM limits.
-    Resource,
-}
-
-/// How a group chooses among hosts that fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum GroupStrategy {
-    /// Fill the fullest host that fits, keeping others empty.
-    Pack,
-    /// Balance: the emptiest host first.
-    #[default]
-    Spread,
-}
 
 /// A host as placement sees it.
 #[derive(Debug, Clone)]

@@ -6,7 +6,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Service, ServiceError, ServiceResult};
-use crate::model::{Capacity, Host, Labels, NewEvent, Provider};
+use std::collections::BTreeMap;
+
+use crate::model::{Capacity, Host, Labels, NewEvent, Provider, UsbDeviceGroup};
 use crate::store;
 
 /// `PATCH /v1/hosts/{id}`: fields absent are left as they are.
@@ -19,6 +21,10 @@ pub struct HostPatch {
     pub capacity: Option<Capacity>,
     /// Replaces all labels.
     pub labels: Option<Labels>,
+    /// Maintenance: the host takes no new instances.
+    pub maintenance: Option<bool>,
+    /// Replaces the USB device groups: name → number of devices.
+    pub usb_devices: Option<BTreeMap<String, u32>>,
 }
 
 impl Service {
@@ -64,6 +70,11 @@ impl Service {
                 return Err(ServiceError::Invalid("capacity.max_instances must be at most 100000".into()));
             }
         }
+        if let Some(devices) = &patch.usb_devices
+            && let Some(name) = devices.keys().find(|name| name.is_empty() || name.len() > 128)
+        {
+            return Err(ServiceError::Invalid(format!("usb_devices: device group name '{name}' must be 1-128 bytes")));
+        }
         if let Some(labels) = &patch.labels {
             if labels.len() > 64 {
                 return Err(ServiceError::Invalid("labels must have at most 64 entries".into()));
@@ -84,6 +95,18 @@ impl Service {
         }
         if let Some(labels) = patch.labels.clone() {
             host.labels = labels;
+        }
+        if let Some(maintenance) = patch.maintenance {
+            host.maintenance = maintenance;
+        }
+        if let Some(devices) = &patch.usb_devices {
+            host.usb_devices = devices
+                .iter()
+                .map(|(name, total)| {
+                    let busy = host.usb_devices.get(name).map_or(0, |group| group.busy);
+                    (name.clone(), UsbDeviceGroup { total: *total, busy })
+                })
+                .collect();
         }
         host.updated_at = store::now();
         store::hosts::update_settings(&mut transaction, &host).await?;

@@ -11,8 +11,10 @@ use uuid::Uuid;
 
 use super::{Service, ServiceError, ServiceResult};
 use crate::model::{
-    Instance, InstanceAction, InstanceOrigin, InstanceState, Labels, NewEvent, Task, TaskKind, TaskState,
+    Instance, InstanceAction, InstanceOrigin, InstanceState, Labels, NewEvent, PlacementConstraints, Task, TaskKind,
+    TaskState,
 };
+use crate::scheduler::LabelConstraint;
 use crate::store::{self, instances::InstanceFilter};
 use crate::tasks::NewTask;
 
@@ -43,6 +45,44 @@ pub struct CreateInstances {
     pub metadata: Option<Labels>,
     /// Script run in the instance once it is running (at most 64 KiB).
     pub startup_script: Option<String>,
+    /// 1 (most urgent) to 10000 (least); default 1000. Requests wait in priority order.
+    pub priority: Option<u32>,
+    /// Node group (name or id); a full group overflows to its fallback group.
+    pub group: Option<String>,
+    /// Conditions on host labels: `key=value` or `key!=value`.
+    pub host_labels: Option<Vec<String>>,
+    /// A USB device group the host must have a free device of.
+    pub usb_device: Option<String>,
+    /// Prefer hosts running instances with this key.
+    pub affinity_key: Option<String>,
+    /// Never on a host running an instance with this key (e.g. one CI job's instances).
+    pub anti_affinity_key: Option<String>,
+}
+
+impl CreateInstances {
+    /// A request for `count` (default 1) instances of `template` with every other field unset.
+    pub fn of_template(template: impl Into<String>) -> Self {
+        CreateInstances {
+            template: template.into(),
+            tag: None,
+            version: None,
+            name: None,
+            external_id: None,
+            vcpu: None,
+            ram_mb: None,
+            disk_gb: None,
+            count: None,
+            host_id: None,
+            metadata: None,
+            startup_script: None,
+            priority: None,
+            group: None,
+            host_labels: None,
+            usb_device: None,
+            affinity_key: None,
+            anti_affinity_key: None,
+        }
+    }
 }
 
 /// `PATCH /v1/instances/{id}`: fields absent are left as they are.
@@ -70,6 +110,8 @@ pub struct InstanceList {
     pub next_cursor: Option<String>,
 }
 
+/// Priority of requests that do not give one (1 is the most urgent, 10000 the least).
+pub const DEFAULT_PRIORITY: u32 = 1000;
 const DEFAULT_VCPU: u32 = 2;
 const DEFAULT_RAM_MB: u64 = 2048;
 const DEFAULT_DISK_GB: u64 = 20;
@@ -138,6 +180,8 @@ impl Service {
         if let Some(key) = &idempotency_key {
             check_text("Idempotency-Key", key, 255)?;
         }
+        let priority = check_range("priority", request.priority.unwrap_or(DEFAULT_PRIORITY), 1, 10_000)?;
+        let placement = self.check_placement(&request).await?;
         let digest = hex::encode(Sha256::digest(serde_json::to_vec(&request).unwrap_or_default()));
         if let Some(task) = self.replay_idempotent(idempotency_key.as_deref(), &digest).await? {
             return Ok(task);
@@ -191,6 +235,8 @@ impl Service {
                 vcpu,
                 ram_mb,
                 disk_gb,
+                priority,
+                placement: placement.clone(),
                 ip: None,
                 mac: None,
                 metadata: request.metadata.clone().unwrap_or_default(),
@@ -252,6 +298,41 @@ impl Service {
         transaction.commit().await?;
         tasks.wake();
         batch.or(single).ok_or_else(|| ServiceError::Internal("no task created".into()))
+    }
+
+    /// Validates where the request may go; names the field at fault.
+    pub(super) async fn check_placement(&self, request: &CreateInstances) -> ServiceResult<PlacementConstraints> {
+        let group_id = match &request.group {
+            Some(group) => Some(self.resolve_group(group).await?.id),
+            None => None,
+        };
+        let host_labels = request.host_labels.clone().unwrap_or_default();
+        if host_labels.len() > 32 {
+            return Err(ServiceError::Invalid("host_labels must have at most 32 conditions".into()));
+        }
+        for label in &host_labels {
+            LabelConstraint::parse(label)
+                .map_err(|message| ServiceError::Invalid(format!("host_labels: {message}")))?;
+        }
+        for (field, value) in [
+            ("usb_device", &request.usb_device),
+            ("affinity_key", &request.affinity_key),
+            ("anti_affinity_key", &request.anti_affinity_key),
+        ] {
+            if let Some(value) = value {
+                check_text(field, value, 128)?;
+            }
+        }
+        if request.affinity_key.is_some() && request.anti_affinity_key.is_some() {
+            return Err(ServiceError::Invalid("give affinity_key or anti_affinity_key, not both".into()));
+        }
+        Ok(PlacementConstraints {
+            group_id,
+            host_labels,
+            usb_device: request.usb_device.clone(),
+            affinity_key: request.affinity_key.clone(),
+            anti_affinity_key: request.anti_affinity_key.clone(),
+        })
     }
 
     async fn replay_idempotent(&self, key: Option<&str>, digest: &str) -> ServiceResult<Option<Task>> {

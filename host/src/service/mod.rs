@@ -2,6 +2,7 @@
 //! CLI) calls. It validates requests, owns transactions (state change + event together),
 //! creates tasks and runs them through the drivers.
 
+mod groups;
 mod hosts;
 mod instances;
 mod lifecycle;
@@ -19,8 +20,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use groups::{GroupPatch, NewGroup};
 pub use hosts::HostPatch;
 pub use instances::{CreateInstances, InstanceList, InstancePatch, InstanceQuery};
+pub use placement::PlacementExplanation;
 pub use providers::{ProviderRegistry, load_providers};
 pub use templates::{NewTemplate, NewTemplateVersion};
 

@@ -1,18 +1,46 @@
-//! The placement pass: gives hosts to instances waiting in `scheduling`, oldest first, in one
-//! write transaction so that concurrent requests can never over-commit a host. The decisions
-//! themselves come from the pure `scheduler`.
+//! The placement pass: gives hosts to instances waiting in `scheduling`, in priority order,
+//! in one write transaction so that concurrent requests can never over-commit a host. The
+//! decisions themselves come from the pure `scheduler`; this module builds its snapshot and
+//! also answers "why is this instance not placed" and "where would this request go".
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
-use super::{Service, ServiceResult};
-use crate::model::{HostState, InstanceState, NewEvent};
-use crate::scheduler::{self, CapacityMode, HostCandidate, PlacementRequest};
-
-/// Priority of requests that do not give one (1 is the most urgent, 10000 the least).
-const DEFAULT_PRIORITY: u32 = 1000;
+use super::instances::DEFAULT_PRIORITY;
+use super::{CreateInstances, Service, ServiceError, ServiceResult};
+use crate::model::{Host, HostState, Instance, InstanceState, NewEvent, Template};
+use crate::scheduler::{
+    self, Affinity, AffinityKind, Decision, GroupPolicy, HostCandidate, LabelConstraint, PlacementRequest,
+};
 use crate::store::{self, instances::InstanceFilter};
+
+/// Why an instance waits, or where a request would go.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PlacementExplanation {
+    /// The host it was (or would be) placed on.
+    pub host_id: Option<Uuid>,
+    /// The group it was (or would be) placed through: its own or a fallback.
+    pub group_id: Option<Uuid>,
+    /// For a request that fits nowhere: hosts ruled out, by reason.
+    pub ruled_out: HashMap<String, usize>,
+    /// One line for people.
+    pub summary: String,
+    /// Position in the queue of waiting requests (0 is next), for a waiting instance.
+    pub queue_position: Option<usize>,
+    pub queue_length: usize,
+}
+
+/// A consistent picture of the fleet and the queue, read in one transaction.
+struct Snapshot {
+    hosts: Vec<Host>,
+    candidates: Vec<HostCandidate>,
+    groups: HashMap<Uuid, GroupPolicy>,
+    waiting: Vec<Instance>,
+}
 
 impl Service {
     pub(super) async fn place_waiting_instances(&self) -> ServiceResult<()> {
@@ -20,72 +48,24 @@ impl Service {
         if store::instances::list(&mut *self.store().reader().await?, &filter).await?.is_empty() {
             return Ok(());
         }
-        let templates: HashMap<_, _> =
-            self.list_templates().await?.into_iter().map(|template| (template.id, template)).collect();
-
+        let templates = self.templates_by_id().await?;
         let mut transaction = self.store().begin().await?;
-        let waiting = store::instances::list(&mut transaction, &filter).await?;
-        let hosts = store::hosts::list(&mut transaction).await?;
-        let loaded: Vec<&str> = self.providers().loaded().map(|(name, _)| name).collect();
-        let mut candidates: Vec<HostCandidate> = hosts
-            .iter()
-            .map(|host| HostCandidate {
-                id: host.id,
-                state: if loaded.contains(&host.provider.as_str()) { host.state } else { HostState::Offline },
-                maintenance: false,
-                arch: host.arch,
-                labels: host.labels.clone(),
-                groups: Vec::new(),
-                capacity_mode: CapacityMode::Resource,
-                max_instances: host.capacity.max_instances,
-                vcpu_limit: host.vcpu_limit(),
-                ram_limit_mb: host.ram_limit_mb(),
-                disk_limit_gb: host.disk_gb,
-                used: host.usage.clone(),
-                usb_free: HashMap::new(),
-                affinity_keys: HashMap::new(),
-                cached_templates: host
-                    .cached_templates
-                    .iter()
-                    .map(|template| (template.name.clone(), template.version))
-                    .collect(),
-            })
-            .collect();
-        let requests: Vec<PlacementRequest> = waiting
-            .iter()
-            .map(|instance| {
-                let template = instance.template_id.and_then(|id| templates.get(&id));
-                PlacementRequest {
-                    instance_id: instance.id,
-                    priority: DEFAULT_PRIORITY,
-                    arch: template.map(|template| template.arch),
-                    vcpu: instance.vcpu,
-                    ram_mb: instance.ram_mb,
-                    disk_gb: instance.disk_gb,
-                    host_id: instance.requested_host_id,
-                    group_id: None,
-                    labels: Vec::new(),
-                    usb_device: None,
-                    affinity: None,
-                    template: template.map(|template| (template.name.clone(), instance.template_version.unwrap_or(0))),
-                }
-            })
-            .collect();
-        let decisions = scheduler::place_all(&mut candidates, &HashMap::new(), &requests);
-        for (instance, decision) in waiting.into_iter().zip(decisions) {
-            match decision.host_id {
-                Some(host_id) => {
-                    let Some(host) = hosts.iter().find(|host| host.id == host_id) else { continue };
+        let mut snapshot = self.snapshot(&mut transaction).await?;
+        let requests: Vec<PlacementRequest> =
+            snapshot.waiting.iter().map(|instance| placement_request(instance, &templates)).collect();
+        let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
+        for (instance, decision) in snapshot.waiting.into_iter().zip(decisions) {
+            match decision.host_id.and_then(|host_id| snapshot.hosts.iter().find(|host| host.id == host_id)) {
+                Some(host) => {
                     let mut instance = instance;
                     instance.host_id = Some(host.id);
                     instance.provider = Some(host.provider.clone());
                     instance.updated_at = store::now();
                     store::instances::update(&mut transaction, &instance).await?;
                     transaction
-                        .append_event(
-                            NewEvent::new("instance.placed", "instance", instance.id)
-                                .data(json!({ "host_id": host.id, "host": host.name, "provider": host.provider })),
-                        )
+                        .append_event(NewEvent::new("instance.placed", "instance", instance.id).data(json!({
+                            "host_id": host.id, "host": host.name, "provider": host.provider, "group_id": decision.group_id,
+                        })))
                         .await?;
                 }
                 None => {
@@ -96,5 +76,201 @@ impl Service {
         }
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// Why a waiting instance is not placed yet (or where it went).
+    pub async fn explain_placement(&self, instance_id: Uuid) -> ServiceResult<PlacementExplanation> {
+        let instance = self.get_instance(instance_id).await?;
+        let templates = self.templates_by_id().await?;
+        let mut reader = self.store().reader().await?;
+        let mut snapshot = self.snapshot(&mut reader).await?;
+        let queue_length = snapshot.waiting.len();
+        let Some(position) = queue_order(&snapshot.waiting).iter().position(|waiting| waiting.id == instance_id) else {
+            let summary = match instance.host_id {
+                Some(host) => format!("placed on host {host}"),
+                None => format!("not waiting for a host: the instance is {}", instance.state),
+            };
+            return Ok(PlacementExplanation {
+                host_id: instance.host_id,
+                group_id: None,
+                ruled_out: HashMap::new(),
+                summary,
+                queue_position: None,
+                queue_length,
+            });
+        };
+        let requests: Vec<PlacementRequest> =
+            snapshot.waiting.iter().map(|instance| placement_request(instance, &templates)).collect();
+        let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
+        let decision = decisions
+            .into_iter()
+            .find(|decision| decision.instance_id == instance_id)
+            .ok_or_else(|| ServiceError::Internal("the placement pass lost an instance".into()))?;
+        Ok(explanation(decision, Some(position), queue_length))
+    }
+
+    /// Where a request would go now, behind the queue of waiting ones, without creating anything.
+    pub async fn plan_placement(&self, request: CreateInstances) -> ServiceResult<PlacementExplanation> {
+        let vcpu = request.vcpu.unwrap_or(2);
+        let ram_mb = request.ram_mb.unwrap_or(2048);
+        let disk_gb = request.disk_gb.unwrap_or(20);
+        let template = self.resolve_template(&request.template).await?;
+        let constraints = self.check_placement(&request).await?;
+        let probe = Instance {
+            id: Uuid::now_v7(),
+            name: "plan".into(),
+            external_id: None,
+            state: InstanceState::Scheduling,
+            template_id: Some(template.id),
+            template_version: template.latest_version().map(|version| version.number),
+            provider: None,
+            host_id: None,
+            requested_host_id: request.host_id,
+            provider_id: None,
+            vcpu,
+            ram_mb,
+            disk_gb,
+            priority: request.priority.unwrap_or(DEFAULT_PRIORITY),
+            placement: constraints,
+            ip: None,
+            mac: None,
+            metadata: Default::default(),
+            startup_script: None,
+            startup_result: None,
+            error: None,
+            origin: crate::model::InstanceOrigin::Api,
+            created_at: store::now(),
+            updated_at: store::now(),
+        };
+        let templates = self.templates_by_id().await?;
+        let mut reader = self.store().reader().await?;
+        let mut snapshot = self.snapshot(&mut reader).await?;
+        let queue_length = snapshot.waiting.len();
+        let mut requests: Vec<PlacementRequest> =
+            snapshot.waiting.iter().map(|instance| placement_request(instance, &templates)).collect();
+        requests.push(placement_request(&probe, &templates));
+        let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
+        let decision = decisions
+            .into_iter()
+            .find(|decision| decision.instance_id == probe.id)
+            .ok_or_else(|| ServiceError::Internal("the placement pass lost the request".into()))?;
+        Ok(explanation(decision, None, queue_length))
+    }
+
+    async fn templates_by_id(&self) -> ServiceResult<HashMap<Uuid, Template>> {
+        Ok(self.list_templates().await?.into_iter().map(|template| (template.id, template)).collect())
+    }
+
+    async fn snapshot(&self, connection: &mut sqlx::SqliteConnection) -> ServiceResult<Snapshot> {
+        let waiting = store::instances::list(
+            connection,
+            &InstanceFilter { states: vec![InstanceState::Scheduling], unplaced: true, ..Default::default() },
+        )
+        .await?;
+        let hosts = store::hosts::list(connection).await?;
+        let groups = store::groups::list(connection)
+            .await?
+            .into_iter()
+            .map(|group| (group.id, GroupPolicy { fallback: group.fallback_group_id, strategy: group.strategy }))
+            .collect();
+        let placed = store::instances::list(
+            connection,
+            &InstanceFilter { excluded_states: vec![InstanceState::Terminated], ..Default::default() },
+        )
+        .await?;
+        let mut affinity: HashMap<Uuid, HashMap<String, u32>> = HashMap::new();
+        for instance in &placed {
+            let (Some(host_id), Some(key)) = (instance.host_id, affinity_key_of(instance)) else { continue };
+            *affinity.entry(host_id).or_default().entry(key.to_owned()).or_insert(0) += 1;
+        }
+        let loaded: Vec<&str> = self.providers().loaded().map(|(name, _)| name).collect();
+        let candidates = hosts
+            .iter()
+            .map(|host| HostCandidate {
+                id: host.id,
+                state: if loaded.contains(&host.provider.as_str()) { host.state } else { HostState::Offline },
+                maintenance: host.maintenance,
+                arch: host.arch,
+                labels: host.labels.clone(),
+                groups: host.groups.clone(),
+                capacity_mode: host.capacity.mode,
+                max_instances: host.capacity.max_instances,
+                vcpu_limit: host.vcpu_limit(),
+                ram_limit_mb: host.ram_limit_mb(),
+                disk_limit_gb: host.disk_gb,
+                used: host.usage.clone(),
+                cached_templates: host
+                    .cached_templates
+                    .iter()
+                    .map(|template| (template.name.clone(), template.version))
+                    .collect(),
+                usb_free: host
+                    .usb_devices
+                    .iter()
+                    .map(|(name, group)| (name.clone(), group.total.saturating_sub(group.busy)))
+                    .collect(),
+                affinity_keys: affinity.remove(&host.id).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Snapshot { hosts, candidates, groups, waiting })
+    }
+}
+
+/// Both kinds of affinity share one key space: instances "of job 42" attract or repel.
+fn affinity_key_of(instance: &Instance) -> Option<&str> {
+    instance.placement.affinity_key.as_deref().or(instance.placement.anti_affinity_key.as_deref())
+}
+
+fn placement_request(instance: &Instance, templates: &HashMap<Uuid, Template>) -> PlacementRequest {
+    let template = instance.template_id.and_then(|id| templates.get(&id));
+    let constraints = &instance.placement;
+    let affinity = match (&constraints.affinity_key, &constraints.anti_affinity_key) {
+        (Some(key), _) => Some(Affinity { key: key.clone(), kind: AffinityKind::Together }),
+        (None, Some(key)) => Some(Affinity { key: key.clone(), kind: AffinityKind::Apart }),
+        (None, None) => None,
+    };
+    PlacementRequest {
+        instance_id: instance.id,
+        priority: instance.priority,
+        arch: template.map(|template| template.arch),
+        vcpu: instance.vcpu,
+        ram_mb: instance.ram_mb,
+        disk_gb: instance.disk_gb,
+        host_id: instance.requested_host_id,
+        group_id: constraints.group_id,
+        // Validated when the request was accepted.
+        labels: constraints.host_labels.iter().filter_map(|label| LabelConstraint::parse(label).ok()).collect(),
+        usb_device: constraints.usb_device.clone(),
+        affinity,
+        template: template.map(|template| (template.name.clone(), instance.template_version.unwrap_or(0))),
+    }
+}
+
+/// The queue as placement takes it: priority, then age (ids are time-ordered).
+fn queue_order(waiting: &[Instance]) -> Vec<&Instance> {
+    let mut queue: Vec<&Instance> = waiting.iter().collect();
+    queue.sort_by_key(|instance| (instance.priority, instance.id));
+    queue
+}
+
+fn explanation(decision: Decision, queue_position: Option<usize>, queue_length: usize) -> PlacementExplanation {
+    let summary = match decision.host_id {
+        Some(host) => format!("fits on host {host}"),
+        None => decision.explain(),
+    };
+    PlacementExplanation {
+        host_id: decision.host_id,
+        group_id: decision.group_id,
+        ruled_out: decision
+            .rejections
+            .iter()
+            .map(|(reason, count)| {
+                let name = serde_json::to_value(reason).ok().and_then(|value| value.as_str().map(str::to_owned));
+                (name.unwrap_or_else(|| format!("{reason:?}")), *count)
+            })
+            .collect(),
+        summary,
+        queue_position,
+        queue_length,
     }
 }

@@ -63,20 +63,7 @@ fn fast(mut config: serde_json::Value) -> serde_json::Value {
 }
 
 fn create_request(template: &str) -> CreateInstances {
-    CreateInstances {
-        template: template.into(),
-        tag: None,
-        version: None,
-        name: None,
-        external_id: None,
-        vcpu: Some(2),
-        ram_mb: Some(1024),
-        disk_gb: None,
-        count: None,
-        host_id: None,
-        metadata: None,
-        startup_script: None,
-    }
+    CreateInstances { vcpu: Some(2), ram_mb: Some(1024), ..CreateInstances::of_template(template) }
 }
 
 async fn create_and_wait(service: &Service, request: CreateInstances) -> (Task, Uuid) {

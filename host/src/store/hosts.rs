@@ -1,25 +1,27 @@
 //! Hosts as last reported by their providers, with the operator's settings and live usage.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_time, parse_uuid, to_json};
-use crate::model::{Capacity, Host, HostState, Usage};
+use crate::model::{Capacity, CapacityMode, Host, HostState, Usage, UsbDeviceGroup};
 
 const SELECT_WITH_USAGE: &str = "SELECT h.*, \
-        COALESCE(u.instances, 0) AS used_instances, COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb, COALESCE(u.disk_gb, 0) AS used_disk_gb \
+        COALESCE(u.instances, 0) AS used_instances, COALESCE(u.running, 0) AS used_running, \
+        COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb, COALESCE(u.disk_gb, 0) AS used_disk_gb \
     FROM hosts h LEFT JOIN ( \
-        SELECT host_id, COUNT(*) AS instances, SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb, SUM(disk_gb) AS disk_gb \
+        SELECT host_id, COUNT(*) AS instances, SUM(state = 'running') AS running, \
+            SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb, SUM(disk_gb) AS disk_gb \
         FROM instances WHERE host_id IS NOT NULL AND state != 'terminated' GROUP BY host_id \
     ) u ON u.host_id = h.id";
 
 fn from_row(row: &SqliteRow) -> StoreResult<Host> {
     let reported: HostState = parse_enum(row.try_get("state")?)?;
     let draining: bool = row.try_get("draining")?;
-    Ok(Host {
+    let mut host = Host {
         id: parse_uuid(row.try_get("id")?)?,
         provider: row.try_get("provider")?,
         name: row.try_get("name")?,
@@ -28,52 +30,115 @@ fn from_row(row: &SqliteRow) -> StoreResult<Host> {
         ram_mb: row.try_get::<i64, _>("ram_mb")? as u64,
         disk_gb: row.try_get::<i64, _>("disk_gb")? as u64,
         hypervisor: row.try_get("hypervisor")?,
-        state: if draining && reported == HostState::Active { HostState::Draining } else { reported },
+        state: reported,
         draining,
         capacity: Capacity {
+            mode: parse_enum(row.try_get("capacity_mode")?)?,
             max_instances: row.try_get("max_instances")?,
             vcpu: row.try_get("vcpu_limit")?,
             ram_mb: row.try_get::<Option<i64>, _>("ram_limit_mb")?.map(|ram| ram as u64),
         },
         usage: Usage {
             instances: row.try_get("used_instances")?,
+            running: row.try_get("used_running")?,
             vcpu: row.try_get("used_vcpu")?,
             ram_mb: row.try_get::<i64, _>("used_ram_mb")? as u64,
             disk_gb: row.try_get::<i64, _>("used_disk_gb")? as u64,
         },
+        maintenance: row.try_get("maintenance")?,
         labels: parse_json(row.try_get("labels")?)?,
+        groups: Vec::new(),
+        usb_devices: parse_json::<BTreeMap<String, u32>>(row.try_get("usb_devices")?)?
+            .into_iter()
+            .map(|(name, total)| (name, UsbDeviceGroup { total, busy: 0 }))
+            .collect(),
         cached_templates: parse_json(row.try_get("cached_templates")?)?,
         last_report_at: parse_optional_time(row.try_get("last_report_at")?)?,
         created_at: parse_time(row.try_get("created_at")?)?,
         updated_at: parse_time(row.try_get("updated_at")?)?,
-    })
+    };
+    host.state = effective_state(&host, reported);
+    Ok(host)
+}
+
+/// The state placement sees: the reported one, unless the operator drains the host, or it is
+/// unhealthy (full, yet none of its instances runs).
+fn effective_state(host: &Host, reported: HostState) -> HostState {
+    if reported != HostState::Active {
+        return reported;
+    }
+    if host.draining {
+        return HostState::Draining;
+    }
+    let full = match host.capacity.mode {
+        CapacityMode::Number => host.capacity.max_instances.is_some_and(|max| host.usage.instances >= max),
+        CapacityMode::Resource => host.usage.vcpu >= host.vcpu_limit() || host.usage.ram_mb >= host.ram_limit_mb(),
+    };
+    if full && host.usage.instances > 0 && host.usage.running == 0 { HostState::Unhealthy } else { HostState::Active }
+}
+
+/// Fills in what other tables know of the hosts: their groups and busy USB devices.
+async fn complete(connection: &mut SqliteConnection, hosts: &mut [Host]) -> StoreResult<()> {
+    let memberships =
+        sqlx::query("SELECT host_id, group_id FROM host_groups ORDER BY group_id").fetch_all(&mut *connection).await?;
+    let busy = sqlx::query(
+        "SELECT host_id, json_extract(placement, '$.usb_device') AS device, COUNT(*) AS busy FROM instances \
+         WHERE host_id IS NOT NULL AND state != 'terminated' AND json_extract(placement, '$.usb_device') IS NOT NULL \
+         GROUP BY host_id, device",
+    )
+    .fetch_all(connection)
+    .await?;
+    let position: HashMap<Uuid, usize> = hosts.iter().enumerate().map(|(index, host)| (host.id, index)).collect();
+    for row in &memberships {
+        if let Some(index) = position.get(&parse_uuid(row.try_get("host_id")?)?) {
+            hosts[*index].groups.push(parse_uuid(row.try_get("group_id")?)?);
+        }
+    }
+    for row in &busy {
+        if let Some(index) = position.get(&parse_uuid(row.try_get("host_id")?)?) {
+            let device: String = row.try_get("device")?;
+            hosts[*index].usb_devices.entry(device).or_default().busy = row.try_get("busy")?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Host>> {
-    let rows = sqlx::query(&format!("{SELECT_WITH_USAGE} ORDER BY h.provider, h.name")).fetch_all(connection).await?;
-    rows.iter().map(from_row).collect()
+    let rows =
+        sqlx::query(&format!("{SELECT_WITH_USAGE} ORDER BY h.provider, h.name")).fetch_all(&mut *connection).await?;
+    let mut hosts = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
+    complete(connection, &mut hosts).await?;
+    Ok(hosts)
 }
 
 pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Host>> {
     let row = sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.id = ?"))
         .bind(id.to_string())
-        .fetch_optional(connection)
+        .fetch_optional(&mut *connection)
         .await?;
-    row.as_ref().map(from_row).transpose()
+    let Some(row) = row else { return Ok(None) };
+    let mut hosts = vec![from_row(&row)?];
+    complete(connection, &mut hosts).await?;
+    Ok(hosts.pop())
 }
 
 /// Hosts of one provider keyed by their name within it.
 pub async fn by_provider(connection: &mut SqliteConnection, provider: &str) -> StoreResult<HashMap<String, Host>> {
-    let rows =
-        sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.provider = ?")).bind(provider).fetch_all(connection).await?;
-    rows.iter().map(|row| from_row(row).map(|host| (host.name.clone(), host))).collect()
+    let rows = sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.provider = ?"))
+        .bind(provider)
+        .fetch_all(&mut *connection)
+        .await?;
+    let mut hosts = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
+    complete(connection, &mut hosts).await?;
+    Ok(hosts.into_iter().map(|host| (host.name.clone(), host)).collect())
 }
 
 pub async fn insert(connection: &mut SqliteConnection, host: &Host) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO hosts (id, provider, name, arch, cpu, ram_mb, disk_gb, hypervisor, state, draining, \
-            max_instances, vcpu_limit, ram_limit_mb, labels, cached_templates, last_report_at, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO hosts (id, provider, name, arch, cpu, ram_mb, disk_gb, hypervisor, state, draining, maintenance, \
+            capacity_mode, usb_devices, max_instances, vcpu_limit, ram_limit_mb, labels, cached_templates, \
+            last_report_at, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(host.id.to_string())
     .bind(&host.provider)
@@ -85,6 +150,9 @@ pub async fn insert(connection: &mut SqliteConnection, host: &Host) -> StoreResu
     .bind(&host.hypervisor)
     .bind(host.state.as_str())
     .bind(host.draining)
+    .bind(host.maintenance)
+    .bind(host.capacity.mode.as_str())
+    .bind(usb_totals(host))
     .bind(host.capacity.max_instances)
     .bind(host.capacity.vcpu)
     .bind(host.capacity.ram_mb.map(|ram| ram as i64))
@@ -127,10 +195,13 @@ pub async fn update_report(
 /// Writes the operator's settings: drain flag, capacity limits and labels.
 pub async fn update_settings(connection: &mut SqliteConnection, host: &Host) -> StoreResult<()> {
     sqlx::query(
-        "UPDATE hosts SET draining = ?, max_instances = ?, vcpu_limit = ?, ram_limit_mb = ?, labels = ?, updated_at = ? \
-         WHERE id = ?",
+        "UPDATE hosts SET draining = ?, maintenance = ?, capacity_mode = ?, usb_devices = ?, max_instances = ?, \
+            vcpu_limit = ?, ram_limit_mb = ?, labels = ?, updated_at = ? WHERE id = ?",
     )
     .bind(host.draining)
+    .bind(host.maintenance)
+    .bind(host.capacity.mode.as_str())
+    .bind(usb_totals(host))
     .bind(host.capacity.max_instances)
     .bind(host.capacity.vcpu)
     .bind(host.capacity.ram_mb.map(|ram| ram as i64))
@@ -139,6 +210,26 @@ pub async fn update_settings(connection: &mut SqliteConnection, host: &Host) -> 
     .bind(host.id.to_string())
     .execute(connection)
     .await?;
+    Ok(())
+}
+
+fn usb_totals(host: &Host) -> String {
+    to_json(&host.usb_devices.iter().map(|(name, group)| (name.clone(), group.total)).collect::<BTreeMap<_, _>>())
+}
+
+/// Replaces the groups a host belongs to.
+pub async fn set_groups(connection: &mut SqliteConnection, host_id: Uuid, groups: &[Uuid]) -> StoreResult<()> {
+    sqlx::query("DELETE FROM host_groups WHERE host_id = ?")
+        .bind(host_id.to_string())
+        .execute(&mut *connection)
+        .await?;
+    for group in groups {
+        sqlx::query("INSERT INTO host_groups (host_id, group_id) VALUES (?, ?)")
+            .bind(host_id.to_string())
+            .bind(group.to_string())
+            .execute(&mut *connection)
+            .await?;
+    }
     Ok(())
 }
 

@@ -41,6 +41,8 @@ fn from_row(row: &SqliteRow) -> StoreResult<Instance> {
         vcpu: row.try_get("vcpu")?,
         ram_mb: row.try_get::<i64, _>("ram_mb")? as u64,
         disk_gb: row.try_get::<i64, _>("disk_gb")? as u64,
+        priority: row.try_get("priority")?,
+        placement: parse_json(row.try_get("placement")?)?,
         ip: row.try_get("ip")?,
         mac: row.try_get("mac")?,
         metadata: parse_json(row.try_get("metadata")?)?,
@@ -107,8 +109,8 @@ fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &
 pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO instances (id, name, external_id, state, template_id, template_version, provider, host_id, \
-            requested_host_id, provider_id, vcpu, ram_mb, disk_gb, ip, mac, metadata, startup_script, startup_result, error, origin, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            requested_host_id, provider_id, vcpu, ram_mb, disk_gb, priority, placement, ip, mac, metadata, startup_script, startup_result, error, origin, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(instance.id.to_string())
     .bind(&instance.name)
@@ -123,6 +125,8 @@ pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> S
     .bind(instance.vcpu)
     .bind(instance.ram_mb as i64)
     .bind(instance.disk_gb as i64)
+    .bind(instance.priority)
+    .bind(to_json(&instance.placement))
     .bind(&instance.ip)
     .bind(&instance.mac)
     .bind(to_json(&instance.metadata))

@@ -6,6 +6,7 @@
 //! the commit. Reads use a separate pool and never block behind writers (WAL).
 
 pub mod events;
+pub mod groups;
 pub mod hosts;
 pub mod instances;
 pub mod plugin_state;

@@ -1,6 +1,7 @@
 //! The native API, version 1. Paths here are the public contract.
 
 mod events;
+mod groups;
 mod hosts;
 mod instances;
 mod tasks;
@@ -56,6 +57,12 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::list_tasks))
         .routes(routes!(tasks::get_task, tasks::cancel_task))
         .routes(routes!(events::list_events))
+        .routes(routes!(groups::create_group, groups::list_groups))
+        .routes(routes!(groups::get_group, groups::update_group, groups::delete_group))
+        .routes(routes!(groups::add_group_hosts))
+        .routes(routes!(groups::remove_group_host))
+        .routes(routes!(groups::explain_placement))
+        .routes(routes!(groups::plan_placement))
 }
 
 /// `?wait=<seconds>` on operations that start a task.

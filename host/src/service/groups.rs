@@ -1,0 +1,194 @@
+//! Node groups: CRUD, membership, and fallback chains without cycles.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Service, ServiceError, ServiceResult};
+use crate::model::{Group, GroupStrategy, NewEvent};
+use crate::scheduler::{self, GroupPolicy};
+use crate::store;
+
+/// `POST /v1/groups`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroup {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Group (name or id) that takes requests this one has no room for.
+    pub fallback_group: Option<String>,
+    #[serde(default)]
+    pub strategy: GroupStrategy,
+}
+
+/// `PATCH /v1/groups/{id}`: fields absent are left as they are; `fallback_group: ""` clears it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub fallback_group: Option<String>,
+    pub strategy: Option<GroupStrategy>,
+}
+
+fn check_group_name(name: &str) -> ServiceResult<()> {
+    if !crate::config::is_valid_name(name) {
+        return Err(ServiceError::Invalid(format!("group name '{name}' must be 1-63 characters of a-z, 0-9 and '-'")));
+    }
+    Ok(())
+}
+
+impl Service {
+    pub async fn list_groups(&self) -> ServiceResult<Vec<Group>> {
+        Ok(store::groups::list(&mut *self.store().reader().await?).await?)
+    }
+
+    /// A group by id or name.
+    pub async fn resolve_group(&self, reference: &str) -> ServiceResult<Group> {
+        let mut reader = self.store().reader().await?;
+        let found = match Uuid::parse_str(reference) {
+            Ok(id) => store::groups::get(&mut reader, id).await?,
+            Err(_) => store::groups::get_by_name(&mut reader, reference).await?,
+        };
+        found.ok_or_else(|| ServiceError::not_found("group", reference))
+    }
+
+    pub async fn create_group(&self, request: NewGroup, actor: &str) -> ServiceResult<Group> {
+        check_group_name(&request.name)?;
+        let fallback = match &request.fallback_group {
+            Some(fallback) => Some(self.resolve_group(fallback).await?.id),
+            None => None,
+        };
+        let mut transaction = self.store().begin().await?;
+        if store::groups::get_by_name(&mut transaction, &request.name).await?.is_some() {
+            return Err(ServiceError::Conflict(format!("group '{}' already exists", request.name)));
+        }
+        let now = store::now();
+        let group = Group {
+            id: Uuid::now_v7(),
+            name: request.name,
+            description: request.description,
+            fallback_group_id: fallback,
+            strategy: request.strategy,
+            hosts: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        store::groups::insert(&mut transaction, &group).await?;
+        transaction
+            .append_event(
+                NewEvent::new("group.created", "group", group.id).actor(actor).data(json!({ "name": group.name })),
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(group)
+    }
+
+    pub async fn update_group(&self, reference: &str, patch: GroupPatch, actor: &str) -> ServiceResult<Group> {
+        if let Some(name) = &patch.name {
+            check_group_name(name)?;
+        }
+        let id = self.resolve_group(reference).await?.id;
+        let fallback = match patch.fallback_group.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(fallback) => Some(Some(self.resolve_group(fallback).await?.id)),
+        };
+        let mut transaction = self.store().begin().await?;
+        let mut group = store::groups::get(&mut transaction, id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("group", reference))?;
+        if let Some(Some(fallback)) = fallback {
+            let policies: HashMap<Uuid, GroupPolicy> = store::groups::list(&mut transaction)
+                .await?
+                .into_iter()
+                .map(|group| (group.id, GroupPolicy { fallback: group.fallback_group_id, strategy: group.strategy }))
+                .collect();
+            if scheduler::creates_cycle(&policies, id, fallback) {
+                return Err(ServiceError::Invalid(format!(
+                    "fallback_group: falling back to {fallback} would make a cycle of fallback groups"
+                )));
+            }
+        }
+        if let Some(name) = patch.name.clone() {
+            if name != group.name && store::groups::get_by_name(&mut transaction, &name).await?.is_some() {
+                return Err(ServiceError::Conflict(format!("group '{name}' already exists")));
+            }
+            group.name = name;
+        }
+        if let Some(description) = patch.description.clone() {
+            group.description = description;
+        }
+        if let Some(fallback) = fallback {
+            group.fallback_group_id = fallback;
+        }
+        if let Some(strategy) = patch.strategy {
+            group.strategy = strategy;
+        }
+        group.updated_at = store::now();
+        store::groups::update(&mut transaction, &group).await?;
+        transaction
+            .append_event(
+                NewEvent::new("group.updated", "group", id)
+                    .actor(actor)
+                    .data(serde_json::to_value(&patch).unwrap_or_default()),
+            )
+            .await?;
+        transaction.commit().await?;
+        self.task_engine().wake();
+        Ok(group)
+    }
+
+    pub async fn delete_group(&self, reference: &str, actor: &str) -> ServiceResult<()> {
+        let group = self.resolve_group(reference).await?;
+        let mut transaction = self.store().begin().await?;
+        store::groups::delete(&mut transaction, group.id).await?;
+        transaction
+            .append_event(
+                NewEvent::new("group.deleted", "group", group.id).actor(actor).data(json!({ "name": group.name })),
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Adds (`member: true`) or removes hosts from a group.
+    pub async fn set_group_membership(
+        &self,
+        reference: &str,
+        host_ids: &[Uuid],
+        member: bool,
+        actor: &str,
+    ) -> ServiceResult<Group> {
+        let group = self.resolve_group(reference).await?;
+        let mut transaction = self.store().begin().await?;
+        for host_id in host_ids {
+            let host = store::hosts::get(&mut transaction, *host_id)
+                .await?
+                .ok_or_else(|| ServiceError::not_found("host", host_id))?;
+            let mut groups = host.groups.clone();
+            groups.retain(|existing| *existing != group.id);
+            if member {
+                groups.push(group.id);
+            }
+            store::hosts::set_groups(&mut transaction, host.id, &groups).await?;
+            transaction
+                .append_event(
+                    NewEvent::new(if member { "group.host_added" } else { "group.host_removed" }, "group", group.id)
+                        .actor(actor)
+                        .data(json!({ "host_id": host.id })),
+                )
+                .await?;
+        }
+        let group = store::groups::get(&mut transaction, group.id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("group", reference))?;
+        transaction.commit().await?;
+        self.task_engine().wake();
+        Ok(group)
+    }
+}
