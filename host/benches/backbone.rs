@@ -146,6 +146,21 @@ config = {{ hosts = 16, cpu = 4096, ram_mb = 16777216, disk_gb = 1000000, delays
         total as f64 / elapsed.as_secs_f64()
     );
 
+    // Placement alone: from the first `instance.created` to the last `instance.placed` event.
+    let log = http.get(format!("{base}/v1/events?since=0")).bearer_auth(TOKEN).send().await?.text().await?;
+    let events: Vec<Value> = log.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    let time_of = |event: &Value| event["time"].as_str().and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok());
+    let first_created = events.iter().filter(|event| event["type"] == "instance.created").filter_map(time_of).min();
+    let placed: Vec<_> = events.iter().filter(|event| event["type"] == "instance.placed").filter_map(time_of).collect();
+    if let (Some(first), Some(last)) = (first_created, placed.iter().max()) {
+        let span = (*last - first).num_milliseconds().max(1) as f64 / 1e3;
+        println!(
+            "placed and committed via API (same run): {} instances in {span:.2} s = {:.0} placements/s",
+            placed.len(),
+            placed.len() as f64 / span
+        );
+    }
+
     // GET /v1/instances/{id} next to a bare axum handler answering the same body.
     let list: Value = http.get(format!("{base}/v1/instances?limit=1")).bearer_auth(TOKEN).send().await?.json().await?;
     let instance = list["items"][0].clone();

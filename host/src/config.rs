@@ -83,6 +83,8 @@ pub struct TaskConfig {
 pub struct ReconcileConfig {
     /// Period of the loop that compares providers' reports with the database.
     pub interval_secs: f64,
+    /// A host whose provider has not reported it for this long goes offline.
+    pub host_offline_after_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,7 +146,7 @@ impl Default for TaskConfig {
 
 impl Default for ReconcileConfig {
     fn default() -> Self {
-        Self { interval_secs: 10.0 }
+        Self { interval_secs: 10.0, host_offline_after_secs: 60.0 }
     }
 }
 
@@ -194,6 +196,14 @@ impl Config {
         }
         if !(self.reconcile.interval_secs >= 0.05 && self.reconcile.interval_secs <= 86_400.0) {
             return invalid("reconcile.interval_secs", "must be between 0.05 and 86400 seconds");
+        }
+        if !(self.reconcile.host_offline_after_secs >= self.reconcile.interval_secs
+            && self.reconcile.host_offline_after_secs <= 86_400.0)
+        {
+            return invalid(
+                "reconcile.host_offline_after_secs",
+                "must be at least reconcile.interval_secs and at most 86400",
+            );
         }
         let mut names = std::collections::BTreeSet::new();
         for (index, provider) in self.providers.iter().enumerate() {

@@ -269,6 +269,8 @@ pub struct Host {
     pub draining: bool,
     pub capacity: Capacity,
     pub usage: Usage,
+    /// Use of the tightest counted resource, from 0 to 1.
+    pub utilization: f64,
     /// Operator's flag: takes no new instances.
     pub maintenance: bool,
     pub labels: Labels,

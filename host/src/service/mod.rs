@@ -86,7 +86,7 @@ impl ServiceSettings {
         let reconcile_interval = Duration::from_secs_f64(config.reconcile.interval_secs);
         ServiceSettings {
             reconcile_interval,
-            host_offline_after: (reconcile_interval * 3).max(Duration::from_secs(30)),
+            host_offline_after: Duration::from_secs_f64(config.reconcile.host_offline_after_secs),
             task_concurrency: config.tasks.concurrency,
             task_max_attempts: config.tasks.max_attempts,
         }

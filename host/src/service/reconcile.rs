@@ -89,6 +89,7 @@ impl Service {
                         draining: false,
                         capacity: Capacity::default(),
                         usage: Usage::default(),
+                        utilization: 0.0,
                         maintenance: false,
                         labels: Default::default(),
                         groups: Vec::new(),
@@ -117,7 +118,8 @@ impl Service {
                     host.last_report_at = Some(now);
                     host.updated_at = now;
                     store::hosts::update_report(&mut transaction, &host, reported_state).await?;
-                    let effective = effective_state(reported_state, host.draining);
+                    let effective =
+                        store::hosts::get(&mut transaction, host.id).await?.map_or(reported_state, |host| host.state);
                     if effective != existing.state {
                         transaction
                             .append_event(
@@ -301,8 +303,4 @@ impl Service {
         tracing::warn!(instance = %id, provider, "instance appeared on its provider behind our back");
         Ok(())
     }
-}
-
-fn effective_state(reported: HostState, draining: bool) -> HostState {
-    if draining && reported == HostState::Active { HostState::Draining } else { reported }
 }

@@ -45,6 +45,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Host> {
             ram_mb: row.try_get::<i64, _>("used_ram_mb")? as u64,
             disk_gb: row.try_get::<i64, _>("used_disk_gb")? as u64,
         },
+        utilization: 0.0,
         maintenance: row.try_get("maintenance")?,
         labels: parse_json(row.try_get("labels")?)?,
         groups: Vec::new(),
@@ -58,6 +59,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Host> {
         updated_at: parse_time(row.try_get("updated_at")?)?,
     };
     host.state = effective_state(&host, reported);
+    host.utilization = utilization(&host);
     Ok(host)
 }
 
@@ -75,6 +77,20 @@ fn effective_state(host: &Host, reported: HostState) -> HostState {
         CapacityMode::Resource => host.usage.vcpu >= host.vcpu_limit() || host.usage.ram_mb >= host.ram_limit_mb(),
     };
     if full && host.usage.instances > 0 && host.usage.running == 0 { HostState::Unhealthy } else { HostState::Active }
+}
+
+fn utilization(host: &Host) -> f64 {
+    let ratio = |used: f64, limit: f64| if limit > 0.0 { used / limit } else { 0.0 };
+    let mut tightest = ratio(host.usage.disk_gb as f64, host.disk_gb as f64);
+    if let Some(max) = host.capacity.max_instances {
+        tightest = tightest.max(ratio(f64::from(host.usage.instances), f64::from(max)));
+    }
+    if host.capacity.mode == CapacityMode::Resource {
+        tightest = tightest
+            .max(ratio(f64::from(host.usage.vcpu), f64::from(host.vcpu_limit())))
+            .max(ratio(host.usage.ram_mb as f64, host.ram_limit_mb() as f64));
+    }
+    (tightest * 1000.0).round() / 1000.0
 }
 
 /// Fills in what other tables know of the hosts: their groups and busy USB devices.
