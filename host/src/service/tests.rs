@@ -30,7 +30,7 @@ impl Drop for Fixture {
 async fn start(sim_config: serde_json::Value) -> Fixture {
     let directory = tempfile::tempdir().expect("temporary directory");
     let config = Config::from_toml(&format!(
-        "[reconcile]\ninterval_secs = 3600\n[[providers]]\nname = \"sim\"\ndriver = \"driver-sim\"\nconfig = {}\n",
+        "[reconcile]\ninterval_secs = 3600\nhost_offline_after_secs = 7200\n[[providers]]\nname = \"sim\"\ndriver = \"driver-sim\"\nconfig = {}\n",
         toml_inline(&sim_config)
     ))
     .expect("valid config");
