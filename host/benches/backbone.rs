@@ -149,7 +149,8 @@ config = {{ hosts = 16, cpu = 4096, ram_mb = 16777216, disk_gb = 1000000, delays
     // Placement alone: from the first `instance.created` to the last `instance.placed` event.
     let log = http.get(format!("{base}/v1/events?since=0")).bearer_auth(TOKEN).send().await?.text().await?;
     let events: Vec<Value> = log.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
-    let time_of = |event: &Value| event["time"].as_str().and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok());
+    let time_of =
+        |event: &Value| event["time"].as_str().and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok());
     let first_created = events.iter().filter(|event| event["type"] == "instance.created").filter_map(time_of).min();
     let placed: Vec<_> = events.iter().filter(|event| event["type"] == "instance.placed").filter_map(time_of).collect();
     if let (Some(first), Some(last)) = (first_created, placed.iter().max()) {

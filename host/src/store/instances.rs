@@ -4,7 +4,9 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid, parse_time, parse_uuid, to_json};
+use super::{
+    StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid, parse_time, parse_uuid, push_page, to_json,
+};
 use crate::model::{Instance, InstanceState};
 
 /// Conditions for listing instances, all combined with AND. `Some(vec![])`-style negations use
@@ -83,13 +85,7 @@ pub async fn list(connection: &mut SqliteConnection, filter: &InstanceFilter) ->
     if let Some(external_id) = &filter.external_id {
         query.push(" AND external_id = ").push_bind(external_id.clone());
     }
-    if let Some(after) = filter.after {
-        query.push(" AND id > ").push_bind(after.to_string());
-    }
-    query.push(" ORDER BY id");
-    if let Some(limit) = filter.limit {
-        query.push(" LIMIT ").push_bind(limit);
-    }
+    push_page(&mut query, filter.after, filter.limit);
     let rows = query.build().fetch_all(connection).await?;
     rows.iter().map(from_row).collect()
 }

@@ -179,6 +179,17 @@ pub(crate) fn parse_uuid(text: &str) -> StoreResult<uuid::Uuid> {
     uuid::Uuid::parse_str(text).map_err(|error| StoreError::Corrupt(format!("uuid '{text}': {error}")))
 }
 
+/// Ends a list query: rows after the cursor id, in id (creation) order, at most `limit`.
+pub(crate) fn push_page(query: &mut sqlx::QueryBuilder<'_, Sqlite>, after: Option<uuid::Uuid>, limit: Option<u32>) {
+    if let Some(after) = after {
+        query.push(" AND id > ").push_bind(after.to_string());
+    }
+    query.push(" ORDER BY id");
+    if let Some(limit) = limit {
+        query.push(" LIMIT ").push_bind(limit);
+    }
+}
+
 pub(crate) fn parse_optional_uuid(text: Option<String>) -> StoreResult<Option<uuid::Uuid>> {
     text.as_deref().map(parse_uuid).transpose()
 }

@@ -145,13 +145,7 @@ pub async fn list(connection: &mut SqliteConnection, filter: &TaskFilter) -> Sto
     if let Some(parent_id) = filter.parent_id {
         query.push(" AND parent_id = ").push_bind(parent_id.to_string());
     }
-    if let Some(after) = filter.after {
-        query.push(" AND id > ").push_bind(after.to_string());
-    }
-    query.push(" ORDER BY id");
-    if let Some(limit) = filter.limit {
-        query.push(" LIMIT ").push_bind(limit);
-    }
+    push_page(&mut query, filter.after, filter.limit);
     let rows = query.build().fetch_all(connection).await?;
     rows.iter().map(from_row).collect()
 }
