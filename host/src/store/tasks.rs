@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{
     StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_optional_uuid, parse_time, parse_uuid,
-    to_json,
+    push_page, to_json,
 };
 use crate::model::{Task, TaskError, TaskKind, TaskState};
 
