@@ -98,6 +98,21 @@ async fn drain_groups_labels_and_anti_affinity_steer_placement() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     let (status, refused) = server.post("/v1/instances", json!({ "template": "fleet", "group": "nope" })).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{refused}");
+
+    // Membership and deletion.
+    let listed = server.get("/v1/groups").await;
+    assert_eq!(listed.as_array().expect("groups").len(), 2);
+    assert_eq!(server.get("/v1/groups/big").await["hosts"].as_array().expect("hosts").len(), 2);
+    let (status, big) = server.request(Method::DELETE, &format!("/v1/groups/big/hosts/{}", id(2)), None).await;
+    assert_eq!(status, StatusCode::OK, "{big}");
+    assert_eq!(big["hosts"], json!([id(3)]));
+    let host = server.get(&format!("/v1/hosts/{}", id(3))).await;
+    assert_eq!(host["groups"], json!([big["id"]]));
+    let (status, _) = server.request(Method::DELETE, "/v1/groups/big", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = server.request(Method::GET, "/v1/groups/big", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(server.get("/v1/groups/small").await["fallback_group_id"], Value::Null, "the fallback is cleared");
 }
 
 #[tokio::test]

@@ -258,3 +258,64 @@ pub async fn update_cached_templates(connection: &mut SqliteConnection, host: &H
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Arch, Labels};
+
+    fn host(mode: CapacityMode, usage: Usage) -> Host {
+        let now = crate::store::now();
+        Host {
+            id: Uuid::nil(),
+            provider: "p".into(),
+            name: "h".into(),
+            arch: Arch::Amd64,
+            cpu: 4,
+            ram_mb: 4096,
+            disk_gb: 100,
+            hypervisor: "test".into(),
+            state: HostState::Active,
+            draining: false,
+            capacity: Capacity { mode, max_instances: Some(2), vcpu: None, ram_mb: None },
+            usage,
+            utilization: 0.0,
+            maintenance: false,
+            labels: Labels::new(),
+            groups: Vec::new(),
+            usb_devices: BTreeMap::new(),
+            cached_templates: Vec::new(),
+            last_report_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn check(mode: CapacityMode, usage: Usage, draining: bool, reported: HostState, expected: HostState) {
+        let mut host = host(mode, usage.clone());
+        host.draining = draining;
+        assert_eq!(effective_state(&host, reported), expected, "{mode:?} {usage:?} draining={draining} {reported:?}");
+    }
+
+    #[test]
+    fn effective_state_follows_report_drain_and_the_unhealthy_rule() {
+        let full_stuck = Usage { instances: 2, running: 0, vcpu: 4, ram_mb: 1024, disk_gb: 10 };
+        let full_running = Usage { running: 1, ..full_stuck.clone() };
+        let half = Usage { instances: 1, running: 0, vcpu: 1, ram_mb: 512, disk_gb: 5 };
+        check(CapacityMode::Resource, full_stuck.clone(), false, HostState::Active, HostState::Unhealthy);
+        check(CapacityMode::Number, full_stuck.clone(), false, HostState::Active, HostState::Unhealthy);
+        check(CapacityMode::Resource, full_running, false, HostState::Active, HostState::Active);
+        check(CapacityMode::Resource, half.clone(), false, HostState::Active, HostState::Active);
+        check(CapacityMode::Resource, half, true, HostState::Active, HostState::Draining);
+        check(CapacityMode::Resource, full_stuck.clone(), true, HostState::Active, HostState::Draining);
+        check(CapacityMode::Resource, full_stuck, false, HostState::Offline, HostState::Offline);
+        check(CapacityMode::Resource, Usage::default(), false, HostState::Updating, HostState::Updating);
+    }
+
+    #[test]
+    fn utilization_is_the_tightest_counted_resource() {
+        let usage = Usage { instances: 1, running: 1, vcpu: 3, ram_mb: 1024, disk_gb: 10 };
+        assert_eq!(utilization(&host(CapacityMode::Resource, usage.clone())), 0.75);
+        assert_eq!(utilization(&host(CapacityMode::Number, usage)), 0.5);
+    }
+}
