@@ -6,7 +6,7 @@
 //! nested cargo gets a clean environment: the outer build's flags, wrappers (clippy's
 //! `RUSTC_WORKSPACE_WRAPPER`), profile overrides and jobserver are for the host, not the guests.
 //!
-//! Emits `HYPERPLANE_DRIVER_SIM_WASM` and `HYPERPLANE_DRIVER_HOSTILE_WASM` (absolute paths of
+//! Emits `BUNDLED_DRIVER_SIM_WASM` and `FIXTURE_DRIVER_HOSTILE_WASM` (absolute paths of
 //! the `.wasm` components) for `env!` in the host.
 
 use std::env;
@@ -29,12 +29,8 @@ struct Guest {
 }
 
 const GUESTS: [Guest; 2] = [
-    Guest { package: "driver-sim", artifact_stem: "driver_sim", path_variable: "HYPERPLANE_DRIVER_SIM_WASM" },
-    Guest {
-        package: "driver-hostile",
-        artifact_stem: "driver_hostile",
-        path_variable: "HYPERPLANE_DRIVER_HOSTILE_WASM",
-    },
+    Guest { package: "driver-sim", artifact_stem: "driver_sim", path_variable: "BUNDLED_DRIVER_SIM_WASM" },
+    Guest { package: "driver-hostile", artifact_stem: "driver_hostile", path_variable: "FIXTURE_DRIVER_HOSTILE_WASM" },
 ];
 
 /// What every component (as opposed to a core module) starts with: magic, version 0x0d, layer 1.

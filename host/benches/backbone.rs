@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn plugin_figures(scratch: &std::path::Path) -> anyhow::Result<()> {
-    let component: Arc<[u8]> = Arc::from(std::fs::read(env!("HYPERPLANE_DRIVER_SIM_WASM"))?);
+    let component: Arc<[u8]> = Arc::from(std::fs::read(env!("BUNDLED_DRIVER_SIM_WASM"))?);
     let settings = || {
         ProviderSettings {
         name: "bench".into(),

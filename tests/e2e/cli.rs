@@ -10,8 +10,6 @@ fn hyperplane(server: &Server, arguments: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hyperplane"))
         .args(["--url", &server.url, "--token", TOKEN])
         .args(arguments)
-        .env_remove("HYPERPLANE_DRIVER_SIM_WASM")
-        .env_remove("HYPERPLANE_DRIVER_HOSTILE_WASM")
         .output()
         .expect("run the hyperplane binary")
 }
@@ -68,13 +66,7 @@ fn serve_refuses_a_bad_configuration_naming_the_key() {
     std::fs::write(&file, "[plugins]\nmemory_limt_mib = 3\n").expect("write");
     let serve = |extra_environment: Option<(&str, &str)>, config: &std::path::Path| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_hyperplane"));
-        command
-            .args(["serve", "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(directory.path().join("data"))
-            .env_remove("HYPERPLANE_DRIVER_SIM_WASM")
-            .env_remove("HYPERPLANE_DRIVER_HOSTILE_WASM");
+        command.args(["serve", "--config"]).arg(config).arg("--data-dir").arg(directory.path().join("data"));
         if let Some((key, value)) = extra_environment {
             command.env(key, value);
         }

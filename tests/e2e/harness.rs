@@ -62,9 +62,6 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .env("HYPERPLANE_ADMIN_TOKEN", TOKEN)
-            // Set by cargo for the test binary (from the build script); not server settings.
-            .env_remove("HYPERPLANE_DRIVER_SIM_WASM")
-            .env_remove("HYPERPLANE_DRIVER_HOSTILE_WASM")
             .env("HYPERPLANE_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -199,5 +196,5 @@ fn with_shared_plugin_cache(config: &str) -> String {
 
 /// Path of a built fixture component.
 pub fn hostile_component() -> &'static str {
-    env!("HYPERPLANE_DRIVER_HOSTILE_WASM")
+    env!("FIXTURE_DRIVER_HOSTILE_WASM")
 }

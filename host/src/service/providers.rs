@@ -14,7 +14,7 @@ use crate::plugins::{
 use crate::store::{self, Store};
 
 /// The simulated driver, built from `plugins/driver-sim` and bundled into the binary.
-const DRIVER_SIM_COMPONENT: &[u8] = include_bytes!(env!("HYPERPLANE_DRIVER_SIM_WASM"));
+const DRIVER_SIM_COMPONENT: &[u8] = include_bytes!(env!("BUNDLED_DRIVER_SIM_WASM"));
 
 /// All configured providers by name, each with its driver (when it loaded) and status.
 #[derive(Clone, Default)]

@@ -394,6 +394,7 @@ async fn finish_in(transaction: &mut WriteTx, task: &mut Task, outcome: TaskOutc
         TaskOutcome::Succeeded(result) => {
             task.state = TaskState::Succeeded;
             task.progress = 1.0;
+            task.message = None;
             task.result = Some(result);
             task.error = None;
         }

@@ -10,8 +10,8 @@ use metrics::{Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Reco
 
 use crate::plugins::{ComponentSource, PluginRuntime, ProviderSettings, RuntimeSettings};
 
-pub(super) const DRIVER_SIM_WASM: &str = env!("HYPERPLANE_DRIVER_SIM_WASM");
-pub(super) const DRIVER_HOSTILE_WASM: &str = env!("HYPERPLANE_DRIVER_HOSTILE_WASM");
+pub(super) const DRIVER_SIM_WASM: &str = env!("BUNDLED_DRIVER_SIM_WASM");
+pub(super) const DRIVER_HOSTILE_WASM: &str = env!("FIXTURE_DRIVER_HOSTILE_WASM");
 
 /// One runtime for the whole test binary, so each component compiles once.
 pub(super) fn shared_runtime() -> &'static PluginRuntime {
