@@ -211,6 +211,14 @@ pub struct UsbDeviceGroup {
     pub total: u32,
     /// In use by instances on the host.
     pub busy: u32,
+    /// Free for new instances.
+    pub available: u32,
+}
+
+impl UsbDeviceGroup {
+    pub fn new(total: u32, busy: u32) -> Self {
+        UsbDeviceGroup { total, busy, available: total.saturating_sub(busy) }
+    }
 }
 
 /// A node group: hosts that serve requests for it, and where requests go when it is full.

@@ -94,6 +94,17 @@ async fn drain_groups_labels_and_anti_affinity_steer_placement() {
         .map(|instance| instance["host_id"].as_str().expect("placed"))
         .collect();
     assert_eq!(job_hosts.len(), 3, "one job's instances on different hosts");
+    // A USB device: the instance takes the host's only free one.
+    patch(&server, &format!("/v1/hosts/{}", id(3)), json!({ "usb_devices": { "iphone": 1 } })).await;
+    let task = create_and_wait(&server, json!({ "template": "fleet", "usb_device": "iphone" })).await;
+    assert_eq!(host_of(&server, &task).await, id(3));
+    let usb = &server.get(&format!("/v1/hosts/{}", id(3))).await["usb_devices"]["iphone"];
+    assert_eq!(usb, &json!({ "total": 1, "busy": 1, "available": 0 }));
+    let (status, plan) =
+        server.post("/v1/placement/plan", json!({ "template": "fleet", "usb_device": "iphone" })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(plan["ruled_out"], json!({ "draining": 1, "missing_usb_device": 4 }), "{plan}");
+
     let (status, refused) = server.post("/v1/instances", json!({ "template": "fleet", "host_labels": ["gpu"] })).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     let (status, refused) = server.post("/v1/instances", json!({ "template": "fleet", "group": "nope" })).await;

@@ -104,7 +104,7 @@ impl Service {
                 .iter()
                 .map(|(name, total)| {
                     let busy = host.usb_devices.get(name).map_or(0, |group| group.busy);
-                    (name.clone(), UsbDeviceGroup { total: *total, busy })
+                    (name.clone(), UsbDeviceGroup::new(*total, busy))
                 })
                 .collect();
         }

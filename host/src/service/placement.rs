@@ -204,11 +204,7 @@ impl Service {
                     .iter()
                     .map(|template| (template.name.clone(), template.version))
                     .collect(),
-                usb_free: host
-                    .usb_devices
-                    .iter()
-                    .map(|(name, group)| (name.clone(), group.total.saturating_sub(group.busy)))
-                    .collect(),
+                usb_free: host.usb_devices.iter().map(|(name, group)| (name.clone(), group.available)).collect(),
                 affinity_keys: affinity.remove(&host.id).unwrap_or_default(),
             })
             .collect();

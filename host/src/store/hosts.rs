@@ -51,7 +51,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Host> {
         groups: Vec::new(),
         usb_devices: parse_json::<BTreeMap<String, u32>>(row.try_get("usb_devices")?)?
             .into_iter()
-            .map(|(name, total)| (name, UsbDeviceGroup { total, busy: 0 }))
+            .map(|(name, total)| (name, UsbDeviceGroup::new(total, 0)))
             .collect(),
         cached_templates: parse_json(row.try_get("cached_templates")?)?,
         last_report_at: parse_optional_time(row.try_get("last_report_at")?)?,
@@ -113,7 +113,8 @@ async fn complete(connection: &mut SqliteConnection, hosts: &mut [Host]) -> Stor
     for row in &busy {
         if let Some(index) = position.get(&parse_uuid(row.try_get("host_id")?)?) {
             let device: String = row.try_get("device")?;
-            hosts[*index].usb_devices.entry(device).or_default().busy = row.try_get("busy")?;
+            let group = hosts[*index].usb_devices.entry(device).or_default();
+            *group = UsbDeviceGroup::new(group.total, row.try_get("busy")?);
         }
     }
     Ok(())
