@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{Service, ServiceError, ServiceResult};
 use crate::model::{
     Instance, InstanceAction, InstanceOrigin, InstanceState, Labels, NewEvent, PlacementConstraints, Task, TaskKind,
-    TaskState,
+    TaskState, Template, Timestamp,
 };
 use crate::scheduler::LabelConstraint;
 use crate::store::{self, instances::InstanceFilter};
@@ -161,51 +161,15 @@ impl Service {
         idempotency_key: Option<String>,
         actor: &str,
     ) -> ServiceResult<Task> {
-        let count = check_range("count", request.count.unwrap_or(1), 1, 1000)?;
-        let vcpu = check_range("vcpu", request.vcpu.unwrap_or(DEFAULT_VCPU), 1, 512)?;
-        let ram_mb = check_range("ram_mb", request.ram_mb.unwrap_or(DEFAULT_RAM_MB), 64, 16 * 1024 * 1024)?;
-        let disk_gb = check_range("disk_gb", request.disk_gb.unwrap_or(DEFAULT_DISK_GB), 1, 65_536)?;
-        if let Some(name) = &request.name {
-            check_text("name", name, 128)?;
-        }
-        if let Some(external_id) = &request.external_id {
-            check_text("external_id", external_id, 256)?;
-        }
-        if let Some(metadata) = &request.metadata {
-            check_metadata(metadata)?;
-        }
-        if request.startup_script.as_ref().is_some_and(|script| script.len() > 64 * 1024) {
-            return Err(ServiceError::Invalid("startup_script must be at most 65536 bytes".into()));
-        }
         if let Some(key) = &idempotency_key {
             check_text("Idempotency-Key", key, 255)?;
         }
-        let priority = check_range("priority", request.priority.unwrap_or(DEFAULT_PRIORITY), 1, 10_000)?;
-        let placement = self.check_placement(&request).await?;
         let digest = hex::encode(Sha256::digest(serde_json::to_vec(&request).unwrap_or_default()));
         if let Some(task) = self.replay_idempotent(idempotency_key.as_deref(), &digest).await? {
             return Ok(task);
         }
-
-        let template = self.resolve_template(&request.template).await?;
-        let version = match (request.version, &request.tag) {
-            (Some(number), _) => {
-                Some(template.versions.iter().find(|version| version.number == number).ok_or_else(|| {
-                    ServiceError::not_found("template version", format!("{}:{number}", template.name))
-                })?)
-            }
-            (None, Some(tag)) => Some(
-                template
-                    .versions
-                    .iter()
-                    .find(|version| &version.tag == tag)
-                    .ok_or_else(|| ServiceError::not_found("template tag", format!("{}:{tag}", template.name)))?,
-            ),
-            (None, None) => template.latest_version(),
-        };
-        if let Some(host_id) = request.host_id {
-            self.get_host(host_id).await?;
-        }
+        let accepted = self.accept(&request).await?;
+        let (template, count) = (&accepted.template, accepted.count);
 
         let mut transaction = self.store().begin().await?;
         // Checked again under the write lock: two retries racing with one key create one task.
@@ -221,32 +185,7 @@ impl Service {
                 (Some(name), _) => format!("{name}-{}", index + 1),
                 (None, _) => format!("{}-{}", template.name, &id.simple().to_string()[24..]),
             };
-            instances.push(Instance {
-                id,
-                name,
-                external_id: request.external_id.clone(),
-                state: InstanceState::Scheduling,
-                template_id: Some(template.id),
-                template_version: version.map(|version| version.number),
-                provider: None,
-                host_id: None,
-                requested_host_id: request.host_id,
-                provider_id: None,
-                vcpu,
-                ram_mb,
-                disk_gb,
-                priority,
-                placement: placement.clone(),
-                ip: None,
-                mac: None,
-                metadata: request.metadata.clone().unwrap_or_default(),
-                startup_script: request.startup_script.clone(),
-                startup_result: None,
-                error: None,
-                origin: InstanceOrigin::Api,
-                created_at: now,
-                updated_at: now,
-            });
+            instances.push(accepted.instance(&request, id, name, now));
         }
         let tasks = self.task_engine();
         let batch = if count > 1 {
@@ -298,6 +237,52 @@ impl Service {
         transaction.commit().await?;
         tasks.wake();
         batch.or(single).ok_or_else(|| ServiceError::Internal("no task created".into()))
+    }
+
+    /// Validates a creation request, naming the field at fault, and resolves what it refers to.
+    pub(super) async fn accept(&self, request: &CreateInstances) -> ServiceResult<AcceptedRequest> {
+        let count = check_range("count", request.count.unwrap_or(1), 1, 1000)?;
+        let vcpu = check_range("vcpu", request.vcpu.unwrap_or(DEFAULT_VCPU), 1, 512)?;
+        let ram_mb = check_range("ram_mb", request.ram_mb.unwrap_or(DEFAULT_RAM_MB), 64, 16 * 1024 * 1024)?;
+        let disk_gb = check_range("disk_gb", request.disk_gb.unwrap_or(DEFAULT_DISK_GB), 1, 65_536)?;
+        if let Some(name) = &request.name {
+            check_text("name", name, 128)?;
+        }
+        if let Some(external_id) = &request.external_id {
+            check_text("external_id", external_id, 256)?;
+        }
+        if let Some(metadata) = &request.metadata {
+            check_metadata(metadata)?;
+        }
+        if request.startup_script.as_ref().is_some_and(|script| script.len() > 64 * 1024) {
+            return Err(ServiceError::Invalid("startup_script must be at most 65536 bytes".into()));
+        }
+        let priority = check_range("priority", request.priority.unwrap_or(DEFAULT_PRIORITY), 1, 10_000)?;
+        let placement = self.check_placement(request).await?;
+        let template = self.resolve_template(&request.template).await?;
+        let version = match (request.version, &request.tag) {
+            (Some(number), _) => Some(
+                template
+                    .versions
+                    .iter()
+                    .find(|version| version.number == number)
+                    .ok_or_else(|| ServiceError::not_found("template version", format!("{}:{number}", template.name)))?
+                    .number,
+            ),
+            (None, Some(tag)) => Some(
+                template
+                    .versions
+                    .iter()
+                    .find(|version| &version.tag == tag)
+                    .ok_or_else(|| ServiceError::not_found("template tag", format!("{}:{tag}", template.name)))?
+                    .number,
+            ),
+            (None, None) => template.latest_version().map(|version| version.number),
+        };
+        if let Some(host_id) = request.host_id {
+            self.get_host(host_id).await?;
+        }
+        Ok(AcceptedRequest { template, version, count, vcpu, ram_mb, disk_gb, priority, placement })
     }
 
     /// Validates where the request may go; names the field at fault.
@@ -516,6 +501,50 @@ impl Service {
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(task)
+    }
+}
+
+/// A creation request that passed validation, with its defaults applied.
+pub(super) struct AcceptedRequest {
+    pub(super) template: Template,
+    pub(super) version: Option<u32>,
+    pub(super) count: u32,
+    vcpu: u32,
+    ram_mb: u64,
+    disk_gb: u64,
+    priority: u32,
+    placement: PlacementConstraints,
+}
+
+impl AcceptedRequest {
+    /// One new instance of the request, waiting in `scheduling`.
+    pub(super) fn instance(&self, request: &CreateInstances, id: Uuid, name: String, now: Timestamp) -> Instance {
+        Instance {
+            id,
+            name,
+            external_id: request.external_id.clone(),
+            state: InstanceState::Scheduling,
+            template_id: Some(self.template.id),
+            template_version: self.version,
+            provider: None,
+            host_id: None,
+            requested_host_id: request.host_id,
+            provider_id: None,
+            vcpu: self.vcpu,
+            ram_mb: self.ram_mb,
+            disk_gb: self.disk_gb,
+            priority: self.priority,
+            placement: self.placement.clone(),
+            ip: None,
+            mac: None,
+            metadata: request.metadata.clone().unwrap_or_default(),
+            startup_script: request.startup_script.clone(),
+            startup_result: None,
+            error: None,
+            origin: InstanceOrigin::Api,
+            created_at: now,
+            updated_at: now,
+        }
     }
 }
 

@@ -10,7 +10,6 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::instances::DEFAULT_PRIORITY;
 use super::{CreateInstances, Service, ServiceError, ServiceResult};
 use crate::model::{Host, HostState, Instance, InstanceState, NewEvent, Template};
 use crate::scheduler::{
@@ -111,37 +110,8 @@ impl Service {
 
     /// Where a request would go now, behind the queue of waiting ones, without creating anything.
     pub async fn plan_placement(&self, request: CreateInstances) -> ServiceResult<PlacementExplanation> {
-        let vcpu = request.vcpu.unwrap_or(2);
-        let ram_mb = request.ram_mb.unwrap_or(2048);
-        let disk_gb = request.disk_gb.unwrap_or(20);
-        let template = self.resolve_template(&request.template).await?;
-        let constraints = self.check_placement(&request).await?;
-        let probe = Instance {
-            id: Uuid::now_v7(),
-            name: "plan".into(),
-            external_id: None,
-            state: InstanceState::Scheduling,
-            template_id: Some(template.id),
-            template_version: template.latest_version().map(|version| version.number),
-            provider: None,
-            host_id: None,
-            requested_host_id: request.host_id,
-            provider_id: None,
-            vcpu,
-            ram_mb,
-            disk_gb,
-            priority: request.priority.unwrap_or(DEFAULT_PRIORITY),
-            placement: constraints,
-            ip: None,
-            mac: None,
-            metadata: Default::default(),
-            startup_script: None,
-            startup_result: None,
-            error: None,
-            origin: crate::model::InstanceOrigin::Api,
-            created_at: store::now(),
-            updated_at: store::now(),
-        };
+        let accepted = self.accept(&request).await?;
+        let probe = accepted.instance(&request, Uuid::now_v7(), "plan".into(), store::now());
         let templates = self.templates_by_id().await?;
         let mut reader = self.store().reader().await?;
         let mut snapshot = self.snapshot(&mut reader).await?;
