@@ -20,7 +20,8 @@ use wasmtime::{Store, UpdateDeadline};
 use super::bindings;
 use super::component_cache::CacheOutcome;
 use super::driver_types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, Host, Instance, InstanceSpec, TemplateRef,
+    CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, HostReport, Instance, InstanceSpec,
+    TemplateRef,
 };
 use super::errors::{CallError, LoadError};
 use super::http::OutgoingHttpAllowList;
@@ -178,7 +179,7 @@ impl Driver {
         Ok(())
     }
 
-    pub async fn list_hosts(&self) -> Result<Vec<Host>, CallError> {
+    pub async fn list_hosts(&self) -> Result<Vec<HostReport>, CallError> {
         self.call("list-hosts", move |mut instance| async move {
             let result = instance.hypervisor.call_list_hosts(&mut instance.store).await;
             (instance, result)

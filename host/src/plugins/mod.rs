@@ -35,9 +35,9 @@ pub use state::{MAX_STATE_KEY_BYTES, MAX_STATE_VALUE_BYTES, MemoryStateStore, Pl
 
 /// The plain data types of `hyperplane:driver/types@0.1.0`, generated from the WIT.
 pub mod driver_types {
-    pub use super::bindings::exports::hyperplane::driver::types::{
+    pub use super::bindings::hyperplane::driver::types::{
         Arch, BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, Error,
-        Error as DriverError, ExecResult, Host, HostState, Instance, InstanceSpec, InstanceState, KeyValue,
+        Error as DriverError, ExecResult, HostReport, HostState, Instance, InstanceSpec, InstanceState, KeyValue,
         TemplateRef,
     };
 }

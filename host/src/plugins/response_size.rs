@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use super::driver_types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, Host, Instance, TemplateRef,
+    CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, HostReport, Instance, TemplateRef,
 };
 
 pub(crate) trait EstimatedSize {
@@ -62,7 +62,7 @@ macro_rules! record_size {
 }
 
 record_size!(
-    Host { id, cpu, ram_mb, disk_gb, hypervisor, cached_templates },
+    HostReport { id, cpu, ram_mb, disk_gb, hypervisor, cached_templates },
     CachedTemplate { name, version, tag, size_bytes },
     TemplateRef { name, version, tag, size_bytes },
     Instance { id, host, ip, mac },

@@ -56,9 +56,8 @@ impl PluginRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|error| LoadError::Engine(error.to_string()))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|error| LoadError::Engine(error.to_string()))?;
-        bindings::DriverHostView::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |data| data)
+        bindings::Driver::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |data| data)
             .map_err(|error| LoadError::Engine(error.to_string()))?;
-        linker.instance(bindings::DRIVER_TYPES_INTERFACE).map_err(|error| LoadError::Engine(error.to_string()))?;
 
         let component_cache = Arc::new(ComponentCache::new(engine.clone(), settings.cache_dir)?);
         let epoch_ticker = EpochTicker::start(&engine).map_err(|error| LoadError::Engine(error.to_string()))?;

@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use hyperplane_guest::Guest;
 use hyperplane_guest::state::HostStore;
 use hyperplane_guest::types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, Host, Instance, InstanceSpec, TemplateRef,
+    CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, HostReport, Instance, InstanceSpec, TemplateRef,
 };
 
 use crate::config::Settings;
@@ -38,7 +38,7 @@ impl Guest for SimulatedDriver {
         Ok(ComponentSimulator::capabilities())
     }
 
-    fn list_hosts() -> Result<Vec<Host>, Error> {
+    fn list_hosts() -> Result<Vec<HostReport>, Error> {
         simulator()?.list_hosts()
     }
 

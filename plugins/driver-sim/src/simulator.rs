@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use hyperplane_guest::state::{Change, JsonState, KeyValueStore};
 use hyperplane_guest::types::{
-    BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, Error, ExecResult, Host, HostState,
-    Instance, InstanceSpec, InstanceState, TemplateRef,
+    BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, Error, ExecResult, HostReport,
+    HostState, Instance, InstanceSpec, InstanceState, TemplateRef,
 };
 
 use crate::config::{Settings, SimulatedHost};
@@ -72,13 +72,13 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
         Capabilities { exec: true, console: true, templates: true, snapshots: false, suspend: false }
     }
 
-    pub fn list_hosts(&self) -> Result<Vec<Host>, Error> {
+    pub fn list_hosts(&self) -> Result<Vec<HostReport>, Error> {
         let cached: Vec<(String, CachedTemplateRecord)> = self.state.scan_json(TEMPLATE_PREFIX)?;
         Ok(self
             .settings
             .hosts
             .iter()
-            .map(|host| Host {
+            .map(|host| HostReport {
                 id: host.id.clone(),
                 arch: host.arch,
                 cpu: host.cpu,
