@@ -2,6 +2,7 @@
 //! priority, and placement you can ask about.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -94,6 +95,21 @@ async fn drain_groups_labels_and_anti_affinity_steer_placement() {
         .map(|instance| instance["host_id"].as_str().expect("placed"))
         .collect();
     assert_eq!(job_hosts.len(), 3, "one job's instances on different hosts");
+    // A later pass sees the running ones too: the three hosts that take instances are taken.
+    let (status, late) =
+        server.post("/v1/instances", json!({ "template": "fleet", "anti_affinity_key": "job-9" })).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{late}");
+    let late_instance = late["object_id"].as_str().expect("instance");
+    let waiting = server
+        .wait_until(&format!("/v1/tasks/{}", late["id"].as_str().expect("task")), Duration::from_secs(10), |task| {
+            task["message"].as_str().is_some_and(|message| message.contains("anti-affinity"))
+        })
+        .await;
+    assert_eq!(waiting["state"], "pending", "{waiting}");
+    let explained = server.get(&format!("/v1/instances/{late_instance}/placement")).await;
+    assert_eq!(explained["ruled_out"]["anti_affinity"], 3, "{explained}");
+    let (status, _) = server.request(Method::DELETE, &format!("/v1/instances/{late_instance}?wait=30"), None).await;
+    assert_eq!(status, StatusCode::OK);
     // A USB device: the instance takes the host's only free one.
     patch(&server, &format!("/v1/hosts/{}", id(3)), json!({ "usb_devices": { "iphone": 1 } })).await;
     let task = create_and_wait(&server, json!({ "template": "fleet", "usb_device": "iphone" })).await;

@@ -143,16 +143,7 @@ impl Service {
             .into_iter()
             .map(|group| (group.id, GroupPolicy { fallback: group.fallback_group_id, strategy: group.strategy }))
             .collect();
-        let placed = store::instances::list(
-            connection,
-            &InstanceFilter { excluded_states: vec![InstanceState::Terminated], ..Default::default() },
-        )
-        .await?;
-        let mut affinity: HashMap<Uuid, HashMap<String, u32>> = HashMap::new();
-        for instance in &placed {
-            let (Some(host_id), Some(key)) = (instance.host_id, affinity_key_of(instance)) else { continue };
-            *affinity.entry(host_id).or_default().entry(key.to_owned()).or_insert(0) += 1;
-        }
+        let mut affinity = store::instances::affinity_keys_by_host(connection).await?;
         let loaded: Vec<&str> = self.providers().loaded().map(|(name, _)| name).collect();
         let candidates = hosts
             .iter()
@@ -180,11 +171,6 @@ impl Service {
             .collect();
         Ok(Snapshot { hosts, candidates, groups, waiting })
     }
-}
-
-/// Both kinds of affinity share one key space: instances "of job 42" attract or repel.
-fn affinity_key_of(instance: &Instance) -> Option<&str> {
-    instance.placement.affinity_key.as_deref().or(instance.placement.anti_affinity_key.as_deref())
 }
 
 fn placement_request(instance: &Instance, templates: &HashMap<Uuid, Template>) -> PlacementRequest {

@@ -159,3 +159,26 @@ pub async fn update(connection: &mut SqliteConnection, instance: &Instance) -> S
     .await?;
     Ok(())
 }
+
+/// Per host, how many live instances carry each affinity key (`affinity_key`, else
+/// `anti_affinity_key`: both share one key space). Counted in SQL so that placement does not
+/// load every instance.
+pub async fn affinity_keys_by_host(
+    connection: &mut SqliteConnection,
+) -> StoreResult<std::collections::HashMap<Uuid, std::collections::HashMap<String, u32>>> {
+    let rows = sqlx::query(
+        "SELECT host_id, key, COUNT(*) AS count FROM ( \
+             SELECT host_id, COALESCE(json_extract(placement, '$.affinity_key'), \
+                                      json_extract(placement, '$.anti_affinity_key')) AS key \
+             FROM instances WHERE host_id IS NOT NULL AND state != 'terminated' \
+         ) WHERE key IS NOT NULL GROUP BY host_id, key",
+    )
+    .fetch_all(connection)
+    .await?;
+    let mut keys: std::collections::HashMap<Uuid, std::collections::HashMap<String, u32>> = Default::default();
+    for row in &rows {
+        let host_id = parse_uuid(row.try_get("host_id")?)?;
+        keys.entry(host_id).or_default().insert(row.try_get("key")?, row.try_get("count")?);
+    }
+    Ok(keys)
+}
