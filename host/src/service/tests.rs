@@ -155,8 +155,10 @@ async fn a_request_that_fits_nowhere_waits_and_can_be_cancelled() {
     assert_eq!(task.state, TaskState::Succeeded);
 
     let waiting = service.create_instances(create_request("base"), None, "test").await.expect("accepted");
-    let still = service.wait_task(waiting.id, Duration::from_millis(300)).await.expect("task");
+    let still = service.wait_task(waiting.id, Duration::from_millis(500)).await.expect("task");
     assert_eq!(still.state, TaskState::Pending);
+    // A wait that times out answers the task as it is then, with why it waits.
+    assert!(still.message.as_deref().is_some_and(|message| message.contains("1 full")), "{still:?}");
     assert_eq!(
         service.get_instance(still.object_id.expect("instance")).await.expect("instance").state,
         InstanceState::Scheduling

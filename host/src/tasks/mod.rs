@@ -372,12 +372,13 @@ impl TaskEngine {
             let task = store::tasks::get(&mut *self.shared.store.reader().await?, id)
                 .await?
                 .ok_or(TaskEngineError::NotFound(id))?;
-            if task.state.is_final() {
+            if task.state.is_final() || tokio::time::Instant::now() >= deadline {
                 return Ok(task);
             }
             loop {
                 match tokio::time::timeout_at(deadline, finished.recv()).await {
-                    Err(_) => return Ok(task),
+                    // Time is up: answer the task as it is now (progress, message), not as it was.
+                    Err(_) => break,
                     Ok(Ok(finished_id)) if finished_id != id => continue,
                     // Ours finished, or we lagged behind and must re-read.
                     Ok(_) => break,
