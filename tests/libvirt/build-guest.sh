@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Build a tiny bootable guest for direct kernel boot: a Debian cloud kernel (from its
-# .deb) + a busybox-static initramfs, plus an empty qcow2 base volume.
+# Build a tiny bootable guest: a Debian cloud kernel (from its .deb) + a busybox-static
+# initramfs, for direct kernel boot and as a bootable disk image (a template).
 #
 #   tests/libvirt/build-guest.sh OUTDIR
 #
-# OUTDIR gets vmlinuz, initrd.img, base.qcow2 and guest.env (also printed on stdout as
-# KEY=VALUE lines). Cached: a second run with the same script and kernel does nothing.
-# Needs busybox-static, cpio, qemu-img (setup.sh installs them) and Debian's apt lists.
+# OUTDIR gets vmlinuz, initrd.img, base.qcow2 (empty, for overlays), boot.qcow2 (bootable:
+# SYSLINUX, the kernel and the initramfs on an unpartitioned FAT filesystem) and guest.env
+# (also printed on stdout as KEY=VALUE lines). Cached: a second run with the same script
+# and kernel does nothing. Needs busybox-static, cpio, qemu-img, syslinux, mtools and
+# dosfstools (setup.sh installs them) and Debian's apt lists.
 #
 # The guest's /init mounts proc/sys/dev, loads button+evdev (ACPI power button ->
 # input event) and virtio (disk, NIC), starts busybox acpid whose PWRF handler runs
@@ -20,7 +22,7 @@ set -euo pipefail
 OUT=${1:?usage: build-guest.sh OUTDIR}
 log() { printf 'build-guest: %s\n' "$*" >&2; }
 die() { printf 'build-guest: ERROR: %s\n' "$*" >&2; exit 1; }
-for b in busybox cpio gzip qemu-img dpkg-deb apt-get; do
+for b in busybox cpio gzip qemu-img dpkg-deb apt-get syslinux mcopy mkfs.vfat; do
   command -v "$b" >/dev/null || die "$b not found (run tests/libvirt/setup.sh first)"
 done
 [[ $(busybox --list) == *acpid* ]] || die "busybox has no acpid applet (need busybox-static)"
@@ -113,7 +115,22 @@ rm -rf "$root" "$OUT/kernel"
 [[ -s $OUT/base.qcow2 ]] || qemu-img create -q -f qcow2 "$OUT/base.qcow2" 64M
 chmod 0644 "$OUT/base.qcow2"
 
+# --- bootable disk: SYSLINUX on an unpartitioned FAT image --------------------
+# SeaBIOS boots sector 0 like a floppy's; no partition table, no loop mount, no root
+# needed for mtools. The template the end-to-end tests upload.
+raw="$OUT/boot.raw"
+rm -f "$raw" && truncate -s 48M "$raw"
+mkfs.vfat -n HPGUEST "$raw" >/dev/null
+syslinux --install "$raw"
+printf '%s\n' 'DEFAULT guest' 'TIMEOUT 0' 'PROMPT 0' 'LABEL guest' '  KERNEL vmlinuz' \
+  '  INITRD initrd.img' '  APPEND console=ttyS0' >"$OUT/syslinux.cfg"
+mcopy -i "$raw" "$OUT/vmlinuz" "$OUT/initrd.img" "$OUT/syslinux.cfg" ::/
+qemu-img convert -q -f raw -O qcow2 "$raw" "$OUT/boot.qcow2"
+rm -f "$raw" "$OUT/syslinux.cfg"
+chmod 0644 "$OUT/boot.qcow2"
+
 cat >"$OUT/guest.env" <<EOF
+GUEST_BOOT_QCOW2=$OUT/boot.qcow2
 GUEST_KERNEL=$OUT/vmlinuz
 GUEST_INITRD=$OUT/initrd.img
 GUEST_BASE_QCOW2=$OUT/base.qcow2

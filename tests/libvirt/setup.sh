@@ -39,7 +39,7 @@ BPO=bookworm-backports
 BPO_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-storage
   libvirt-clients libvirt0 libvirt-common libvirt-daemon-common libvirt-daemon-log
   qemu-system-x86 qemu-system-common qemu-system-data qemu-utils seabios)
-MAIN_PKGS=(python3-libvirt busybox-static cpio)
+MAIN_PKGS=(python3-libvirt busybox-static cpio syslinux syslinux-common mtools dosfstools)
 
 missing=()
 for p in "${BPO_PKGS[@]}" "${MAIN_PKGS[@]}"; do
