@@ -24,6 +24,11 @@ die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) == 0 ]] || die "must run as root (installs packages, runs the system libvirtd)"
 
+# Test processes may call this concurrently: one at a time.
+mkdir -p "$STATE"
+exec 9>"$STATE/setup.lock"
+flock 9
+
 # --- packages ---------------------------------------------------------------
 # Why bookworm-backports: the machine ships qemu-utils 10 from bookworm-backports, and
 # bookworm's qemu-system-x86 7.2 needs qemu-system-common 7.2, which conflicts with it.
