@@ -21,7 +21,7 @@ use super::bindings;
 use super::component_cache::CacheOutcome;
 use super::driver_types::{
     CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, HostReport, Instance, InstanceSpec,
-    TemplateRef,
+    Snapshot, TemplateRef,
 };
 use super::errors::{CallError, LoadError};
 use super::http::OutgoingHttpAllowList;
@@ -32,6 +32,8 @@ use super::settings::ProviderSettings;
 use super::state::PluginStateStore;
 use super::store_data::{ProviderContext, StoreData};
 use super::telemetry;
+use super::transfer::ByteSource;
+use super::version::check_driver_exports;
 
 /// Most idle instances kept per provider; more are dropped when their call ends.
 pub const MAX_IDLE_INSTANCES_PER_PROVIDER: usize = 8;
@@ -211,9 +213,29 @@ impl Driver {
         .await
     }
 
-    pub async fn stop_instance(&self, id: &str, force: bool) -> Result<Instance, CallError> {
-        self.call("stop-instance", move |mut instance| async move {
-            let result = instance.hypervisor.call_stop_instance(&mut instance.store, id, force).await;
+    /// A graceful stop that powers off after `grace`; the call's deadline is the provider's
+    /// call timeout plus `grace`, so the driver can wait out the whole grace period.
+    pub async fn stop_instance(&self, id: &str, force: bool, grace: Duration) -> Result<Instance, CallError> {
+        let grace_ms = u32::try_from(grace.as_millis()).unwrap_or(u32::MAX);
+        let timeout = self.shared.call_timeout.saturating_add(grace);
+        self.call_within("stop-instance", timeout, move |mut instance| async move {
+            let result = instance.hypervisor.call_stop_instance(&mut instance.store, id, force, grace_ms).await;
+            (instance, result)
+        })
+        .await
+    }
+
+    pub async fn suspend_instance(&self, id: &str) -> Result<Instance, CallError> {
+        self.call("suspend-instance", move |mut instance| async move {
+            let result = instance.hypervisor.call_suspend_instance(&mut instance.store, id).await;
+            (instance, result)
+        })
+        .await
+    }
+
+    pub async fn resume_instance(&self, id: &str) -> Result<Instance, CallError> {
+        self.call("resume-instance", move |mut instance| async move {
+            let result = instance.hypervisor.call_resume_instance(&mut instance.store, id).await;
             (instance, result)
         })
         .await
@@ -251,9 +273,20 @@ impl Driver {
         .await
     }
 
-    pub async fn pull_template(&self, host: &str, template: TemplateRef) -> Result<CachedTemplate, CallError> {
-        self.call("pull-template", move |mut instance| async move {
-            let result = instance.hypervisor.call_pull_template(&mut instance.store, host, &template).await;
+    /// Hands `image` to the driver as a `transfer.byte-source`. The call's deadline is the
+    /// provider's call timeout plus the image's size at [`super::MIN_TRANSFER_BYTES_PER_SEC`].
+    pub async fn pull_template(
+        &self,
+        host: &str,
+        template: TemplateRef,
+        image: ByteSource,
+    ) -> Result<CachedTemplate, CallError> {
+        let timeout = self.shared.call_timeout.saturating_add(image.transfer_allowance());
+        self.call_within("pull-template", timeout, move |mut instance| async move {
+            let result = match instance.store.data_mut().table.push(image) {
+                Ok(image) => instance.hypervisor.call_pull_template(&mut instance.store, host, &template, image).await,
+                Err(error) => Err(error.into()),
+            };
             (instance, result)
         })
         .await
@@ -283,9 +316,56 @@ impl Driver {
         .await
     }
 
+    pub async fn list_snapshots(&self, id: &str) -> Result<Vec<Snapshot>, CallError> {
+        self.call("list-snapshots", move |mut instance| async move {
+            let result = instance.hypervisor.call_list_snapshots(&mut instance.store, id).await;
+            (instance, result)
+        })
+        .await
+    }
+
+    pub async fn create_snapshot(&self, id: &str, name: &str, description: &str) -> Result<Snapshot, CallError> {
+        self.call("create-snapshot", move |mut instance| async move {
+            let result = instance.hypervisor.call_create_snapshot(&mut instance.store, id, name, description).await;
+            (instance, result)
+        })
+        .await
+    }
+
+    pub async fn revert_snapshot(&self, id: &str, name: &str) -> Result<Instance, CallError> {
+        self.call("revert-snapshot", move |mut instance| async move {
+            let result = instance.hypervisor.call_revert_snapshot(&mut instance.store, id, name).await;
+            (instance, result)
+        })
+        .await
+    }
+
+    pub async fn delete_snapshot(&self, id: &str, name: &str) -> Result<(), CallError> {
+        self.call("delete-snapshot", move |mut instance| async move {
+            let result = instance.hypervisor.call_delete_snapshot(&mut instance.store, id, name).await;
+            (instance, result)
+        })
+        .await
+    }
+
     /// Runs `guest_call` on an instance under the provider's deadline, memory cap and
     /// response limit, with a tracing span and metrics.
     async fn call<R, F, Fut>(&self, function: &'static str, guest_call: F) -> Result<R, CallError>
+    where
+        R: EstimatedSize,
+        F: FnOnce(LiveInstance) -> Fut,
+        Fut: Future<Output = GuestCallOutcome<R>>,
+    {
+        self.call_within(function, self.shared.call_timeout, guest_call).await
+    }
+
+    /// [`Self::call`] with a deadline of `timeout` instead of the provider's call timeout.
+    async fn call_within<R, F, Fut>(
+        &self,
+        function: &'static str,
+        timeout: Duration,
+        guest_call: F,
+    ) -> Result<R, CallError>
     where
         R: EstimatedSize,
         F: FnOnce(LiveInstance) -> Fut,
@@ -295,7 +375,8 @@ impl Driver {
         let span = tracing::info_span!("plugin_call", provider = %shared.context.name, function);
         let started = Instant::now();
         let progress_sink = progress::current_sink();
-        let outcome = shared.run_call(function, started, progress_sink, guest_call).instrument(span.clone()).await;
+        let outcome =
+            shared.run_call(function, started, timeout, progress_sink, guest_call).instrument(span.clone()).await;
         let elapsed = started.elapsed();
         telemetry::record_call(&shared.context.name, function, elapsed, outcome.as_ref().err().map(CallError::kind));
         span.in_scope(|| match &outcome {
@@ -314,6 +395,7 @@ impl ProviderShared {
         &self,
         function: &'static str,
         started: Instant,
+        timeout: Duration,
         progress_sink: Option<ProgressSink>,
         guest_call: F,
     ) -> Result<R, CallError>
@@ -322,11 +404,11 @@ impl ProviderShared {
         F: FnOnce(LiveInstance) -> Fut,
         Fut: Future<Output = GuestCallOutcome<R>>,
     {
-        let deadline = started + self.call_timeout;
+        let deadline = started + timeout;
         let guest_running = AtomicBool::new(false);
         // Dropping this future on timeout drops the instance inside it: a timed-out instance
         // is never reused.
-        let attempt = tokio::time::timeout(self.call_timeout, async {
+        let attempt = tokio::time::timeout(timeout, async {
             let _permit =
                 self.call_permits.acquire().await.map_err(|error| CallError::Instantiate(error.to_string()))?;
             let mut instance = self.checkout_instance(deadline).await?;
@@ -342,7 +424,7 @@ impl ProviderShared {
                 if guest_running.load(Ordering::Relaxed) {
                     self.instances_discarded.fetch_add(1, Ordering::Relaxed);
                 }
-                return Err(CallError::Timeout { function, after: self.call_timeout });
+                return Err(CallError::Timeout { function, after: timeout });
             }
             Ok(Err(error)) => return Err(error),
             Ok(Ok(outcome)) => outcome,
@@ -350,7 +432,7 @@ impl ProviderShared {
         match result {
             Err(wasm_error) => {
                 self.instances_discarded.fetch_add(1, Ordering::Relaxed);
-                Err(self.classify_guest_failure(instance.store.data(), function, &wasm_error))
+                Err(self.classify_guest_failure(instance.store.data(), function, timeout, &wasm_error))
             }
             Ok(response) => {
                 if response.estimated_size_bytes() > self.max_response_bytes {
@@ -415,7 +497,7 @@ impl ProviderShared {
             Ok(hypervisor) => hypervisor,
             Err(error) => {
                 self.instances_discarded.fetch_add(1, Ordering::Relaxed);
-                return Err(self.classify_guest_failure(store.data(), "instantiate", &error));
+                return Err(self.classify_guest_failure(store.data(), "instantiate", self.call_timeout, &error));
             }
         };
         let initialized = hypervisor.call_init(&mut store, &self.config_json).await;
@@ -430,15 +512,21 @@ impl ProviderShared {
             }
             Err(error) => {
                 self.instances_discarded.fetch_add(1, Ordering::Relaxed);
-                Err(self.classify_guest_failure(store.data(), "init", &error))
+                Err(self.classify_guest_failure(store.data(), "init", self.call_timeout, &error))
             }
         }
     }
 
     /// Tells a deadline interruption and a memory-cap refusal apart from other traps.
-    fn classify_guest_failure(&self, data: &StoreData, function: &'static str, error: &wasmtime::Error) -> CallError {
+    fn classify_guest_failure(
+        &self,
+        data: &StoreData,
+        function: &'static str,
+        timeout: Duration,
+        error: &wasmtime::Error,
+    ) -> CallError {
         if data.call.deadline_exceeded {
-            return CallError::Timeout { function, after: self.call_timeout };
+            return CallError::Timeout { function, after: timeout };
         }
         if data.memory_cap.exceeded {
             return CallError::MemoryLimit { function, limit_bytes: self.context.memory_limit_bytes };
@@ -454,12 +542,15 @@ impl ProviderShared {
     }
 }
 
-/// Links the component against the runtime's linker and finds its `hypervisor` export.
+/// Checks the component speaks the supported driver version, links it against the runtime's
+/// linker and finds its `hypervisor` export.
 fn link(
     runtime: &RuntimeShared,
     component: &Component,
     label: &str,
 ) -> Result<(InstancePre<StoreData>, bindings::HypervisorIndices), LoadError> {
+    let component_type = component.component_type();
+    check_driver_exports(label, component_type.exports(&runtime.engine).map(|(name, _)| name))?;
     let link_error =
         |error: wasmtime::Error| LoadError::Link { label: label.to_string(), message: format!("{error:#}") };
     let instance_pre = runtime.linker.instantiate_pre(component).map_err(link_error)?;

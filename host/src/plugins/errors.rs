@@ -20,7 +20,14 @@ pub enum LoadError {
     InvalidComponent { label: String, message: String },
     #[error("could not compile component {label}: {message}")]
     Compile { label: String, message: String },
-    #[error("component {label} does not fit the hyperplane:driver@0.1.0 world: {message}")]
+    #[error(
+        "component {label} exports hyperplane:driver/hypervisor@{exported}, but this host supports only \
+         @{supported}; rebuild the driver against wit/driver/{supported}"
+    )]
+    UnsupportedDriverVersion { label: String, exported: String, supported: &'static str },
+    #[error("component {label} exports no hyperplane:driver/hypervisor interface; it is not a driver")]
+    NoDriverInterface { label: String },
+    #[error("component {label} does not fit the hyperplane:driver@0.2.0 world: {message}")]
     Link { label: String, message: String },
     #[error("provider {provider} failed to initialize")]
     Init { provider: String, source: CallError },

@@ -18,6 +18,8 @@ mod settings;
 mod state;
 mod store_data;
 pub mod telemetry;
+mod transfer;
+mod version;
 
 #[cfg(test)]
 mod tests;
@@ -32,12 +34,14 @@ pub use http::InvalidAllowedHttpHost;
 pub use runtime::{EPOCH_TICK, PluginRuntime};
 pub use settings::{ComponentSource, EndpointAddress, EndpointAddressError, ProviderSettings, RuntimeSettings};
 pub use state::{MAX_STATE_KEY_BYTES, MAX_STATE_VALUE_BYTES, MemoryStateStore, PluginStateStore};
+pub use transfer::{ByteSource, DeliveredBytes, MAX_TRANSFER_READ_BYTES, MIN_TRANSFER_BYTES_PER_SEC};
+pub use version::SUPPORTED_DRIVER_VERSION;
 
-/// The plain data types of `hyperplane:driver/types@0.1.0`, generated from the WIT.
+/// The plain data types of `hyperplane:driver/types@0.2.0`, generated from the WIT.
 pub mod driver_types {
     pub use super::bindings::hyperplane::driver::types::{
-        Arch, BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, Error,
+        Arch, BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, DiskFormat, Error,
         Error as DriverError, ExecResult, HostReport, HostState, Instance, InstanceSpec, InstanceState, KeyValue,
-        TemplateRef,
+        Snapshot, TemplateRef,
     };
 }

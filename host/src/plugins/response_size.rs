@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use super::driver_types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, HostReport, Instance, TemplateRef,
+    CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, HostReport, Instance, Snapshot, TemplateRef,
 };
 
 pub(crate) trait EstimatedSize {
@@ -68,6 +68,7 @@ record_size!(
     Instance { id, host, ip, mac },
     ExecResult { stdout, stderr, exit_code, timed_out },
     ConsoleEndpoint { host, port, password },
+    Snapshot { name, description, created_at },
 );
 
 impl EstimatedSize for DriverError {

@@ -14,10 +14,12 @@ use super::providers::{
 use super::{Service, ServiceError};
 use crate::model::{ExecOutcome, Host, Instance, InstanceState, NewEvent, Task, TaskError, TaskKind, TaskState};
 use crate::plugins::driver_types as driver;
-use crate::plugins::{CallError, Driver, progress};
+use crate::plugins::{ByteSource, CallError, Driver, progress};
 use crate::store;
 use crate::tasks::{TaskContext, TaskHandler, TaskOutcome};
 
+/// How long a graceful stop waits for the guest before powering it off.
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(60);
 /// How long a startup script may run.
 const STARTUP_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -171,6 +173,7 @@ impl Service {
             version: instance.template_version.unwrap_or(0),
             tag: version.map(|version| version.tag.clone()).unwrap_or_default(),
             size_bytes: version.map_or(0, |version| version.size_bytes),
+            format: driver::DiskFormat::Raw,
         };
         let id = instance.provider_instance_id();
 
@@ -181,7 +184,7 @@ impl Service {
         if !cached && driver.capabilities().templates {
             self.set_state(instance, InstanceState::Pulling, json!({ "host": host.name })).await?;
             let pulled = driver
-                .pull_template(&host.name, template_ref.clone())
+                .pull_template(&host.name, template_ref.clone(), ByteSource::empty())
                 .await
                 .map_err(|error| Step::Failed(task_error_from_call("pull-template", &error)))?;
             self.record_cached_template(host.id, pulled).await?;
@@ -331,7 +334,7 @@ impl Service {
         let mut instance = self.load_instance(id).await?;
         let (_, driver) = self.placement_of(&instance).await?;
         self.set_state(&mut instance, InstanceState::Stopping, Value::Null).await?;
-        let stopped = match driver.stop_instance(&instance.provider_instance_id(), force).await {
+        let stopped = match driver.stop_instance(&instance.provider_instance_id(), force, DEFAULT_STOP_GRACE).await {
             Ok(stopped) => Ok(stopped),
             Err(error) if is_conflict(&error) => match driver.get_instance(&instance.provider_instance_id()).await {
                 Ok(current) if current.state == driver::InstanceState::Stopped => Ok(current),

@@ -10,7 +10,7 @@ use super::{CreateInstances, HostPatch, NewTemplate, Service, ServiceSettings, l
 use crate::config::Config;
 use crate::model::{Arch, InstanceOrigin, InstanceState, Task, TaskState};
 use crate::plugins::driver_types as driver;
-use crate::plugins::{PluginRuntime, RuntimeSettings};
+use crate::plugins::{ByteSource, PluginRuntime, RuntimeSettings};
 use crate::store::{self, Store};
 
 struct Fixture {
@@ -95,10 +95,16 @@ async fn reconciliation_records_instances_gone_changed_or_appeared_behind_our_ba
 
     // Behind our back: one deleted, one stopped, one created that we never asked for.
     driver.delete_instance(&gone.to_string()).await.expect("deleted on the driver");
-    driver.stop_instance(&stopped.to_string(), true).await.expect("stopped on the driver");
+    driver.stop_instance(&stopped.to_string(), true, Duration::ZERO).await.expect("stopped on the driver");
     let host = service.list_hosts().await.expect("hosts")[0].name.clone();
-    let template_ref = driver::TemplateRef { name: "rogue".into(), version: 0, tag: String::new(), size_bytes: 0 };
-    driver.pull_template(&host, template_ref.clone()).await.expect("pulled");
+    let template_ref = driver::TemplateRef {
+        name: "rogue".into(),
+        version: 0,
+        tag: String::new(),
+        size_bytes: 0,
+        format: driver::DiskFormat::Raw,
+    };
+    driver.pull_template(&host, template_ref.clone(), ByteSource::empty()).await.expect("pulled");
     let spec = driver::InstanceSpec {
         id: "rogue-1".into(),
         name: "rogue".into(),

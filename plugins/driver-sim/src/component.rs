@@ -5,8 +5,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use hyperplane_guest::Guest;
 use hyperplane_guest::state::HostStore;
+use hyperplane_guest::transfer::ByteSource;
 use hyperplane_guest::types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, HostReport, Instance, InstanceSpec, TemplateRef,
+    CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, HostReport, Instance, InstanceSpec, Snapshot,
+    TemplateRef,
 };
 
 use crate::config::Settings;
@@ -54,12 +56,20 @@ impl Guest for SimulatedDriver {
         simulator()?.start_instance(&id)
     }
 
-    fn stop_instance(id: String, force: bool) -> Result<Instance, Error> {
-        simulator()?.stop_instance(&id, force)
+    fn stop_instance(id: String, force: bool, grace_ms: u32) -> Result<Instance, Error> {
+        simulator()?.stop_instance(&id, force, grace_ms)
     }
 
     fn restart_instance(id: String, force: bool) -> Result<Instance, Error> {
         simulator()?.restart_instance(&id, force)
+    }
+
+    fn suspend_instance(id: String) -> Result<Instance, Error> {
+        simulator()?.suspend_instance(&id)
+    }
+
+    fn resume_instance(id: String) -> Result<Instance, Error> {
+        simulator()?.resume_instance(&id)
     }
 
     fn delete_instance(id: String) -> Result<(), Error> {
@@ -74,8 +84,8 @@ impl Guest for SimulatedDriver {
         simulator()?.list_templates(&host)
     }
 
-    fn pull_template(host: String, template: TemplateRef) -> Result<CachedTemplate, Error> {
-        simulator()?.pull_template(&host, &template)
+    fn pull_template(host: String, template: TemplateRef, image: ByteSource) -> Result<CachedTemplate, Error> {
+        simulator()?.pull_template(&host, &template, &image)
     }
 
     fn remove_template(host: String, template: TemplateRef) -> Result<(), Error> {
@@ -88,6 +98,22 @@ impl Guest for SimulatedDriver {
 
     fn console(id: String) -> Result<ConsoleEndpoint, Error> {
         simulator()?.console(&id)
+    }
+
+    fn list_snapshots(id: String) -> Result<Vec<Snapshot>, Error> {
+        simulator()?.list_snapshots(&id)
+    }
+
+    fn create_snapshot(id: String, name: String, description: String) -> Result<Snapshot, Error> {
+        simulator()?.create_snapshot(&id, &name, &description)
+    }
+
+    fn revert_snapshot(id: String, name: String) -> Result<Instance, Error> {
+        simulator()?.revert_snapshot(&id, &name)
+    }
+
+    fn delete_snapshot(id: String, name: String) -> Result<(), Error> {
+        simulator()?.delete_snapshot(&id, &name)
     }
 }
 

@@ -28,6 +28,9 @@ pub struct SimulatorConfig {
     /// Simulated transfer rate of `pull-template`, on top of `delays_ms.pull`; 0 disables the
     /// size-dependent part.
     pub pull_bytes_per_sec: u64,
+    /// Guests ignore the graceful shutdown request, so every graceful stop lasts its whole grace
+    /// period before the power-off.
+    pub guests_ignore_shutdown: bool,
 }
 
 impl Default for SimulatorConfig {
@@ -43,6 +46,7 @@ impl Default for SimulatorConfig {
             failure_rate: 0.0,
             offline_hosts: Vec::new(),
             pull_bytes_per_sec: 1 << 30,
+            guests_ignore_shutdown: false,
         }
     }
 }
@@ -88,11 +92,12 @@ pub struct DelaysConfig {
     pub restart: u64,
     pub delete: u64,
     pub pull: u64,
+    pub snapshot: u64,
 }
 
 impl Default for DelaysConfig {
     fn default() -> Self {
-        Self { create: 200, start: 300, stop: 200, restart: 400, delete: 100, pull: 500 }
+        Self { create: 200, start: 300, stop: 200, restart: 400, delete: 100, pull: 500, snapshot: 150 }
     }
 }
 
@@ -116,6 +121,8 @@ pub struct Delays {
     pub restart: Duration,
     pub delete: Duration,
     pub pull: Duration,
+    /// Creating or reverting to a snapshot.
+    pub snapshot: Duration,
 }
 
 impl Delays {
@@ -126,6 +133,7 @@ impl Delays {
         restart: Duration::ZERO,
         delete: Duration::ZERO,
         pull: Duration::ZERO,
+        snapshot: Duration::ZERO,
     };
 
     /// A forced power-off skips most of a graceful stop.
@@ -141,6 +149,7 @@ pub struct Settings {
     pub delays: Delays,
     pub failure_rate: f64,
     pub pull_bytes_per_sec: u64,
+    pub guests_ignore_shutdown: bool,
 }
 
 impl Settings {
@@ -218,9 +227,11 @@ impl TryFrom<SimulatorConfig> for Settings {
                 restart: Duration::from_millis(delays.restart),
                 delete: Duration::from_millis(delays.delete),
                 pull: Duration::from_millis(delays.pull),
+                snapshot: Duration::from_millis(delays.snapshot),
             },
             failure_rate: config.failure_rate,
             pull_bytes_per_sec: config.pull_bytes_per_sec,
+            guests_ignore_shutdown: config.guests_ignore_shutdown,
         })
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! It simulates hosts `sim-1`..`sim-N` (or explicit `host_specs`), instances with realistic
 //! power transitions and delays, template caches with size-dependent pull times, capacity
-//! limits, offline hosts and injected backend failures. All of its state lives in the host's
+//! limits, suspend/resume, snapshots, offline hosts and injected backend failures. It speaks
+//! `hyperplane:driver@0.2.0`. All of its state lives in the host's
 //! key-value store (`hyperplane:host/state`), never in guest memory: the host runs several
 //! instances of the component concurrently and discards instances after failures.
 //!
@@ -11,9 +12,10 @@
 //! `hosts` (4), `cpu` (16), `ram_mb` (65536), `disk_gb` (500), `arch` (`"amd64"`|`"arm64"`);
 //! or `host_specs: [{id, cpu?, ram_mb?, disk_gb?, arch?, offline?}]` instead of `hosts`, sizes
 //! defaulting to the top-level ones; `delays_ms: {create 200, start 300, stop 200, restart 400,
-//! delete 100, pull 500}`; `pull_bytes_per_sec` (1 GiB/s, 0 = no size-dependent pull time);
-//! `failure_rate` (0.0); `offline_hosts` ([]). All delays and `pull_bytes_per_sec` at 0 is the
-//! zero-delay mode for benchmarks: no sleeping, no progress reports, one write per transition.
+//! delete 100, pull 500, snapshot 150}`; `pull_bytes_per_sec` (1 GiB/s, 0 = no size-dependent
+//! pull time); `failure_rate` (0.0); `offline_hosts` ([]); `guests_ignore_shutdown` (false: every
+//! graceful stop then lasts its whole grace period). All delays and `pull_bytes_per_sec` at 0 is
+//! the zero-delay mode for benchmarks: no sleeping, no progress reports, one write per transition.
 //!
 //! # Behaviour and errors
 //! - `create-instance`: `invalid` for an empty id or template name, 0 vcpu or ram, a malformed
@@ -24,21 +26,34 @@
 //!   Creates a `stopped` instance with the spec's MAC or one derived from the id.
 //! - `start`: stopped → starting → running (with an IP derived from the id, 10.x.y.z); a
 //!   running instance is returned as is, a starting one is waited for; `conflict` while
-//!   stopping. `stop(force)`: running → stopping → stopped; `force` takes a tenth of the stop
-//!   delay and may interrupt a start or restart (without it: `conflict`); a stopped instance
-//!   is returned as is. `restart(force)`: running → stopping → starting → running;
-//!   `conflict` when stopped (start it instead). Transitions are persisted with their
-//!   completion time, so they finish on schedule even if the calling instance is killed.
-//! - `delete-instance`: in any state; `not-found` if absent.
+//!   stopping or suspended (resume it instead). `stop(force, grace-ms)`: running → stopping →
+//!   stopped in `delays.stop`, or in the grace period plus a forced power-off when that is
+//!   shorter (`invalid` above one hour); `force` takes a tenth of the stop delay and may
+//!   interrupt a start or restart (without it: `conflict`); a suspended instance is powered off;
+//!   a stopped one is returned as is. `restart(force)`: running → stopping → starting →
+//!   running; `conflict` when stopped (start it instead). `suspend`: running → suspended and
+//!   `resume`: suspended → running, at once, keeping the IP; `conflict` from other states.
+//!   Transitions are persisted with their completion time, so they finish on schedule even if
+//!   the calling instance is killed.
+//! - `delete-instance`: in any state, with its snapshots; `not-found` if absent.
+//! - Snapshots, per instance, oldest first: `create-snapshot` of a running, stopped or
+//!   suspended instance (`conflict` mid-transition or for a name in use; `invalid` for an empty
+//!   name) takes `delays.snapshot` and becomes the current snapshot; `revert-snapshot` returns
+//!   the instance to the snapshot's state (with its IP when running) in `delays.snapshot`;
+//!   `delete-snapshot` keeps the instance as it is; an unknown name is `not-found`.
 //! - `get-instance`/`list-instances`/`list-hosts`: answered from the inventory, also for
 //!   offline hosts. Every other call that needs an offline host fails `unavailable`.
-//! - `pull-template`: `delays_ms.pull` + size / `pull_bytes_per_sec`; returns a cached
-//!   template at once. `remove-template`: `not-found` if not cached, `conflict` while an
+//! - `pull-template`: reads the image byte-source to its end (`unavailable` if the host cannot
+//!   read it; `invalid` if a non-empty image differs from the template's size or a qcow2 one
+//!   lacks the qcow2 magic; an empty image is accepted, the simulator makes one up), then
+//!   waits `delays_ms.pull` + size / `pull_bytes_per_sec`; a cached template returns at once,
+//!   unread. `remove-template`: `not-found` if not cached, `conflict` while an
 //!   instance on that host uses it. `list-templates`: the host's cache.
 //! - `exec`/`console`: `conflict` unless running; see [`script`] for the simulated shell;
 //!   the console is VNC on 127.0.0.1 with a port derived from the id.
 //! - `failure_rate`: each mutating call (create, start, stop, restart, delete, pull, remove
-//!   template) that would change something fails with that probability, before changing
+//!   template, suspend, resume, snapshots) that would change something fails with that
+//!   probability, before changing
 //!   anything, with `backend { code: 1, message: "simulated failure of …" }`.
 //!
 //! Code map: [`config`] (the provider config and its validation), [`records`] (what is

@@ -4,7 +4,8 @@
 //! - `instance/<id>`: an [`InstanceRecord`], one per simulated instance;
 //! - `template/<host>/<name>/<version>`: a [`CachedTemplateRecord`], one per cached template;
 //! - `ledger/<host>`: the host's [`HostLedger`], the per-host serialization point for capacity
-//!   and for template usage (see `simulator` for the protocol).
+//!   and for template usage (see `simulator` for the protocol);
+//! - `snapshots/<instance id>`: the instance's [`SnapshotList`], oldest first.
 //!
 //! Power transitions are stored with the wall-clock time at which they complete, and readers
 //! derive the current state from it ([`PowerState::observed_at`]). A transition therefore
@@ -33,6 +34,10 @@ pub fn template_key(host_id: &str, template_name: &str, template_version: u32) -
 
 pub fn ledger_key(host_id: &str) -> String {
     format!("ledger/{host_id}")
+}
+
+pub fn snapshots_key(instance_id: &str) -> String {
+    format!("snapshots/{instance_id}")
 }
 
 /// A template version as stored, both in a cache entry and in the instance using it.
@@ -88,6 +93,8 @@ impl From<&CachedTemplateRecord> for CachedTemplate {
 pub enum PowerState {
     Stopped,
     Running,
+    /// Paused in memory.
+    Suspended,
     Starting {
         running_at_ms: u64,
     },
@@ -107,6 +114,7 @@ impl PowerState {
         match self {
             PowerState::Stopped => InstanceState::Stopped,
             PowerState::Running => InstanceState::Running,
+            PowerState::Suspended => InstanceState::Suspended,
             PowerState::Starting { running_at_ms } if now_ms < running_at_ms => InstanceState::Starting,
             PowerState::Starting { .. } => InstanceState::Running,
             PowerState::Stopping { stopped_at_ms } if now_ms < stopped_at_ms => InstanceState::Stopping,
@@ -131,7 +139,7 @@ impl PowerState {
     /// When the transition in progress completes, if one is.
     pub fn completes_at_ms(self) -> Option<u64> {
         match self {
-            PowerState::Stopped | PowerState::Running => None,
+            PowerState::Stopped | PowerState::Running | PowerState::Suspended => None,
             PowerState::Starting { running_at_ms } | PowerState::Restarting { running_at_ms, .. } => {
                 Some(running_at_ms)
             }
@@ -155,6 +163,23 @@ pub struct InstanceRecord {
     pub metadata: Vec<(String, String)>,
     pub power: PowerState,
     pub created_at_ms: u64,
+}
+
+/// A snapshot of an instance: the settled power state it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub description: String,
+    pub created_at_ms: u64,
+    pub power: PowerState,
+}
+
+/// The snapshots of one instance, oldest first, and the one it last came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotRecord>,
+    /// The snapshot most recently created or reverted to, while it exists.
+    pub current: Option<String>,
 }
 
 /// Resources an instance takes from its host.

@@ -17,10 +17,11 @@
 
 use std::time::Duration;
 
+use hyperplane_guest::bytes::{ByteReader, read_to_end};
 use hyperplane_guest::state::{Change, JsonState, KeyValueStore};
 use hyperplane_guest::types::{
-    BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, Error, ExecResult, HostReport,
-    HostState, Instance, InstanceSpec, InstanceState, TemplateRef,
+    BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, DiskFormat, Error, ExecResult,
+    HostReport, HostState, Instance, InstanceSpec, InstanceState, Snapshot, TemplateRef,
 };
 
 use crate::config::{Settings, SimulatedHost};
@@ -28,7 +29,8 @@ use crate::environment::Environment;
 use crate::identity::{console_port_for, ip_for, mac_for, normalized_mac};
 use crate::records::{
     CachedTemplateRecord, HostLedger, INSTANCE_PREFIX, InstanceRecord, PendingCreate, PowerState, Resources,
-    TEMPLATE_PREFIX, TemplateRecord, host_templates_prefix, instance_key, ledger_key, template_key,
+    SnapshotList, SnapshotRecord, TEMPLATE_PREFIX, TemplateRecord, host_templates_prefix, instance_key, ledger_key,
+    snapshots_key, template_key,
 };
 use crate::script::simulate_script;
 
@@ -38,6 +40,12 @@ pub const HYPERVISOR_NAME: &str = "driver-sim";
 pub const SIMULATED_FAILURE_CODE: i64 = 1;
 /// A capacity reservation older than this whose instance was never written is reclaimed.
 pub const STALE_RESERVATION_MS: u64 = 60_000;
+/// The longest grace period a graceful stop accepts (one hour).
+pub const MAX_STOP_GRACE_MS: u32 = 3_600_000;
+/// The longest snapshot name the simulator accepts, in bytes.
+pub const MAX_SNAPSHOT_NAME_BYTES: usize = 255;
+/// What every qcow2 image starts with.
+pub const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 /// Progress is reported at most this often during a simulated wait.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -69,7 +77,7 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
     }
 
     pub fn capabilities() -> Capabilities {
-        Capabilities { exec: true, console: true, templates: true, snapshots: false, suspend: false }
+        Capabilities { exec: true, console: true, templates: true, snapshots: true, suspend: true }
     }
 
     pub fn list_hosts(&self) -> Result<Vec<HostReport>, Error> {
@@ -199,6 +207,9 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
             InstanceState::Running => Ok(PowerPlan::AlreadyThere),
             InstanceState::Stopped => Ok(PowerPlan::Begin(starting(now_ms, start_delay))),
             InstanceState::Starting => Ok(PowerPlan::Join),
+            InstanceState::Suspended => {
+                Err(Error::Conflict(format!("instance {instance_id} is suspended; resume it instead")))
+            }
             _ if is_restarting(record.power) => Ok(PowerPlan::Join),
             _ => Err(Error::Conflict(format!(
                 "instance {instance_id} is {}; cannot start it",
@@ -207,19 +218,29 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
         })
     }
 
-    /// Running → stopping → stopped. `force` powers off after a tenth of the graceful delay
-    /// and may interrupt a start or restart. Stopping a stopped instance returns it as is;
-    /// stopping one that is already stopping waits for that.
-    pub fn stop_instance(&self, instance_id: &str, force: bool) -> Result<Instance, Error> {
+    /// Running → stopping → stopped. A graceful stop takes `delays.stop`, or the grace period
+    /// plus a forced power-off when that is shorter or the guests ignore shutdown requests
+    /// (`guests_ignore_shutdown`). `force` powers off after a tenth of the graceful delay and may
+    /// interrupt a start or restart. A suspended guest cannot shut down, so it is powered off.
+    /// Stopping a stopped instance returns it as is; stopping one that is already stopping
+    /// waits for that.
+    pub fn stop_instance(&self, instance_id: &str, force: bool, grace_ms: u32) -> Result<Instance, Error> {
+        if grace_ms > MAX_STOP_GRACE_MS {
+            return Err(Error::Invalid(format!(
+                "grace period of {grace_ms} ms for instance {instance_id} exceeds the maximum of {MAX_STOP_GRACE_MS} ms"
+            )));
+        }
         let delays = self.settings.delays.clone();
+        let graceful_stop = self.graceful_stop_duration(Duration::from_millis(u64::from(grace_ms)));
         self.change_power(instance_id, "stop-instance", "stopping", |record, observed, now_ms| {
             let forced_at_ms = now_ms.saturating_add(millis(delays.forced_stop()));
             match (observed, record.power) {
                 (InstanceState::Stopped, _) => Ok(PowerPlan::AlreadyThere),
                 (InstanceState::Running, _) => {
-                    let delay = if force { delays.forced_stop() } else { delays.stop };
+                    let delay = if force { delays.forced_stop() } else { graceful_stop };
                     Ok(PowerPlan::Begin(stopping_until(now_ms, now_ms.saturating_add(millis(delay)))))
                 }
+                (InstanceState::Suspended, _) => Ok(PowerPlan::Begin(stopping_until(now_ms, forced_at_ms))),
                 (_, PowerState::Stopping { stopped_at_ms }) if force => {
                     Ok(PowerPlan::Begin(stopping_until(now_ms, forced_at_ms.min(stopped_at_ms))))
                 }
@@ -230,6 +251,42 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
                     activity(record.power, observed)
                 ))),
             }
+        })
+    }
+
+    /// How long a graceful stop with `grace` takes: the guest's own shutdown, cut short by a
+    /// forced power-off when the grace period ends first.
+    fn graceful_stop_duration(&self, grace: Duration) -> Duration {
+        let delays = &self.settings.delays;
+        let powered_off_after_grace = grace.saturating_add(delays.forced_stop());
+        if self.settings.guests_ignore_shutdown {
+            powered_off_after_grace
+        } else {
+            delays.stop.min(powered_off_after_grace)
+        }
+    }
+
+    /// Running → suspended, at once (the guest's memory stays in place).
+    pub fn suspend_instance(&self, instance_id: &str) -> Result<Instance, Error> {
+        self.change_power(instance_id, "suspend-instance", "suspending", |record, observed, _| match observed {
+            InstanceState::Suspended => Ok(PowerPlan::AlreadyThere),
+            InstanceState::Running => Ok(PowerPlan::Begin(PowerState::Suspended)),
+            _ => Err(Error::Conflict(format!(
+                "instance {instance_id} is {}; only a running instance can be suspended",
+                activity(record.power, observed)
+            ))),
+        })
+    }
+
+    /// Suspended → running, at once.
+    pub fn resume_instance(&self, instance_id: &str) -> Result<Instance, Error> {
+        self.change_power(instance_id, "resume-instance", "resuming", |record, observed, _| match observed {
+            InstanceState::Running => Ok(PowerPlan::AlreadyThere),
+            InstanceState::Suspended => Ok(PowerPlan::Begin(PowerState::Running)),
+            _ => Err(Error::Conflict(format!(
+                "instance {instance_id} is {}; only a suspended instance can be resumed",
+                activity(record.power, observed)
+            ))),
         })
     }
 
@@ -256,7 +313,7 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
         })
     }
 
-    /// Removes the instance in any power state, after `delays.delete`.
+    /// Removes the instance in any power state, with its snapshots, after `delays.delete`.
     pub fn delete_instance(&self, instance_id: &str) -> Result<(), Error> {
         let record = self.load_instance(instance_id)?;
         self.online_host(&record.host)?;
@@ -270,6 +327,7 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
                 None => Err(instance_not_found(instance_id)),
             }
         })?;
+        self.remove_snapshots(instance_id)?;
         if let Some(deleted) = deleted {
             let resources =
                 Resources { vcpu: u64::from(deleted.vcpu), ram_mb: deleted.ram_mb, disk_gb: deleted.disk_gb };
@@ -290,9 +348,16 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
         Ok(cached.iter().map(|(_, record)| CachedTemplate::from(record)).collect())
     }
 
-    /// Takes `delays.pull` plus the size at `pull_bytes_per_sec`. Pulling a cached template
-    /// returns the cached one at once.
-    pub fn pull_template(&self, host_id: &str, template: &TemplateRef) -> Result<CachedTemplate, Error> {
+    /// Reads `image` to its end (a non-empty image must have the template's size, and a qcow2
+    /// one must start with the qcow2 magic), then takes `delays.pull` plus the template's size at
+    /// `pull_bytes_per_sec`. An empty image stands for one the simulator makes up. Pulling a
+    /// cached template returns the cached one at once, without reading the image.
+    pub fn pull_template(
+        &self,
+        host_id: &str,
+        template: &TemplateRef,
+        image: &impl ByteReader,
+    ) -> Result<CachedTemplate, Error> {
         if template.name.is_empty() {
             return Err(Error::Invalid("template name must not be empty".into()));
         }
@@ -301,7 +366,31 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
         if let Some(cached) = self.state.get_json::<CachedTemplateRecord>(&key)? {
             return Ok(CachedTemplate::from(&cached));
         }
+        let image_size = image.size();
+        if image_size > 0 && image_size != template.size_bytes {
+            return Err(Error::Invalid(format!(
+                "template {} v{} declares {} bytes but its image has {image_size}",
+                template.name, template.version, template.size_bytes
+            )));
+        }
         self.inject_failure("pull-template")?;
+        let mut image_start = Vec::with_capacity(QCOW2_MAGIC.len());
+        read_to_end(image, |chunk| {
+            let missing = QCOW2_MAGIC.len().saturating_sub(image_start.len());
+            image_start.extend_from_slice(&chunk[..missing.min(chunk.len())]);
+        })
+        .map_err(|error| {
+            Error::Unavailable(format!(
+                "reading the image of template {} v{}: {error}",
+                template.name, template.version
+            ))
+        })?;
+        if image_size > 0 && template.format == DiskFormat::Qcow2 && image_start != QCOW2_MAGIC {
+            return Err(Error::Invalid(format!(
+                "template {} v{} is declared qcow2 but its image does not start with the qcow2 magic",
+                template.name, template.version
+            )));
+        }
         let transfer = match self.settings.pull_bytes_per_sec {
             0 => Duration::ZERO,
             bytes_per_sec => Duration::from_secs_f64(template.size_bytes as f64 / bytes_per_sec as f64),
@@ -386,6 +475,121 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
             port: console_port_for(&record.id),
             password: None,
         })
+    }
+
+    /// The instance's snapshots, oldest first.
+    pub fn list_snapshots(&self, instance_id: &str) -> Result<Vec<Snapshot>, Error> {
+        self.load_instance(instance_id)?;
+        let list: SnapshotList = self.state.get_json(&snapshots_key(instance_id))?.unwrap_or_default();
+        Ok(list.snapshots.iter().map(|snapshot| snapshot_view(snapshot, &list)).collect())
+    }
+
+    /// Snapshots a running, stopped or suspended instance under a name it does not use yet,
+    /// after `delays.snapshot`; the new snapshot becomes the current one.
+    pub fn create_snapshot(&self, instance_id: &str, name: &str, description: &str) -> Result<Snapshot, Error> {
+        if name.is_empty() || name.len() > MAX_SNAPSHOT_NAME_BYTES || name.chars().any(char::is_control) {
+            return Err(Error::Invalid(format!(
+                "snapshot name {name:?} must be 1-{MAX_SNAPSHOT_NAME_BYTES} bytes without control characters"
+            )));
+        }
+        let record = self.load_instance(instance_id)?;
+        self.online_host(&record.host)?;
+        let now_ms = self.environment.now_ms();
+        let power = record.power.settled_at(now_ms);
+        if power.completes_at_ms().is_some() {
+            return Err(Error::Conflict(format!(
+                "instance {instance_id} is {}; wait until it is running, stopped or suspended to snapshot it",
+                activity(power, power.observed_at(now_ms))
+            )));
+        }
+        let existing: SnapshotList = self.state.get_json(&snapshots_key(instance_id))?.unwrap_or_default();
+        if existing.snapshots.iter().any(|snapshot| snapshot.name == name) {
+            return Err(snapshot_exists(instance_id, name));
+        }
+        self.inject_failure("create-snapshot")?;
+        self.wait_with_progress(
+            self.settings.delays.snapshot,
+            &format!("snapshotting instance {instance_id} as {name}"),
+        );
+        let snapshot = SnapshotRecord {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            created_at_ms: self.environment.now_ms(),
+            power,
+        };
+        let list = self.state.update_json::<SnapshotList, Error>(&snapshots_key(instance_id), |current| {
+            let mut list = current.cloned().unwrap_or_default();
+            if list.snapshots.iter().any(|existing| existing.name == name) {
+                return Err(snapshot_exists(instance_id, name));
+            }
+            list.snapshots.push(snapshot.clone());
+            list.current = Some(name.to_owned());
+            Ok(Change::Put(list))
+        })?;
+        if self.state.get_json::<InstanceRecord>(&instance_key(instance_id))?.is_none() {
+            // Deleted meanwhile: its snapshots go with it.
+            self.remove_snapshots(instance_id)?;
+            return Err(instance_not_found(instance_id));
+        }
+        Ok(snapshot_view(&snapshot, &list.unwrap_or_default()))
+    }
+
+    /// Returns the instance to the snapshot's power state (from any state), after
+    /// `delays.snapshot`; the snapshot becomes the current one.
+    pub fn revert_snapshot(&self, instance_id: &str, name: &str) -> Result<Instance, Error> {
+        let record = self.load_instance(instance_id)?;
+        self.online_host(&record.host)?;
+        let list: SnapshotList = self.state.get_json(&snapshots_key(instance_id))?.unwrap_or_default();
+        let snapshot = list
+            .snapshots
+            .iter()
+            .find(|snapshot| snapshot.name == name)
+            .cloned()
+            .ok_or_else(|| snapshot_not_found(instance_id, name))?;
+        self.inject_failure("revert-snapshot")?;
+        self.wait_with_progress(
+            self.settings.delays.snapshot,
+            &format!("reverting instance {instance_id} to snapshot {name}"),
+        );
+        let reverted = self.state.update_json::<InstanceRecord, Error>(&instance_key(instance_id), |current| {
+            let current = current.ok_or_else(|| instance_not_found(instance_id))?;
+            Ok(Change::Put(InstanceRecord { power: snapshot.power, ..current.clone() }))
+        })?;
+        let reverted = reverted.ok_or_else(|| instance_not_found(instance_id))?;
+        self.state.update_json::<SnapshotList, Error>(&snapshots_key(instance_id), |current| {
+            let Some(list) = current.filter(|list| list.snapshots.iter().any(|snapshot| snapshot.name == name)) else {
+                return Ok(Change::Keep);
+            };
+            Ok(Change::Put(SnapshotList { current: Some(name.to_owned()), ..list.clone() }))
+        })?;
+        Ok(instance_view(&reverted, self.environment.now_ms()))
+    }
+
+    /// Removes a snapshot; the instance keeps its state.
+    pub fn delete_snapshot(&self, instance_id: &str, name: &str) -> Result<(), Error> {
+        let record = self.load_instance(instance_id)?;
+        self.online_host(&record.host)?;
+        self.inject_failure("delete-snapshot")?;
+        self.state.update_json::<SnapshotList, Error>(&snapshots_key(instance_id), |current| {
+            let mut list = current.cloned().unwrap_or_default();
+            let before = list.snapshots.len();
+            list.snapshots.retain(|snapshot| snapshot.name != name);
+            if list.snapshots.len() == before {
+                return Err(snapshot_not_found(instance_id, name));
+            }
+            if list.current.as_deref() == Some(name) {
+                list.current = None;
+            }
+            Ok(if list.snapshots.is_empty() { Change::Remove } else { Change::Put(list) })
+        })?;
+        Ok(())
+    }
+
+    fn remove_snapshots(&self, instance_id: &str) -> Result<(), Error> {
+        self.state.update_json::<SnapshotList, Error>(&snapshots_key(instance_id), |current| {
+            Ok(if current.is_some() { Change::Remove } else { Change::Keep })
+        })?;
+        Ok(())
     }
 
     fn load_instance(&self, instance_id: &str) -> Result<InstanceRecord, Error> {
@@ -608,13 +812,23 @@ fn check_capacity(host: &SimulatedHost, ledger: &HostLedger, requested: Resource
 /// What callers see: the power state at `now_ms`; an IP only while the guest is up.
 fn instance_view(record: &InstanceRecord, now_ms: u64) -> Instance {
     let state = record.power.observed_at(now_ms);
-    let has_address = matches!(state, InstanceState::Running | InstanceState::Stopping);
+    let has_address = matches!(state, InstanceState::Running | InstanceState::Stopping | InstanceState::Suspended);
     Instance {
         id: record.id.clone(),
         host: record.host.clone(),
         state,
         ip: has_address.then(|| ip_for(&record.id)),
         mac: Some(record.mac.clone()),
+    }
+}
+
+fn snapshot_view(snapshot: &SnapshotRecord, list: &SnapshotList) -> Snapshot {
+    Snapshot {
+        name: snapshot.name.clone(),
+        description: snapshot.description.clone(),
+        created_at: i64::try_from(snapshot.created_at_ms / 1000).unwrap_or(i64::MAX),
+        state: snapshot.power.observed_at(snapshot.created_at_ms),
+        current: list.current.as_deref() == Some(snapshot.name.as_str()),
     }
 }
 
@@ -643,6 +857,14 @@ fn activity(power: PowerState, observed: InstanceState) -> &'static str {
 
 fn instance_not_found(instance_id: &str) -> Error {
     Error::NotFound(format!("instance {instance_id} does not exist"))
+}
+
+fn snapshot_exists(instance_id: &str, name: &str) -> Error {
+    Error::Conflict(format!("instance {instance_id} already has a snapshot named {name}"))
+}
+
+fn snapshot_not_found(instance_id: &str, name: &str) -> Error {
+    Error::NotFound(format!("instance {instance_id} has no snapshot named {name}"))
 }
 
 fn instance_exists(instance_id: &str) -> Error {

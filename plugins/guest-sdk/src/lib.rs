@@ -1,5 +1,6 @@
 //! Guest-side SDK for Hyperplane plugins: the generated `driver` world bindings plus small
-//! helpers over the host's services (logging, progress, typed key-value state, config parsing).
+//! helpers over the host's services (logging, progress, typed key-value state, config parsing,
+//! reading the byte streams the host hands over).
 //!
 //! A driver crate (a `cdylib` built for `wasm32-wasip2`) implements [`Guest`] and exports it:
 //!
@@ -11,10 +12,12 @@
 //! hyperplane_guest::export_driver!(MyDriver);
 //! ```
 //!
-//! The host imports (`log`, `progress`, `state`, `endpoints`) only exist inside a component. On
-//! native targets `log` and `progress` fall back to stderr and a no-op so that pure driver logic
-//! can be unit-tested natively, and [`state::MemoryStore`] stands in for the host's store.
+//! The host imports (`log`, `progress`, `state`, `endpoints`, `transfer`) only exist inside a
+//! component. On native targets `log` and `progress` fall back to stderr and a no-op so that pure
+//! driver logic can be unit-tested natively, [`state::MemoryStore`] stands in for the host's
+//! store and [`bytes::MemoryBytes`] for a `transfer.byte-source`.
 
+pub mod bytes;
 pub mod config;
 pub mod log;
 pub mod progress;
@@ -22,12 +25,12 @@ pub mod state;
 
 pub use config::config;
 
-/// Bindings for the `hyperplane:driver/driver@0.1.0` world, generated from `wit/`.
+/// Bindings for the `hyperplane:driver/driver@0.2.0` world, generated from `wit/`.
 #[allow(unsafe_code, clippy::all)]
 pub mod driver_bindings {
     wit_bindgen::generate!({
-        world: "hyperplane:driver/driver@0.1.0",
-        path: ["../../wit/host/0.1.0", "../../wit/driver/0.1.0"],
+        world: "hyperplane:driver/driver@0.2.0",
+        path: ["../../wit/host/0.1.0", "../../wit/driver/0.2.0"],
         generate_all,
         pub_export_macro: true,
         export_macro_name: "export_wasm_driver",
@@ -37,7 +40,7 @@ pub mod driver_bindings {
 
 /// `export_driver!(MyDriver)` exports a type implementing [`Guest`] as the component's
 /// `hyperplane:driver/hypervisor` interface. It expands to nothing on native targets, where
-/// the component's export names (`hyperplane:driver/hypervisor@0.1.0#init`, …) are not valid
+/// the component's export names (`hyperplane:driver/hypervisor@0.2.0#init`, …) are not valid
 /// symbols, so a driver crate still builds and unit-tests natively.
 #[macro_export]
 macro_rules! export_driver {
@@ -49,6 +52,8 @@ macro_rules! export_driver {
 
 /// The trait a driver implements: one method per function of `hyperplane:driver/hypervisor`.
 pub use driver_bindings::exports::hyperplane::driver::hypervisor::Guest;
+/// Byte streams the host hands to a driver, such as a template's image (`hyperplane:driver/transfer`).
+pub use driver_bindings::hyperplane::driver::transfer;
 /// The records, variants and enums of `hyperplane:driver/types`.
 pub use driver_bindings::hyperplane::driver::types;
 /// Named byte streams the operator granted to the provider (`hyperplane:host/endpoints`).

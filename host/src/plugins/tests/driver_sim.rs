@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::support::{DRIVER_SIM_WASM, provider_settings, shared_runtime};
-use crate::plugins::driver_types::{DriverError, InstanceSpec, InstanceState, TemplateRef};
+use crate::plugins::driver_types::{DiskFormat, DriverError, InstanceSpec, InstanceState, TemplateRef};
 use crate::plugins::{
-    CacheOutcome, CallError, Driver, LoadError, MemoryStateStore, PluginRuntime, PluginStateStore, RuntimeSettings,
-    progress,
+    ByteSource, CacheOutcome, CallError, Driver, LoadError, MemoryStateStore, PluginRuntime, PluginStateStore,
+    RuntimeSettings, progress,
 };
+
+/// The grace period of graceful stops in tests.
+const GRACE: Duration = Duration::from_secs(60);
 
 fn instant_config() -> serde_json::Value {
     json!({
@@ -21,7 +24,13 @@ fn instant_config() -> serde_json::Value {
 }
 
 fn template() -> TemplateRef {
-    TemplateRef { name: "ubuntu".to_string(), version: 1, tag: "24.04".to_string(), size_bytes: 1 << 20 }
+    TemplateRef {
+        name: "ubuntu".to_string(),
+        version: 1,
+        tag: "24.04".to_string(),
+        size_bytes: 1 << 20,
+        format: DiskFormat::Raw,
+    }
 }
 
 fn spec(id: &str, host: &str) -> InstanceSpec {
@@ -42,7 +51,7 @@ fn spec(id: &str, host: &str) -> InstanceSpec {
 /// The first simulated host, with the test template pulled onto it.
 async fn host_with_template(driver: &Driver) -> String {
     let host = driver.list_hosts().await.expect("hosts listed")[0].id.clone();
-    driver.pull_template(&host, template()).await.expect("template pulled");
+    driver.pull_template(&host, template(), ByteSource::empty()).await.expect("template pulled");
     host
 }
 
@@ -65,7 +74,7 @@ async fn lifecycle_round_trip_through_the_component() {
     let host = hosts[0].id.clone();
     let missing_template = driver.create_instance(spec("vm-1", &host)).await;
     assert!(matches!(missing_template, Err(CallError::Driver(DriverError::Conflict(_)))), "{missing_template:?}");
-    let pulled = driver.pull_template(&host, template()).await.expect("template pulled");
+    let pulled = driver.pull_template(&host, template(), ByteSource::empty()).await.expect("template pulled");
     assert_eq!((pulled.name.as_str(), pulled.version), ("ubuntu", 1));
     let cached = driver.list_templates(&host).await.expect("templates listed");
     assert_eq!(cached.iter().map(|template| template.name.as_str()).collect::<Vec<_>>(), vec!["ubuntu"]);
@@ -88,12 +97,76 @@ async fn lifecycle_round_trip_through_the_component() {
         "the sim keeps its state in the host store"
     );
 
-    let stopped = driver.stop_instance("vm-1", true).await.expect("stopped");
+    let stopped = driver.stop_instance("vm-1", true, GRACE).await.expect("stopped");
     assert_eq!(stopped.state, InstanceState::Stopped);
     driver.delete_instance("vm-1").await.expect("deleted");
     let missing = driver.get_instance("vm-1").await;
     assert!(matches!(missing, Err(CallError::Driver(DriverError::NotFound(_)))), "{missing:?}");
     assert_eq!(driver.statistics().instances_discarded, 0, "driver errors keep the instance");
+}
+
+#[tokio::test]
+async fn pull_streams_the_image_file_to_the_driver() {
+    let (driver, _state) = load_sim("sim-image", instant_config()).await;
+    let host = driver.list_hosts().await.expect("hosts listed")[0].id.clone();
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let path = directory.path().join("1.img");
+    let mut image = b"QFI\xfb".to_vec();
+    image.resize(3 * 1024 * 1024 + 17, 0xab);
+    std::fs::write(&path, &image).expect("write the image");
+
+    let source = ByteSource::open_file(&path, "the image of ubuntu v1").await.expect("opens");
+    let delivered = source.delivered();
+    let qcow2 = TemplateRef { size_bytes: image.len() as u64, format: DiskFormat::Qcow2, ..template() };
+    let pulled = driver.pull_template(&host, qcow2.clone(), source).await.expect("pulled");
+    assert_eq!(pulled.size_bytes, image.len() as u64);
+    assert_eq!(delivered.get(), image.len() as u64, "the driver read the whole image");
+
+    let wrong_size = TemplateRef { version: 2, size_bytes: 5, ..qcow2 };
+    let source = ByteSource::open_file(&path, "the image of ubuntu v2").await.expect("opens");
+    let refused = driver.pull_template(&host, wrong_size, source).await;
+    assert!(
+        matches!(&refused, Err(CallError::Driver(DriverError::Invalid(message))) if message.contains("declares 5 bytes")),
+        "{refused:?}"
+    );
+    assert_eq!(driver.statistics().instances_discarded, 0);
+}
+
+#[tokio::test]
+async fn suspend_resume_and_snapshots_through_the_component() {
+    let (driver, _state) = load_sim("sim-snapshots", instant_config()).await;
+    let host = host_with_template(&driver).await;
+    driver.create_instance(spec("vm-s", &host)).await.expect("created");
+    driver.start_instance("vm-s").await.expect("started");
+    assert_eq!(driver.suspend_instance("vm-s").await.expect("suspended").state, InstanceState::Suspended);
+    assert_eq!(driver.resume_instance("vm-s").await.expect("resumed").state, InstanceState::Running);
+
+    let snapshot = driver.create_snapshot("vm-s", "first", "running").await.expect("snapshot");
+    assert_eq!((snapshot.state, snapshot.current), (InstanceState::Running, true));
+    driver.stop_instance("vm-s", false, GRACE).await.expect("stopped");
+    let reverted = driver.revert_snapshot("vm-s", "first").await.expect("reverted");
+    assert_eq!(reverted.state, InstanceState::Running);
+    let listed = driver.list_snapshots("vm-s").await.expect("listed");
+    assert_eq!(listed.iter().map(|snapshot| snapshot.name.as_str()).collect::<Vec<_>>(), ["first"]);
+    driver.delete_snapshot("vm-s", "first").await.expect("deleted");
+    let missing = driver.delete_snapshot("vm-s", "first").await;
+    assert!(matches!(missing, Err(CallError::Driver(DriverError::NotFound(_)))), "{missing:?}");
+}
+
+#[tokio::test]
+async fn a_graceful_stop_gets_its_grace_period_on_top_of_the_call_timeout() {
+    let config = json!({ "hosts": 1, "guests_ignore_shutdown": true,
+        "delays_ms": { "create": 0, "start": 0, "stop": 0, "restart": 0, "delete": 0, "pull": 0 } });
+    let mut settings = provider_settings("sim-grace", DRIVER_SIM_WASM, config);
+    settings.call_timeout = Duration::from_millis(300);
+    let driver = Driver::load(shared_runtime(), settings, Arc::new(MemoryStateStore::new())).await.expect("loads");
+    let host = host_with_template(&driver).await;
+    driver.create_instance(spec("vm-g", &host)).await.expect("created");
+    driver.start_instance("vm-g").await.expect("started");
+    let started = Instant::now();
+    let stopped = driver.stop_instance("vm-g", false, Duration::from_millis(500)).await.expect("stopped in time");
+    assert_eq!(stopped.state, InstanceState::Stopped);
+    assert!(started.elapsed() >= Duration::from_millis(500), "the guest ignored the shutdown: {:?}", started.elapsed());
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use hyperplane_guest::bytes::MemoryBytes;
 use hyperplane_guest::state::{JsonState, KeyValueStore, MemoryStore};
 use hyperplane_guest::types::{Arch, KeyValue};
 
@@ -94,7 +95,7 @@ impl Fixture {
 
     /// Pulls `ubuntu` v1 to the host and creates a stopped instance on it.
     fn stopped_instance(&self, instance_id: &str, host_id: &str) -> Result<Instance, Error> {
-        self.simulator.pull_template(host_id, &ubuntu())?;
+        self.simulator.pull_template(host_id, &ubuntu(), &no_image())?;
         self.simulator.create_instance(spec(instance_id, host_id, 2, 2048))
     }
 
@@ -107,8 +108,16 @@ impl Fixture {
 const ZERO_DELAYS: &str = r#"{"pull_bytes_per_sec": 0,
     "delays_ms": {"create": 0, "start": 0, "stop": 0, "restart": 0, "delete": 0, "pull": 0}}"#;
 
+/// The grace period of graceful stops in tests: longer than any simulated shutdown.
+const GRACE_MS: u32 = 60_000;
+
 fn ubuntu() -> TemplateRef {
-    TemplateRef { name: "ubuntu".into(), version: 1, tag: "24.04".into(), size_bytes: 2 << 30 }
+    TemplateRef { name: "ubuntu".into(), version: 1, tag: "24.04".into(), size_bytes: 2 << 30, format: DiskFormat::Raw }
+}
+
+/// The empty image the host passes for a template version without an image.
+fn no_image() -> MemoryBytes {
+    MemoryBytes::default()
 }
 
 fn spec(instance_id: &str, host_id: &str, vcpu: u32, ram_mb: u64) -> InstanceSpec {
@@ -206,7 +215,7 @@ fn invalid_configs_name_the_problem() {
 #[test]
 fn list_hosts_reports_state_sizes_and_cached_templates() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"hosts": 2, "offline_hosts": ["sim-2"], "delays_ms": {"pull": 0}}"#);
-    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
     let hosts = fixture.simulator.list_hosts()?;
     assert_eq!(hosts.len(), 2);
     assert_eq!(
@@ -222,7 +231,7 @@ fn list_hosts_reports_state_sizes_and_cached_templates() -> Result<(), Error> {
 #[test]
 fn create_defines_a_stopped_instance_with_derived_addresses() -> Result<(), Error> {
     let fixture = Fixture::new("{}");
-    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
     fixture.environment.take_slept_ms();
     let instance = fixture.simulator.create_instance(spec("vm-1", "sim-1", 2, 2048))?;
     assert_eq!(fixture.environment.take_slept_ms(), 200);
@@ -255,7 +264,7 @@ fn create_refuses_bad_requests() -> Result<(), Error> {
         "conflict",
         "not cached on host sim-1; pull it first",
     );
-    simulator.pull_template("sim-1", &ubuntu())?;
+    simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
     simulator.create_instance(spec("vm-1", "sim-1", 1, 512))?;
     check_error(simulator.create_instance(spec("vm-1", "sim-1", 1, 512)), "conflict", "vm-1 already exists");
     check_error(simulator.create_instance(spec("vm-2", "sim-9", 1, 512)), "not-found", "host sim-9");
@@ -275,7 +284,7 @@ fn create_refuses_bad_requests() -> Result<(), Error> {
 #[test]
 fn capacity_is_respected_and_freed_by_delete() -> Result<(), Error> {
     let fixture = Fixture::new(ZERO_DELAYS);
-    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
     for number in 1..=4 {
         fixture.simulator.create_instance(spec(&format!("vm-{number}"), "sim-1", 4, 1024))?;
     }
@@ -288,7 +297,7 @@ fn capacity_is_respected_and_freed_by_delete() -> Result<(), Error> {
     fixture.simulator.create_instance(spec("vm-5", "sim-1", 4, 1024))?;
 
     let ram_bound = Fixture::new(r#"{"hosts": 1, "ram_mb": 4096, "delays_ms": {"create": 0, "pull": 0}}"#);
-    ram_bound.simulator.pull_template("sim-1", &ubuntu())?;
+    ram_bound.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
     ram_bound.simulator.create_instance(spec("a", "sim-1", 1, 3072))?;
     check_error(ram_bound.simulator.create_instance(spec("b", "sim-1", 1, 2048)), "conflict", "3072 of 4096 MB ram");
     Ok(())
@@ -357,7 +366,7 @@ fn joining_a_transition_waits_for_it() -> Result<(), Error> {
     fixture.environment.take_slept_ms();
     assert_eq!(fixture.simulator.start_instance("vm-1")?.state, InstanceState::Running);
     assert_eq!(fixture.environment.take_slept_ms(), 120);
-    check_error(fixture.simulator.stop_instance("vm-1-missing", false), "not-found", "vm-1-missing");
+    check_error(fixture.simulator.stop_instance("vm-1-missing", false, GRACE_MS), "not-found", "vm-1-missing");
     Ok(())
 }
 
@@ -366,15 +375,15 @@ fn stop_is_graceful_or_forced() -> Result<(), Error> {
     let fixture = Fixture::new("{}");
     fixture.running_instance("vm-1", "sim-1")?;
     fixture.environment.take_slept_ms();
-    let stopped = fixture.simulator.stop_instance("vm-1", false)?;
+    let stopped = fixture.simulator.stop_instance("vm-1", false, GRACE_MS)?;
     assert_eq!((stopped.state, stopped.ip), (InstanceState::Stopped, None));
     assert_eq!(fixture.environment.take_slept_ms(), 200);
-    assert_eq!(fixture.simulator.stop_instance("vm-1", false)?.state, InstanceState::Stopped);
+    assert_eq!(fixture.simulator.stop_instance("vm-1", false, GRACE_MS)?.state, InstanceState::Stopped);
     assert_eq!(fixture.environment.take_slept_ms(), 0);
 
     fixture.simulator.start_instance("vm-1")?;
     fixture.environment.take_slept_ms();
-    assert_eq!(fixture.simulator.stop_instance("vm-1", true)?.state, InstanceState::Stopped);
+    assert_eq!(fixture.simulator.stop_instance("vm-1", true, GRACE_MS)?.state, InstanceState::Stopped);
     assert_eq!(fixture.environment.take_slept_ms(), 20);
     Ok(())
 }
@@ -386,9 +395,13 @@ fn stopping_a_starting_instance_needs_force() -> Result<(), Error> {
     let mut record = fixture.record("vm-1").expect("record");
     record.power = PowerState::Starting { running_at_ms: fixture.environment.now_ms() + 300 };
     fixture.put_record(&record);
-    check_error(fixture.simulator.stop_instance("vm-1", false), "conflict", "vm-1 is starting; stop it with force");
+    check_error(
+        fixture.simulator.stop_instance("vm-1", false, GRACE_MS),
+        "conflict",
+        "vm-1 is starting; stop it with force",
+    );
     check_error(fixture.simulator.restart_instance("vm-1", false), "conflict", "vm-1 is starting");
-    assert_eq!(fixture.simulator.stop_instance("vm-1", true)?.state, InstanceState::Stopped);
+    assert_eq!(fixture.simulator.stop_instance("vm-1", true, GRACE_MS)?.state, InstanceState::Stopped);
     Ok(())
 }
 
@@ -402,7 +415,7 @@ fn starting_a_stopping_instance_conflicts() -> Result<(), Error> {
     check_error(fixture.simulator.start_instance("vm-1"), "conflict", "vm-1 is stopping; cannot start it");
     // A plain stop joins the stop under way.
     fixture.environment.take_slept_ms();
-    assert_eq!(fixture.simulator.stop_instance("vm-1", false)?.state, InstanceState::Stopped);
+    assert_eq!(fixture.simulator.stop_instance("vm-1", false, GRACE_MS)?.state, InstanceState::Stopped);
     assert_eq!(fixture.environment.take_slept_ms(), 200);
     Ok(())
 }
@@ -455,21 +468,21 @@ fn delete_removes_the_instance_and_frees_the_template() -> Result<(), Error> {
 #[test]
 fn pull_takes_time_by_size_and_is_idempotent() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"offline_hosts": ["sim-2"], "pull_bytes_per_sec": 1073741824}"#);
-    let cached = fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    let cached = fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
     assert_eq!(
         (cached.name.as_str(), cached.version, cached.tag.as_str(), cached.size_bytes),
         ("ubuntu", 1, "24.04", 2 << 30)
     );
     assert_eq!(fixture.environment.take_slept_ms(), 500 + 2000);
-    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
     assert_eq!(fixture.environment.take_slept_ms(), 0);
     assert_eq!(fixture.simulator.list_templates("sim-1")?.len(), 1);
     assert!(fixture.simulator.list_templates("sim-3")?.is_empty());
-    check_error(fixture.simulator.pull_template("sim-2", &ubuntu()), "unavailable", "offline");
-    check_error(fixture.simulator.pull_template("sim-9", &ubuntu()), "not-found", "sim-9");
+    check_error(fixture.simulator.pull_template("sim-2", &ubuntu(), &no_image()), "unavailable", "offline");
+    check_error(fixture.simulator.pull_template("sim-9", &ubuntu(), &no_image()), "not-found", "sim-9");
     check_error(fixture.simulator.list_templates("sim-2"), "unavailable", "offline");
     let nameless = TemplateRef { name: String::new(), ..ubuntu() };
-    check_error(fixture.simulator.pull_template("sim-1", &nameless), "invalid", "name");
+    check_error(fixture.simulator.pull_template("sim-1", &nameless, &no_image()), "invalid", "name");
     Ok(())
 }
 
@@ -490,7 +503,7 @@ fn offline_hosts_refuse_operations_but_keep_their_inventory() -> Result<(), Erro
     assert_eq!(simulator.get_instance("vm-1")?.state, InstanceState::Running);
     assert_eq!(simulator.list_instances()?.len(), 1);
     check_error(simulator.start_instance("vm-1"), "unavailable", "host sim-1 is offline");
-    check_error(simulator.stop_instance("vm-1", true), "unavailable", "host sim-1 is offline");
+    check_error(simulator.stop_instance("vm-1", true, GRACE_MS), "unavailable", "host sim-1 is offline");
     check_error(simulator.restart_instance("vm-1", true), "unavailable", "host sim-1 is offline");
     check_error(simulator.delete_instance("vm-1"), "unavailable", "host sim-1 is offline");
     check_error(simulator.exec("vm-1", "echo hi", 0), "unavailable", "host sim-1 is offline");
@@ -509,7 +522,7 @@ fn injected_failures_are_backend_errors_that_change_nothing() -> Result<(), Erro
     assert_eq!(fixture.simulator.start_instance("vm-1")?.state, InstanceState::Running);
 
     let always = Fixture::new(r#"{"failure_rate": 1.0}"#);
-    check_error(always.simulator.pull_template("sim-1", &ubuntu()), "backend", "pull-template");
+    check_error(always.simulator.pull_template("sim-1", &ubuntu(), &no_image()), "backend", "pull-template");
     assert!(always.simulator.list_templates("sim-1")?.is_empty());
     assert_eq!(always.environment.take_slept_ms(), 0);
     Ok(())
@@ -542,7 +555,7 @@ fn zero_delay_mode_never_sleeps_or_reports_progress() -> Result<(), Error> {
     fixture.running_instance("vm-1", "sim-1")?;
     fixture.simulator.restart_instance("vm-1", false)?;
     fixture.simulator.restart_instance("vm-1", true)?;
-    assert_eq!(fixture.simulator.stop_instance("vm-1", false)?.state, InstanceState::Stopped);
+    assert_eq!(fixture.simulator.stop_instance("vm-1", false, GRACE_MS)?.state, InstanceState::Stopped);
     fixture.simulator.delete_instance("vm-1")?;
     assert_eq!(fixture.environment.take_slept_ms(), 0);
     assert!(fixture.environment.progress.lock().expect("progress").is_empty());
@@ -552,7 +565,7 @@ fn zero_delay_mode_never_sleeps_or_reports_progress() -> Result<(), Error> {
 #[test]
 fn stale_reservations_are_reclaimed() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"hosts": 1, "cpu": 4, "delays_ms": {"create": 0, "pull": 0}}"#);
-    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
     // A create that died after reserving 4 vcpus.
     let mut ledger = HostLedger::default();
     ledger.reserve(
@@ -591,7 +604,7 @@ fn stale_reservations_are_reclaimed() -> Result<(), Error> {
 #[test]
 fn concurrent_creates_never_overcommit_a_host() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"hosts": 1, "cpu": 16, "delays_ms": {"create": 0, "pull": 0}}"#);
-    fixture.simulator.pull_template("sim-1", &ubuntu())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
     let simulators: Vec<_> = (0..8).map(|_| fixture.another_instance()).collect();
     let outcomes: Vec<Result<Instance, Error>> = std::thread::scope(|scope| {
         let workers: Vec<_> = simulators
@@ -621,7 +634,7 @@ fn concurrent_creates_never_overcommit_a_host() -> Result<(), Error> {
 fn concurrent_creates_of_one_id_make_one_instance() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"delays_ms": {"create": 0, "pull": 0}}"#);
     for host in ["sim-1", "sim-2"] {
-        fixture.simulator.pull_template(host, &ubuntu())?;
+        fixture.simulator.pull_template(host, &ubuntu(), &no_image())?;
     }
     let simulators: Vec<_> = (0..8).map(|_| fixture.another_instance()).collect();
     let created = std::thread::scope(|scope| {
@@ -645,7 +658,7 @@ fn concurrent_creates_of_one_id_make_one_instance() -> Result<(), Error> {
 fn template_removal_racing_creates_never_orphans_an_instance() -> Result<(), Error> {
     let fixture = Fixture::new(ZERO_DELAYS);
     for round in 0..50 {
-        fixture.simulator.pull_template("sim-1", &ubuntu())?;
+        fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
         let creator = fixture.another_instance();
         let remover = fixture.another_instance();
         let instance_id = format!("vm-{round}");
@@ -675,7 +688,7 @@ fn concurrent_power_operations_settle_consistently() -> Result<(), Error> {
                 for _ in 0..20 {
                     let _ = match worker % 3 {
                         0 => simulator.start_instance("vm-1"),
-                        1 => simulator.stop_instance("vm-1", true),
+                        1 => simulator.stop_instance("vm-1", true, GRACE_MS),
                         _ => simulator.restart_instance("vm-1", true),
                     };
                 }
@@ -685,5 +698,174 @@ fn concurrent_power_operations_settle_consistently() -> Result<(), Error> {
     let state = fixture.simulator.get_instance("vm-1")?.state;
     assert!(matches!(state, InstanceState::Running | InstanceState::Stopped), "{state:?}");
     assert_eq!(fixture.store.scan("instance/").map(|entries| entries.len()).ok(), Some(1));
+    Ok(())
+}
+
+#[test]
+fn graceful_stop_honours_the_grace_period() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.running_instance("vm-1", "sim-1")?;
+    fixture.environment.take_slept_ms();
+    // The guest needs 200 ms to shut down; after 50 ms of grace it is powered off (20 ms).
+    assert_eq!(fixture.simulator.stop_instance("vm-1", false, 50)?.state, InstanceState::Stopped);
+    assert_eq!(fixture.environment.take_slept_ms(), 70);
+    let too_long = MAX_STOP_GRACE_MS + 1;
+    check_error(fixture.simulator.stop_instance("vm-1", false, too_long), "invalid", "exceeds the maximum");
+
+    let stubborn = Fixture::new(r#"{"guests_ignore_shutdown": true}"#);
+    stubborn.running_instance("vm-2", "sim-1")?;
+    stubborn.environment.take_slept_ms();
+    assert_eq!(stubborn.simulator.stop_instance("vm-2", false, 1000)?.state, InstanceState::Stopped);
+    assert_eq!(stubborn.environment.take_slept_ms(), 1020, "the whole grace period, then the power-off");
+    Ok(())
+}
+
+#[test]
+fn suspend_and_resume_keep_the_guest_in_memory() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    fixture.stopped_instance("vm-1", "sim-1")?;
+    check_error(fixture.simulator.suspend_instance("vm-1"), "conflict", "vm-1 is stopped; only a running instance");
+    check_error(fixture.simulator.resume_instance("vm-1"), "conflict", "only a suspended instance can be resumed");
+    let running = fixture.simulator.start_instance("vm-1")?;
+    assert_eq!(fixture.simulator.resume_instance("vm-1")?.state, InstanceState::Running, "running stays running");
+
+    let suspended = fixture.simulator.suspend_instance("vm-1")?;
+    assert_eq!((suspended.state, &suspended.ip), (InstanceState::Suspended, &running.ip));
+    assert_eq!(fixture.simulator.suspend_instance("vm-1")?.state, InstanceState::Suspended);
+    check_error(fixture.simulator.start_instance("vm-1"), "conflict", "vm-1 is suspended; resume it instead");
+    check_error(fixture.simulator.exec("vm-1", "true", 0), "conflict", "vm-1 is suspended");
+    assert_eq!(fixture.simulator.list_instances()?[0].state, InstanceState::Suspended);
+    assert_eq!(fixture.simulator.resume_instance("vm-1")?.state, InstanceState::Running);
+
+    fixture.simulator.suspend_instance("vm-1")?;
+    let stopped = fixture.simulator.stop_instance("vm-1", false, GRACE_MS)?;
+    assert_eq!((stopped.state, stopped.ip), (InstanceState::Stopped, None), "a paused guest is powered off");
+    check_error(fixture.simulator.suspend_instance("vm-9"), "not-found", "vm-9");
+    Ok(())
+}
+
+#[test]
+fn snapshots_are_kept_per_instance_and_reverted_to_their_state() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"delays_ms": {"snapshot": 150}}"#);
+    fixture.running_instance("vm-1", "sim-1")?;
+    fixture.running_instance("vm-2", "sim-1")?;
+    fixture.environment.take_slept_ms();
+    let first = fixture.simulator.create_snapshot("vm-1", "before-upgrade", "clean install")?;
+    assert_eq!(
+        (first.state, first.current, first.description.as_str()),
+        (InstanceState::Running, true, "clean install")
+    );
+    assert_eq!(fixture.environment.take_slept_ms(), 150);
+    check_error(fixture.simulator.create_snapshot("vm-1", "before-upgrade", ""), "conflict", "already has a snapshot");
+    check_error(fixture.simulator.create_snapshot("vm-1", "", ""), "invalid", "snapshot name");
+    fixture.simulator.create_snapshot("vm-2", "before-upgrade", "")?;
+
+    fixture.simulator.stop_instance("vm-1", false, GRACE_MS)?;
+    fixture.simulator.create_snapshot("vm-1", "powered-off", "")?;
+    let listed: Vec<(String, InstanceState, bool)> = fixture
+        .simulator
+        .list_snapshots("vm-1")?
+        .into_iter()
+        .map(|snapshot| (snapshot.name, snapshot.state, snapshot.current))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("before-upgrade".into(), InstanceState::Running, false),
+            ("powered-off".into(), InstanceState::Stopped, true)
+        ]
+    );
+
+    let reverted = fixture.simulator.revert_snapshot("vm-1", "before-upgrade")?;
+    assert_eq!(reverted.state, InstanceState::Running);
+    assert!(reverted.ip.is_some(), "{reverted:?}");
+    let current: Vec<bool> =
+        fixture.simulator.list_snapshots("vm-1")?.iter().map(|snapshot| snapshot.current).collect();
+    assert_eq!(current, [true, false]);
+    check_error(fixture.simulator.revert_snapshot("vm-1", "missing"), "not-found", "no snapshot named missing");
+
+    fixture.simulator.delete_snapshot("vm-1", "before-upgrade")?;
+    check_error(fixture.simulator.delete_snapshot("vm-1", "before-upgrade"), "not-found", "before-upgrade");
+    assert_eq!(fixture.simulator.list_snapshots("vm-1")?.len(), 1);
+    assert_eq!(fixture.simulator.get_instance("vm-1")?.state, InstanceState::Running, "deleting keeps the state");
+
+    fixture.simulator.delete_instance("vm-1")?;
+    check_error(fixture.simulator.list_snapshots("vm-1"), "not-found", "vm-1 does not exist");
+    assert_eq!(fixture.store.scan("snapshots/").map(|entries| entries.len()).ok(), Some(1), "only vm-2's are left");
+    Ok(())
+}
+
+#[test]
+fn snapshots_need_a_settled_instance() -> Result<(), Error> {
+    let fixture = Fixture::new("{}");
+    fixture.running_instance("vm-1", "sim-1")?;
+    let mut record = fixture.record("vm-1").expect("record");
+    record.power = PowerState::Stopping { stopped_at_ms: fixture.environment.now_ms() + 200 };
+    fixture.put_record(&record);
+    check_error(fixture.simulator.create_snapshot("vm-1", "mid-stop", ""), "conflict", "vm-1 is stopping; wait");
+    fixture.environment.advance(200);
+    assert_eq!(fixture.simulator.create_snapshot("vm-1", "stopped", "")?.state, InstanceState::Stopped);
+    Ok(())
+}
+
+/// A reader over bytes in memory that counts what was read and can fail at the end.
+struct CountingImage {
+    inner: MemoryBytes,
+    bytes_read: AtomicU64,
+    fail_at_end: bool,
+}
+
+impl CountingImage {
+    fn new(bytes: Vec<u8>) -> Self {
+        CountingImage { inner: MemoryBytes::new(bytes), bytes_read: AtomicU64::new(0), fail_at_end: false }
+    }
+}
+
+impl ByteReader for CountingImage {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read(&self, max: u32) -> Result<Vec<u8>, String> {
+        let chunk = self.inner.read(max)?;
+        if chunk.is_empty() && self.fail_at_end {
+            return Err("disk read error".into());
+        }
+        self.bytes_read.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        Ok(chunk)
+    }
+}
+
+#[test]
+fn pull_reads_the_whole_image_and_checks_it() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    let mut qcow2_bytes = QCOW2_MAGIC.to_vec();
+    qcow2_bytes.resize(3 << 20, 7);
+    let qcow2 = TemplateRef { size_bytes: 3 << 20, format: DiskFormat::Qcow2, ..ubuntu() };
+    let image = CountingImage::new(qcow2_bytes.clone());
+    assert_eq!(fixture.simulator.pull_template("sim-1", &qcow2, &image)?.size_bytes, 3 << 20);
+    assert_eq!(image.bytes_read.load(Ordering::SeqCst), 3 << 20);
+    let again = CountingImage::new(qcow2_bytes);
+    fixture.simulator.pull_template("sim-1", &qcow2, &again)?;
+    assert_eq!(again.bytes_read.load(Ordering::SeqCst), 0, "a cached template is not read again");
+
+    let wrong_size = TemplateRef { size_bytes: 10, ..qcow2.clone() };
+    check_error(
+        fixture.simulator.pull_template("sim-2", &wrong_size, &CountingImage::new(vec![0; 11])),
+        "invalid",
+        "declares 10 bytes but its image has 11",
+    );
+    let not_qcow2 = TemplateRef { size_bytes: 8, ..qcow2.clone() };
+    check_error(
+        fixture.simulator.pull_template("sim-2", &not_qcow2, &CountingImage::new(vec![0; 8])),
+        "invalid",
+        "does not start with the qcow2 magic",
+    );
+    let raw = TemplateRef { size_bytes: 8, format: DiskFormat::Raw, ..ubuntu() };
+    let failing = CountingImage { fail_at_end: true, ..CountingImage::new(vec![1; 8]) };
+    check_error(fixture.simulator.pull_template("sim-2", &raw, &failing), "unavailable", "disk read error");
+    assert!(fixture.simulator.list_templates("sim-2")?.is_empty(), "a failed pull caches nothing");
+    fixture.simulator.pull_template("sim-2", &raw, &CountingImage::new(vec![1; 8]))?;
+    assert_eq!(fixture.simulator.list_templates("sim-2")?.len(), 1);
     Ok(())
 }

@@ -1,0 +1,160 @@
+//! `hyperplane:driver/transfer`: byte streams the host hands to a driver, such as a template's
+//! image in `pull-template`. The host owns the data: a [`ByteSource`] reads a file (or
+//! nothing) asynchronously, at most [`MAX_TRANSFER_READ_BYTES`] per `read`, so one read never
+//! costs the guest more than that much memory; the guest's memory cap bounds the rest.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use wasmtime::component::Resource;
+
+use super::bindings::hyperplane::driver::transfer::{Host, HostByteSource};
+use super::store_data::StoreData;
+
+/// Largest chunk one `read` returns.
+pub const MAX_TRANSFER_READ_BYTES: u32 = 1024 * 1024;
+/// The slowest transfer a call that reads a byte source is granted time for: such a call's
+/// deadline is the provider's call timeout plus the source's size at this rate.
+pub const MIN_TRANSFER_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
+
+/// How many bytes a driver has read from a [`ByteSource`]; shared with the caller, which
+/// keeps it after the source went to the driver.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveredBytes(Arc<AtomicU64>);
+
+impl DeliveredBytes {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A stream of bytes for a driver: a file's contents or nothing.
+pub struct ByteSource {
+    size: u64,
+    file: Option<tokio::fs::File>,
+    description: String,
+    delivered: DeliveredBytes,
+}
+
+impl std::fmt::Debug for ByteSource {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ByteSource")
+            .field("size", &self.size)
+            .field("description", &self.description)
+            .field("delivered", &self.delivered.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ByteSource {
+    /// A source of no bytes.
+    pub fn empty() -> ByteSource {
+        ByteSource { size: 0, file: None, description: "nothing".into(), delivered: DeliveredBytes::default() }
+    }
+
+    /// The contents of the file at `path`, whose size is taken now. `description` names the
+    /// data in errors the driver sees (never the path).
+    pub async fn open_file(path: &Path, description: impl Into<String>) -> io::Result<ByteSource> {
+        let file = tokio::fs::File::open(path).await?;
+        let size = file.metadata().await?.len();
+        Ok(ByteSource { size, file: Some(file), description: description.into(), delivered: DeliveredBytes::default() })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Counts the bytes the driver reads, also after the source was handed over.
+    pub fn delivered(&self) -> DeliveredBytes {
+        self.delivered.clone()
+    }
+
+    /// Extra time a call that reads this source gets on top of its call timeout.
+    pub fn transfer_allowance(&self) -> Duration {
+        Duration::from_secs_f64(self.size as f64 / MIN_TRANSFER_BYTES_PER_SEC as f64)
+    }
+
+    /// Reads up to `max` (at most [`MAX_TRANSFER_READ_BYTES`]) bytes, never past `size`; an
+    /// empty vector at the end.
+    async fn read_chunk(&mut self, max: u32) -> Result<Vec<u8>, String> {
+        let delivered = self.delivered.get();
+        let remaining = self.size.saturating_sub(delivered);
+        let length = u64::from(max.min(MAX_TRANSFER_READ_BYTES)).min(remaining) as usize;
+        let Some(file) = self.file.as_mut().filter(|_| length > 0) else { return Ok(Vec::new()) };
+        let mut buffer = vec![0; length];
+        let mut filled = 0;
+        while filled < length {
+            match file.read(&mut buffer[filled..]).await {
+                Ok(0) => {
+                    return Err(format!(
+                        "{} ended after {} of {} bytes",
+                        self.description,
+                        delivered + filled as u64,
+                        self.size
+                    ));
+                }
+                Ok(count) => filled += count,
+                Err(error) => return Err(format!("reading {}: {}", self.description, error.kind())),
+            }
+        }
+        self.delivered.0.fetch_add(filled as u64, Ordering::Relaxed);
+        Ok(buffer)
+    }
+}
+
+impl Host for StoreData {}
+
+impl HostByteSource for StoreData {
+    async fn size(&mut self, source: Resource<ByteSource>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&source)?.size)
+    }
+
+    async fn read(&mut self, source: Resource<ByteSource>, max: u32) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        let source = self.table.get_mut(&source)?;
+        Ok(source.read_chunk(max).await)
+    }
+
+    async fn drop(&mut self, source: Resource<ByteSource>) -> wasmtime::Result<()> {
+        self.table.delete(source)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_a_file_in_capped_chunks_and_counts_them() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("image.img");
+        let bytes: Vec<u8> = (0..(MAX_TRANSFER_READ_BYTES as usize + 10)).map(|index| index as u8).collect();
+        std::fs::write(&path, &bytes).expect("write the file");
+        let mut source = ByteSource::open_file(&path, "the image").await.expect("opens");
+        let delivered = source.delivered();
+        assert_eq!(source.size(), bytes.len() as u64);
+        let first = source.read_chunk(u32::MAX).await.expect("reads");
+        assert_eq!(first.len(), MAX_TRANSFER_READ_BYTES as usize, "capped at the chunk limit");
+        let second = source.read_chunk(u32::MAX).await.expect("reads");
+        assert_eq!([first, second].concat(), bytes);
+        assert_eq!(source.read_chunk(100).await, Ok(Vec::new()));
+        assert_eq!(delivered.get(), bytes.len() as u64);
+        assert_eq!(ByteSource::empty().read_chunk(100).await, Ok(Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_shrank_is_an_error_naming_the_data() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("image.img");
+        std::fs::write(&path, [1_u8; 100]).expect("write the file");
+        let mut source = ByteSource::open_file(&path, "the image of ubuntu v1").await.expect("opens");
+        std::fs::write(&path, [1_u8; 10]).expect("truncate the file");
+        let error = source.read_chunk(1000).await.expect_err("the file is short");
+        assert_eq!(error, "the image of ubuntu v1 ended after 10 of 100 bytes");
+    }
+}

@@ -1,0 +1,70 @@
+//! The version of the driver contract the host speaks, and the load-time check that refuses a
+//! component exporting another version with an error that names both.
+
+use super::errors::LoadError;
+
+/// The version of `hyperplane:driver` this host binds (`wit/driver/0.2.0`).
+pub const SUPPORTED_DRIVER_VERSION: &str = "0.2.0";
+/// Export names of the driver interface start with this, followed by the version.
+const DRIVER_INTERFACE_PREFIX: &str = "hyperplane:driver/hypervisor@";
+
+/// Checks the names a component exports: it must export the driver interface in the supported
+/// version. Another version is [`LoadError::UnsupportedDriverVersion`]; none at all is
+/// [`LoadError::NoDriverInterface`].
+pub(crate) fn check_driver_exports<'a>(
+    label: &str,
+    export_names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), LoadError> {
+    let exported_versions: Vec<&str> =
+        export_names.into_iter().filter_map(|name| name.strip_prefix(DRIVER_INTERFACE_PREFIX)).collect();
+    if exported_versions.contains(&SUPPORTED_DRIVER_VERSION) {
+        return Ok(());
+    }
+    match exported_versions.first() {
+        Some(exported) => Err(LoadError::UnsupportedDriverVersion {
+            label: label.to_owned(),
+            exported: (*exported).to_owned(),
+            supported: SUPPORTED_DRIVER_VERSION,
+        }),
+        None => Err(LoadError::NoDriverInterface { label: label.to_owned() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(export_names: &[&str], expected_error: Option<&str>) {
+        let outcome = check_driver_exports("driver.wasm", export_names.iter().copied());
+        match (outcome, expected_error) {
+            (Ok(()), None) => {}
+            (Err(error), Some(expected)) => assert_eq!(error.to_string(), expected),
+            (outcome, expected) => panic!("{export_names:?}: got {outcome:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_supported_driver_version_is_accepted() {
+        check(&["hyperplane:driver/hypervisor@0.2.0"], None);
+        check(&["wasi:cli/run@0.2.0", "hyperplane:driver/hypervisor@0.2.0"], None);
+        check(
+            &["hyperplane:driver/hypervisor@0.1.0"],
+            Some(
+                "component driver.wasm exports hyperplane:driver/hypervisor@0.1.0, but this host supports only \
+                 @0.2.0; rebuild the driver against wit/driver/0.2.0",
+            ),
+        );
+        check(
+            &["hyperplane:driver/hypervisor@0.3.0-rc1"],
+            Some(
+                "component driver.wasm exports hyperplane:driver/hypervisor@0.3.0-rc1, but this host supports \
+                 only @0.2.0; rebuild the driver against wit/driver/0.2.0",
+            ),
+        );
+        check(
+            &["wasi:cli/run@0.2.0", "hyperplane:driver/hypervisors@0.2.0"],
+            Some("component driver.wasm exports no hyperplane:driver/hypervisor interface; it is not a driver"),
+        );
+        check(&[], Some("component driver.wasm exports no hyperplane:driver/hypervisor interface; it is not a driver"));
+    }
+}
