@@ -36,6 +36,8 @@ pub struct Config {
     pub plugins: PluginDefaults,
     pub tasks: TaskConfig,
     pub reconcile: ReconcileConfig,
+    pub instances: InstanceConfig,
+    pub templates: TemplateConfig,
     /// Configured drivers. Without any, the bundled simulated driver runs with 4 hosts.
     pub providers: Vec<ProviderConfig>,
 }
@@ -88,6 +90,21 @@ pub struct ReconcileConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceConfig {
+    /// How long a graceful stop waits for the guest before powering it off, when the request
+    /// gives no `grace`.
+    pub stop_grace_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateConfig {
+    /// Largest template image accepted by an upload.
+    pub max_image_gib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Unique provider name, used in host ids and logs.
@@ -121,6 +138,8 @@ impl Default for Config {
             plugins: PluginDefaults::default(),
             tasks: TaskConfig::default(),
             reconcile: ReconcileConfig::default(),
+            instances: InstanceConfig::default(),
+            templates: TemplateConfig::default(),
             providers: Vec::new(),
         }
     }
@@ -149,6 +168,21 @@ impl Default for ReconcileConfig {
         Self { interval_secs: 10.0, host_offline_after_secs: 60.0 }
     }
 }
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self { stop_grace_secs: 60.0 }
+    }
+}
+
+impl Default for TemplateConfig {
+    fn default() -> Self {
+        Self { max_image_gib: 64 }
+    }
+}
+
+/// The longest stop grace period accepted, in configuration and requests (one hour).
+pub const MAX_STOP_GRACE_SECS: f64 = 3600.0;
 
 impl Config {
     /// Loads defaults, then the file (if any), then `HYPERPLANE_*` variables
@@ -204,6 +238,12 @@ impl Config {
                 "reconcile.host_offline_after_secs",
                 "must be at least reconcile.interval_secs and at most 86400",
             );
+        }
+        if !(self.instances.stop_grace_secs >= 0.0 && self.instances.stop_grace_secs <= MAX_STOP_GRACE_SECS) {
+            return invalid("instances.stop_grace_secs", "must be between 0 and 3600 seconds");
+        }
+        if !(1..=65_536).contains(&self.templates.max_image_gib) {
+            return invalid("templates.max_image_gib", "must be between 1 and 65536");
         }
         let mut names = std::collections::BTreeSet::new();
         for (index, provider) in self.providers.iter().enumerate() {
@@ -264,6 +304,11 @@ impl Config {
     pub fn plugin_cache_dir(&self) -> PathBuf {
         self.plugins.cache_dir.clone().unwrap_or_else(|| self.data_dir.join("plugin-cache"))
     }
+
+    /// Where template images live: `<data_dir>/templates`.
+    pub fn template_images_dir(&self) -> PathBuf {
+        self.data_dir.join("templates")
+    }
 }
 
 /// Names of providers and other operator-chosen identifiers.
@@ -301,6 +346,9 @@ mod tests {
         check_error("listn = \"127.0.0.1:1\"", "listn");
         check_error("[plugins]\ncall_timeout = 3", "call_timeout");
         check_error("[plugins]\nmemory_limit_mib = 0", "plugins.memory_limit_mib");
+        check_error("[instances]\nstop_grace_secs = -1", "instances.stop_grace_secs");
+        check_error("[instances]\nstop_grace_secs = 3601", "instances.stop_grace_secs");
+        check_error("[templates]\nmax_image_gib = 0", "templates.max_image_gib");
         check_error("[tasks]\nconcurrency = \"many\"", "concurrency");
         check_error("[[providers]]\nname = \"Bad Name\"\ndriver = \"driver-sim\"", "providers[0].name");
         check_error(

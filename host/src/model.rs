@@ -56,6 +56,18 @@ string_enum!(
 );
 
 string_enum!(
+    /// How a template's disk image is encoded.
+    DiskFormat { Raw => "raw", Qcow2 => "qcow2" }
+);
+
+impl DiskFormat {
+    /// The format of an image that starts with `first_bytes`: qcow2 by its magic, else raw.
+    pub fn detect(first_bytes: &[u8]) -> DiskFormat {
+        if first_bytes.starts_with(b"QFI\xfb") { DiskFormat::Qcow2 } else { DiskFormat::Raw }
+    }
+}
+
+string_enum!(
     /// Lifecycle of an instance.
     InstanceState {
         Scheduling => "scheduling",
@@ -322,8 +334,20 @@ pub struct TemplateVersion {
     pub number: u32,
     pub tag: String,
     pub description: String,
+    /// The image's size once uploaded; before, the size declared with the version.
     pub size_bytes: u64,
+    /// The image's format, detected from its first bytes at upload (`raw` before).
+    pub format: DiskFormat,
+    /// SHA-256 of the uploaded image (hex); absent while the version has no image.
+    pub image_sha256: Option<String>,
+    pub image_uploaded_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+impl TemplateVersion {
+    pub fn has_image(&self) -> bool {
+        self.image_sha256.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -460,5 +484,14 @@ mod tests {
         let error = "runing".parse::<InstanceState>().expect_err("unknown state");
         assert!(error.contains("runing") && error.contains("running"), "{error}");
         assert_eq!(serde_json::to_string(&TaskKind::InstanceCreate).expect("serializes"), "\"instance.create\"");
+    }
+
+    #[test]
+    fn disk_format_is_detected_from_the_magic() {
+        assert_eq!(DiskFormat::detect(b"QFI\xfb\x00\x00\x00\x03"), DiskFormat::Qcow2);
+        assert_eq!(DiskFormat::detect(b"QFI\xfb"), DiskFormat::Qcow2);
+        assert_eq!(DiskFormat::detect(b"QFI"), DiskFormat::Raw);
+        assert_eq!(DiskFormat::detect(b"\xeb\x63\x90"), DiskFormat::Raw);
+        assert_eq!(DiskFormat::detect(b""), DiskFormat::Raw);
     }
 }

@@ -117,6 +117,23 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// Sends `body` as a raw request body (a template image, say).
+    pub async fn send_bytes(&self, method: Method, path: &str, body: reqwest::Body) -> (StatusCode, Value) {
+        let request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(TOKEN).body(body);
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// GET `path` as raw bytes, with the response's headers.
+    pub async fn get_bytes(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        let response =
+            self.http.get(format!("{}{path}", self.url)).bearer_auth(TOKEN).send().await.expect("the server answers");
+        let (status, headers) = (response.status(), response.headers().clone());
+        (status, headers, response.bytes().await.expect("a body").to_vec())
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         let (status, body) = self.request(Method::GET, path, None).await;
         assert_eq!(status, StatusCode::OK, "GET {path}: {body}");

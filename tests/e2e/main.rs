@@ -9,3 +9,4 @@ mod harness;
 mod hostile;
 mod lifecycle;
 mod restart;
+mod template_images;

@@ -48,6 +48,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
             ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ServiceError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

@@ -17,14 +17,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticator;
 use crate::service::Service;
 use error::ApiError;
 
-/// Largest request body accepted.
+/// Largest request body accepted (template image uploads have their own limit).
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// What every handler can reach.
@@ -37,7 +36,7 @@ pub struct AppState {
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
-    let (v1_routes, openapi) = v1::routes().split_for_parts();
+    let (v1_routes, openapi) = v1::routes(MAX_BODY_BYTES).split_for_parts();
     let openapi = Arc::new(openapi);
     let protected = Router::new()
         .merge(v1_routes)
@@ -50,7 +49,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(metrics::record_http_metrics))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

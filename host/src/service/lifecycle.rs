@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::providers::{
-    cached_templates_from_driver, instance_state_from_driver, is_conflict, is_not_found, task_error_from_call,
+    cached_templates_from_driver, disk_format_to_driver, instance_state_from_driver, is_conflict, is_not_found,
+    task_error_from_call,
 };
 use super::{Service, ServiceError};
 use crate::model::{ExecOutcome, Host, Instance, InstanceState, NewEvent, Task, TaskError, TaskKind, TaskState};
@@ -71,6 +72,7 @@ impl From<ServiceError> for Step {
             ServiceError::NotFound { .. } => "not_found",
             ServiceError::Invalid(_) => "invalid",
             ServiceError::Conflict(_) => "conflict",
+            ServiceError::TooLarge(_) => "too_large",
             ServiceError::Unavailable(_) => "unavailable",
             ServiceError::Internal(_) => "internal",
         };
@@ -173,7 +175,7 @@ impl Service {
             version: instance.template_version.unwrap_or(0),
             tag: version.map(|version| version.tag.clone()).unwrap_or_default(),
             size_bytes: version.map_or(0, |version| version.size_bytes),
-            format: driver::DiskFormat::Raw,
+            format: version.map_or(driver::DiskFormat::Raw, |version| disk_format_to_driver(version.format)),
         };
         let id = instance.provider_instance_id();
 
@@ -183,11 +185,16 @@ impl Service {
             .any(|cached| cached.name == template_ref.name && cached.version == template_ref.version);
         if !cached && driver.capabilities().templates {
             self.set_state(instance, InstanceState::Pulling, json!({ "host": host.name })).await?;
+            let image = match (&template, version) {
+                (Some(template), Some(version)) => self.template_image_source(template, version).await?,
+                _ => ByteSource::empty(),
+            };
+            let image_bytes = image.delivered();
             let pulled = driver
-                .pull_template(&host.name, template_ref.clone(), ByteSource::empty())
+                .pull_template(&host.name, template_ref.clone(), image)
                 .await
                 .map_err(|error| Step::Failed(task_error_from_call("pull-template", &error)))?;
-            self.record_cached_template(host.id, pulled).await?;
+            self.record_cached_template(host.id, pulled, image_bytes.get()).await?;
         }
         check_cancelled(context)?;
 
@@ -286,7 +293,13 @@ impl Service {
         self.set_state(instance, InstanceState::Terminated, json!({ "reason": "creation cancelled" })).await
     }
 
-    async fn record_cached_template(&self, host_id: Uuid, pulled: driver::CachedTemplate) -> StepResult<()> {
+    /// Records a template the driver pulled, with how many image bytes it read.
+    async fn record_cached_template(
+        &self,
+        host_id: Uuid,
+        pulled: driver::CachedTemplate,
+        image_bytes_read: u64,
+    ) -> StepResult<()> {
         let mut transaction = self.store().begin().await?;
         let mut host = store::hosts::get(&mut transaction, host_id)
             .await?
@@ -300,10 +313,11 @@ impl Service {
             {
                 host.cached_templates.push(template.clone());
                 transaction
-                    .append_event(
-                        NewEvent::new("host.template_cached", "host", host_id)
-                            .data(json!({ "template": template.name, "version": template.version })),
-                    )
+                    .append_event(NewEvent::new("host.template_cached", "host", host_id).data(json!({
+                        "template": template.name,
+                        "version": template.version,
+                        "image_bytes_read": image_bytes_read,
+                    })))
                     .await?;
             }
         }

@@ -9,10 +9,12 @@ mod lifecycle;
 mod placement;
 mod providers;
 mod reconcile;
+mod template_images;
 mod templates;
 #[cfg(test)]
 mod tests;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ pub use hosts::HostPatch;
 pub use instances::{CreateInstances, InstanceList, InstancePatch, InstanceQuery};
 pub use placement::PlacementExplanation;
 pub use providers::{ProviderRegistry, load_providers};
+pub use template_images::TemplateImageDownload;
 pub use templates::{NewTemplate, NewTemplateVersion};
 
 use crate::config::Config;
@@ -42,6 +45,9 @@ pub enum ServiceError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request body larger than the server accepts.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -79,6 +85,11 @@ pub struct ServiceSettings {
     pub host_offline_after: Duration,
     pub task_concurrency: usize,
     pub task_max_attempts: u32,
+    /// The grace period of a graceful stop that does not give one.
+    pub default_stop_grace: Duration,
+    /// Where template images are stored (`<data_dir>/templates`).
+    pub template_images_dir: PathBuf,
+    pub max_template_image_bytes: u64,
 }
 
 impl ServiceSettings {
@@ -89,6 +100,9 @@ impl ServiceSettings {
             host_offline_after: Duration::from_secs_f64(config.reconcile.host_offline_after_secs),
             task_concurrency: config.tasks.concurrency,
             task_max_attempts: config.tasks.max_attempts,
+            default_stop_grace: Duration::from_secs_f64(config.instances.stop_grace_secs),
+            template_images_dir: config.template_images_dir(),
+            max_template_image_bytes: config.templates.max_image_gib.saturating_mul(1 << 30),
         }
     }
 }
@@ -116,6 +130,7 @@ impl Service {
     /// Recovers interrupted tasks, takes a first inventory of every provider, then starts the
     /// task dispatcher and the reconciliation loop.
     pub async fn start(&self) -> ServiceResult<()> {
+        self.discard_incomplete_template_images().await?;
         let resumed = self.inner.tasks.recover().await?;
         if resumed > 0 {
             tracing::info!(resumed, "resuming tasks interrupted by the last shutdown");

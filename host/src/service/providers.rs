@@ -235,6 +235,13 @@ pub(super) fn instance_state_from_driver(state: driver::InstanceState) -> Instan
     }
 }
 
+pub(super) fn disk_format_to_driver(format: model::DiskFormat) -> driver::DiskFormat {
+    match format {
+        model::DiskFormat::Raw => driver::DiskFormat::Raw,
+        model::DiskFormat::Qcow2 => driver::DiskFormat::Qcow2,
+    }
+}
+
 pub(super) fn cached_templates_from_driver(templates: &[driver::CachedTemplate]) -> Vec<CachedTemplate> {
     templates
         .iter()

@@ -1,4 +1,4 @@
-//! Templates and their versions (metadata; files come with the registry).
+//! Templates and their versions (metadata; each version's disk image is in `template_images`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Service, ServiceError, ServiceResult};
-use crate::model::{Arch, NewEvent, Template, TemplateVersion};
+use crate::model::{Arch, DiskFormat, NewEvent, Template, TemplateVersion};
 use crate::store;
 
 /// `POST /v1/templates`.
@@ -28,6 +28,7 @@ pub struct NewTemplateVersion {
     pub tag: String,
     #[serde(default)]
     pub description: String,
+    /// The expected image size; an uploaded image replaces it with its real size.
     #[serde(default)]
     pub size_bytes: u64,
 }
@@ -116,6 +117,9 @@ impl Service {
             tag: request.tag,
             description: request.description,
             size_bytes: request.size_bytes,
+            format: DiskFormat::Raw,
+            image_sha256: None,
+            image_uploaded_at: None,
             created_at: store::now(),
         };
         store::templates::insert_version(&mut transaction, template_id, &version).await?;

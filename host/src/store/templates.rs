@@ -5,7 +5,7 @@ use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{StoreResult, format_time, parse_enum, parse_time, parse_uuid};
-use crate::model::{Template, TemplateVersion};
+use crate::model::{DiskFormat, Template, TemplateVersion, Timestamp};
 
 fn from_row(row: &SqliteRow) -> StoreResult<Template> {
     Ok(Template {
@@ -25,6 +25,13 @@ fn version_from_row(row: &SqliteRow) -> StoreResult<TemplateVersion> {
         tag: row.try_get("tag")?,
         description: row.try_get("description")?,
         size_bytes: row.try_get::<i64, _>("size_bytes")? as u64,
+        format: parse_enum(row.try_get("format")?)?,
+        image_sha256: row.try_get("image_sha256")?,
+        image_uploaded_at: row
+            .try_get::<Option<String>, _>("image_uploaded_at")?
+            .as_deref()
+            .map(parse_time)
+            .transpose()?,
         created_at: parse_time(row.try_get("created_at")?)?,
     })
 }
@@ -87,13 +94,14 @@ pub async fn insert_version(
     version: &TemplateVersion,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO template_versions (template_id, number, tag, description, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO template_versions (template_id, number, tag, description, size_bytes, format, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(template_id.to_string())
     .bind(version.number)
     .bind(&version.tag)
     .bind(&version.description)
     .bind(version.size_bytes as i64)
+    .bind(version.format.as_str())
     .bind(format_time(&version.created_at))
     .execute(&mut *connection)
     .await?;
@@ -103,4 +111,43 @@ pub async fn insert_version(
         .execute(connection)
         .await?;
     Ok(())
+}
+
+/// Records a version's uploaded image, unless it has one already. Returns whether it did.
+pub async fn set_version_image(
+    connection: &mut SqliteConnection,
+    template_id: Uuid,
+    number: u32,
+    image: &VersionImage,
+) -> StoreResult<bool> {
+    let updated = sqlx::query(
+        "UPDATE template_versions SET size_bytes = ?, format = ?, image_sha256 = ?, image_uploaded_at = ? \
+         WHERE template_id = ? AND number = ? AND image_sha256 IS NULL",
+    )
+    .bind(image.size_bytes as i64)
+    .bind(image.format.as_str())
+    .bind(&image.sha256)
+    .bind(format_time(&image.uploaded_at))
+    .bind(template_id.to_string())
+    .bind(number)
+    .execute(&mut *connection)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE templates SET updated_at = ? WHERE id = ?")
+        .bind(format_time(&image.uploaded_at))
+        .bind(template_id.to_string())
+        .execute(connection)
+        .await?;
+    Ok(true)
+}
+
+/// What is recorded about an uploaded image.
+#[derive(Debug, Clone)]
+pub struct VersionImage {
+    pub size_bytes: u64,
+    pub format: DiskFormat,
+    pub sha256: String,
+    pub uploaded_at: Timestamp,
 }

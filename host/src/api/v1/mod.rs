@@ -13,6 +13,7 @@ use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -43,7 +44,9 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-pub(super) fn routes() -> OpenApiRouter<AppState> {
+/// Every `/v1` route. Request bodies are limited to `max_body_bytes`, except template image
+/// uploads, which stream to disk under their own limit.
+pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(hosts::list_providers))
         .routes(routes!(hosts::list_hosts))
@@ -63,6 +66,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::remove_group_host))
         .routes(routes!(groups::explain_placement))
         .routes(routes!(groups::plan_placement))
+        .layer(RequestBodyLimitLayer::new(max_body_bytes))
+        .routes(routes!(templates::upload_template_image, templates::download_template_image))
 }
 
 /// `?wait=<seconds>` on operations that start a task.

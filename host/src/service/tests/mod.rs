@@ -1,5 +1,9 @@
 //! Service tests: the real service over a temporary SQLite database and the real driver-sim
-//! component, without HTTP. Reconciliation, cancellation, failures and host settings.
+//! component, without HTTP. Reconciliation, cancellation, failures and host settings here;
+//! template images and instance operations in their own modules.
+
+mod instance_operations;
+mod template_images;
 
 use std::time::Duration;
 
@@ -15,6 +19,7 @@ use crate::store::{self, Store};
 
 struct Fixture {
     service: Service,
+    settings: ServiceSettings,
     _runtime: PluginRuntime,
     _directory: tempfile::TempDir,
 }
@@ -28,9 +33,15 @@ impl Drop for Fixture {
 
 /// A started service whose only provider, `sim`, is driver-sim with `sim_config`.
 async fn start(sim_config: serde_json::Value) -> Fixture {
+    start_with_settings(sim_config, |_| {}).await
+}
+
+/// [`start`], with the service's settings adjusted by `adjust` first.
+async fn start_with_settings(sim_config: serde_json::Value, adjust: impl FnOnce(&mut ServiceSettings)) -> Fixture {
     let directory = tempfile::tempdir().expect("temporary directory");
     let config = Config::from_toml(&format!(
-        "[reconcile]\ninterval_secs = 3600\nhost_offline_after_secs = 7200\n[[providers]]\nname = \"sim\"\ndriver = \"driver-sim\"\nconfig = {}\n",
+        "data_dir = {:?}\n[reconcile]\ninterval_secs = 3600\nhost_offline_after_secs = 7200\n[[providers]]\nname = \"sim\"\ndriver = \"driver-sim\"\nconfig = {}\n",
+        directory.path().join("data").display().to_string(),
         toml_inline(&sim_config)
     ))
     .expect("valid config");
@@ -38,9 +49,11 @@ async fn start(sim_config: serde_json::Value) -> Fixture {
     let cache = std::env::temp_dir().join("hyperplane-service-tests-plugin-cache");
     let runtime = PluginRuntime::new(RuntimeSettings { cache_dir: Some(cache) }).expect("runtime");
     let providers = load_providers(&config, &runtime, &store).await;
-    let service = Service::new(store, providers, ServiceSettings::from_config(&config));
+    let mut settings = ServiceSettings::from_config(&config);
+    adjust(&mut settings);
+    let service = Service::new(store, providers, settings.clone());
     service.start().await.expect("service starts");
-    Fixture { service, _runtime: runtime, _directory: directory }
+    Fixture { service, settings, _runtime: runtime, _directory: directory }
 }
 
 /// JSON object → TOML inline table (enough for the simulator's settings).
