@@ -154,13 +154,18 @@ string_enum!(
         InstanceStop => "instance.stop",
         InstanceRestart => "instance.restart",
         InstanceDelete => "instance.delete",
+        InstanceSuspend => "instance.suspend",
+        InstanceResume => "instance.resume",
+        SnapshotCreate => "instance.snapshot_create",
+        SnapshotRevert => "instance.snapshot_revert",
+        SnapshotDelete => "instance.snapshot_delete",
         Batch => "batch",
     }
 );
 
 string_enum!(
     /// Actions on an existing instance (`POST /v1/instances/{id}/actions/{action}`).
-    InstanceAction { Start => "start", Stop => "stop", Restart => "restart" }
+    InstanceAction { Start => "start", Stop => "stop", Restart => "restart", Suspend => "suspend", Resume => "resume" }
 );
 
 impl InstanceAction {
@@ -169,8 +174,47 @@ impl InstanceAction {
             InstanceAction::Start => TaskKind::InstanceStart,
             InstanceAction::Stop => TaskKind::InstanceStop,
             InstanceAction::Restart => TaskKind::InstanceRestart,
+            InstanceAction::Suspend => TaskKind::InstanceSuspend,
+            InstanceAction::Resume => TaskKind::InstanceResume,
         }
     }
+
+    /// The states an instance must be in for the action.
+    pub fn allowed_states(self) -> &'static [InstanceState] {
+        match self {
+            InstanceAction::Start => &[InstanceState::Stopped, InstanceState::Error],
+            InstanceAction::Stop => &[InstanceState::Running, InstanceState::Suspended, InstanceState::Error],
+            InstanceAction::Restart => &[InstanceState::Running, InstanceState::Error],
+            InstanceAction::Suspend => &[InstanceState::Running],
+            InstanceAction::Resume => &[InstanceState::Suspended],
+        }
+    }
+}
+
+/// A snapshot of an instance, as its driver reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub name: String,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    /// The instance state the snapshot holds (a revert returns the instance to it).
+    pub state: InstanceState,
+    /// Whether the instance was last created from or reverted to this snapshot.
+    pub current: bool,
+}
+
+string_enum!(
+    /// How to reach an instance's console.
+    ConsoleProtocol { Vnc => "vnc", Spice => "spice", Serial => "serial", Ssh => "ssh" }
+);
+
+/// Where an instance's console answers, as its driver reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleEndpoint {
+    pub protocol: ConsoleProtocol,
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
 }
 
 /// A configured driver and how it is doing.

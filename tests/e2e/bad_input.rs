@@ -165,6 +165,11 @@ async fn every_route_but_health_needs_the_token() {
         "/v1/events",
         "/v1/hosts/{id}",
         "/v1/templates/{id}/versions",
+        "/v1/templates/{id}/versions/{number}/image",
+        "/v1/instances/{id}/snapshots",
+        "/v1/instances/{id}/snapshots/{name}",
+        "/v1/instances/{id}/snapshots/{name}/revert",
+        "/v1/instances/{id}/console",
         "/v1/providers",
     ] {
         assert!(openapi["paths"][path].is_object(), "openapi documents {path}");

@@ -7,6 +7,7 @@ mod events;
 mod fleet;
 mod harness;
 mod hostile;
+mod instance_operations;
 mod lifecycle;
 mod restart;
 mod template_images;

@@ -9,11 +9,14 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::providers::{console_from_driver, service_error_from_call};
 use super::{Service, ServiceError, ServiceResult};
+use crate::config::MAX_STOP_GRACE_SECS;
 use crate::model::{
-    Instance, InstanceAction, InstanceOrigin, InstanceState, Labels, NewEvent, PlacementConstraints, Task, TaskKind,
-    TaskState, Template, Timestamp,
+    ConsoleEndpoint, Host, Instance, InstanceAction, InstanceOrigin, InstanceState, Labels, NewEvent,
+    PlacementConstraints, Task, TaskKind, TaskState, Template, Timestamp,
 };
+use crate::plugins::Driver;
 use crate::scheduler::LabelConstraint;
 use crate::store::{self, instances::InstanceFilter};
 use crate::tasks::NewTask;
@@ -83,6 +86,16 @@ impl CreateInstances {
             anti_affinity_key: None,
         }
     }
+}
+
+/// How an action runs: `force` for stop and restart, `grace_secs` for a graceful stop.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ActionOptions {
+    /// Power off at once instead of a graceful shutdown (`stop`, `restart`).
+    pub force: bool,
+    /// `stop`: seconds the guest gets to shut down before it is powered off (0-3600; default
+    /// `instances.stop_grace_secs`).
+    pub grace_secs: Option<f64>,
 }
 
 /// `PATCH /v1/instances/{id}`: fields absent are left as they are.
@@ -435,26 +448,49 @@ impl Service {
         Ok(instance)
     }
 
-    /// Starts, stops or restarts an instance: a task, refused while another task works on it.
+    /// Starts, stops, restarts, suspends or resumes an instance: a task, refused while another
+    /// task works on it or when the instance is in a state the action does not apply to.
     pub async fn instance_action(
         &self,
         id: Uuid,
         action: InstanceAction,
-        force: bool,
+        options: ActionOptions,
+        actor: &str,
+    ) -> ServiceResult<Task> {
+        let grace_secs = match options.grace_secs {
+            None => None,
+            Some(_) if action != InstanceAction::Stop => {
+                return Err(ServiceError::Invalid(format!("grace applies to the stop action only, not to {action}")));
+            }
+            Some(seconds) if seconds.is_finite() && (0.0..=MAX_STOP_GRACE_SECS).contains(&seconds) => Some(seconds),
+            Some(seconds) => {
+                return Err(ServiceError::Invalid(format!(
+                    "grace must be between 0 and {MAX_STOP_GRACE_SECS} seconds, got {seconds}"
+                )));
+            }
+        };
+        let input = json!({ "instance_id": id, "force": options.force, "grace_secs": grace_secs });
+        self.begin_instance_task(id, action.task_kind(), action.allowed_states(), action.as_str(), input, actor).await
+    }
+
+    /// Creates a task of `kind` on the instance in one transaction, refused (`conflict`) unless
+    /// the instance has a host, is in one of the `allowed` states and no other task works on it.
+    pub(super) async fn begin_instance_task(
+        &self,
+        id: Uuid,
+        kind: TaskKind,
+        allowed: &[InstanceState],
+        operation: &str,
+        input: serde_json::Value,
         actor: &str,
     ) -> ServiceResult<Task> {
         let mut transaction = self.store().begin().await?;
         let instance = store::instances::get(&mut transaction, id)
             .await?
             .ok_or_else(|| ServiceError::not_found("instance", id))?;
-        let allowed: &[InstanceState] = match action {
-            InstanceAction::Start => &[InstanceState::Stopped, InstanceState::Suspended, InstanceState::Error],
-            InstanceAction::Stop => &[InstanceState::Running, InstanceState::Suspended, InstanceState::Error],
-            InstanceAction::Restart => &[InstanceState::Running, InstanceState::Error],
-        };
         if !allowed.contains(&instance.state) || instance.host_id.is_none() {
             return Err(ServiceError::Conflict(format!(
-                "cannot {action} instance {id} while it is {}",
+                "cannot {operation} instance {id} while it is {}",
                 instance.state
             )));
         }
@@ -464,16 +500,34 @@ impl Service {
                 active.kind, active.id
             )));
         }
-        let task = self
-            .task_engine()
-            .create(
-                &mut transaction,
-                NewTask::on_object(action.task_kind(), id, json!({ "instance_id": id, "force": force }), actor),
-            )
-            .await?;
+        let task = self.task_engine().create(&mut transaction, NewTask::on_object(kind, id, input, actor)).await?;
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(task)
+    }
+
+    /// The instance's host and its provider's driver; `conflict` while it has no host yet.
+    pub(super) async fn instance_driver(&self, instance: &Instance) -> ServiceResult<(Host, Driver)> {
+        let host_id = instance.host_id.ok_or_else(|| {
+            ServiceError::Conflict(format!("instance {} has no host yet (it is {})", instance.id, instance.state))
+        })?;
+        let host = self.get_host(host_id).await?;
+        let driver = self.providers().driver(&host.provider)?.clone();
+        Ok((host, driver))
+    }
+
+    /// Where the instance's console answers, live from its driver.
+    pub async fn instance_console(&self, id: Uuid) -> ServiceResult<ConsoleEndpoint> {
+        let instance = self.get_instance(id).await?;
+        let (host, driver) = self.instance_driver(&instance).await?;
+        if !driver.capabilities().console {
+            return Err(ServiceError::Conflict(format!("provider '{}' offers no consoles", host.provider)));
+        }
+        let endpoint = driver
+            .console(&instance.provider_instance_id())
+            .await
+            .map_err(|error| service_error_from_call("console", &error, "instance on its provider", id))?;
+        Ok(console_from_driver(endpoint))
     }
 
     /// Deletes an instance: a task that first cancels whatever else works on the instance.

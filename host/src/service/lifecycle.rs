@@ -13,14 +13,13 @@ use super::providers::{
     task_error_from_call,
 };
 use super::{Service, ServiceError};
+use crate::config::MAX_STOP_GRACE_SECS;
 use crate::model::{ExecOutcome, Host, Instance, InstanceState, NewEvent, Task, TaskError, TaskKind, TaskState};
 use crate::plugins::driver_types as driver;
 use crate::plugins::{ByteSource, CallError, Driver, progress};
 use crate::store;
 use crate::tasks::{TaskContext, TaskHandler, TaskOutcome};
 
-/// How long a graceful stop waits for the guest before powering it off.
-const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(60);
 /// How long a startup script may run.
 const STARTUP_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -42,6 +41,11 @@ impl TaskHandler for LifecycleHandler {
                 TaskKind::InstanceStart => self.service.run_start(instance_id).await,
                 TaskKind::InstanceStop => self.service.run_stop(instance_id, &task).await,
                 TaskKind::InstanceRestart => self.service.run_restart(instance_id, &task).await,
+                TaskKind::InstanceSuspend => self.service.run_suspend(instance_id).await,
+                TaskKind::InstanceResume => self.service.run_resume(instance_id).await,
+                TaskKind::SnapshotCreate => self.service.run_create_snapshot(instance_id, &task).await,
+                TaskKind::SnapshotRevert => self.service.run_revert_snapshot(instance_id, &task).await,
+                TaskKind::SnapshotDelete => self.service.run_delete_snapshot(instance_id, &task).await,
                 TaskKind::InstanceDelete => self.service.run_delete(instance_id, task.id).await,
                 TaskKind::Batch => Err(Step::Failed(failure("invalid_task", "batches do not run"))),
             }
@@ -61,7 +65,7 @@ impl TaskHandler for LifecycleHandler {
 }
 
 /// Why a step stopped the task.
-enum Step {
+pub(super) enum Step {
     Failed(TaskError),
     Cancelled,
 }
@@ -86,30 +90,40 @@ impl From<store::StoreError> for Step {
     }
 }
 
-fn failure(code: &str, message: &str) -> TaskError {
+pub(super) fn failure(code: &str, message: &str) -> TaskError {
     TaskError { code: code.into(), message: message.into() }
 }
 
-type StepResult<T> = Result<T, Step>;
+pub(super) type StepResult<T> = Result<T, Step>;
 
 impl Service {
-    async fn load_instance(&self, id: Uuid) -> StepResult<Instance> {
+    pub(super) async fn load_instance(&self, id: Uuid) -> StepResult<Instance> {
         Ok(store::instances::get(&mut *self.store().reader().await?, id)
             .await?
             .ok_or_else(|| ServiceError::not_found("instance", id))?)
     }
 
     /// The instance's host and its provider's driver.
-    async fn placement_of(&self, instance: &Instance) -> StepResult<(Host, Driver)> {
-        let host_id =
-            instance.host_id.ok_or_else(|| Step::Failed(failure("not_placed", "instance has no host yet")))?;
-        let host = self.get_host(host_id).await?;
-        let driver = self.providers().driver(&host.provider)?.clone();
-        Ok((host, driver))
+    pub(super) async fn placement_of(&self, instance: &Instance) -> StepResult<(Host, Driver)> {
+        if instance.host_id.is_none() {
+            return Err(Step::Failed(failure("not_placed", "instance has no host yet")));
+        }
+        Ok(self.instance_driver(instance).await?)
     }
 
     /// Writes the instance's new state and an `instance.state_changed` event together.
     async fn set_state(&self, instance: &mut Instance, state: InstanceState, data: Value) -> StepResult<()> {
+        self.set_state_recording(instance, state, data, None).await
+    }
+
+    /// [`Self::set_state`], appending `also` in the same transaction.
+    pub(super) async fn set_state_recording(
+        &self,
+        instance: &mut Instance,
+        state: InstanceState,
+        data: Value,
+        also: Option<NewEvent>,
+    ) -> StepResult<()> {
         let from = instance.state;
         instance.state = state;
         instance.updated_at = store::now();
@@ -122,6 +136,9 @@ impl Service {
         transaction
             .append_event(NewEvent::new("instance.state_changed", "instance", instance.id).data(event_data))
             .await?;
+        if let Some(also) = also {
+            transaction.append_event(also).await?;
+        }
         transaction.commit().await?;
         Ok(())
     }
@@ -271,14 +288,8 @@ impl Service {
 
     /// Starts the instance; one that already runs (an earlier attempt) is fine.
     async fn start_on_driver(&self, driver: &Driver, id: &str) -> StepResult<driver::Instance> {
-        match driver.start_instance(id).await {
-            Ok(instance) => Ok(instance),
-            Err(error) if is_conflict(&error) => match driver.get_instance(id).await {
-                Ok(instance) if instance.state == driver::InstanceState::Running => Ok(instance),
-                _ => Err(Step::Failed(task_error_from_call("start-instance", &error))),
-            },
-            Err(error) => Err(Step::Failed(task_error_from_call("start-instance", &error))),
-        }
+        let started = driver.start_instance(id).await;
+        already_there_on_conflict(driver, id, "start-instance", driver::InstanceState::Running, started).await
     }
 
     /// A creation cancelled before or during its work: remove what exists, end as terminated.
@@ -345,21 +356,56 @@ impl Service {
 
     async fn run_stop(&self, id: Uuid, task: &Task) -> StepResult<Value> {
         let force = task.input.get("force").and_then(Value::as_bool).unwrap_or(false);
+        let grace = match task.input.get("grace_secs").and_then(Value::as_f64) {
+            Some(seconds) => Duration::from_secs_f64(seconds.clamp(0.0, MAX_STOP_GRACE_SECS)),
+            None => self.inner.settings.default_stop_grace,
+        };
         let mut instance = self.load_instance(id).await?;
         let (_, driver) = self.placement_of(&instance).await?;
         self.set_state(&mut instance, InstanceState::Stopping, Value::Null).await?;
-        let stopped = match driver.stop_instance(&instance.provider_instance_id(), force, DEFAULT_STOP_GRACE).await {
-            Ok(stopped) => Ok(stopped),
-            Err(error) if is_conflict(&error) => match driver.get_instance(&instance.provider_instance_id()).await {
-                Ok(current) if current.state == driver::InstanceState::Stopped => Ok(current),
-                _ => Err(Step::Failed(task_error_from_call("stop-instance", &error))),
-            },
-            Err(error) => Err(Step::Failed(task_error_from_call("stop-instance", &error))),
-        };
-        match stopped {
+        let provider_id = instance.provider_instance_id();
+        let stopped = driver.stop_instance(&provider_id, force, grace).await;
+        match already_there_on_conflict(&driver, &provider_id, "stop-instance", driver::InstanceState::Stopped, stopped)
+            .await
+        {
             Ok(_) => {
                 instance.ip = None;
                 self.set_state(&mut instance, InstanceState::Stopped, Value::Null).await?;
+                Ok(json!({ "instance_id": id }))
+            }
+            Err(step) => self.settle_after_failure(&mut instance, &driver, step).await,
+        }
+    }
+
+    async fn run_suspend(&self, id: Uuid) -> StepResult<Value> {
+        self.pause_or_continue(id, "suspend-instance", driver::InstanceState::Suspended).await
+    }
+
+    async fn run_resume(&self, id: Uuid) -> StepResult<Value> {
+        self.pause_or_continue(id, "resume-instance", driver::InstanceState::Running).await
+    }
+
+    /// Suspends (`target` suspended) or resumes (`target` running) the instance in memory.
+    async fn pause_or_continue(
+        &self,
+        id: Uuid,
+        function: &'static str,
+        target: driver::InstanceState,
+    ) -> StepResult<Value> {
+        let mut instance = self.load_instance(id).await?;
+        let (_, driver) = self.placement_of(&instance).await?;
+        let provider_id = instance.provider_instance_id();
+        let changed = match target {
+            driver::InstanceState::Suspended => driver.suspend_instance(&provider_id).await,
+            _ => driver.resume_instance(&provider_id).await,
+        };
+        match already_there_on_conflict(&driver, &provider_id, function, target, changed).await {
+            Ok(current) => {
+                instance.ip = current.ip.or(instance.ip.take());
+                instance.error = None;
+                let state = instance_state_from_driver(current.state);
+                let ip = json!({ "ip": instance.ip });
+                self.set_state(&mut instance, state, ip).await?;
                 Ok(json!({ "instance_id": id }))
             }
             Err(step) => self.settle_after_failure(&mut instance, &driver, step).await,
@@ -386,7 +432,12 @@ impl Service {
     }
 
     /// After a failed action, records what the driver says the instance is now (or `error`).
-    async fn settle_after_failure(&self, instance: &mut Instance, driver: &Driver, step: Step) -> StepResult<Value> {
+    pub(super) async fn settle_after_failure(
+        &self,
+        instance: &mut Instance,
+        driver: &Driver,
+        step: Step,
+    ) -> StepResult<Value> {
         let Step::Failed(error) = step else { return Err(step) };
         match driver.get_instance(&instance.provider_instance_id()).await {
             Ok(current) => {
@@ -438,6 +489,25 @@ impl Service {
             self.task_engine().wait(other.id, Duration::from_secs(3600)).await.map_err(ServiceError::from)?;
         }
         Ok(())
+    }
+}
+
+/// A power call's outcome, where a `conflict` is no failure when the instance is already in
+/// `target` (an earlier attempt of the task got it there).
+async fn already_there_on_conflict(
+    driver: &Driver,
+    id: &str,
+    function: &str,
+    target: driver::InstanceState,
+    outcome: Result<driver::Instance, CallError>,
+) -> StepResult<driver::Instance> {
+    match outcome {
+        Ok(instance) => Ok(instance),
+        Err(error) if is_conflict(&error) => match driver.get_instance(id).await {
+            Ok(current) if current.state == target => Ok(current),
+            _ => Err(Step::Failed(task_error_from_call(function, &error))),
+        },
+        Err(error) => Err(Step::Failed(task_error_from_call(function, &error))),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod groups;
 mod hosts;
+mod instance_operations;
 mod instances;
 mod lifecycle;
 mod placement;
@@ -24,7 +25,8 @@ use uuid::Uuid;
 
 pub use groups::{GroupPatch, NewGroup};
 pub use hosts::HostPatch;
-pub use instances::{CreateInstances, InstanceList, InstancePatch, InstanceQuery};
+pub use instance_operations::NewSnapshot;
+pub use instances::{ActionOptions, CreateInstances, InstanceList, InstancePatch, InstanceQuery};
 pub use placement::PlacementExplanation;
 pub use providers::{ProviderRegistry, load_providers};
 pub use template_images::TemplateImageDownload;
@@ -77,6 +79,20 @@ impl From<TaskEngineError> for ServiceError {
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Checks an operator-chosen name: 1 to `max_len` characters of letters, digits, `.`, `_` and
+/// `-`; the error names `field` and the value.
+pub(crate) fn check_name(field: &str, name: &str, max_len: usize) -> ServiceResult<()> {
+    let valid = !name.is_empty()
+        && name.len() <= max_len
+        && name.chars().all(|character| character.is_ascii_alphanumeric() || matches!(character, '.' | '_' | '-'));
+    if !valid {
+        return Err(ServiceError::Invalid(format!(
+            "{field} '{name}' must be 1-{max_len} characters of letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
 
 /// Settings of the service that come from the operator's configuration.
 #[derive(Debug, Clone)]

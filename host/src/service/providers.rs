@@ -270,6 +270,51 @@ pub(super) fn task_error_from_call(function: &str, error: &CallError) -> TaskErr
     TaskError { code: code.into(), message: format!("{function}: {message}") }
 }
 
+/// A failed synchronous driver call as a service error: `not-found` becomes `not_found_kind`
+/// `id`, conflicts and unsupported requests `conflict`, backend and plugin failures
+/// `unavailable`; the message names the driver function.
+pub(super) fn service_error_from_call(
+    function: &str,
+    error: &CallError,
+    not_found_kind: &'static str,
+    id: impl ToString,
+) -> super::ServiceError {
+    use super::ServiceError;
+    match error {
+        CallError::Driver(driver::Error::NotFound(_)) => ServiceError::not_found(not_found_kind, id),
+        CallError::Driver(driver::Error::Conflict(message)) => ServiceError::Conflict(format!("{function}: {message}")),
+        CallError::Driver(driver::Error::Invalid(message)) => ServiceError::Invalid(format!("{function}: {message}")),
+        CallError::Driver(driver::Error::Unsupported(message)) => {
+            ServiceError::Conflict(format!("{function}: unsupported by the provider: {message}"))
+        }
+        other => ServiceError::Unavailable(task_error_from_call(function, other).message),
+    }
+}
+
+pub(super) fn snapshot_from_driver(snapshot: driver::Snapshot) -> model::Snapshot {
+    model::Snapshot {
+        created_at: chrono::DateTime::from_timestamp(snapshot.created_at, 0).unwrap_or_default(),
+        name: snapshot.name,
+        description: snapshot.description,
+        state: instance_state_from_driver(snapshot.state),
+        current: snapshot.current,
+    }
+}
+
+pub(super) fn console_from_driver(endpoint: driver::ConsoleEndpoint) -> model::ConsoleEndpoint {
+    model::ConsoleEndpoint {
+        protocol: match endpoint.protocol {
+            driver::ConsoleProtocol::Vnc => model::ConsoleProtocol::Vnc,
+            driver::ConsoleProtocol::Spice => model::ConsoleProtocol::Spice,
+            driver::ConsoleProtocol::Serial => model::ConsoleProtocol::Serial,
+            driver::ConsoleProtocol::Ssh => model::ConsoleProtocol::Ssh,
+        },
+        host: endpoint.host,
+        port: endpoint.port,
+        password: endpoint.password,
+    }
+}
+
 /// Whether a driver call failed because the object does not exist.
 pub(super) fn is_not_found(error: &CallError) -> bool {
     matches!(error, CallError::Driver(driver::Error::NotFound(_)))

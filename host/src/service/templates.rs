@@ -5,7 +5,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Service, ServiceError, ServiceResult};
+use super::{Service, ServiceError, ServiceResult, check_name};
 use crate::model::{Arch, DiskFormat, NewEvent, Template, TemplateVersion};
 use crate::store;
 
@@ -34,15 +34,7 @@ pub struct NewTemplateVersion {
 }
 
 fn check_template_name(field: &str, name: &str) -> ServiceResult<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && name.chars().all(|character| character.is_ascii_alphanumeric() || matches!(character, '.' | '_' | '-'));
-    if !valid {
-        return Err(ServiceError::Invalid(format!(
-            "{field} '{name}' must be 1-128 characters of letters, digits, '.', '_' and '-'"
-        )));
-    }
-    Ok(())
+    check_name(field, name, 128)
 }
 
 impl Service {

@@ -13,7 +13,7 @@ use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
 use crate::auth::Principal;
 use crate::model::{Instance, InstanceAction, Task};
-use crate::service::{CreateInstances, InstanceList, InstancePatch, InstanceQuery};
+use crate::service::{ActionOptions, CreateInstances, InstanceList, InstancePatch, InstanceQuery};
 
 /// Creates instances: answers the task (`202`, or `200` when `wait` saw it end).
 /// An `Idempotency-Key` header makes retries return the original task.
@@ -158,11 +158,16 @@ pub(super) struct ActionParams {
     /// `stop`/`restart`: power off at once instead of a graceful shutdown.
     #[serde(default)]
     force: bool,
+    /// `stop`: seconds the guest gets to shut down before it is powered off (0-3600; default
+    /// `instances.stop_grace_secs` of the configuration).
+    grace: Option<f64>,
 }
 
-/// `start`, `stop` or `restart`: answers the task.
+/// `start`, `stop` (graceful within `grace`, or `force`), `restart`, `suspend` (a running
+/// instance, in memory) or `resume` (a suspended one): answers the task.
 #[utoipa::path(post, path = "/v1/instances/{id}/actions/{action}", tag = "instances", params(ActionParams),
-    responses((status = 202, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub(super) async fn instance_action(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -172,6 +177,7 @@ pub(super) async fn instance_action(
     let id = parse_id("instance", &id)?;
     let action: InstanceAction =
         action.parse().map_err(|message: String| ApiError::new(StatusCode::NOT_FOUND, "not_found", message))?;
-    let task = state.service.instance_action(id, action, params.force, &principal.name).await?;
+    let options = ActionOptions { force: params.force, grace_secs: params.grace };
+    let task = state.service.instance_action(id, action, options, &principal.name).await?;
     respond_after_wait(&state, task, super::parse_wait(params.wait)?).await
 }

@@ -3,6 +3,7 @@
 mod events;
 mod groups;
 mod hosts;
+mod instance_operations;
 mod instances;
 mod tasks;
 mod templates;
@@ -57,6 +58,10 @@ pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(instances::create_instances, instances::list_instances))
         .routes(routes!(instances::get_instance, instances::update_instance, instances::delete_instance))
         .routes(routes!(instances::instance_action))
+        .routes(routes!(instance_operations::list_snapshots, instance_operations::create_snapshot))
+        .routes(routes!(instance_operations::revert_snapshot))
+        .routes(routes!(instance_operations::delete_snapshot))
+        .routes(routes!(instance_operations::get_console))
         .routes(routes!(tasks::list_tasks))
         .routes(routes!(tasks::get_task, tasks::cancel_task))
         .routes(routes!(events::list_events))

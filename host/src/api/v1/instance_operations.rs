@@ -1,0 +1,79 @@
+//! Snapshots and the console of an instance.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::{Extension, Json};
+
+use super::WaitParams;
+use super::instances::respond_after_wait;
+use crate::api::AppState;
+use crate::api::error::{ApiResult, ErrorBody};
+use crate::api::extract::{JsonBody, QueryParams, parse_id};
+use crate::auth::Principal;
+use crate::model::{ConsoleEndpoint, Snapshot, Task};
+use crate::service::NewSnapshot;
+
+/// The instance's snapshots, oldest first, live from its driver.
+#[utoipa::path(get, path = "/v1/instances/{id}/snapshots", tag = "instances",
+    responses((status = 200, body = [Snapshot]), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn list_snapshots(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Snapshot>>> {
+    Ok(Json(state.service.list_snapshots(parse_id("instance", &id)?).await?))
+}
+
+/// Snapshots a running, stopped or suspended instance: answers the task.
+#[utoipa::path(post, path = "/v1/instances/{id}/snapshots", tag = "instances", request_body = NewSnapshot,
+    params(WaitParams),
+    responses((status = 202, body = Task), (status = 200, body = Task), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn create_snapshot(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    QueryParams(wait): QueryParams<WaitParams>,
+    JsonBody(request): JsonBody<NewSnapshot>,
+) -> ApiResult<Response> {
+    let task = state.service.create_snapshot(parse_id("instance", &id)?, request, &principal.name).await?;
+    respond_after_wait(&state, task, wait.duration()?).await
+}
+
+/// Returns the instance to the snapshot, in the state the snapshot holds: answers the task.
+#[utoipa::path(post, path = "/v1/instances/{id}/snapshots/{name}/revert", tag = "instances", params(WaitParams),
+    responses((status = 202, body = Task), (status = 200, body = Task), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn revert_snapshot(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, name)): Path<(String, String)>,
+    QueryParams(wait): QueryParams<WaitParams>,
+) -> ApiResult<Response> {
+    let task = state.service.revert_snapshot(parse_id("instance", &id)?, &name, &principal.name).await?;
+    respond_after_wait(&state, task, wait.duration()?).await
+}
+
+/// Deletes the snapshot; the instance stays as it is: answers the task.
+#[utoipa::path(delete, path = "/v1/instances/{id}/snapshots/{name}", tag = "instances", params(WaitParams),
+    responses((status = 202, body = Task), (status = 200, body = Task), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn delete_snapshot(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, name)): Path<(String, String)>,
+    QueryParams(wait): QueryParams<WaitParams>,
+) -> ApiResult<Response> {
+    let task = state.service.delete_snapshot(parse_id("instance", &id)?, &name, &principal.name).await?;
+    respond_after_wait(&state, task, wait.duration()?).await
+}
+
+/// Where the instance's console answers (protocol, host, port, password), live from its driver.
+#[utoipa::path(get, path = "/v1/instances/{id}/console", tag = "instances",
+    responses((status = 200, body = ConsoleEndpoint), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub(super) async fn get_console(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConsoleEndpoint>> {
+    Ok(Json(state.service.instance_console(parse_id("instance", &id)?).await?))
+}
