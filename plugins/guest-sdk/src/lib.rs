@@ -26,8 +26,8 @@ pub use config::config;
 #[allow(unsafe_code, clippy::all)]
 pub mod driver_bindings {
     wit_bindgen::generate!({
-        world: "hyperplane:driver/driver@0.1.0",
-        path: ["../../wit/host/0.1.0", "../../wit/driver/0.1.0"],
+        world: "hyperplane:driver/driver@0.2.0",
+        path: ["../../wit/host/0.1.0", "../../wit/driver/0.2.0"],
         generate_all,
         pub_export_macro: true,
         export_macro_name: "export_wasm_driver",
@@ -49,6 +49,7 @@ macro_rules! export_driver {
 
 /// The trait a driver implements: one method per function of `hyperplane:driver/hypervisor`.
 pub use driver_bindings::exports::hyperplane::driver::hypervisor::Guest;
+pub use driver_bindings::hyperplane::driver::transfer;
 /// The records, variants and enums of `hyperplane:driver/types`.
 pub use driver_bindings::hyperplane::driver::types;
 /// Named byte streams the operator granted to the provider (`hyperplane:host/endpoints`).
