@@ -649,7 +649,21 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 &backing_path,
                 disk_format_name(spec.template.format),
             );
-            let overlay = session.client.storage_vol_create_xml(&pool, &overlay_xml, 0)?;
+            let overlay = match session.client.storage_vol_create_xml(&pool, &overlay_xml, 0) {
+                Ok(overlay) => overlay,
+                // An overlay of this name while no domain has this id (checked above) is left
+                // over from an interrupted create of this same instance: replace it. (Drivers
+                // word "exists" with different codes, so the lookup decides.)
+                Err(error) if !error.breaks_connection() => {
+                    let Ok(orphan) = session.client.storage_vol_lookup_by_name(&pool, &overlay_volume_name(&spec.id))
+                    else {
+                        return Err(error.into());
+                    };
+                    session.client.storage_vol_delete(&orphan)?;
+                    session.client.storage_vol_create_xml(&pool, &overlay_xml, 0)?
+                }
+                Err(error) => return Err(error.into()),
+            };
             if self.settings.hosts.len() > 1
                 && let Err(error) = self.state.set_json(&instance_key(&spec.id), &host.name)
             {
@@ -808,7 +822,21 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         let host = self.host_of_instance(instance_id)?;
         self.with_session(host, |session| {
             let domain = Self::domain_handle(session, instance_id)?;
-            if session.client.domain_get_state(&domain)?.is_active() {
+            let state = match session.client.domain_get_state(&domain) {
+                Ok(state) => state,
+                Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => {
+                    // An overlay left by an interrupted create is still ours to remove.
+                    let pool = session.pool(&host.pool)?;
+                    if let Ok(orphan) =
+                        session.client.storage_vol_lookup_by_name(&pool, &overlay_volume_name(instance_id))
+                    {
+                        session.client.storage_vol_delete(&orphan)?;
+                    }
+                    return Err(error.into());
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if state.is_active() {
                 match session.client.domain_destroy(&domain) {
                     Ok(()) => {}
                     Err(error) if error.libvirt_code() == Some(error_code::OPERATION_INVALID) => {}

@@ -24,10 +24,8 @@ impl ScratchPool {
         let base = std::env::var("LIBVIRT_STATE_DIR").unwrap_or_else(|_| "/tmp".into());
         let directory = PathBuf::from(base).join(&name);
         std::fs::create_dir_all(&directory).expect("pool directory");
-        let xml = format!(
-            "<pool type='dir'><name>{name}</name><target><path>{}</path></target></pool>",
-            directory.display()
-        );
+        let xml =
+            format!("<pool type='dir'><name>{name}</name><target><path>{}</path></target></pool>", directory.display());
         connect(QEMU_DRIVER_URI).storage_pool_create_xml(&xml).expect("transient pool");
         ScratchPool { name, directory, domains: Vec::new() }
     }
@@ -63,7 +61,10 @@ fn template(size_bytes: u64) -> TemplateRef {
 }
 
 fn summary(templates: &[hyperplane_guest::types::CachedTemplate]) -> Vec<(String, u32, String, u64)> {
-    templates.iter().map(|cached| (cached.name.clone(), cached.version, cached.tag.clone(), cached.size_bytes)).collect()
+    templates
+        .iter()
+        .map(|cached| (cached.name.clone(), cached.version, cached.tag.clone(), cached.size_bytes))
+        .collect()
 }
 
 /// An image source that fails after its first chunk.
@@ -115,7 +116,7 @@ fn template_upload_then_instance_on_qemu() {
     let on_disk = std::fs::read(pool.directory.join(template_volume_name("upload", 2))).expect("uploaded file");
     assert!(on_disk == bytes, "the volume holds exactly the uploaded bytes");
     let again = driver.pull_template("lv-1", &template, &mut UnreadableImage).expect("second pull");
-    assert_eq!(summary(&[again]), summary(&[cached.clone()]));
+    assert_eq!(summary(&[again]), summary(std::slice::from_ref(&cached)));
     let listed = driver.list_templates("lv-1").expect("list templates");
     assert_eq!(summary(&listed), vec![("upload".to_owned(), 2, "2.0".to_owned(), bytes.len() as u64)]);
 
@@ -124,7 +125,10 @@ fn template_upload_then_instance_on_qemu() {
     broken.version = 3;
     broken.size_bytes = 8 << 20;
     let failed = driver.pull_template("lv-1", &broken, &mut FailingImage);
-    assert!(matches!(&failed, Err(Error::Unavailable(message)) if message.contains("host copy unreadable")), "{failed:?}");
+    assert!(
+        matches!(&failed, Err(Error::Unavailable(message)) if message.contains("host copy unreadable")),
+        "{failed:?}"
+    );
     assert_eq!(summary(&driver.list_templates("lv-1").expect("list templates")), summary(&[cached]));
     let mut empty = template.clone();
     empty.version = 4;

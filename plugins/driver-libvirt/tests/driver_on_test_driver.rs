@@ -37,8 +37,9 @@ fn setup() -> (TestDriver, driver_libvirt::client::Client<std::net::TcpStream>) 
     let mut keeper = connect(TEST_DRIVER_URI);
     let pool = keeper.storage_pool_lookup_by_name("default-pool").expect("test pool");
     let name = template_volume_name("tiny", 1);
-    if keeper.storage_vol_lookup_by_name(&pool, &name).is_err() {
-        keeper.storage_vol_create_xml(&pool, &template_volume_xml(&name, 4096), 0).expect("template volume");
+    // Tests run in parallel on the shared test driver: another may have created it first.
+    if let Err(error) = keeper.storage_vol_create_xml(&pool, &template_volume_xml(&name, 4096), 0) {
+        keeper.storage_vol_lookup_by_name(&pool, &name).unwrap_or_else(|_| panic!("template volume: {error:?}"));
     }
     (driver(TEST_HOST), keeper)
 }
@@ -180,4 +181,22 @@ fn unreachable_host_is_offline_not_an_error() {
     let hosts = driver.list_hosts().expect("list hosts answers");
     assert_eq!(hosts[0].state, hyperplane_guest::types::HostState::Offline);
     assert!(matches!(driver.list_instances(), Err(Error::Unavailable(_))));
+}
+
+#[test]
+fn overlays_left_by_an_interrupted_create_are_replaced_or_removed() {
+    let (driver, mut keeper) = setup();
+    let pool = keeper.storage_pool_lookup_by_name("default-pool").expect("pool");
+    let orphan_xml = |id: &str| template_volume_xml(&format!("hp-{id}.qcow2"), 1024);
+
+    let recreated = instance_id();
+    keeper.storage_vol_create_xml(&pool, &orphan_xml(&recreated), 0).expect("orphan overlay");
+    let created = driver.create_instance(&spec(&recreated));
+    assert!(created.is_ok(), "{created:?}");
+    driver.delete_instance(&recreated).expect("delete");
+
+    let removed = instance_id();
+    keeper.storage_vol_create_xml(&pool, &orphan_xml(&removed), 0).expect("orphan overlay");
+    assert!(matches!(driver.delete_instance(&removed), Err(Error::NotFound(_))));
+    assert!(keeper.storage_vol_lookup_by_name(&pool, &format!("hp-{removed}.qcow2")).is_err(), "orphan removed");
 }
