@@ -507,55 +507,44 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
 
     // ----- instances --------------------------------------------------------------------
 
-    /// Every `hp-` domain of every reachable host with its state (one call per host). MAC and
-    /// IP are left out here; `get-instance` has them.
+    /// Every `hp-` domain of every host with its state (one call per host). MAC and IP are
+    /// left out here; `get-instance` has them. Fails `unavailable` when any host cannot be
+    /// listed: a partial list would make the host think that host's instances are gone.
     pub fn list_instances(&self) -> Result<Vec<Instance>, Error> {
         let mut instances = Vec::new();
-        let mut reachable_hosts = 0;
-        let mut last_error = None;
         for host in &self.settings.hosts {
-            let listed = self.with_session(host, |session| match session.client.connect_get_all_domain_states() {
-                Ok(states) => Ok(states),
-                Err(error) if error.libvirt_code() == Some(error_code::NO_SUPPORT) => {
-                    let domains = session.client.connect_list_all_domains(flags::CONNECT_LIST_DOMAINS_ALL)?;
-                    let mut states = Vec::with_capacity(domains.len());
-                    for domain in domains {
-                        if domain.name.starts_with(DOMAIN_NAME_PREFIX) {
+            let states = self
+                .with_session(host, |session| match session.client.connect_get_all_domain_states() {
+                    Ok(states) => Ok(states),
+                    Err(error) if error.libvirt_code() == Some(error_code::NO_SUPPORT) => {
+                        let domains = session.client.connect_list_all_domains(flags::CONNECT_LIST_DOMAINS_ALL)?;
+                        let mut states = Vec::with_capacity(domains.len());
+                        for domain in domains.into_iter().filter(|domain| domain.name.starts_with(DOMAIN_NAME_PREFIX)) {
                             let state = session.client.domain_get_state(&domain)?;
                             states.push((domain, Some(state)));
                         }
+                        Ok(states)
                     }
-                    Ok(states)
-                }
-                Err(error) => Err(error.into()),
-            });
-            match listed {
-                Ok(states) => {
-                    reachable_hosts += 1;
-                    for (domain, state) in states {
-                        let Some(instance_id) = domain.name.strip_prefix(DOMAIN_NAME_PREFIX) else { continue };
-                        instances.push(Instance {
-                            id: instance_id.to_owned(),
-                            host: host.name.clone(),
-                            state: state.map(instance_state).unwrap_or(InstanceState::Error),
-                            ip: None,
-                            mac: self.macs.borrow().get(instance_id).cloned().flatten(),
-                        });
+                    Err(error) => Err(error.into()),
+                })
+                .map_err(|error| match error {
+                    Error::Unavailable(message) => {
+                        Error::Unavailable(format!("cannot list instances of libvirt host `{}`: {message}", host.name))
                     }
-                }
-                Err(error) => {
-                    hyperplane_guest::log::warn(
-                        "cannot list domains of libvirt host",
-                        &[("host", &host.name), ("error", &format!("{error:?}"))],
-                    );
-                    last_error = Some(error);
-                }
+                    other => other,
+                })?;
+            for (domain, state) in states {
+                let Some(instance_id) = domain.name.strip_prefix(DOMAIN_NAME_PREFIX) else { continue };
+                instances.push(Instance {
+                    id: instance_id.to_owned(),
+                    host: host.name.clone(),
+                    state: state.map(instance_state).unwrap_or(InstanceState::Error),
+                    ip: None,
+                    mac: self.macs.borrow().get(instance_id).cloned().flatten(),
+                });
             }
         }
-        match (reachable_hosts, last_error) {
-            (0, Some(error)) => Err(error),
-            _ => Ok(instances),
-        }
+        Ok(instances)
     }
 
     pub fn create_instance(&self, spec: &InstanceSpec) -> Result<Instance, Error> {

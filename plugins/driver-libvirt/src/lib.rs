@@ -28,8 +28,9 @@
 //! # Operations (calls per operation, on a warm connection)
 //! - `list-hosts`: node info, pool info, pool volumes (capabilities, versions and the pool
 //!   handle are fetched once per connection); an unreachable host is `offline`, not an error.
-//! - `list-instances`: one `connect_get_all_domain_stats(state)` per host (state only; MAC and
-//!   IP come from `get-instance`).
+//! - `list-instances`: one `connect_get_all_domain_stats(state)` per host (state, and the MAC
+//!   when this instance has seen it; IP comes from `get-instance`). `unavailable` if any host
+//!   cannot be listed, since a partial list would read as instances gone.
 //! - `create-instance`: template volume present (else `conflict`), no such domain (else
 //!   `conflict`), overlay volume, `domain_define_xml_flags(validate)`; a failed define removes
 //!   the overlay; an overlay left by an interrupted create is replaced.

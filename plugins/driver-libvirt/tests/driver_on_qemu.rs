@@ -105,7 +105,7 @@ fn template_upload_then_instance_on_qemu() {
     let driver = driver(&host_json);
 
     // Upload: several stream packets and an odd tail.
-    let bytes = image_bytes(3 * 1024 * 1024 + 123);
+    let bytes = image_bytes(16 * 1024 * 1024 + 123);
     let template = template(bytes.len() as u64);
     let started = std::time::Instant::now();
     let cached = driver
