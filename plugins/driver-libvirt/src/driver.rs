@@ -595,16 +595,14 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 Err(error) => return Err(error.into()),
             }
             let backing_path = session.client.storage_vol_get_path(&template_volume)?;
-            let host_capabilities_of_host = session.capabilities()?.clone();
+            let host_facts = session.capabilities()?.clone();
             let domain_type = match &host.domain_type {
                 DomainTypeChoice::Fixed(fixed) => fixed.clone(),
                 DomainTypeChoice::Auto => ["kvm", "qemu"]
                     .iter()
-                    .find(|preferred| {
-                        host_capabilities_of_host.domain_types.iter().any(|offered| offered == *preferred)
-                    })
+                    .find(|preferred| host_facts.domain_types.iter().any(|offered| offered == *preferred))
                     .map(|preferred| (*preferred).to_owned())
-                    .or_else(|| host_capabilities_of_host.domain_types.first().cloned())
+                    .or_else(|| host_facts.domain_types.first().cloned())
                     .ok_or_else(|| {
                         Error::Unsupported(format!("host `{}` offers no domain type for its arch", host.name))
                     })?,
@@ -613,7 +611,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 domain_name: domain_name(&spec.id),
                 uuid: uuid.map(|bytes| uuid::Uuid::from_bytes(bytes).hyphenated().to_string()),
                 domain_type,
-                arch: host_capabilities_of_host.guest_arch.clone(),
+                arch: host_facts.guest_arch.clone(),
                 vcpu: spec.vcpu,
                 memory_mib: spec.ram_mb,
                 disk_pool: pool.name.clone(),
@@ -631,7 +629,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 metadata: spec.metadata.iter().map(|entry| (entry.key.clone(), entry.value.clone())).collect(),
             };
             let xml = domain_xml::domain_xml(&definition)?;
-            let capacity = (spec.disk_gb.saturating_mul(GIB)).max(spec.template.size_bytes).max(GIB);
+            let capacity = (spec.disk_gb.saturating_mul(GIB)).max(spec.template.size_bytes);
             let overlay_xml = domain_xml::overlay_volume_xml(
                 &overlay_volume_name(&spec.id),
                 capacity,

@@ -22,7 +22,8 @@
 //! A persistent domain `hp-<instance id>` (its UUID is the instance id) plus a qcow2 overlay
 //! volume `hp-<id>.qcow2` in the host's pool, backed by the template volume
 //! `hyperplane-template-<name>-v<version>` (a raw container holding the uploaded image; the
-//! overlay names the template's real format). See [`domain_xml`] for every element. Domains
+//! overlay names the template's real format; its capacity is the larger of `disk-gb` and the
+//! template's size). See [`domain_xml`] for every element. Domains
 //! without the `hp-` prefix are not reported or touched.
 //!
 //! # Operations (calls per operation, on a warm connection)
