@@ -80,6 +80,11 @@ fn instance_life_cycle_define_start_suspend_resume_stop_delete() {
     assert_eq!(driver.resume_instance(&id).expect("resume").state, InstanceState::Running);
     assert_eq!(driver.resume_instance(&id).expect("resume again").state, InstanceState::Running, "idempotent");
     assert_eq!(driver.restart_instance(&id, true).expect("forced restart").state, InstanceState::Running);
+    assert_eq!(driver.restart_instance(&id, false).expect("reboot").state, InstanceState::Running);
+    let running = driver.get_instance(&id).expect("get running");
+    assert_eq!(running.mac.as_deref(), Some("52:54:00:aa:bb:01"));
+    // The test driver invents a DHCP lease for each NIC of a network.
+    assert!(running.ip.as_deref().is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok()), "{running:?}");
 
     assert_eq!(driver.stop_instance(&id, false, 2000).expect("graceful stop").state, InstanceState::Stopped);
     assert_state(&driver, &id, InstanceState::Stopped);
