@@ -404,6 +404,80 @@ mod tests {
     }
 
     #[test]
+    fn upload_sends_continue_packets_then_an_empty_ok_and_waits_for_the_servers_ok() -> Result<(), ClientError> {
+        let procedure = Procedure::StorageVolUpload;
+        let mut server = packet(REMOTE_PROGRAM, procedure.number(), MessageType::Reply, 1, MessageStatus::Ok, &[]);
+        server.extend(packet(REMOTE_PROGRAM, procedure.number(), MessageType::Stream, 1, MessageStatus::Ok, &[]));
+        let mut client = client_over(server);
+        let mut chunks = vec![vec![1_u8; 5], vec![2_u8; 3]].into_iter();
+        let mut progress = Vec::new();
+        let sent = client.upload(
+            procedure,
+            &(),
+            |chunk| {
+                chunk.extend(chunks.next().unwrap_or_default());
+                Ok(())
+            },
+            |sent| progress.push(sent),
+        )?;
+        assert_eq!((sent, progress), (8, vec![5, 8]));
+        // The call, two stream packets with status continue carrying the data, one empty ok.
+        let written = &client.transport.written;
+        let packets: Vec<(u32, u32, u32, usize)> = {
+            let mut offset = 0;
+            let mut packets = Vec::new();
+            while offset < written.len() {
+                let word =
+                    |at: usize| u32::from_be_bytes([written[at], written[at + 1], written[at + 2], written[at + 3]]);
+                let length = word(offset) as usize;
+                packets.push((word(offset + 16), word(offset + 20), word(offset + 24), length - 28));
+                offset += length;
+            }
+            packets
+        };
+        assert_eq!(packets, vec![(0, 1, 0, 0), (3, 1, 2, 5), (3, 1, 2, 3), (3, 1, 0, 0)]);
+        Ok(())
+    }
+
+    #[test]
+    fn upload_reports_a_stream_error_from_libvirt() {
+        let procedure = Procedure::StorageVolUpload;
+        let mut error = Encoder::new();
+        error.put_i32(38);
+        error.put_i32(18);
+        error.put_optional_string(Some("no space left on device"));
+        error.put_i32(2);
+        error.put_bool(false);
+        for _ in 0..3 {
+            error.put_optional_string(None);
+        }
+        error.put_i32(0);
+        error.put_i32(0);
+        error.put_bool(false);
+        let mut server = packet(REMOTE_PROGRAM, procedure.number(), MessageType::Reply, 1, MessageStatus::Ok, &[]);
+        server.extend(packet(
+            REMOTE_PROGRAM,
+            procedure.number(),
+            MessageType::Stream,
+            1,
+            MessageStatus::Error,
+            &error.into_bytes(),
+        ));
+        let mut client = client_over(server);
+        let mut once = Some(vec![0_u8; 4]);
+        let result = client.upload(
+            procedure,
+            &(),
+            |chunk| {
+                chunk.extend(once.take().unwrap_or_default());
+                Ok(())
+            },
+            |_| {},
+        );
+        assert!(matches!(&result, Err(ClientError::Remote { error, .. }) if error.code == 38), "{result:?}");
+    }
+
+    #[test]
     fn eof_before_any_reply_byte_is_retryable_but_not_after() {
         let mut client = client_over(Vec::new());
         let error = client.call::<u64>(Procedure::ConnectGetLibVersion, &()).err();
