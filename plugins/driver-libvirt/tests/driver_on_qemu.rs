@@ -104,6 +104,11 @@ fn template_upload_then_instance_on_qemu() {
     let host_json = format!(r#""uri": "{QEMU_DRIVER_URI}", "pool": "{}", "domain_type": "qemu""#, pool.name);
     let driver = driver(&host_json);
 
+    let hosts = driver.list_hosts().expect("list hosts");
+    eprintln!("qemu host report: {:?}", hosts[0]);
+    assert_eq!(hosts[0].state, hyperplane_guest::types::HostState::Active);
+    assert!(hosts[0].hypervisor.starts_with("QEMU ") && hosts[0].hypervisor.contains(" / libvirt "), "{:?}", hosts[0]);
+
     // Upload: several stream packets and an odd tail.
     let bytes = image_bytes(16 * 1024 * 1024 + 123);
     let template = template(bytes.len() as u64);
@@ -150,11 +155,15 @@ fn template_upload_then_instance_on_qemu() {
         vlan: None,
         metadata: Vec::new(),
     };
+    let timer = std::time::Instant::now();
     let created = driver.create_instance(&spec).expect("create on qemu");
+    eprintln!("create-instance on qemu took {:?}", timer.elapsed());
     let mac = created.mac.clone().expect("libvirt chose a mac");
     assert!(mac.starts_with("52:54:00:"), "{mac}");
     assert!(pool.directory.join(format!("hp-{id}.qcow2")).exists(), "overlay volume");
+    let timer = std::time::Instant::now();
     let running = driver.start_instance(&id).expect("start on qemu");
+    eprintln!("start-instance on qemu took {:?}", timer.elapsed());
     assert_eq!((running.state, running.mac.as_deref()), (InstanceState::Running, Some(mac.as_str())));
     let fetched = driver.get_instance(&id).expect("get");
     assert_eq!((fetched.state, fetched.ip.as_deref()), (InstanceState::Running, None), "user-mode nic: no address");
@@ -167,7 +176,9 @@ fn template_upload_then_instance_on_qemu() {
     let stopping = std::time::Instant::now();
     assert_eq!(driver.stop_instance(&id, false, 300).expect("stop").state, InstanceState::Stopped);
     assert!(stopping.elapsed() >= std::time::Duration::from_millis(300));
+    let timer = std::time::Instant::now();
     driver.delete_instance(&id).expect("delete");
+    eprintln!("delete-instance on qemu took {:?}", timer.elapsed());
     assert!(!pool.directory.join(format!("hp-{id}.qcow2")).exists(), "overlay removed with the instance");
     assert!(matches!(driver.get_instance(&id), Err(Error::NotFound(_))));
 
