@@ -1,0 +1,503 @@
+//! A libvirt remote-protocol client over any byte transport (`std::io::Read + Write`): a
+//! `std::net::TcpStream` in native tests, the host's endpoint connection inside the component.
+//!
+//! One call is one round trip: the call packet, then packets until its reply. Keepalive PINGs
+//! are answered with PONG (the client never advertises keepalive, so libvirtd should not send
+//! any), event MESSAGEs are skipped (the client registers for none). Volume uploads use a
+//! libvirt stream: the call and its reply, the data as STREAM packets with status CONTINUE, an
+//! empty STREAM packet with status OK to finish, and libvirtd's STREAM OK (or ERROR) answer.
+
+use std::io::{self, Read, Write};
+
+use thiserror::Error;
+
+use crate::protocol::{
+    AUTH_NONE, AuthTypes, HEADER_SIZE, Header, KEEPALIVE_PROCEDURE_PING, KEEPALIVE_PROCEDURE_PONG, KEEPALIVE_PROGRAM,
+    KEEPALIVE_PROTOCOL_VERSION, LENGTH_WORD_SIZE, MESSAGE_MAX, MessageStatus, MessageType, Procedure, REMOTE_PROGRAM,
+    REMOTE_PROTOCOL_VERSION, RemoteError, STREAM_CHUNK_SIZE, XdrDecode, XdrEncode,
+};
+use crate::xdr::{Decoder, Encoder, XdrError};
+
+/// Why a call failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The connection broke (EOF, reset, write failure). `reply_started` tells whether any byte
+    /// of the reply had arrived, i.e. whether libvirtd may have acted on the call.
+    #[error("connection closed during {}: {source}", procedure.name())]
+    Transport { procedure: Procedure, reply_started: bool, source: io::Error },
+    /// libvirtd answered with an error.
+    #[error("{} failed: {}", procedure.name(), error.message_or_default())]
+    Remote { procedure: Procedure, error: RemoteError },
+    /// libvirtd sent something this client cannot make sense of; the connection is unusable.
+    #[error("malformed reply to {}: {message}", procedure.name())]
+    Protocol { procedure: Procedure, message: String },
+    /// The endpoint needs an authentication this client does not speak.
+    #[error("libvirt endpoint offers auth types {offered:?}; only `none` (0) is supported")]
+    AuthenticationUnsupported { offered: Vec<i32> },
+    /// Reading the data to upload failed; the upload was abandoned.
+    #[error("reading the data for {} failed: {message}", procedure.name())]
+    Source { procedure: Procedure, message: String },
+}
+
+impl ClientError {
+    /// Whether the connection must be dropped: after this error it is closed or out of step.
+    pub fn breaks_connection(&self) -> bool {
+        matches!(self, ClientError::Transport { .. } | ClientError::Protocol { .. } | ClientError::Source { .. })
+    }
+
+    /// Whether libvirtd cannot have seen the call: the connection was found closed before any
+    /// reply byte. Only then may a read-only call be repeated on a fresh connection.
+    pub fn closed_before_reply(&self) -> bool {
+        matches!(self, ClientError::Transport { reply_started: false, .. })
+    }
+
+    /// libvirt's `virErrorNumber`, for remote errors.
+    pub fn libvirt_code(&self) -> Option<i32> {
+        match self {
+            ClientError::Remote { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+fn protocol_error(procedure: Procedure, error: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol { procedure, message: error.to_string() }
+}
+
+/// One received packet: its header and payload.
+struct Packet {
+    header: Header,
+    payload: Vec<u8>,
+}
+
+/// A connection to libvirtd speaking the remote protocol.
+pub struct Client<Transport> {
+    transport: Transport,
+    last_serial: u32,
+    replies_received: u64,
+}
+
+impl<Transport: Read + Write> Client<Transport> {
+    /// Performs the handshake on a fresh transport: `auth_list` (only `none` is supported), then
+    /// `connect_open(uri)`.
+    pub fn connect(transport: Transport, uri: &str) -> Result<Client<Transport>, ClientError> {
+        let mut client = Client { transport, last_serial: 0, replies_received: 0 };
+        let AuthTypes(offered) = client.call(Procedure::AuthList, &())?;
+        if !offered.is_empty() && !offered.contains(&AUTH_NONE) {
+            return Err(ClientError::AuthenticationUnsupported { offered });
+        }
+        client.call::<()>(Procedure::ConnectOpen, &(Some(uri), 0_u32))?;
+        Ok(client)
+    }
+
+    /// Calls `procedure` with `arguments` and decodes its result.
+    pub fn call<Reply: XdrDecode>(
+        &mut self,
+        procedure: Procedure,
+        arguments: &impl XdrEncode,
+    ) -> Result<Reply, ClientError> {
+        let serial = self.send_call(procedure, arguments)?;
+        let payload = self.receive_reply(procedure, serial)?;
+        decode_payload(procedure, &payload)
+    }
+
+    /// How many replies this connection has received: a caller compares it before and after a
+    /// failure to tell whether the connection had been working during its operation.
+    pub fn replies_received(&self) -> u64 {
+        self.replies_received
+    }
+
+    /// Calls a procedure that opens an upload stream (`storage_vol_upload`), then sends
+    /// everything `read_chunk` yields (it fills the buffer it is given, at most
+    /// [`STREAM_CHUNK_SIZE`] bytes; an empty buffer ends the data), reporting the bytes sent so
+    /// far to `on_progress` after each chunk. Finishes the stream and waits for libvirtd to
+    /// confirm it. A failing `read_chunk` abandons the upload and breaks the connection.
+    pub fn upload(
+        &mut self,
+        procedure: Procedure,
+        arguments: &impl XdrEncode,
+        mut read_chunk: impl FnMut(&mut Vec<u8>) -> Result<(), String>,
+        mut on_progress: impl FnMut(u64),
+    ) -> Result<u64, ClientError> {
+        let serial = self.send_call(procedure, arguments)?;
+        let payload = self.receive_reply(procedure, serial)?;
+        decode_payload::<()>(procedure, &payload)?;
+        let mut chunk = Vec::with_capacity(STREAM_CHUNK_SIZE);
+        let mut sent: u64 = 0;
+        loop {
+            chunk.clear();
+            read_chunk(&mut chunk).map_err(|message| ClientError::Source { procedure, message })?;
+            if chunk.is_empty() {
+                break;
+            }
+            for piece in chunk.chunks(STREAM_CHUNK_SIZE) {
+                self.send_packet(procedure, MessageType::Stream, serial, MessageStatus::Continue, |encoder| {
+                    encoder.bytes_mut().extend_from_slice(piece);
+                })
+                .map_err(|source| ClientError::Transport {
+                    procedure,
+                    reply_started: true,
+                    source,
+                })?;
+            }
+            sent += chunk.len() as u64;
+            on_progress(sent);
+        }
+        self.send_packet(procedure, MessageType::Stream, serial, MessageStatus::Ok, |_| {})
+            .map_err(|source| ClientError::Transport { procedure, reply_started: true, source })?;
+        loop {
+            let packet = self.receive_packet(procedure, true)?;
+            if !self.is_for_call(procedure, &packet, serial)? {
+                continue;
+            }
+            match (packet.header.message_type, packet.header.status) {
+                (MessageType::Stream, MessageStatus::Ok) => return Ok(sent),
+                (MessageType::Stream | MessageType::Reply, MessageStatus::Error) => {
+                    return Err(remote_error(procedure, &packet.payload));
+                }
+                // Data flowing back on an upload stream is not expected; skip it.
+                (MessageType::Stream, MessageStatus::Continue) => continue,
+                (message_type, status) => {
+                    return Err(protocol_error(
+                        procedure,
+                        format!("unexpected {message_type:?} packet with status {status:?} while finishing the stream"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn next_serial(&mut self) -> u32 {
+        self.last_serial = self.last_serial.wrapping_add(1);
+        self.last_serial
+    }
+
+    fn send_call(&mut self, procedure: Procedure, arguments: &impl XdrEncode) -> Result<u32, ClientError> {
+        let serial = self.next_serial();
+        self.send_packet(procedure, MessageType::Call, serial, MessageStatus::Ok, |encoder| arguments.encode(encoder))
+            .map_err(|source| ClientError::Transport { procedure, reply_started: false, source })?;
+        Ok(serial)
+    }
+
+    /// Writes one packet with one `write_all`, so a host endpoint sees a single write.
+    fn send_packet(
+        &mut self,
+        procedure: Procedure,
+        message_type: MessageType,
+        serial: u32,
+        status: MessageStatus,
+        write_payload: impl FnOnce(&mut Encoder),
+    ) -> io::Result<()> {
+        let header = Header {
+            program: REMOTE_PROGRAM,
+            version: REMOTE_PROTOCOL_VERSION,
+            procedure: procedure.number(),
+            message_type,
+            serial,
+            status,
+        };
+        self.send_raw(&header, write_payload)
+    }
+
+    fn send_raw(&mut self, header: &Header, write_payload: impl FnOnce(&mut Encoder)) -> io::Result<()> {
+        let mut encoder = Encoder::with_reserved(LENGTH_WORD_SIZE);
+        header.encode(&mut encoder);
+        write_payload(&mut encoder);
+        let mut bytes = encoder.into_bytes();
+        let length = u32::try_from(bytes.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "packet larger than 4 GiB"))?;
+        bytes[..LENGTH_WORD_SIZE].copy_from_slice(&length.to_be_bytes());
+        self.transport.write_all(&bytes)?;
+        self.transport.flush()
+    }
+
+    /// Reads packets until the reply to call `serial`; returns its payload or its error.
+    fn receive_reply(&mut self, procedure: Procedure, serial: u32) -> Result<Vec<u8>, ClientError> {
+        let mut reply_started = false;
+        loop {
+            let packet = self.receive_packet(procedure, reply_started)?;
+            reply_started = true;
+            self.replies_received += 1;
+            if !self.is_for_call(procedure, &packet, serial)? {
+                continue;
+            }
+            if packet.header.message_type != MessageType::Reply {
+                return Err(protocol_error(
+                    procedure,
+                    format!("expected a reply, got a {:?} packet", packet.header.message_type),
+                ));
+            }
+            return match packet.header.status {
+                MessageStatus::Ok => Ok(packet.payload),
+                MessageStatus::Error => Err(remote_error(procedure, &packet.payload)),
+                MessageStatus::Continue => Err(protocol_error(procedure, "reply with status continue")),
+            };
+        }
+    }
+
+    /// Whether `packet` belongs to call `serial`. Answers keepalive PINGs and skips events;
+    /// anything else is a protocol error.
+    fn is_for_call(&mut self, procedure: Procedure, packet: &Packet, serial: u32) -> Result<bool, ClientError> {
+        let header = &packet.header;
+        if header.program == KEEPALIVE_PROGRAM {
+            if header.procedure == KEEPALIVE_PROCEDURE_PING {
+                let pong = Header {
+                    program: KEEPALIVE_PROGRAM,
+                    version: KEEPALIVE_PROTOCOL_VERSION,
+                    procedure: KEEPALIVE_PROCEDURE_PONG,
+                    message_type: MessageType::Message,
+                    serial: 0,
+                    status: MessageStatus::Ok,
+                };
+                self.send_raw(&pong, |_| {}).map_err(|source| ClientError::Transport {
+                    procedure,
+                    reply_started: true,
+                    source,
+                })?;
+            }
+            return Ok(false);
+        }
+        if header.program != REMOTE_PROGRAM || header.version != REMOTE_PROTOCOL_VERSION {
+            return Err(protocol_error(
+                procedure,
+                format!("packet of unknown program {:#x} version {}", header.program, header.version),
+            ));
+        }
+        if header.message_type == MessageType::Message {
+            return Ok(false);
+        }
+        if header.serial != serial || header.procedure != procedure.number() {
+            return Err(protocol_error(
+                procedure,
+                format!(
+                    "reply for serial {} procedure {} while waiting for serial {serial}",
+                    header.serial, header.procedure
+                ),
+            ));
+        }
+        Ok(true)
+    }
+
+    fn receive_packet(&mut self, procedure: Procedure, reply_started: bool) -> Result<Packet, ClientError> {
+        let transport_error = |reply_started, source| ClientError::Transport { procedure, reply_started, source };
+        let mut length_word = [0_u8; LENGTH_WORD_SIZE];
+        let mut filled = 0;
+        while filled < LENGTH_WORD_SIZE {
+            match self.transport.read(&mut length_word[filled..]) {
+                Ok(0) => {
+                    let source = io::Error::new(io::ErrorKind::UnexpectedEof, "end of stream");
+                    return Err(transport_error(reply_started || filled > 0, source));
+                }
+                Ok(count) => filled += count,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(transport_error(reply_started || filled > 0, error)),
+            }
+        }
+        let length = u32::from_be_bytes(length_word) as usize;
+        if !(LENGTH_WORD_SIZE + HEADER_SIZE..=LENGTH_WORD_SIZE + MESSAGE_MAX).contains(&length) {
+            return Err(protocol_error(procedure, format!("packet length {length} out of range")));
+        }
+        let mut body = vec![0; length - LENGTH_WORD_SIZE];
+        self.transport.read_exact(&mut body).map_err(|source| transport_error(true, source))?;
+        let mut decoder = Decoder::new(&body);
+        let header = Header::decode(&mut decoder).map_err(|error| protocol_error(procedure, error))?;
+        body.drain(..HEADER_SIZE);
+        Ok(Packet { header, payload: body })
+    }
+}
+
+fn decode_payload<Reply: XdrDecode>(procedure: Procedure, payload: &[u8]) -> Result<Reply, ClientError> {
+    let mut decoder = Decoder::new(payload);
+    let reply = Reply::decode(&mut decoder).map_err(|error: XdrError| protocol_error(procedure, error))?;
+    decoder.finish().map_err(|error| protocol_error(procedure, error))?;
+    Ok(reply)
+}
+
+fn remote_error(procedure: Procedure, payload: &[u8]) -> ClientError {
+    match decode_payload::<RemoteError>(procedure, payload) {
+        Ok(error) => ClientError::Remote { procedure, error },
+        Err(error) => error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    /// A transport that replays scripted server bytes and records what the client wrote.
+    struct ScriptedTransport {
+        server_bytes: Cursor<Vec<u8>>,
+        written: Vec<u8>,
+    }
+
+    impl Read for ScriptedTransport {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            self.server_bytes.read(buffer)
+        }
+    }
+
+    impl Write for ScriptedTransport {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn packet(
+        program: u32,
+        procedure: i32,
+        message_type: MessageType,
+        serial: u32,
+        status: MessageStatus,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut encoder = Encoder::with_reserved(LENGTH_WORD_SIZE);
+        Header { program, version: 1, procedure, message_type, serial, status }.encode(&mut encoder);
+        encoder.bytes_mut().extend_from_slice(payload);
+        let mut bytes = encoder.into_bytes();
+        let length = bytes.len() as u32;
+        bytes[..4].copy_from_slice(&length.to_be_bytes());
+        bytes
+    }
+
+    fn client_over(server_bytes: Vec<u8>) -> Client<ScriptedTransport> {
+        Client {
+            transport: ScriptedTransport { server_bytes: Cursor::new(server_bytes), written: Vec::new() },
+            last_serial: 0,
+            replies_received: 0,
+        }
+    }
+
+    #[test]
+    fn events_are_skipped_and_pings_answered_before_the_reply() -> Result<(), ClientError> {
+        let procedure = Procedure::ConnectGetLibVersion;
+        let mut server = packet(REMOTE_PROGRAM, 107, MessageType::Message, 0, MessageStatus::Ok, &[1, 2, 3, 4]);
+        server.extend(packet(
+            KEEPALIVE_PROGRAM,
+            KEEPALIVE_PROCEDURE_PING,
+            MessageType::Message,
+            0,
+            MessageStatus::Ok,
+            &[],
+        ));
+        server.extend(packet(
+            REMOTE_PROGRAM,
+            procedure.number(),
+            MessageType::Reply,
+            1,
+            MessageStatus::Ok,
+            &11_003_000_u64.to_be_bytes(),
+        ));
+        let mut client = client_over(server);
+        let version: u64 = client.call(procedure, &())?;
+        assert_eq!(version, 11_003_000);
+        // The call (28 bytes) then the pong (28 bytes) with the keepalive program.
+        assert_eq!(client.transport.written.len(), 56);
+        assert_eq!(&client.transport.written[28 + 4..28 + 8], &KEEPALIVE_PROGRAM.to_be_bytes());
+        Ok(())
+    }
+
+    #[test]
+    fn upload_sends_continue_packets_then_an_empty_ok_and_waits_for_the_servers_ok() -> Result<(), ClientError> {
+        let procedure = Procedure::StorageVolUpload;
+        let mut server = packet(REMOTE_PROGRAM, procedure.number(), MessageType::Reply, 1, MessageStatus::Ok, &[]);
+        server.extend(packet(REMOTE_PROGRAM, procedure.number(), MessageType::Stream, 1, MessageStatus::Ok, &[]));
+        let mut client = client_over(server);
+        let mut chunks = vec![vec![1_u8; 5], vec![2_u8; 3]].into_iter();
+        let mut progress = Vec::new();
+        let sent = client.upload(
+            procedure,
+            &(),
+            |chunk| {
+                chunk.extend(chunks.next().unwrap_or_default());
+                Ok(())
+            },
+            |sent| progress.push(sent),
+        )?;
+        assert_eq!((sent, progress), (8, vec![5, 8]));
+        // The call, two stream packets with status continue carrying the data, one empty ok.
+        let written = &client.transport.written;
+        let packets: Vec<(u32, u32, u32, usize)> = {
+            let mut offset = 0;
+            let mut packets = Vec::new();
+            while offset < written.len() {
+                let word =
+                    |at: usize| u32::from_be_bytes([written[at], written[at + 1], written[at + 2], written[at + 3]]);
+                let length = word(offset) as usize;
+                packets.push((word(offset + 16), word(offset + 20), word(offset + 24), length - 28));
+                offset += length;
+            }
+            packets
+        };
+        assert_eq!(packets, vec![(0, 1, 0, 0), (3, 1, 2, 5), (3, 1, 2, 3), (3, 1, 0, 0)]);
+        Ok(())
+    }
+
+    #[test]
+    fn upload_reports_a_stream_error_from_libvirt() {
+        let procedure = Procedure::StorageVolUpload;
+        let mut error = Encoder::new();
+        error.put_i32(38);
+        error.put_i32(18);
+        error.put_optional_string(Some("no space left on device"));
+        error.put_i32(2);
+        error.put_bool(false);
+        for _ in 0..3 {
+            error.put_optional_string(None);
+        }
+        error.put_i32(0);
+        error.put_i32(0);
+        error.put_bool(false);
+        let mut server = packet(REMOTE_PROGRAM, procedure.number(), MessageType::Reply, 1, MessageStatus::Ok, &[]);
+        server.extend(packet(
+            REMOTE_PROGRAM,
+            procedure.number(),
+            MessageType::Stream,
+            1,
+            MessageStatus::Error,
+            &error.into_bytes(),
+        ));
+        let mut client = client_over(server);
+        let mut once = Some(vec![0_u8; 4]);
+        let result = client.upload(
+            procedure,
+            &(),
+            |chunk| {
+                chunk.extend(once.take().unwrap_or_default());
+                Ok(())
+            },
+            |_| {},
+        );
+        assert!(matches!(&result, Err(ClientError::Remote { error, .. }) if error.code == 38), "{result:?}");
+    }
+
+    #[test]
+    fn eof_before_any_reply_byte_is_retryable_but_not_after() {
+        let mut client = client_over(Vec::new());
+        let error = client.call::<u64>(Procedure::ConnectGetLibVersion, &()).err();
+        assert!(error.as_ref().is_some_and(ClientError::closed_before_reply), "{error:?}");
+
+        let truncated = packet(REMOTE_PROGRAM, 157, MessageType::Reply, 1, MessageStatus::Ok, &[0; 8]);
+        let mut client = client_over(truncated[..10].to_vec());
+        let error = client.call::<u64>(Procedure::ConnectGetLibVersion, &()).err();
+        assert!(matches!(error, Some(ClientError::Transport { reply_started: true, .. })), "{error:?}");
+    }
+
+    #[test]
+    fn bad_lengths_and_trailing_bytes_are_protocol_errors() {
+        let mut client = client_over(vec![0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(client.call::<u64>(Procedure::ConnectGetLibVersion, &()), Err(ClientError::Protocol { .. })));
+        let too_long = packet(REMOTE_PROGRAM, 157, MessageType::Reply, 1, MessageStatus::Ok, &[0; 12]);
+        let mut client = client_over(too_long);
+        assert!(matches!(client.call::<u64>(Procedure::ConnectGetLibVersion, &()), Err(ClientError::Protocol { .. })));
+        let wrong_serial = packet(REMOTE_PROGRAM, 157, MessageType::Reply, 9, MessageStatus::Ok, &[0; 8]);
+        let mut client = client_over(wrong_serial);
+        assert!(matches!(client.call::<u64>(Procedure::ConnectGetLibVersion, &()), Err(ClientError::Protocol { .. })));
+    }
+}

@@ -1,0 +1,1237 @@
+//! The driver's operations over libvirt, generic over how connections are opened
+//! ([`Connector`]), where small records persist ([`KeyValueStore`]) and where template images
+//! come from ([`ImageSource`]), so the same code runs in the component (host endpoints, host
+//! state, host byte streams) and natively in tests (TCP, memory, byte slices).
+//!
+//! # Connections
+//! One open [`Client`] per libvirt host, kept for the life of this driver value (in the
+//! component: of the component instance; the host pools at most 8 idle and 64 busy instances,
+//! which bounds the connections per libvirtd). A connection that fails at the transport or
+//! protocol level is dropped, and the next call opens a fresh one (new handshake). Calls are
+//! never retried after libvirtd may have acted on them: only when the cached connection turns
+//! out to be closed before any reply byte of the operation's first call arrived, and that call
+//! is read-only (lookups, lists, info), is the operation run once more on a fresh connection.
+//! Per-connection facts (capabilities, versions, the pool handle) are cached on the connection,
+//! so a daemon restart refreshes them.
+//!
+//! # Records in the provider's state store
+//! `instance/<id>` → the host name (only consulted with several hosts); `template/<host>/<name>/<version>`
+//! → the template's tag and size, which libvirt volumes cannot carry.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use hyperplane_guest::state::{JsonState, KeyValueStore};
+use hyperplane_guest::types::{
+    Arch, BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, DiskFormat, Error, HostReport,
+    HostState, Instance, InstanceSpec, InstanceState, Snapshot, TemplateRef,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, ClientError};
+use crate::config::{DomainTypeChoice, HostSettings, NetworkAttachment, Settings};
+use crate::domain_xml::{self, DomainDefinition, HostCapabilities, TemplateMetadata};
+use crate::protocol::{Domain, DomainSnapshot, DomainState, StoragePool, error_code, flags};
+
+/// Prefix of every domain (and overlay volume) the driver owns: `hp-<instance id>`.
+pub const DOMAIN_NAME_PREFIX: &str = "hp-";
+/// Prefix of template volumes: `hyperplane-template-<name>-v<version>`.
+pub const TEMPLATE_VOLUME_PREFIX: &str = "hyperplane-template-";
+const GIB: u64 = 1024 * 1024 * 1024;
+/// First and largest pause between state polls during a graceful stop.
+const STOP_POLL_FIRST: Duration = Duration::from_millis(50);
+const STOP_POLL_MAX: Duration = Duration::from_millis(500);
+/// Bytes the driver asks its image source for at once.
+const IMAGE_READ_SIZE: u32 = 1024 * 1024;
+
+/// Opens byte streams to libvirt hosts by endpoint name.
+pub trait Connector {
+    type Stream: Read + Write;
+    /// Fails with `unavailable` (or `invalid` for an endpoint that is not granted).
+    fn open(&self, endpoint: &str) -> Result<Self::Stream, Error>;
+}
+
+/// A template image to upload.
+pub trait ImageSource {
+    fn size(&self) -> u64;
+    /// Up to `max` bytes; empty at the end.
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, String>;
+}
+
+/// An in-memory image, for tests and small templates.
+#[derive(Debug)]
+pub struct BytesImage {
+    pub bytes: Vec<u8>,
+    pub position: usize,
+}
+
+impl ImageSource for BytesImage {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, String> {
+        let end = self.bytes.len().min(self.position + max as usize);
+        let chunk = self.bytes[self.position..end].to_vec();
+        self.position = end;
+        Ok(chunk)
+    }
+}
+
+/// An open connection and what the driver learned over it.
+struct Session<Stream> {
+    client: Client<Stream>,
+    capabilities: Option<HostCapabilities>,
+    hypervisor: Option<String>,
+    pool: Option<StoragePool>,
+}
+
+impl<Stream: Read + Write> Session<Stream> {
+    fn capabilities(&mut self) -> Result<&HostCapabilities, Failure> {
+        if self.capabilities.is_none() {
+            let xml = self.client.connect_get_capabilities()?;
+            self.capabilities = Some(domain_xml::host_capabilities(&xml)?);
+        }
+        Ok(self.capabilities.get_or_insert_with(HostCapabilities::default))
+    }
+
+    fn pool(&mut self, name: &str) -> Result<StoragePool, Failure> {
+        if let Some(pool) = &self.pool {
+            return Ok(pool.clone());
+        }
+        let pool = self.client.storage_pool_lookup_by_name(name)?;
+        self.pool = Some(pool.clone());
+        Ok(pool)
+    }
+
+    /// "QEMU 10.0.0 / libvirt 11.3.0".
+    fn hypervisor(&mut self) -> Result<String, Failure> {
+        if let Some(hypervisor) = &self.hypervisor {
+            return Ok(hypervisor.clone());
+        }
+        let hypervisor_type = self.client.connect_get_type()?;
+        let hypervisor_version = self.client.connect_get_version()?;
+        let library_version = self.client.connect_get_lib_version()?;
+        let hypervisor = format!(
+            "{hypervisor_type} {} / libvirt {}",
+            version_string(hypervisor_version),
+            version_string(library_version)
+        );
+        self.hypervisor = Some(hypervisor.clone());
+        Ok(hypervisor)
+    }
+}
+
+/// libvirt encodes versions as `major * 1_000_000 + minor * 1000 + micro`.
+fn version_string(version: u64) -> String {
+    format!("{}.{}.{}", version / 1_000_000, version / 1000 % 1000, version % 1000)
+}
+
+/// What an operation over a session can fail with.
+enum Failure {
+    Call(ClientError),
+    Driver(Error),
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Failure {
+        Failure::Call(error)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        Failure::Driver(error)
+    }
+}
+
+impl From<hyperplane_guest::state::Error> for Failure {
+    fn from(error: hyperplane_guest::state::Error) -> Failure {
+        Failure::Driver(error.into())
+    }
+}
+
+type Outcome<T> = Result<T, Failure>;
+
+/// Maps a client error to the driver's error variant, keeping libvirt's code and message.
+pub fn map_client_error(host: &HostSettings, error: ClientError) -> Error {
+    match error {
+        ClientError::Transport { procedure, source, .. } => Error::Unavailable(format!(
+            "libvirt connection to endpoint '{}' closed during {}: {source}",
+            host.endpoint,
+            procedure.name()
+        )),
+        ClientError::Protocol { .. } => {
+            Error::Backend(BackendError { code: -1, message: format!("libvirt endpoint '{}': {error}", host.endpoint) })
+        }
+        ClientError::AuthenticationUnsupported { .. } => {
+            Error::Unsupported(format!("libvirt endpoint '{}': {error}", host.endpoint))
+        }
+        ClientError::Source { .. } => Error::Unavailable(error.to_string()),
+        ClientError::Remote { procedure, error } => {
+            let message = format!(
+                "libvirt {} on host '{}': {} (libvirt error {})",
+                procedure.name(),
+                host.name,
+                error.message_or_default(),
+                error.code
+            );
+            match error.code {
+                error_code::NO_DOMAIN
+                | error_code::NO_STORAGE_POOL
+                | error_code::NO_STORAGE_VOL
+                | error_code::NO_DOMAIN_SNAPSHOT
+                | error_code::NO_NETWORK => Error::NotFound(message),
+                error_code::OPERATION_INVALID
+                | error_code::DOM_EXIST
+                | error_code::STORAGE_VOL_EXIST
+                | error_code::RESOURCE_BUSY => Error::Conflict(message),
+                error_code::NO_SUPPORT
+                | error_code::OPERATION_UNSUPPORTED
+                | error_code::ARGUMENT_UNSUPPORTED
+                | error_code::CONFIG_UNSUPPORTED => Error::Unsupported(message),
+                error_code::INVALID_ARG
+                | error_code::XML_ERROR
+                | error_code::INVALID_MAC
+                | error_code::XML_INVALID_SCHEMA => Error::Invalid(message),
+                code => Error::Backend(BackendError { code: i64::from(code), message }),
+            }
+        }
+    }
+}
+
+/// What the state store keeps about a pulled template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TemplateRecord {
+    tag: String,
+    size_bytes: u64,
+}
+
+/// The libvirt driver: settings, a connector, the provider's state store and open sessions.
+pub struct LibvirtDriver<C: Connector, Store: KeyValueStore> {
+    settings: Settings,
+    connector: C,
+    state: JsonState<Store>,
+    sessions: RefCell<HashMap<String, Session<C::Stream>>>,
+    /// MAC of each instance seen so far (a domain's MAC never changes once defined).
+    macs: RefCell<HashMap<String, Option<String>>>,
+    /// Host of each instance seen so far.
+    instance_hosts: RefCell<HashMap<String, String>>,
+}
+
+pub fn capabilities() -> Capabilities {
+    Capabilities { exec: false, console: true, templates: true, snapshots: true, suspend: true }
+}
+
+/// Instance ids become domain and file names: letters, digits, `-`, `_`, `.`; at most 128.
+fn validate_identifier(what: &str, value: &str) -> Result<(), Error> {
+    let valid = !value.is_empty()
+        && value.len() <= 128
+        && !value.starts_with('.')
+        && value.chars().all(|character| character.is_ascii_alphanumeric() || matches!(character, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{what} `{value}` must be 1-128 letters, digits, `-`, `_` or `.` (it names libvirt objects)"
+        )))
+    }
+}
+
+fn validate_mac(mac: &str) -> Result<(), Error> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let valid =
+        parts.len() == 6 && parts.iter().all(|part| part.len() == 2 && part.chars().all(|c| c.is_ascii_hexdigit()));
+    let multicast =
+        u8::from_str_radix(parts.first().copied().unwrap_or("01"), 16).map(|first| first & 1 == 1).unwrap_or(true);
+    if valid && !multicast {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("mac `{mac}` is not a unicast address like 52:54:00:12:34:56")))
+    }
+}
+
+pub fn domain_name(instance_id: &str) -> String {
+    format!("{DOMAIN_NAME_PREFIX}{instance_id}")
+}
+
+fn overlay_volume_name(instance_id: &str) -> String {
+    format!("{}.qcow2", domain_name(instance_id))
+}
+
+pub fn template_volume_name(name: &str, version: u32) -> String {
+    format!("{TEMPLATE_VOLUME_PREFIX}{name}-v{version}")
+}
+
+/// `(name, version)` of a template volume name.
+fn parse_template_volume_name(volume_name: &str) -> Option<(String, u32)> {
+    let rest = volume_name.strip_prefix(TEMPLATE_VOLUME_PREFIX)?;
+    let (name, version) = rest.rsplit_once("-v")?;
+    (!name.is_empty()).then(|| Some((name.to_owned(), version.parse().ok()?))).flatten()
+}
+
+fn template_key(host: &str, name: &str, version: u32) -> String {
+    format!("template/{host}/{name}/{version}")
+}
+
+fn instance_key(instance_id: &str) -> String {
+    format!("instance/{instance_id}")
+}
+
+fn instance_state(state: DomainState) -> InstanceState {
+    match state {
+        DomainState::Running | DomainState::Blocked => InstanceState::Running,
+        DomainState::Paused | DomainState::PowerManagementSuspended => InstanceState::Suspended,
+        DomainState::ShuttingDown => InstanceState::Stopping,
+        DomainState::ShutOff | DomainState::NoState => InstanceState::Stopped,
+        DomainState::Crashed | DomainState::Unknown(_) => InstanceState::Error,
+    }
+}
+
+fn snapshot_instance_state(state: &str) -> InstanceState {
+    match state {
+        "running" | "blocked" => InstanceState::Running,
+        "paused" | "pmsuspended" => InstanceState::Suspended,
+        "crashed" => InstanceState::Error,
+        _ => InstanceState::Stopped,
+    }
+}
+
+fn uuid_bytes(instance_id: &str) -> Option<[u8; 16]> {
+    uuid::Uuid::try_parse(instance_id).ok().map(|uuid| *uuid.as_bytes())
+}
+
+fn arch_of(libvirt_arch: &str) -> Arch {
+    match libvirt_arch {
+        "aarch64" | "arm64" => Arch::Arm64,
+        _ => Arch::Amd64,
+    }
+}
+
+fn disk_format_name(format: DiskFormat) -> &'static str {
+    match format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::Qcow2 => "qcow2",
+    }
+}
+
+impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
+    pub fn new(settings: Settings, connector: C, store: Store) -> Self {
+        Self {
+            settings,
+            connector,
+            state: JsonState::new(store),
+            sessions: RefCell::new(HashMap::new()),
+            macs: RefCell::new(HashMap::new()),
+            instance_hosts: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn host(&self, name: &str) -> Result<&HostSettings, Error> {
+        self.settings.host(name).ok_or_else(|| Error::NotFound(format!("unknown libvirt host `{name}`")))
+    }
+
+    fn open_session(&self, host: &HostSettings) -> Result<Session<C::Stream>, Error> {
+        let stream = self.connector.open(&host.endpoint)?;
+        let client = Client::connect(stream, &host.uri).map_err(|error| map_client_error(host, error))?;
+        Ok(Session { client, capabilities: None, hypervisor: None, pool: None })
+    }
+
+    /// Runs `operation` on the host's session (opening one if needed); see the module doc for
+    /// when a connection is dropped and when an operation runs again.
+    fn with_session<R>(
+        &self,
+        host: &HostSettings,
+        mut operation: impl FnMut(&mut Session<C::Stream>) -> Outcome<R>,
+    ) -> Result<R, Error> {
+        let cached = self.sessions.borrow_mut().remove(&host.name);
+        let reused = cached.is_some();
+        let mut session = match cached {
+            Some(session) => session,
+            None => self.open_session(host)?,
+        };
+        let replies_before = session.client.replies_received();
+        let result = operation(&mut session);
+        let result = match result {
+            Err(Failure::Call(error))
+                if reused
+                    && error.closed_before_reply()
+                    && session.client.replies_received() == replies_before
+                    && matches!(&error, ClientError::Transport { procedure, .. } if procedure.is_read_only()) =>
+            {
+                hyperplane_guest::log::debug(
+                    "cached libvirt connection was closed; reconnecting",
+                    &[("host", &host.name), ("error", &error.to_string())],
+                );
+                session = self.open_session(host)?;
+                operation(&mut session)
+            }
+            other => other,
+        };
+        match result {
+            Ok(value) => {
+                self.sessions.borrow_mut().insert(host.name.clone(), session);
+                Ok(value)
+            }
+            Err(Failure::Call(error)) => {
+                if !error.breaks_connection() {
+                    self.sessions.borrow_mut().insert(host.name.clone(), session);
+                }
+                Err(map_client_error(host, error))
+            }
+            Err(Failure::Driver(error)) => {
+                self.sessions.borrow_mut().insert(host.name.clone(), session);
+                Err(error)
+            }
+        }
+    }
+
+    /// The host an existing instance lives on.
+    fn host_of_instance(&self, instance_id: &str) -> Result<&HostSettings, Error> {
+        validate_identifier("instance id", instance_id)?;
+        if let [only_host] = self.settings.hosts.as_slice() {
+            return Ok(only_host);
+        }
+        if let Some(host_name) = self.instance_hosts.borrow().get(instance_id)
+            && let Some(host) = self.settings.host(host_name)
+        {
+            return Ok(host);
+        }
+        if let Some(host_name) = self.state.get_json::<String>(&instance_key(instance_id))?
+            && let Some(host) = self.settings.host(&host_name)
+        {
+            self.instance_hosts.borrow_mut().insert(instance_id.to_owned(), host.name.clone());
+            return Ok(host);
+        }
+        // Not recorded (created elsewhere, or the record was lost): ask every host.
+        for host in &self.settings.hosts {
+            let found = self.with_session(host, |session| {
+                match session.client.domain_lookup_by_name(&domain_name(instance_id)) {
+                    Ok(_) => Ok(true),
+                    Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => Ok(false),
+                    Err(error) => Err(error.into()),
+                }
+            });
+            if let Ok(true) = found {
+                self.instance_hosts.borrow_mut().insert(instance_id.to_owned(), host.name.clone());
+                return Ok(host);
+            }
+        }
+        Err(Error::NotFound(format!("instance `{instance_id}` is on no libvirt host of this provider")))
+    }
+
+    /// The domain handle of an instance. For UUID ids (the domain's UUID is the id) the handle
+    /// is built without a round trip: libvirt resolves handles by UUID, and a missing domain
+    /// fails the actual call with `NO_DOMAIN`.
+    fn domain_handle(session: &mut Session<C::Stream>, instance_id: &str) -> Outcome<Domain> {
+        match uuid_bytes(instance_id) {
+            Some(uuid) => Ok(Domain { name: domain_name(instance_id), uuid, id: -1 }),
+            None => Ok(session.client.domain_lookup_by_name(&domain_name(instance_id))?),
+        }
+    }
+
+    fn remember_mac(&self, instance_id: &str, mac: Option<String>) {
+        self.macs.borrow_mut().insert(instance_id.to_owned(), mac);
+    }
+
+    /// The instance's MAC: from memory, or from its XML (one call) the first time.
+    fn mac_of(&self, session: &mut Session<C::Stream>, instance_id: &str, domain: &Domain) -> Outcome<Option<String>> {
+        if let Some(mac) = self.macs.borrow().get(instance_id) {
+            return Ok(mac.clone());
+        }
+        let facts = domain_xml::domain_facts(&session.client.domain_get_xml_desc(domain, 0)?)?;
+        self.remember_mac(instance_id, facts.mac.clone());
+        Ok(facts.mac)
+    }
+
+    fn instance_record(
+        &self,
+        session: &mut Session<C::Stream>,
+        host: &HostSettings,
+        instance_id: &str,
+        domain: &Domain,
+        state: InstanceState,
+    ) -> Outcome<Instance> {
+        let mac = self.mac_of(session, instance_id, domain)?;
+        Ok(Instance { id: instance_id.to_owned(), host: host.name.clone(), state, ip: None, mac })
+    }
+
+    // ----- hosts ------------------------------------------------------------------------
+
+    pub fn list_hosts(&self) -> Result<Vec<HostReport>, Error> {
+        Ok(self.settings.hosts.iter().map(|host| self.host_report(host)).collect())
+    }
+
+    fn host_report(&self, host: &HostSettings) -> HostReport {
+        let report = self.with_session(host, |session| {
+            let node = session.client.node_get_info()?;
+            let arch = session.capabilities()?.arch.clone();
+            let hypervisor = session.hypervisor()?;
+            let pool = session.pool(&host.pool)?;
+            let pool_info = session.client.storage_pool_get_info(&pool)?;
+            let cached_templates = self.cached_templates(session, host, &pool)?;
+            Ok(HostReport {
+                id: host.name.clone(),
+                arch: arch_of(&arch),
+                cpu: u32::try_from(node.cpus).unwrap_or(0),
+                ram_mb: node.memory_kib / 1024,
+                disk_gb: pool_info.available / GIB,
+                state: HostState::Active,
+                hypervisor,
+                cached_templates,
+            })
+        });
+        report.unwrap_or_else(|error| {
+            hyperplane_guest::log::warn(
+                "libvirt host unreachable; reporting it offline",
+                &[("host", &host.name), ("error", &format!("{error:?}"))],
+            );
+            HostReport {
+                id: host.name.clone(),
+                arch: Arch::Amd64,
+                cpu: 0,
+                ram_mb: 0,
+                disk_gb: 0,
+                state: HostState::Offline,
+                hypervisor: String::new(),
+                cached_templates: Vec::new(),
+            }
+        })
+    }
+
+    // ----- instances --------------------------------------------------------------------
+
+    /// Every `hp-` domain of every host with its state (one call per host). MAC and IP are
+    /// left out here; `get-instance` has them. Fails `unavailable` when any host cannot be
+    /// listed: a partial list would make the host think that host's instances are gone.
+    pub fn list_instances(&self) -> Result<Vec<Instance>, Error> {
+        let mut instances = Vec::new();
+        for host in &self.settings.hosts {
+            let states = self
+                .with_session(host, |session| match session.client.connect_get_all_domain_states() {
+                    Ok(states) => Ok(states),
+                    Err(error) if error.libvirt_code() == Some(error_code::NO_SUPPORT) => {
+                        let domains = session.client.connect_list_all_domains(flags::CONNECT_LIST_DOMAINS_ALL)?;
+                        let mut states = Vec::with_capacity(domains.len());
+                        for domain in domains.into_iter().filter(|domain| domain.name.starts_with(DOMAIN_NAME_PREFIX)) {
+                            let state = session.client.domain_get_state(&domain)?;
+                            states.push((domain, Some(state)));
+                        }
+                        Ok(states)
+                    }
+                    Err(error) => Err(error.into()),
+                })
+                .map_err(|error| match error {
+                    Error::Unavailable(message) => {
+                        Error::Unavailable(format!("cannot list instances of libvirt host `{}`: {message}", host.name))
+                    }
+                    other => other,
+                })?;
+            for (domain, state) in states {
+                let Some(instance_id) = domain.name.strip_prefix(DOMAIN_NAME_PREFIX) else { continue };
+                instances.push(Instance {
+                    id: instance_id.to_owned(),
+                    host: host.name.clone(),
+                    state: state.map(instance_state).unwrap_or(InstanceState::Error),
+                    ip: None,
+                    mac: self.macs.borrow().get(instance_id).cloned().flatten(),
+                });
+            }
+        }
+        Ok(instances)
+    }
+
+    pub fn create_instance(&self, spec: &InstanceSpec) -> Result<Instance, Error> {
+        validate_identifier("instance id", &spec.id)?;
+        validate_identifier("template name", &spec.template.name)?;
+        if spec.vcpu == 0 || spec.ram_mb == 0 {
+            return Err(Error::Invalid("vcpu and ram-mb must be at least 1".into()));
+        }
+        if let Some(mac) = &spec.mac {
+            validate_mac(mac)?;
+        }
+        let host = self.host(&spec.host)?;
+        if spec.vlan.is_some() && host.network == NetworkAttachment::User {
+            return Err(Error::Invalid(format!(
+                "vlan {} requested but host `{}` has neither `network` nor `bridge` configured (user-mode nic)",
+                spec.vlan.unwrap_or_default(),
+                host.name
+            )));
+        }
+        let uuid = uuid_bytes(&spec.id);
+        let instance = self.with_session(host, |session| {
+            let pool = session.pool(&host.pool)?;
+            let template_volume_name = template_volume_name(&spec.template.name, spec.template.version);
+            let template_volume = match session.client.storage_vol_lookup_by_name(&pool, &template_volume_name) {
+                Ok(volume) => volume,
+                Err(error) if error.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => {
+                    return Err(Error::Conflict(format!(
+                        "template `{}` v{} is not cached on host `{}`; pull it first",
+                        spec.template.name, spec.template.version, host.name
+                    ))
+                    .into());
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let existing = match uuid {
+                Some(uuid) => session.client.domain_lookup_by_uuid(&uuid),
+                None => session.client.domain_lookup_by_name(&domain_name(&spec.id)),
+            };
+            match existing {
+                Ok(_) => {
+                    return Err(Error::Conflict(format!(
+                        "instance `{}` already exists on host `{}`",
+                        spec.id, host.name
+                    ))
+                    .into());
+                }
+                Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => {}
+                Err(error) => return Err(error.into()),
+            }
+            let backing_path = session.client.storage_vol_get_path(&template_volume)?;
+            let host_facts = session.capabilities()?.clone();
+            let domain_type = match &host.domain_type {
+                DomainTypeChoice::Fixed(fixed) => fixed.clone(),
+                DomainTypeChoice::Auto => ["kvm", "qemu"]
+                    .iter()
+                    .find(|preferred| host_facts.domain_types.iter().any(|offered| offered == *preferred))
+                    .map(|preferred| (*preferred).to_owned())
+                    .or_else(|| host_facts.domain_types.first().cloned())
+                    .ok_or_else(|| {
+                        Error::Unsupported(format!("host `{}` offers no domain type for its arch", host.name))
+                    })?,
+            };
+            let definition = DomainDefinition {
+                domain_name: domain_name(&spec.id),
+                uuid: uuid.map(|bytes| uuid::Uuid::from_bytes(bytes).hyphenated().to_string()),
+                domain_type,
+                arch: host_facts.guest_arch.clone(),
+                vcpu: spec.vcpu,
+                memory_mib: spec.ram_mb,
+                disk_pool: pool.name.clone(),
+                disk_volume: overlay_volume_name(&spec.id),
+                network: host.network.clone(),
+                mac: spec.mac.clone(),
+                vlan: spec.vlan,
+                vnc_listen: host.vnc_listen.clone(),
+                console_log_file: host
+                    .console_log_dir
+                    .as_ref()
+                    .map(|directory| format!("{}/{}.log", directory.trim_end_matches('/'), domain_name(&spec.id))),
+                instance_name: spec.name.clone(),
+                template: TemplateMetadata { name: spec.template.name.clone(), version: spec.template.version },
+                metadata: spec.metadata.iter().map(|entry| (entry.key.clone(), entry.value.clone())).collect(),
+            };
+            let xml = domain_xml::domain_xml(&definition)?;
+            let capacity = (spec.disk_gb.saturating_mul(GIB)).max(spec.template.size_bytes);
+            let overlay_xml = domain_xml::overlay_volume_xml(
+                &overlay_volume_name(&spec.id),
+                capacity,
+                &backing_path,
+                disk_format_name(spec.template.format),
+            );
+            let overlay = match session.client.storage_vol_create_xml(&pool, &overlay_xml, 0) {
+                Ok(overlay) => overlay,
+                // An overlay of this name while no domain has this id (checked above) is left
+                // over from an interrupted create of this same instance: replace it. (Drivers
+                // word "exists" with different codes, so the lookup decides.)
+                Err(error) if !error.breaks_connection() => {
+                    let Ok(orphan) = session.client.storage_vol_lookup_by_name(&pool, &overlay_volume_name(&spec.id))
+                    else {
+                        return Err(error.into());
+                    };
+                    session.client.storage_vol_delete(&orphan)?;
+                    session.client.storage_vol_create_xml(&pool, &overlay_xml, 0)?
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if self.settings.hosts.len() > 1
+                && let Err(error) = self.state.set_json(&instance_key(&spec.id), &host.name)
+            {
+                let _ = session.client.storage_vol_delete(&overlay);
+                return Err(error.into());
+            }
+            let domain = match session.client.domain_define_xml_flags(&xml, flags::DOMAIN_DEFINE_VALIDATE) {
+                Ok(domain) => domain,
+                Err(error) => {
+                    // Undo what this call created; a broken connection leaves the overlay for
+                    // a retried create to find (`conflict`) or for delete-instance.
+                    if !error.breaks_connection() {
+                        let _ = session.client.storage_vol_delete(&overlay);
+                        let _ = self.state.delete(&instance_key(&spec.id));
+                    }
+                    return Err(error.into());
+                }
+            };
+            let mac = match &spec.mac {
+                Some(mac) => Some(mac.clone()),
+                None => domain_xml::domain_facts(&session.client.domain_get_xml_desc(&domain, 0)?)?.mac,
+            };
+            Ok(Instance { id: spec.id.clone(), host: host.name.clone(), state: InstanceState::Stopped, ip: None, mac })
+        })?;
+        self.remember_mac(&spec.id, instance.mac.clone());
+        self.instance_hosts.borrow_mut().insert(spec.id.clone(), host.name.clone());
+        Ok(instance)
+    }
+
+    /// Runs `operation` on the domain of `instance_id`, then returns the instance in the state
+    /// `operation` reports.
+    fn on_domain(
+        &self,
+        instance_id: &str,
+        mut operation: impl FnMut(&mut Session<C::Stream>, &Domain) -> Outcome<InstanceState>,
+    ) -> Result<Instance, Error> {
+        let host = self.host_of_instance(instance_id)?;
+        self.with_session(host, |session| {
+            let domain = Self::domain_handle(session, instance_id)?;
+            let state = operation(session, &domain)?;
+            self.instance_record(session, host, instance_id, &domain, state)
+        })
+    }
+
+    pub fn start_instance(&self, instance_id: &str) -> Result<Instance, Error> {
+        self.on_domain(instance_id, |session, domain| {
+            match session.client.domain_create(domain) {
+                Ok(()) => Ok(InstanceState::Running),
+                // Already running: starting is idempotent.
+                Err(error) if error.libvirt_code() == Some(error_code::OPERATION_INVALID) => {
+                    let state = session.client.domain_get_state(domain)?;
+                    if state.is_active() { Ok(instance_state(state)) } else { Err(error.into()) }
+                }
+                Err(error) => Err(error.into()),
+            }
+        })
+    }
+
+    pub fn stop_instance(&self, instance_id: &str, force: bool, grace_ms: u32) -> Result<Instance, Error> {
+        self.on_domain(instance_id, |session, domain| {
+            let state = session.client.domain_get_state(domain)?;
+            if !state.is_active() {
+                return Ok(InstanceState::Stopped);
+            }
+            // A paused guest cannot react to the power button.
+            if !force && grace_ms > 0 && state != DomainState::Paused {
+                match session.client.domain_shutdown_flags(domain, flags::DOMAIN_SHUTDOWN_ACPI_POWER_BUTTON) {
+                    Ok(()) => {}
+                    // Drivers without an ACPI power button (the test driver): their default.
+                    Err(error) if error.libvirt_code() == Some(error_code::INVALID_ARG) => {
+                        session.client.domain_shutdown_flags(domain, 0)?;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+                let deadline = Instant::now() + Duration::from_millis(u64::from(grace_ms));
+                let mut pause = STOP_POLL_FIRST;
+                loop {
+                    if !session.client.domain_get_state(domain)?.is_active() {
+                        return Ok(InstanceState::Stopped);
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(STOP_POLL_MAX);
+                }
+            }
+            match session.client.domain_destroy(domain) {
+                Ok(()) => Ok(InstanceState::Stopped),
+                // It stopped between the last poll and the destroy.
+                Err(error) if error.libvirt_code() == Some(error_code::OPERATION_INVALID) => Ok(InstanceState::Stopped),
+                Err(error) => Err(error.into()),
+            }
+        })
+    }
+
+    pub fn restart_instance(&self, instance_id: &str, force: bool) -> Result<Instance, Error> {
+        self.on_domain(instance_id, |session, domain| {
+            let state = session.client.domain_get_state(domain)?;
+            if !state.is_active() {
+                return Err(Error::Conflict(format!("instance `{instance_id}` is stopped; start it instead")).into());
+            }
+            if force {
+                session.client.domain_destroy(domain)?;
+                session.client.domain_create(domain)?;
+            } else {
+                session.client.domain_reboot(domain, 0)?;
+            }
+            Ok(InstanceState::Running)
+        })
+    }
+
+    pub fn suspend_instance(&self, instance_id: &str) -> Result<Instance, Error> {
+        self.on_domain(instance_id, |session, domain| {
+            let result = session.client.domain_suspend(domain);
+            Self::settle_pause_change(session, instance_id, domain, result, InstanceState::Suspended, "suspended")
+        })
+    }
+
+    pub fn resume_instance(&self, instance_id: &str) -> Result<Instance, Error> {
+        self.on_domain(instance_id, |session, domain| {
+            let result = session.client.domain_resume(domain);
+            Self::settle_pause_change(session, instance_id, domain, result, InstanceState::Running, "resumed")
+        })
+    }
+
+    /// The outcome of a suspend or resume. On a libvirt refusal (drivers word "not running"
+    /// differently) the state decides: already there → success; stopped → `conflict`.
+    fn settle_pause_change(
+        session: &mut Session<C::Stream>,
+        instance_id: &str,
+        domain: &Domain,
+        result: Result<(), ClientError>,
+        target: InstanceState,
+        verb: &str,
+    ) -> Outcome<InstanceState> {
+        let error = match result {
+            Ok(()) => return Ok(target),
+            Err(error) if error.breaks_connection() || error.libvirt_code() == Some(error_code::NO_DOMAIN) => {
+                return Err(error.into());
+            }
+            Err(error) => error,
+        };
+        let state = session.client.domain_get_state(domain)?;
+        if instance_state(state) == target {
+            Ok(target)
+        } else if !state.is_active() {
+            Err(Error::Conflict(format!("instance `{instance_id}` is stopped; it cannot be {verb}")).into())
+        } else {
+            Err(error.into())
+        }
+    }
+
+    pub fn delete_instance(&self, instance_id: &str) -> Result<(), Error> {
+        let host = self.host_of_instance(instance_id)?;
+        self.with_session(host, |session| {
+            let domain = Self::domain_handle(session, instance_id)?;
+            let state = match session.client.domain_get_state(&domain) {
+                Ok(state) => state,
+                Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => {
+                    // An overlay left by an interrupted create is still ours to remove.
+                    let pool = session.pool(&host.pool)?;
+                    if let Ok(orphan) =
+                        session.client.storage_vol_lookup_by_name(&pool, &overlay_volume_name(instance_id))
+                    {
+                        session.client.storage_vol_delete(&orphan)?;
+                    }
+                    return Err(error.into());
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if state.is_active() {
+                match session.client.domain_destroy(&domain) {
+                    Ok(()) => {}
+                    Err(error) if error.libvirt_code() == Some(error_code::OPERATION_INVALID) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            let facts =
+                domain_xml::domain_facts(&session.client.domain_get_xml_desc(&domain, flags::DOMAIN_XML_INACTIVE)?)?;
+            let all_flags = flags::DOMAIN_UNDEFINE_MANAGED_SAVE
+                | flags::DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | flags::DOMAIN_UNDEFINE_NVRAM
+                | flags::DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
+            match session.client.domain_undefine_flags(&domain, all_flags) {
+                Ok(()) => {}
+                // Drivers without NVRAM or checkpoints (the test driver) refuse those flags.
+                Err(error) if error.libvirt_code() == Some(error_code::INVALID_ARG) => {
+                    let basic_flags = flags::DOMAIN_UNDEFINE_MANAGED_SAVE | flags::DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+                    session.client.domain_undefine_flags(&domain, basic_flags)?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+            let owned_volume = overlay_volume_name(instance_id);
+            for (pool_name, volume_name) in facts.disk_volumes.iter().filter(|(_, volume)| *volume == owned_volume) {
+                let pool = if *pool_name == host.pool {
+                    session.pool(&host.pool)?
+                } else {
+                    session.client.storage_pool_lookup_by_name(pool_name)?
+                };
+                match session.client.storage_vol_lookup_by_name(&pool, volume_name) {
+                    Ok(volume) => session.client.storage_vol_delete(&volume)?,
+                    Err(error) if error.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Ok(())
+        })?;
+        if self.settings.hosts.len() > 1 {
+            self.state.delete(&instance_key(instance_id))?;
+        }
+        self.macs.borrow_mut().remove(instance_id);
+        self.instance_hosts.borrow_mut().remove(instance_id);
+        Ok(())
+    }
+
+    pub fn get_instance(&self, instance_id: &str) -> Result<Instance, Error> {
+        let host = self.host_of_instance(instance_id)?;
+        let instance = self.with_session(host, |session| {
+            let domain = Self::domain_handle(session, instance_id)?;
+            let state = instance_state(session.client.domain_get_state(&domain)?);
+            let facts = domain_xml::domain_facts(&session.client.domain_get_xml_desc(&domain, 0)?)?;
+            let ip = if state == InstanceState::Running {
+                Self::ip_address(session, host, &domain, facts.mac.as_deref())
+            } else {
+                None
+            };
+            Ok(Instance { id: instance_id.to_owned(), host: host.name.clone(), state, ip, mac: facts.mac })
+        })?;
+        self.remember_mac(instance_id, instance.mac.clone());
+        Ok(instance)
+    }
+
+    /// The first IPv4 address (else any address) of the instance's NIC: from the libvirt
+    /// network's DHCP leases, else from the guest agent. Failures mean "no address".
+    fn ip_address(
+        session: &mut Session<C::Stream>,
+        host: &HostSettings,
+        domain: &Domain,
+        mac: Option<&str>,
+    ) -> Option<String> {
+        let mut sources = Vec::with_capacity(2);
+        if matches!(host.network, NetworkAttachment::Network(_)) {
+            sources.push(flags::DOMAIN_INTERFACE_ADDRESSES_SOURCE_LEASE);
+        }
+        sources.push(flags::DOMAIN_INTERFACE_ADDRESSES_SOURCE_AGENT);
+        for source in sources {
+            let interfaces = match session.client.domain_interface_addresses(domain, source) {
+                Ok(interfaces) => interfaces.0,
+                Err(error) => {
+                    hyperplane_guest::log::debug(
+                        "no interface addresses",
+                        &[("domain", &domain.name), ("error", &error.to_string())],
+                    );
+                    if error.breaks_connection() {
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            let matching = interfaces.iter().filter(|interface| {
+                mac.is_none_or(|mac| {
+                    interface.hardware_address.as_deref().is_some_and(|hardware| hardware.eq_ignore_ascii_case(mac))
+                })
+            });
+            let addresses: Vec<_> = matching.flat_map(|interface| interface.addresses.iter()).collect();
+            let chosen = addresses
+                .iter()
+                .find(|address| address.address_type == crate::protocol::IP_ADDRESS_TYPE_IPV4)
+                .or_else(|| addresses.first());
+            if let Some(address) = chosen {
+                return Some(address.address.clone());
+            }
+        }
+        None
+    }
+
+    pub fn console(&self, instance_id: &str) -> Result<ConsoleEndpoint, Error> {
+        let host = self.host_of_instance(instance_id)?;
+        let port = self.with_session(host, |session| {
+            let domain = Self::domain_handle(session, instance_id)?;
+            let facts = domain_xml::domain_facts(&session.client.domain_get_xml_desc(&domain, 0)?)?;
+            Ok(facts.vnc_port)
+        })?;
+        let port = port.ok_or_else(|| {
+            Error::Conflict(format!("instance `{instance_id}` is not running; its vnc console has no port"))
+        })?;
+        Ok(ConsoleEndpoint { protocol: ConsoleProtocol::Vnc, host: host.address.clone(), port, password: None })
+    }
+
+    // ----- templates --------------------------------------------------------------------
+
+    fn cached_templates(
+        &self,
+        session: &mut Session<C::Stream>,
+        host: &HostSettings,
+        pool: &StoragePool,
+    ) -> Outcome<Vec<CachedTemplate>> {
+        let volumes = session.client.storage_pool_list_all_volumes(pool)?;
+        let records: HashMap<String, TemplateRecord> =
+            self.state.scan_json::<TemplateRecord>(&format!("template/{}/", host.name))?.into_iter().collect();
+        let mut templates = Vec::new();
+        for volume in volumes {
+            let Some((name, version)) = parse_template_volume_name(&volume.name) else { continue };
+            let template = match records.get(&template_key(&host.name, &name, version)) {
+                Some(record) => {
+                    CachedTemplate { name, version, tag: record.tag.clone(), size_bytes: record.size_bytes }
+                }
+                None => {
+                    let info = session.client.storage_vol_get_info(&volume)?;
+                    CachedTemplate { name, version, tag: String::new(), size_bytes: info.capacity }
+                }
+            };
+            templates.push(template);
+        }
+        templates.sort_by(|left, right| (&left.name, left.version).cmp(&(&right.name, right.version)));
+        Ok(templates)
+    }
+
+    pub fn list_templates(&self, host_name: &str) -> Result<Vec<CachedTemplate>, Error> {
+        let host = self.host(host_name)?;
+        self.with_session(host, |session| {
+            let pool = session.pool(&host.pool)?;
+            self.cached_templates(session, host, &pool)
+        })
+    }
+
+    pub fn pull_template(
+        &self,
+        host_name: &str,
+        template: &TemplateRef,
+        image: &mut dyn ImageSource,
+    ) -> Result<CachedTemplate, Error> {
+        validate_identifier("template name", &template.name)?;
+        let host = self.host(host_name)?;
+        let volume_name = template_volume_name(&template.name, template.version);
+        let cached = CachedTemplate {
+            name: template.name.clone(),
+            version: template.version,
+            tag: template.tag.clone(),
+            size_bytes: template.size_bytes,
+        };
+        let record = TemplateRecord { tag: template.tag.clone(), size_bytes: template.size_bytes };
+        let present = self.with_session(host, |session| {
+            let pool = session.pool(&host.pool)?;
+            match session.client.storage_vol_lookup_by_name(&pool, &volume_name) {
+                Ok(_) => Ok(true),
+                Err(error) if error.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => Ok(false),
+                Err(error) => Err(error.into()),
+            }
+        })?;
+        if present {
+            self.state.set_json(&template_key(&host.name, &template.name, template.version), &record)?;
+            return Ok(cached);
+        }
+        let size = image.size();
+        if size == 0 || template.size_bytes == 0 {
+            return Err(Error::Invalid(format!(
+                "template `{}` v{} has an empty image",
+                template.name, template.version
+            )));
+        }
+        let pool_and_volume = self.with_session(host, |session| {
+            let pool = session.pool(&host.pool)?;
+            Ok(session.client.storage_vol_create_xml(&pool, &domain_xml::template_volume_xml(&volume_name, size), 0)?)
+        })?;
+        let label = format!("uploading template {} v{} to {}", template.name, template.version, host.name);
+        let mut last_reported_percent = u64::MAX;
+        let uploaded = self.with_session(host, |session| {
+            let sent = session.client.storage_vol_upload(
+                &pool_and_volume,
+                size,
+                |chunk| {
+                    let bytes = image.read(IMAGE_READ_SIZE)?;
+                    chunk.extend_from_slice(&bytes);
+                    Ok(())
+                },
+                |sent| {
+                    let percent = sent.saturating_mul(100) / size;
+                    if percent != last_reported_percent {
+                        last_reported_percent = percent;
+                        hyperplane_guest::progress::report(sent as f32 / size as f32, &format!("{label}: {percent}%"));
+                    }
+                },
+            )?;
+            if sent == size {
+                Ok(())
+            } else {
+                Err(Error::Unavailable(format!(
+                    "the image of template `{}` v{} ended after {sent} of {size} bytes",
+                    template.name, template.version
+                ))
+                .into())
+            }
+        });
+        if let Err(error) = uploaded {
+            // A half-written template must not look cached: remove it (on a fresh connection
+            // when the upload broke the old one).
+            let removed = self.with_session(host, |session| Ok(session.client.storage_vol_delete(&pool_and_volume)?));
+            if let Err(removal_error) = removed {
+                hyperplane_guest::log::warn(
+                    "cannot remove a partial template volume",
+                    &[("volume", &pool_and_volume.name), ("error", &format!("{removal_error:?}"))],
+                );
+            }
+            return Err(error);
+        }
+        self.state.set_json(&template_key(&host.name, &template.name, template.version), &record)?;
+        Ok(cached)
+    }
+
+    pub fn remove_template(&self, host_name: &str, template: &TemplateRef) -> Result<(), Error> {
+        validate_identifier("template name", &template.name)?;
+        let host = self.host(host_name)?;
+        let volume_name = template_volume_name(&template.name, template.version);
+        self.with_session(host, |session| {
+            let pool = session.pool(&host.pool)?;
+            let volume = session.client.storage_vol_lookup_by_name(&pool, &volume_name)?;
+            for domain in session.client.connect_list_all_domains(flags::CONNECT_LIST_DOMAINS_ALL)? {
+                if !domain.name.starts_with(DOMAIN_NAME_PREFIX) {
+                    continue;
+                }
+                let xml = session.client.domain_get_xml_desc(&domain, flags::DOMAIN_XML_INACTIVE)?;
+                let facts = domain_xml::domain_facts(&xml)?;
+                if facts.template == Some(TemplateMetadata { name: template.name.clone(), version: template.version }) {
+                    return Err(Error::Conflict(format!(
+                        "template `{}` v{} is still used by instance `{}`",
+                        template.name,
+                        template.version,
+                        &domain.name[DOMAIN_NAME_PREFIX.len()..]
+                    ))
+                    .into());
+                }
+            }
+            session.client.storage_vol_delete(&volume)?;
+            Ok(())
+        })?;
+        self.state.delete(&template_key(&host.name, &template.name, template.version))?;
+        Ok(())
+    }
+
+    // ----- snapshots --------------------------------------------------------------------
+
+    fn snapshot_record(
+        session: &mut Session<C::Stream>,
+        snapshot: &DomainSnapshot,
+        current: bool,
+    ) -> Outcome<Snapshot> {
+        let facts = domain_xml::snapshot_facts(&session.client.domain_snapshot_get_xml_desc(snapshot)?)?;
+        Ok(Snapshot {
+            name: snapshot.name.clone(),
+            description: facts.description,
+            created_at: facts.creation_time,
+            state: snapshot_instance_state(&facts.state),
+            current,
+        })
+    }
+
+    pub fn list_snapshots(&self, instance_id: &str) -> Result<Vec<Snapshot>, Error> {
+        let host = self.host_of_instance(instance_id)?;
+        self.with_session(host, |session| {
+            let domain = Self::domain_handle(session, instance_id)?;
+            let snapshots = session.client.domain_list_all_snapshots(&domain, 0)?;
+            if snapshots.is_empty() {
+                return Ok(Vec::new());
+            }
+            let current = match session.client.domain_snapshot_current(&domain) {
+                Ok(current) => Some(current.name),
+                Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN_SNAPSHOT) => None,
+                Err(error) => return Err(error.into()),
+            };
+            let mut records = Vec::with_capacity(snapshots.len());
+            for snapshot in &snapshots {
+                records.push(Self::snapshot_record(
+                    session,
+                    snapshot,
+                    current.as_deref() == Some(snapshot.name.as_str()),
+                )?);
+            }
+            records.sort_by(|left, right| (left.created_at, &left.name).cmp(&(right.created_at, &right.name)));
+            Ok(records)
+        })
+    }
+
+    pub fn create_snapshot(&self, instance_id: &str, name: &str, description: &str) -> Result<Snapshot, Error> {
+        if name.trim().is_empty() || name.contains('/') {
+            return Err(Error::Invalid(format!("snapshot name `{name}` must be non-empty and without `/`")));
+        }
+        let host = self.host_of_instance(instance_id)?;
+        self.with_session(host, |session| {
+            let domain = Self::domain_handle(session, instance_id)?;
+            match session.client.domain_snapshot_lookup_by_name(&domain, name) {
+                Ok(_) => {
+                    return Err(
+                        Error::Conflict(format!("instance `{instance_id}` already has a snapshot `{name}`")).into()
+                    );
+                }
+                Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN_SNAPSHOT) => {}
+                Err(error) => return Err(error.into()),
+            }
+            let snapshot =
+                session.client.domain_snapshot_create_xml(&domain, &domain_xml::snapshot_xml(name, description), 0)?;
+            Self::snapshot_record(session, &snapshot, true)
+        })
+    }
+
+    pub fn revert_snapshot(&self, instance_id: &str, name: &str) -> Result<Instance, Error> {
+        self.on_domain(instance_id, |session, domain| {
+            let snapshot = session.client.domain_snapshot_lookup_by_name(domain, name)?;
+            session.client.domain_revert_to_snapshot(&snapshot, 0)?;
+            Ok(instance_state(session.client.domain_get_state(domain)?))
+        })
+    }
+
+    pub fn delete_snapshot(&self, instance_id: &str, name: &str) -> Result<(), Error> {
+        let host = self.host_of_instance(instance_id)?;
+        self.with_session(host, |session| {
+            let domain = Self::domain_handle(session, instance_id)?;
+            let snapshot = session.client.domain_snapshot_lookup_by_name(&domain, name)?;
+            session.client.domain_snapshot_delete(&snapshot, 0)?;
+            Ok(())
+        })
+    }
+
+    pub fn exec(&self, _instance_id: &str) -> Result<hyperplane_guest::types::ExecResult, Error> {
+        Err(Error::Unsupported("the libvirt driver has no exec; use the console".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_versions() {
+        assert_eq!(version_string(11_003_000), "11.3.0");
+        assert_eq!(version_string(10_000_001), "10.0.1");
+        assert_eq!(template_volume_name("debian-12", 3), "hyperplane-template-debian-12-v3");
+        assert_eq!(parse_template_volume_name("hyperplane-template-debian-v12-v3"), Some(("debian-v12".into(), 3)));
+        assert_eq!(parse_template_volume_name("hyperplane-template--v3"), None);
+        assert_eq!(parse_template_volume_name("hyperplane-template-x-vx"), None);
+        assert_eq!(parse_template_volume_name("other.qcow2"), None);
+    }
+
+    #[test]
+    fn identifiers_and_macs_are_validated() {
+        assert!(validate_identifier("instance id", "0193a8f0-0000-7000-8000-000000000001").is_ok());
+        for bad in ["", "a/b", "a b", ".hidden", "x'y", &"a".repeat(129)] {
+            assert!(matches!(validate_identifier("instance id", bad), Err(Error::Invalid(_))), "{bad:?}");
+        }
+        assert!(validate_mac("52:54:00:aB:cd:ef").is_ok());
+        for bad in ["52:54:00:ab:cd", "52-54-00-ab-cd-ef", "01:00:5e:00:00:01", "zz:54:00:ab:cd:ef"] {
+            assert!(validate_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn libvirt_errors_map_to_driver_variants_with_code() {
+        let host = Settings::from_json(r#"{"hosts": [{"name": "h", "endpoint": "e"}]}"#)
+            .map(|settings| settings.hosts[0].clone())
+            .unwrap_or_else(|error| panic!("{error:?}"));
+        let remote = |code| ClientError::Remote {
+            procedure: crate::protocol::Procedure::DomainCreate,
+            error: crate::protocol::RemoteError { code, domain: 10, message: Some("boom".into()), level: 2 },
+        };
+        assert!(
+            matches!(map_client_error(&host, remote(42)), Error::NotFound(message) if message.contains("(libvirt error 42)") && message.contains("boom"))
+        );
+        assert!(matches!(map_client_error(&host, remote(55)), Error::Conflict(_)));
+        assert!(matches!(map_client_error(&host, remote(28)), Error::Conflict(_)));
+        assert!(matches!(map_client_error(&host, remote(84)), Error::Unsupported(_)));
+        assert!(matches!(map_client_error(&host, remote(1)), Error::Backend(BackendError { code: 1, .. })));
+        let closed = ClientError::Transport {
+            procedure: crate::protocol::Procedure::DomainCreate,
+            reply_started: false,
+            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream"),
+        };
+        assert!(matches!(
+            map_client_error(&host, closed),
+            Error::Unavailable(message) if message.starts_with("libvirt connection to endpoint 'e' closed during domain_create")
+        ));
+    }
+}

@@ -1,0 +1,77 @@
+//! `driver-libvirt`: a Hyperplane driver (`hyperplane:driver@0.2.0`) for libvirt hosts. It
+//! speaks libvirt's remote RPC protocol (program `0x20008086`, version 1, XDR) itself over a
+//! byte stream the host opens for it (`hyperplane:host/endpoints`: libvirtd's TCP or unix
+//! socket, auth `none`); no C libvirt. One provider can span several libvirt hosts, one
+//! endpoint each.
+//!
+//! # Config (JSON given to `init`; unknown keys are `invalid`, errors name the key)
+//! - `hosts` (required, at least one): `[{ name, endpoint, …host keys }]`. `name` is the host
+//!   id Hyperplane uses (`instance-spec.host`, `host-report.id`); `endpoint` the granted
+//!   endpoint of that host's libvirtd.
+//! - Host keys, per entry or at the top level as the default of every host:
+//!   `uri` (`qemu:///system`; `test:///default` for libvirt's test driver) — the connection
+//!   opened over the endpoint; `pool` (`default`) — storage pool for template and instance
+//!   volumes; `network` (a libvirt network) or `bridge` (a host bridge) for NICs, neither for a
+//!   user-mode NIC; `domain_type` (`auto`: `kvm` if the capabilities offer it for the host's
+//!   arch, else `qemu`, else the first offered, e.g. `test`; or a fixed type); `console_log_dir`
+//!   (absolute directory on the libvirt host for serial console logs); `vnc_listen`
+//!   (`127.0.0.1`) — where VNC listens; `address` (defaults to `vnc_listen`) — the host
+//!   address returned by `console`.
+//!
+//! # What an instance is on libvirt
+//! A persistent domain `hp-<instance id>` (its UUID is the instance id) plus a qcow2 overlay
+//! volume `hp-<id>.qcow2` in the host's pool, backed by the template volume
+//! `hyperplane-template-<name>-v<version>` (a raw container holding the uploaded image; the
+//! overlay names the template's real format; its capacity is the larger of `disk-gb` and the
+//! template's size). See [`domain_xml`] for every element. Domains
+//! without the `hp-` prefix are not reported or touched.
+//!
+//! # Operations (calls per operation, on a warm connection)
+//! - `list-hosts`: node info, pool info, pool volumes (capabilities, versions and the pool
+//!   handle are fetched once per connection); an unreachable host is `offline`, not an error.
+//! - `list-instances`: one `connect_get_all_domain_stats(state)` per host (state, and the MAC
+//!   when this instance has seen it; IP comes from `get-instance`). `unavailable` if any host
+//!   cannot be listed, since a partial list would read as instances gone.
+//! - `create-instance`: template volume present (else `conflict`), no such domain (else
+//!   `conflict`), overlay volume, `domain_define_xml_flags(validate)`; a failed define removes
+//!   the overlay; an overlay left by an interrupted create is replaced.
+//! - `start` (`domain_create`, idempotent), `stop` (`force` or `grace-ms` 0: destroy; else the
+//!   ACPI power button, state polled with backoff up to `grace-ms`, then destroy; a suspended
+//!   instance is destroyed at once), `restart` (`force`: destroy + create; else reboot;
+//!   `conflict` when stopped), `suspend`/`resume` (idempotent; `conflict` when stopped),
+//!   `delete-instance` (destroy if active, undefine with managed save, snapshot and NVRAM
+//!   metadata, delete the overlay).
+//! - `get-instance`: state, MAC from the live XML, IP (first IPv4) from the network's DHCP
+//!   leases (only with `network`) then the guest agent; none → no IP.
+//! - `pull-template`: returns at once if the volume exists (without reading the image); else
+//!   creates it with the image's size and uploads the image through a libvirt stream, with
+//!   progress; a failed upload removes the volume. An empty image is `invalid`. Tag and size are
+//!   kept in the provider's state store. `remove-template`: `conflict` while an `hp-` domain's
+//!   metadata names it.
+//! - `console`: VNC port from the live XML (`conflict` when not running), host = `address`.
+//! - Snapshots: libvirt snapshots (internal for qcow2 with QEMU), oldest first, `current` from
+//!   `domain_snapshot_current`. `exec` is `unsupported`.
+//!
+//! # Errors
+//! libvirt errors keep libvirt's code and message (`"… (libvirt error 42)"`): no domain, pool,
+//! volume, snapshot or network → `not-found`; operation invalid, already exists, busy →
+//! `conflict`; unsupported → `unsupported`; invalid argument or XML → `invalid`; anything else
+//! → `backend { code, message }`. A broken connection is `unavailable("libvirt connection to
+//! endpoint 'X' closed during <procedure>: …")`. See [`driver`] for connection reuse and the
+//! (read-only only) retry.
+//!
+//! Code map: [`xdr`] (encoding), [`protocol`] (packets, procedures, messages), [`client`]
+//! (framing, calls, streams), [`api`] (typed procedures), [`config`], [`domain_xml`],
+//! [`driver`] (the operations, natively testable) and `component` (the export glue).
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod domain_xml;
+pub mod driver;
+pub mod protocol;
+pub mod xdr;
+
+// Compiled natively too (to keep it checked), but only exported inside a component.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod component;

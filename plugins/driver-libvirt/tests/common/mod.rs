@@ -1,0 +1,80 @@
+//! Helpers shared by the tests against a real libvirtd (started by `tests/libvirt/setup.sh`).
+
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use driver_libvirt::client::Client;
+
+/// libvirt's built-in test driver: fast, with a running domain `test`, pool `default-pool`.
+pub const TEST_DRIVER_URI: &str = "test:///default";
+/// The QEMU driver of the machine's libvirtd.
+pub const QEMU_DRIVER_URI: &str = "qemu:///system";
+
+/// `LIBVIRT_TCP` (host:port of libvirtd's TCP listener, auth none). Fails the test, with the
+/// command to run, when the test bed is not set up: these tests never skip silently.
+pub fn libvirt_address() -> String {
+    match std::env::var("LIBVIRT_TCP") {
+        Ok(address) if !address.is_empty() => address,
+        _ => panic!(
+            "LIBVIRT_TCP is not set: these tests need a real libvirtd. Run \
+             `set -a; eval \"$(tests/libvirt/setup.sh)\"; set +a` from the repository root first"
+        ),
+    }
+}
+
+pub fn tcp_stream() -> TcpStream {
+    let address = libvirt_address();
+    let stream =
+        TcpStream::connect(&address).unwrap_or_else(|error| panic!("cannot connect to libvirtd at {address}: {error}"));
+    stream.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    stream.set_nodelay(true).ok();
+    stream
+}
+
+pub fn connect(uri: &str) -> Client<TcpStream> {
+    Client::connect(tcp_stream(), uri).unwrap_or_else(|error| panic!("handshake with {uri} failed: {error}"))
+}
+
+/// A name unique to this test process and `label`.
+pub fn unique_name(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    format!("{label}-{}-{nanos:x}", std::process::id())
+}
+
+/// Connects the driver to libvirtd over TCP, whatever the endpoint name.
+pub struct TcpConnector;
+
+impl driver_libvirt::driver::Connector for TcpConnector {
+    type Stream = TcpStream;
+
+    fn open(&self, _endpoint: &str) -> Result<TcpStream, hyperplane_guest::types::Error> {
+        Ok(tcp_stream())
+    }
+}
+
+pub type TestDriver = driver_libvirt::driver::LibvirtDriver<TcpConnector, hyperplane_guest::state::MemoryStore>;
+
+/// A driver over libvirtd with one host configured by `host_json` (the keys of a `hosts` entry
+/// besides `name` and `endpoint`).
+pub fn driver(host_json: &str) -> TestDriver {
+    let config = format!(r#"{{"hosts": [{{"name": "lv-1", "endpoint": "libvirt", {host_json}}}]}}"#);
+    let settings = driver_libvirt::config::Settings::from_json(&config).unwrap_or_else(|error| panic!("{error:?}"));
+    driver_libvirt::driver::LibvirtDriver::new(settings, TcpConnector, hyperplane_guest::state::MemoryStore::new())
+}
+
+/// A fresh UUID-shaped instance id, as the host chooses them.
+pub fn instance_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or(0);
+    let counter = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{:08x}-{:04x}-4000-8000-{:012x}", std::process::id(), counter & 0xffff, nanos & 0xffff_ffff_ffff)
+}

@@ -1,0 +1,188 @@
+//! The driver against libvirtd's QEMU driver (`qemu:///system`) over TCP, in a transient `dir`
+//! pool under `$LIBVIRT_STATE_DIR` that the test creates and removes: template upload through
+//! a libvirt stream (the test driver has no upload), the overlay and domain XML accepted and
+//! started by real QEMU (TCG), console port, stop, delete.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{QEMU_DRIVER_URI, connect, driver, instance_id, unique_name};
+use driver_libvirt::driver::{BytesImage, ImageSource, template_volume_name};
+use hyperplane_guest::types::{ConsoleProtocol, DiskFormat, Error, InstanceSpec, InstanceState, TemplateRef};
+
+/// A transient dir pool and its directory, removed (with any domain left behind) on drop.
+struct ScratchPool {
+    name: String,
+    directory: PathBuf,
+    domains: Vec<String>,
+}
+
+impl ScratchPool {
+    fn create() -> ScratchPool {
+        let name = unique_name("hp-test-pool");
+        let base = std::env::var("LIBVIRT_STATE_DIR").unwrap_or_else(|_| "/tmp".into());
+        let directory = PathBuf::from(base).join(&name);
+        std::fs::create_dir_all(&directory).expect("pool directory");
+        let xml =
+            format!("<pool type='dir'><name>{name}</name><target><path>{}</path></target></pool>", directory.display());
+        connect(QEMU_DRIVER_URI).storage_pool_create_xml(&xml).expect("transient pool");
+        ScratchPool { name, directory, domains: Vec::new() }
+    }
+}
+
+impl Drop for ScratchPool {
+    fn drop(&mut self) {
+        let mut client = connect(QEMU_DRIVER_URI);
+        for domain_name in &self.domains {
+            if let Ok(domain) = client.domain_lookup_by_name(domain_name) {
+                client.domain_destroy(&domain).ok();
+                client.domain_undefine_flags(&domain, 2).ok();
+            }
+        }
+        if let Ok(pool) = client.storage_pool_lookup_by_name(&self.name) {
+            if let Ok(volumes) = client.storage_pool_list_all_volumes(&pool) {
+                for volume in volumes {
+                    client.storage_vol_delete(&volume).ok();
+                }
+            }
+            client.storage_pool_destroy(&pool).ok();
+        }
+        std::fs::remove_dir_all(&self.directory).ok();
+    }
+}
+
+fn image_bytes(length: usize) -> Vec<u8> {
+    (0..length).map(|index| (index.wrapping_mul(31) % 251) as u8).collect()
+}
+
+fn template(size_bytes: u64) -> TemplateRef {
+    TemplateRef { name: "upload".into(), version: 2, tag: "2.0".into(), size_bytes, format: DiskFormat::Raw }
+}
+
+fn summary(templates: &[hyperplane_guest::types::CachedTemplate]) -> Vec<(String, u32, String, u64)> {
+    templates
+        .iter()
+        .map(|cached| (cached.name.clone(), cached.version, cached.tag.clone(), cached.size_bytes))
+        .collect()
+}
+
+/// An image source that fails after its first chunk.
+struct FailingImage;
+
+impl ImageSource for FailingImage {
+    fn size(&self) -> u64 {
+        8 << 20
+    }
+
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, String> {
+        static READS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        if READS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Ok(vec![7; max as usize])
+        } else {
+            Err("host copy unreadable".into())
+        }
+    }
+}
+
+/// An image source that must not be read.
+struct UnreadableImage;
+
+impl ImageSource for UnreadableImage {
+    fn size(&self) -> u64 {
+        1
+    }
+
+    fn read(&mut self, _max: u32) -> Result<Vec<u8>, String> {
+        panic!("a cached template must not be read again")
+    }
+}
+
+#[test]
+fn template_upload_then_instance_on_qemu() {
+    let mut pool = ScratchPool::create();
+    let host_json = format!(r#""uri": "{QEMU_DRIVER_URI}", "pool": "{}", "domain_type": "qemu""#, pool.name);
+    let driver = driver(&host_json);
+
+    let hosts = driver.list_hosts().expect("list hosts");
+    eprintln!("qemu host report: {:?}", hosts[0]);
+    assert_eq!(hosts[0].state, hyperplane_guest::types::HostState::Active);
+    assert!(hosts[0].hypervisor.starts_with("QEMU ") && hosts[0].hypervisor.contains(" / libvirt "), "{:?}", hosts[0]);
+
+    // Upload: several stream packets and an odd tail.
+    let bytes = image_bytes(16 * 1024 * 1024 + 123);
+    let template = template(bytes.len() as u64);
+    let started = std::time::Instant::now();
+    let cached = driver
+        .pull_template("lv-1", &template, &mut BytesImage { bytes: bytes.clone(), position: 0 })
+        .expect("pull template");
+    eprintln!("upload of {} bytes took {:?}", bytes.len(), started.elapsed());
+    assert_eq!((cached.name.as_str(), cached.version, cached.tag.as_str()), ("upload", 2, "2.0"));
+    let on_disk = std::fs::read(pool.directory.join(template_volume_name("upload", 2))).expect("uploaded file");
+    assert!(on_disk == bytes, "the volume holds exactly the uploaded bytes");
+    let again = driver.pull_template("lv-1", &template, &mut UnreadableImage).expect("second pull");
+    assert_eq!(summary(&[again]), summary(std::slice::from_ref(&cached)));
+    let listed = driver.list_templates("lv-1").expect("list templates");
+    assert_eq!(summary(&listed), vec![("upload".to_owned(), 2, "2.0".to_owned(), bytes.len() as u64)]);
+
+    // A source failing mid-upload leaves nothing behind.
+    let mut broken = template.clone();
+    broken.version = 3;
+    broken.size_bytes = 8 << 20;
+    let failed = driver.pull_template("lv-1", &broken, &mut FailingImage);
+    assert!(
+        matches!(&failed, Err(Error::Unavailable(message)) if message.contains("host copy unreadable")),
+        "{failed:?}"
+    );
+    assert_eq!(summary(&driver.list_templates("lv-1").expect("list templates")), summary(&[cached]));
+    let mut empty = template.clone();
+    empty.version = 4;
+    let refused = driver.pull_template("lv-1", &empty, &mut BytesImage { bytes: Vec::new(), position: 0 });
+    assert!(matches!(&refused, Err(Error::Invalid(message)) if message.contains("upload")), "{refused:?}");
+
+    // An instance on that template, started by QEMU.
+    let id = instance_id();
+    pool.domains.push(format!("hp-{id}"));
+    let spec = InstanceSpec {
+        id: id.clone(),
+        name: "qemu-instance".into(),
+        host: "lv-1".into(),
+        template: template.clone(),
+        vcpu: 1,
+        ram_mb: 64,
+        disk_gb: 1,
+        mac: None,
+        vlan: None,
+        metadata: Vec::new(),
+    };
+    let timer = std::time::Instant::now();
+    let created = driver.create_instance(&spec).expect("create on qemu");
+    eprintln!("create-instance on qemu took {:?}", timer.elapsed());
+    let mac = created.mac.clone().expect("libvirt chose a mac");
+    assert!(mac.starts_with("52:54:00:"), "{mac}");
+    assert!(pool.directory.join(format!("hp-{id}.qcow2")).exists(), "overlay volume");
+    let timer = std::time::Instant::now();
+    let running = driver.start_instance(&id).expect("start on qemu");
+    eprintln!("start-instance on qemu took {:?}", timer.elapsed());
+    assert_eq!((running.state, running.mac.as_deref()), (InstanceState::Running, Some(mac.as_str())));
+    let fetched = driver.get_instance(&id).expect("get");
+    assert_eq!((fetched.state, fetched.ip.as_deref()), (InstanceState::Running, None), "user-mode nic: no address");
+    let console = driver.console(&id).expect("console");
+    assert_eq!((console.protocol, console.host.as_str()), (ConsoleProtocol::Vnc, "127.0.0.1"));
+    assert!(console.port >= 5900, "{console:?}");
+    assert!(matches!(driver.remove_template("lv-1", &template), Err(Error::Conflict(_))), "template in use");
+
+    // The firmware ignores the power button: graceful stop falls back to power-off after the grace.
+    let stopping = std::time::Instant::now();
+    assert_eq!(driver.stop_instance(&id, false, 300).expect("stop").state, InstanceState::Stopped);
+    assert!(stopping.elapsed() >= std::time::Duration::from_millis(300));
+    let timer = std::time::Instant::now();
+    driver.delete_instance(&id).expect("delete");
+    eprintln!("delete-instance on qemu took {:?}", timer.elapsed());
+    assert!(!pool.directory.join(format!("hp-{id}.qcow2")).exists(), "overlay removed with the instance");
+    assert!(matches!(driver.get_instance(&id), Err(Error::NotFound(_))));
+
+    driver.remove_template("lv-1", &template).expect("remove template");
+    assert!(driver.list_templates("lv-1").expect("list").is_empty());
+    assert!(matches!(driver.remove_template("lv-1", &template), Err(Error::NotFound(_))));
+}
