@@ -36,7 +36,11 @@ async fn client_commands_drive_the_server_with_tables_and_json() {
     assert!(table.contains("running") && table.contains("NAME"), "{table}");
     let id = listed[0]["id"].as_str().expect("id");
 
-    let stopped = succeed(&server, &["instance", "stop", id, "--wait"]);
+    let suspended = succeed(&server, &["instance", "suspend", id, "--wait"]);
+    assert!(suspended.contains("succeeded"), "{suspended}");
+    let resumed = succeed(&server, &["instance", "resume", id, "--wait"]);
+    assert!(resumed.contains("succeeded"), "{resumed}");
+    let stopped = succeed(&server, &["instance", "stop", id, "--grace", "5", "--wait"]);
     assert!(stopped.contains("succeeded"), "{stopped}");
     let shown: Value = serde_json::from_str(&succeed(&server, &["instance", "get", id, "--json"])).expect("json");
     assert_eq!(shown[0]["state"], "stopped");

@@ -111,6 +111,10 @@ enum InstanceCommand {
     Start(ActionArgs),
     Stop(ActionArgs),
     Restart(ActionArgs),
+    /// Pause a running instance in memory.
+    Suspend(ActionArgs),
+    /// Continue a suspended instance.
+    Resume(ActionArgs),
     Delete {
         id: String,
         #[arg(long)]
@@ -126,6 +130,9 @@ struct ActionArgs {
     /// Power off at once instead of a graceful shutdown.
     #[arg(long)]
     force: bool,
+    /// `stop`: seconds the guest gets to shut down before it is powered off.
+    #[arg(long)]
+    grace: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,6 +318,8 @@ async fn instance_command(client: &Client, command: InstanceCommand, json_output
         InstanceCommand::Start(args) => action(client, "start", args, json_output).await,
         InstanceCommand::Stop(args) => action(client, "stop", args, json_output).await,
         InstanceCommand::Restart(args) => action(client, "restart", args, json_output).await,
+        InstanceCommand::Suspend(args) => action(client, "suspend", args, json_output).await,
+        InstanceCommand::Resume(args) => action(client, "resume", args, json_output).await,
         InstanceCommand::Delete { id, wait } => {
             let task = client.delete(&format!("/v1/instances/{id}")).await?;
             after_task(client, task, wait, json_output).await
@@ -319,8 +328,11 @@ async fn instance_command(client: &Client, command: InstanceCommand, json_output
 }
 
 async fn action(client: &Client, action: &str, args: ActionArgs, json_output: bool) -> anyhow::Result<()> {
-    let task =
-        client.post(&format!("/v1/instances/{}/actions/{action}?force={}", args.id, args.force), &json!({})).await?;
+    let mut path = format!("/v1/instances/{}/actions/{action}?force={}", args.id, args.force);
+    if let Some(grace) = args.grace {
+        path.push_str(&format!("&grace={grace}"));
+    }
+    let task = client.post(&path, &json!({})).await?;
     after_task(client, task, args.wait, json_output).await
 }
 
