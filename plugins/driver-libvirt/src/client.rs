@@ -34,7 +34,7 @@ pub enum ClientError {
     /// The endpoint needs an authentication this client does not speak.
     #[error("libvirt endpoint offers auth types {offered:?}; only `none` (0) is supported")]
     AuthenticationUnsupported { offered: Vec<i32> },
-    /// Reading the data to upload failed; the upload was abandoned.
+    /// Reading the data to upload failed; the stream was aborted (the connection stays usable).
     #[error("reading the data for {} failed: {message}", procedure.name())]
     Source { procedure: Procedure, message: String },
 }
@@ -42,7 +42,7 @@ pub enum ClientError {
 impl ClientError {
     /// Whether the connection must be dropped: after this error it is closed or out of step.
     pub fn breaks_connection(&self) -> bool {
-        matches!(self, ClientError::Transport { .. } | ClientError::Protocol { .. } | ClientError::Source { .. })
+        matches!(self, ClientError::Transport { .. } | ClientError::Protocol { .. })
     }
 
     /// Whether libvirtd cannot have seen the call: the connection was found closed before any
@@ -111,7 +111,7 @@ impl<Transport: Read + Write> Client<Transport> {
     /// everything `read_chunk` yields (it fills the buffer it is given, at most
     /// [`STREAM_CHUNK_SIZE`] bytes; an empty buffer ends the data), reporting the bytes sent so
     /// far to `on_progress` after each chunk. Finishes the stream and waits for libvirtd to
-    /// confirm it. A failing `read_chunk` abandons the upload and breaks the connection.
+    /// confirm it. A failing `read_chunk` aborts the stream (see [`ClientError::Source`]).
     pub fn upload(
         &mut self,
         procedure: Procedure,
@@ -126,7 +126,17 @@ impl<Transport: Read + Write> Client<Transport> {
         let mut sent: u64 = 0;
         loop {
             chunk.clear();
-            read_chunk(&mut chunk).map_err(|message| ClientError::Source { procedure, message })?;
+            if let Err(message) = read_chunk(&mut chunk) {
+                // Abort as libvirt's own client does, and wait for libvirtd to confirm: the
+                // connection stays usable and libvirtd is done with the volume before anyone
+                // touches it again. (Dropping the connection mid-upload instead has been seen
+                // to hang libvirtd 11.3 when the volume was deleted right after.)
+                match self.end_stream(procedure, serial, MessageStatus::Error) {
+                    Ok(()) | Err(ClientError::Remote { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+                return Err(ClientError::Source { procedure, message });
+            }
             if chunk.is_empty() {
                 break;
             }
@@ -143,7 +153,15 @@ impl<Transport: Read + Write> Client<Transport> {
             sent += chunk.len() as u64;
             on_progress(sent);
         }
-        self.send_packet(procedure, MessageType::Stream, serial, MessageStatus::Ok, |_| {})
+        self.end_stream(procedure, serial, MessageStatus::Ok)?;
+        Ok(sent)
+    }
+
+    /// Ends stream `serial` with an empty STREAM packet: status OK finishes it, status ERROR
+    /// aborts it. Then waits for libvirtd's answer: STREAM OK, or an error (which is also what
+    /// an abort gets: "stream aborted at client request").
+    fn end_stream(&mut self, procedure: Procedure, serial: u32, status: MessageStatus) -> Result<(), ClientError> {
+        self.send_packet(procedure, MessageType::Stream, serial, status, |_| {})
             .map_err(|source| ClientError::Transport { procedure, reply_started: true, source })?;
         loop {
             let packet = self.receive_packet(procedure, true)?;
@@ -151,7 +169,7 @@ impl<Transport: Read + Write> Client<Transport> {
                 continue;
             }
             match (packet.header.message_type, packet.header.status) {
-                (MessageType::Stream, MessageStatus::Ok) => return Ok(sent),
+                (MessageType::Stream, MessageStatus::Ok) => return Ok(()),
                 (MessageType::Stream | MessageType::Reply, MessageStatus::Error) => {
                     return Err(remote_error(procedure, &packet.payload));
                 }
@@ -160,7 +178,7 @@ impl<Transport: Read + Write> Client<Transport> {
                 (message_type, status) => {
                     return Err(protocol_error(
                         procedure,
-                        format!("unexpected {message_type:?} packet with status {status:?} while finishing the stream"),
+                        format!("unexpected {message_type:?} packet with status {status:?} while ending the stream"),
                     ));
                 }
             }
@@ -366,6 +384,23 @@ mod tests {
         bytes
     }
 
+    /// A `remote_error` with `code` and a message.
+    fn encoded_error(code: i32) -> Vec<u8> {
+        let mut error = Encoder::new();
+        error.put_i32(code);
+        error.put_i32(18);
+        error.put_optional_string(Some("simulated failure"));
+        error.put_i32(2);
+        error.put_bool(false);
+        for _ in 0..3 {
+            error.put_optional_string(None);
+        }
+        error.put_i32(0);
+        error.put_i32(0);
+        error.put_bool(false);
+        error.into_bytes()
+    }
+
     fn client_over(server_bytes: Vec<u8>) -> Client<ScriptedTransport> {
         Client {
             transport: ScriptedTransport { server_bytes: Cursor::new(server_bytes), written: Vec::new() },
@@ -440,20 +475,51 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_source_aborts_the_stream_and_keeps_the_connection() {
+        let procedure = Procedure::StorageVolUpload;
+        let mut server = packet(REMOTE_PROGRAM, procedure.number(), MessageType::Reply, 1, MessageStatus::Ok, &[]);
+        server.extend(packet(
+            REMOTE_PROGRAM,
+            procedure.number(),
+            MessageType::Reply,
+            1,
+            MessageStatus::Error,
+            &encoded_error(39),
+        ));
+        server.extend(packet(REMOTE_PROGRAM, 157, MessageType::Reply, 2, MessageStatus::Ok, &7_u64.to_be_bytes()));
+        let mut client = client_over(server);
+        let mut reads = 0;
+        let result = client.upload(
+            procedure,
+            &(),
+            |chunk| {
+                reads += 1;
+                if reads == 1 {
+                    chunk.extend([1_u8; 4]);
+                    Ok(())
+                } else {
+                    Err("host copy unreadable".into())
+                }
+            },
+            |_| {},
+        );
+        assert!(
+            matches!(&result, Err(ClientError::Source { message, .. }) if message == "host copy unreadable"),
+            "{result:?}"
+        );
+        assert!(result.as_ref().err().is_some_and(|error| !error.breaks_connection()));
+        // The abort: an empty STREAM packet with status ERROR after the data packet.
+        let written = &client.transport.written;
+        assert_eq!(written.len(), 28 + 32 + 28);
+        assert_eq!(&written[60 + 16..60 + 28], &[0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 1]);
+        // The connection is still in step.
+        let version: Result<u64, _> = client.call(Procedure::ConnectGetLibVersion, &());
+        assert_eq!(version.ok(), Some(7));
+    }
+
+    #[test]
     fn upload_reports_a_stream_error_from_libvirt() {
         let procedure = Procedure::StorageVolUpload;
-        let mut error = Encoder::new();
-        error.put_i32(38);
-        error.put_i32(18);
-        error.put_optional_string(Some("no space left on device"));
-        error.put_i32(2);
-        error.put_bool(false);
-        for _ in 0..3 {
-            error.put_optional_string(None);
-        }
-        error.put_i32(0);
-        error.put_i32(0);
-        error.put_bool(false);
         let mut server = packet(REMOTE_PROGRAM, procedure.number(), MessageType::Reply, 1, MessageStatus::Ok, &[]);
         server.extend(packet(
             REMOTE_PROGRAM,
@@ -461,7 +527,7 @@ mod tests {
             MessageType::Stream,
             1,
             MessageStatus::Error,
-            &error.into_bytes(),
+            &encoded_error(38),
         ));
         let mut client = client_over(server);
         let mut once = Some(vec![0_u8; 4]);
