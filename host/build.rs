@@ -1,12 +1,12 @@
 //! Builds the guest components the host embeds and tests against (`driver-sim`,
-//! `driver-hostile`) for `wasm32-wasip2`, and tells the host where they are.
+//! `driver-libvirt`, `driver-hostile`) for `wasm32-wasip2`, and tells the host where they are.
 //!
 //! A nested `cargo build --profile wasm --target wasm32-wasip2` runs in its own target
 //! directory, `<target dir>/wasm`, so it never waits for the lock the outer build holds. The
 //! nested cargo gets a clean environment: the outer build's flags, wrappers (clippy's
 //! `RUSTC_WORKSPACE_WRAPPER`), profile overrides and jobserver are for the host, not the guests.
 //!
-//! Emits `BUNDLED_DRIVER_SIM_WASM` and `FIXTURE_DRIVER_HOSTILE_WASM` (absolute paths of
+//! Emits `BUNDLED_DRIVER_SIM_WASM`, `BUNDLED_DRIVER_LIBVIRT_WASM` and `FIXTURE_DRIVER_HOSTILE_WASM` (absolute paths of
 //! the `.wasm` components) for `env!` in the host.
 
 use std::env;
@@ -28,8 +28,9 @@ struct Guest {
     path_variable: &'static str,
 }
 
-const GUESTS: [Guest; 2] = [
+const GUESTS: [Guest; 3] = [
     Guest { package: "driver-sim", artifact_stem: "driver_sim", path_variable: "BUNDLED_DRIVER_SIM_WASM" },
+    Guest { package: "driver-libvirt", artifact_stem: "driver_libvirt", path_variable: "BUNDLED_DRIVER_LIBVIRT_WASM" },
     Guest { package: "driver-hostile", artifact_stem: "driver_hostile", path_variable: "FIXTURE_DRIVER_HOSTILE_WASM" },
 ];
 

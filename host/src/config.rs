@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// Name under which the bundled simulated driver is referenced in `providers[].driver`.
 pub const BUNDLED_DRIVER_SIM: &str = "driver-sim";
+/// Name under which the bundled libvirt driver is referenced in `providers[].driver`.
+pub const BUNDLED_DRIVER_LIBVIRT: &str = "driver-libvirt";
 
 /// Environment variables with the `HYPERPLANE_` prefix that are not configuration keys.
 const NON_CONFIG_VARIABLES: &[&str] = &["ADMIN_TOKEN", "URL", "TOKEN", "CONFIG", "LOG"];
@@ -109,7 +111,7 @@ pub struct TemplateConfig {
 pub struct ProviderConfig {
     /// Unique provider name, used in host ids and logs.
     pub name: String,
-    /// `driver-sim` (bundled) or a path to a driver component (`.wasm`).
+    /// `driver-sim` or `driver-libvirt` (bundled) or a path to a driver component (`.wasm`).
     pub driver: String,
     /// Driver-specific settings, handed to the driver's `init` as JSON.
     #[serde(default = "empty_table")]

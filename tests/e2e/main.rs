@@ -8,6 +8,11 @@ mod fleet;
 mod harness;
 mod hostile;
 mod instance_operations;
+mod libvirt;
 mod lifecycle;
 mod restart;
 mod template_images;
+
+#[path = "../libvirt/bed.rs"]
+#[allow(dead_code)]
+mod libvirt_bed;

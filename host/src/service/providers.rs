@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{BUNDLED_DRIVER_SIM, Config, ProviderConfig};
+use crate::config::{BUNDLED_DRIVER_LIBVIRT, BUNDLED_DRIVER_SIM, Config, ProviderConfig};
 use crate::model::{self, Arch, CachedTemplate, InstanceState, Provider, ProviderCapabilities, TaskError, Timestamp};
 use crate::plugins::driver_types as driver;
 use crate::plugins::{
@@ -13,8 +13,11 @@ use crate::plugins::{
 };
 use crate::store::{self, Store};
 
-/// The simulated driver, built from `plugins/driver-sim` and bundled into the binary.
-const DRIVER_SIM_COMPONENT: &[u8] = include_bytes!(env!("BUNDLED_DRIVER_SIM_WASM"));
+/// The drivers built from `plugins/` and bundled into the binary, by the name configs use.
+const BUNDLED_DRIVERS: [(&str, &[u8]); 2] = [
+    (BUNDLED_DRIVER_SIM, include_bytes!(env!("BUNDLED_DRIVER_SIM_WASM"))),
+    (BUNDLED_DRIVER_LIBVIRT, include_bytes!(env!("BUNDLED_DRIVER_LIBVIRT_WASM"))),
+];
 
 /// All configured providers by name, each with its driver (when it loaded) and status.
 #[derive(Clone, Default)]
@@ -125,10 +128,10 @@ pub async fn load_providers(config: &Config, runtime: &PluginRuntime, store: &St
 }
 
 fn provider_settings(config: &Config, provider: &ProviderConfig) -> Result<ProviderSettings, String> {
-    let component = if provider.driver == BUNDLED_DRIVER_SIM {
-        ComponentSource::Bytes { label: BUNDLED_DRIVER_SIM.into(), bytes: Arc::from(DRIVER_SIM_COMPONENT) }
-    } else {
-        ComponentSource::File(provider.driver.clone().into())
+    let bundled = BUNDLED_DRIVERS.iter().find(|(name, _)| *name == provider.driver);
+    let component = match bundled {
+        Some((name, bytes)) => ComponentSource::Bytes { label: (*name).into(), bytes: Arc::from(*bytes) },
+        None => ComponentSource::File(provider.driver.clone().into()),
     };
     let mut endpoints = BTreeMap::new();
     for (name, address) in &provider.endpoints {

@@ -12,16 +12,13 @@ pub const TEST_DRIVER_URI: &str = "test:///default";
 /// The QEMU driver of the machine's libvirtd.
 pub const QEMU_DRIVER_URI: &str = "qemu:///system";
 
-/// `LIBVIRT_TCP` (host:port of libvirtd's TCP listener, auth none). Fails the test, with the
-/// command to run, when the test bed is not set up: these tests never skip silently.
+#[path = "../../../../tests/libvirt/bed.rs"]
+mod libvirt_bed;
+
+/// host:port of libvirtd's TCP listener (auth none), started by `tests/libvirt/setup.sh`, which
+/// the first call per test process runs (installing libvirt if needed).
 pub fn libvirt_address() -> String {
-    match std::env::var("LIBVIRT_TCP") {
-        Ok(address) if !address.is_empty() => address,
-        _ => panic!(
-            "LIBVIRT_TCP is not set: these tests need a real libvirtd. Run \
-             `set -a; eval \"$(tests/libvirt/setup.sh)\"; set +a` from the repository root first"
-        ),
-    }
+    libvirt_bed::bed().tcp_address.clone()
 }
 
 pub fn tcp_stream() -> TcpStream {

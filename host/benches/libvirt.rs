@@ -1,0 +1,132 @@
+//! The libvirt lifecycle benchmark (`cargo bench --bench libvirt`): N instances defined,
+//! started, destroyed and undefined on libvirt's test driver over TCP, through Hyperplane's
+//! API, next to libvirt's own Python binding doing the same against the same libvirtd in the
+//! same run. Prints both times and their ratio. Not a test: nothing here asserts a speed.
+//!
+//! `tests/libvirt/setup.sh` (run from here) installs and starts libvirtd.
+
+#[path = "../../tests/libvirt/bed.rs"]
+#[allow(dead_code)]
+mod libvirt_bed;
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+use hyperplane::config::Config;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "bench-token";
+const LIFECYCLES: usize = 200;
+const ROUNDS: usize = 3;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let bed = libvirt_bed::bed();
+    // The test driver forgets everything when its last connection closes: hold one.
+    let _holder = libvirt_bed::ConnectionHolder::open(&bed.test_uri);
+    let scratch = tempfile::tempdir()?;
+    let server = start_server(scratch.path(), &bed.tcp_address).await?;
+    let base = format!("http://{}", server.address);
+    let http = reqwest::Client::new();
+    post(&http, &format!("{base}/v1/templates"), json!({ "name": "bench", "arch": "amd64" })).await?;
+
+    for round in 1..=ROUNDS {
+        let ours = hyperplane_lifecycles(&http, &base).await?;
+        let python = python_lifecycles(&bed.python, &bed.test_uri)?;
+        println!(
+            "round {round}: {LIFECYCLES} lifecycles (define, start, destroy, undefine), test driver over TCP: \
+             Hyperplane API {ours:.3} s ({:.0}/s), libvirt-python {python:.3} s ({:.0}/s), ratio {:.2}",
+            LIFECYCLES as f64 / ours,
+            LIFECYCLES as f64 / python,
+            ours / python
+        );
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn start_server(
+    scratch: &std::path::Path,
+    libvirt_tcp: &str,
+) -> anyhow::Result<hyperplane::server::RunningServer> {
+    let config = Config::from_toml(&format!(
+        r#"
+listen = "127.0.0.1:0"
+data_dir = {data_dir:?}
+[log]
+filter = "warn"
+[reconcile]
+interval_secs = 60
+[tasks]
+concurrency = 256
+[[providers]]
+name = "libvirt"
+driver = "driver-libvirt"
+endpoints = {{ libvirtd = "tcp://{libvirt_tcp}" }}
+config = {{ hosts = [{{ name = "test-host", endpoint = "libvirtd", uri = "test:///default", pool = "default-pool" }}] }}
+"#,
+        data_dir = scratch.join("data").display().to_string(),
+    ))?;
+    hyperplane::server::start(config, Some(TOKEN.into())).await
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<Value> {
+    let response = http.post(url).bearer_auth(TOKEN).body(body.to_string()).send().await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    anyhow::ensure!(status.is_success(), "POST {url}: {status} {body}");
+    Ok(body)
+}
+
+/// Creates `LIFECYCLES` instances in one request, waits until all run, deletes them all and
+/// waits until every one is terminated. Seconds from the first request to the last answer.
+async fn hyperplane_lifecycles(http: &reqwest::Client, base: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let task = post(
+        http,
+        &format!("{base}/v1/instances?wait=600"),
+        json!({ "template": "bench", "count": LIFECYCLES, "vcpu": 1, "ram_mb": 256, "disk_gb": 1 }),
+    )
+    .await?;
+    anyhow::ensure!(task["state"] == "succeeded", "create batch ended {task}");
+    let instances: Value = http
+        .get(format!("{base}/v1/instances?limit=1000&filter=state%3Drunning"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ids: Vec<String> = instances["items"]
+        .as_array()
+        .context("an instance list")?
+        .iter()
+        .filter_map(|instance| instance["id"].as_str().map(str::to_owned))
+        .collect();
+    anyhow::ensure!(ids.len() == LIFECYCLES, "{} instances running, expected {LIFECYCLES}", ids.len());
+    let deletions = ids.iter().map(|id| {
+        let url = format!("{base}/v1/instances/{id}?wait=600");
+        async move {
+            let task: Value = http.delete(&url).bearer_auth(TOKEN).send().await?.json().await?;
+            anyhow::ensure!(task["state"] == "succeeded", "delete ended {task}");
+            Ok(())
+        }
+    });
+    for result in futures::future::join_all(deletions).await {
+        result?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// `tests/libvirt/lifecycle-python.py`: the same lifecycles through libvirt-python.
+fn python_lifecycles(python: &std::path::Path, uri: &str) -> anyhow::Result<f64> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/libvirt/lifecycle-python.py");
+    let output = Command::new(python).arg(script).arg(uri).arg(LIFECYCLES.to_string()).output()?;
+    anyhow::ensure!(output.status.success(), "libvirt-python failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("SECONDS="))
+        .context("the python script printed no SECONDS=")?
+        .parse()
+        .context("SECONDS= is a number")
+}

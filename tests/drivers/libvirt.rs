@@ -1,0 +1,117 @@
+//! driver-libvirt against a real libvirtd: the conformance suite on libvirt's test driver over
+//! TCP and over the unix socket, and a connection cut in the middle of a call.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hyperplane::plugins::driver_types::{DiskFormat, DriverError, InstanceState, TemplateRef};
+use hyperplane::plugins::{CallError, ComponentSource, Driver, EndpointAddress, MemoryStateStore, ProviderSettings};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::conformance::{self, Fixture};
+use crate::libvirt_bed::{self, ConnectionHolder, virsh};
+use crate::proxy::CuttingProxy;
+
+/// The test driver's storage pool.
+const POOL: &str = "default-pool";
+const HOST: &str = "test-host";
+/// `REMOTE_PROC_DOMAIN_CREATE`: starting a defined domain.
+const REMOTE_PROC_DOMAIN_CREATE: u32 = 9;
+
+/// libvirt's test driver keeps its state only while a connection is open: one for the process.
+fn hold_test_driver_state() {
+    static HOLDER: OnceLock<ConnectionHolder> = OnceLock::new();
+    HOLDER.get_or_init(|| ConnectionHolder::open(&libvirt_bed::bed().test_uri));
+}
+
+fn template(name: &str) -> TemplateRef {
+    TemplateRef { name: name.into(), version: 1, tag: "v1".into(), size_bytes: 4096, format: DiskFormat::Raw }
+}
+
+/// The test driver cannot take uploads: put the template's volume on it as a pull would leave it.
+fn place_template_volume(template: &TemplateRef) {
+    let volume = format!("hyperplane-template-{}-v{}", template.name, template.version);
+    let uri = &libvirt_bed::bed().test_uri;
+    if virsh(uri, &["vol-info", &volume, "--pool", POOL]).is_err() {
+        // A parallel test may have created it in between: only its absence afterwards is an error.
+        let _ = virsh(uri, &["vol-create-as", POOL, &volume, "4096", "--format", "raw"]);
+        virsh(uri, &["vol-info", &volume, "--pool", POOL]).unwrap_or_else(|message| panic!("{message}"));
+    }
+}
+
+async fn load_driver(endpoint: EndpointAddress) -> Driver {
+    let settings = ProviderSettings {
+        name: "conformance-libvirt".into(),
+        component: ComponentSource::File(env!("BUNDLED_DRIVER_LIBVIRT_WASM").into()),
+        config_json: json!({
+            "hosts": [{ "name": HOST, "endpoint": "libvirtd", "uri": "test:///default", "pool": POOL }],
+        })
+        .to_string(),
+        call_timeout: Duration::from_secs(30),
+        memory_limit_bytes: 64 << 20,
+        endpoints: BTreeMap::from([("libvirtd".to_owned(), endpoint)]),
+        allowed_http_hosts: Vec::new(),
+        max_response_bytes: 4 << 20,
+    };
+    Driver::load(crate::shared_runtime(), settings, Arc::new(MemoryStateStore::new()))
+        .await
+        .expect("driver-libvirt loads")
+}
+
+async fn fixture_on(endpoint: EndpointAddress) -> Fixture {
+    hold_test_driver_state();
+    let (template, spare_template) = (template("conformance"), template(&format!("spare-{}", Uuid::new_v4())));
+    place_template_volume(&template);
+    place_template_volume(&spare_template);
+    Fixture {
+        driver: load_driver(endpoint).await,
+        host: HOST.into(),
+        template,
+        spare_template,
+        image: crate::scratch_image(),
+    }
+}
+
+async fn tcp_fixture() -> Fixture {
+    fixture_on(EndpointAddress::Tcp(libvirt_bed::bed().tcp_address.clone())).await
+}
+
+async fn unix_fixture() -> Fixture {
+    fixture_on(EndpointAddress::Unix(libvirt_bed::bed().socket_path.clone())).await
+}
+
+mod over_tcp {
+    crate::conformance_cases!(super::tcp_fixture);
+}
+
+mod over_unix_socket {
+    crate::conformance_cases!(super::unix_fixture);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_during_a_call_fails_that_call_clearly_and_the_next_call_reconnects() {
+    let proxy = CuttingProxy::start(libvirt_bed::bed().tcp_address.clone()).await;
+    let fixture = fixture_on(EndpointAddress::Tcp(proxy.address.to_string())).await;
+    let driver = &fixture.driver;
+    let spec = conformance::spec(&fixture);
+    driver.create_instance(spec.clone()).await.expect("created through the proxy");
+    let connections_before = proxy.connections_accepted();
+
+    proxy.cut_next_call_of(REMOTE_PROC_DOMAIN_CREATE);
+    let cut = driver.start_instance(&spec.id).await;
+    let Err(CallError::Driver(DriverError::Unavailable(message))) = &cut else {
+        panic!("a cut connection is `unavailable`, got {cut:?}");
+    };
+    assert!(
+        message.contains("libvirt connection") && message.contains("closed") && message.contains("domain_create"),
+        "the message says what broke during which call: {message}"
+    );
+    assert_eq!(proxy.connections_cut(), 1);
+
+    let started = driver.start_instance(&spec.id).await.expect("the next call reconnects");
+    assert_eq!(started.state, InstanceState::Running);
+    assert!(proxy.connections_accepted() > connections_before, "a fresh connection was opened");
+    driver.delete_instance(&spec.id).await.expect("deleted");
+}

@@ -1,0 +1,155 @@
+//! A real guest on a real libvirtd (QEMU, software emulation), driven only through the API:
+//! template upload, create, boot to the guest's ready line, snapshot and revert, ACPI stop,
+//! delete — and nothing of it left in libvirtd afterwards.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::Server;
+use crate::libvirt_bed::{self, names, virsh, virsh_ok};
+
+/// A transient `dir` storage pool of the test's own, destroyed (with its directory) on drop.
+struct ScratchPool {
+    name: String,
+    directory: PathBuf,
+    uri: String,
+}
+
+impl ScratchPool {
+    fn create(uri: &str, name: &str) -> ScratchPool {
+        let directory = std::env::temp_dir().join(name);
+        let _ = virsh(uri, &["pool-destroy", name]);
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).expect("pool directory");
+        let target = directory.to_str().expect("UTF-8 path");
+        virsh_ok(uri, &["pool-create-as", name, "dir", "--target", target]);
+        ScratchPool { name: name.to_owned(), directory, uri: uri.to_owned() }
+    }
+
+    fn volumes(&self) -> Vec<String> {
+        virsh_ok(&self.uri, &["vol-list", &self.name])
+            .lines()
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for ScratchPool {
+    fn drop(&mut self) {
+        let _ = virsh(&self.uri, &["pool-destroy", &self.name]);
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// Waits until `path` contains `needle`; answers the file's text.
+async fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in {} after {timeout:?}; it has:\n{text}", path.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn succeeded(server: &Server, method: Method, path: &str, body: Option<Value>) -> Value {
+    let (status, task) = server.request(method, path, body).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {task}");
+    assert_eq!(task["state"], "succeeded", "{path}: {task}");
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_guest_boots_snapshots_stops_by_acpi_and_leaves_nothing_behind() {
+    let bed = libvirt_bed::bed();
+    let guest = libvirt_bed::guest_image();
+    let qemu_uri = &bed.qemu_uri;
+    let pool = ScratchPool::create(qemu_uri, "hyperplane-e2e-guest");
+    let console_directory = tempfile::tempdir().expect("console log directory");
+    let console_logs = console_directory.path();
+    let server = Server::start(&format!(
+        r#"
+[reconcile]
+interval_secs = 1
+
+[[providers]]
+name = "kvm"
+driver = "driver-libvirt"
+endpoints = {{ libvirtd = "unix://{socket}" }}
+config = {{ hosts = [{{ name = "hv1", endpoint = "libvirtd", uri = "qemu:///system", pool = "{pool}", domain_type = "qemu", console_log_dir = "{logs}" }}] }}
+"#,
+        socket = bed.socket_path.display(),
+        pool = pool.name,
+        logs = console_logs.display(),
+    ))
+    .await;
+    let hosts = server.wait_until("/v1/hosts", Duration::from_secs(30), |hosts| {
+        hosts.as_array().is_some_and(|hosts| hosts.iter().any(|host| host["state"] == "active"))
+    });
+    let hosts = hosts.await;
+    assert!(hosts[0]["hypervisor"].as_str().is_some_and(|name| name.contains("QEMU")), "{hosts}");
+
+    // The template: the guest's bootable disk, uploaded through the API.
+    let template = server.create_template("tiny-guest").await;
+    let template_id = template["id"].as_str().expect("template id");
+    let (status, template) =
+        server.post(&format!("/v1/templates/{template_id}/versions"), json!({ "tag": "v1" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{template}");
+    let number = template["versions"][0]["number"].as_u64().expect("version number");
+    let image = std::fs::read(&guest.boot_qcow2).expect("guest image");
+    let (status, body) = server
+        .send_bytes(Method::PUT, &format!("/v1/templates/{template_id}/versions/{number}/image"), image.into())
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+
+    // Create: pulled to the host as a volume, defined, booted.
+    succeeded(
+        &server,
+        Method::POST,
+        "/v1/instances?wait=180",
+        Some(json!({ "template": "tiny-guest", "vcpu": 1, "ram_mb": 256, "disk_gb": 1, "name": "tiny" })),
+    )
+    .await;
+    let listed = server.get("/v1/instances?filter=name=tiny").await;
+    let id = listed["items"][0]["id"].as_str().expect("the instance is listed").to_owned();
+    let instance = server.get(&format!("/v1/instances/{id}")).await;
+    assert_eq!(instance["state"], "running", "{instance}");
+    let mac = instance["mac"].as_str().expect("a MAC").to_owned();
+    let console_log = console_logs.join(format!("hp-{id}.log"));
+    let console = wait_for_text(&console_log, &guest.ready_line, Duration::from_secs(90)).await;
+    assert!(console.contains(&format!("nic eth0 {mac}")), "the guest sees the NIC with the instance's MAC:\n{console}");
+
+    // Snapshot, revert.
+    succeeded(
+        &server,
+        Method::POST,
+        &format!("/v1/instances/{id}/snapshots?wait=120"),
+        Some(json!({ "name": "booted", "description": "after the ready line" })),
+    )
+    .await;
+    let snapshots = server.get(&format!("/v1/instances/{id}/snapshots")).await;
+    assert_eq!(snapshots.as_array().map(|list| list.len()), Some(1), "{snapshots}");
+    assert_eq!(snapshots[0]["name"], "booted", "{snapshots}");
+    succeeded(&server, Method::POST, &format!("/v1/instances/{id}/snapshots/booted/revert?wait=120"), None).await;
+    assert_eq!(server.get(&format!("/v1/instances/{id}")).await["state"], "running");
+
+    // Stop by ACPI: the guest's power-button handler says so before it powers off.
+    succeeded(&server, Method::POST, &format!("/v1/instances/{id}/actions/stop?grace=60&wait=120"), None).await;
+    assert_eq!(server.get(&format!("/v1/instances/{id}")).await["state"], "stopped");
+    wait_for_text(&console_log, "HYPERPLANE-GUEST-POWEROFF", Duration::from_secs(5)).await;
+
+    succeeded(&server, Method::DELETE, &format!("/v1/instances/{id}?wait=120"), None).await;
+    assert_eq!(server.get(&format!("/v1/instances/{id}")).await["state"], "terminated");
+
+    // Nothing of the instance is left: no domain, no volume but the cached template.
+    let domains = names(&virsh_ok(qemu_uri, &["list", "--all", "--name"]));
+    assert!(!domains.iter().any(|name| name.contains(&id)), "domains left: {domains:?}");
+    let volumes = pool.volumes();
+    assert_eq!(volumes.len(), 1, "only the cached template may stay: {volumes:?}");
+    assert!(volumes[0].contains("tiny-guest"), "{volumes:?}");
+}
