@@ -50,12 +50,17 @@ macro_rules! conformance_cases {
 
 /// A fresh, unique instance spec on the fixture's host.
 pub fn spec(fixture: &Fixture) -> InstanceSpec {
+    spec_on(&fixture.host, &fixture.template)
+}
+
+/// A fresh, unique instance spec (1 vCPU, 256 MiB, a random MAC) on `host`.
+pub fn spec_on(host: &str, template: &TemplateRef) -> InstanceSpec {
     let id = Uuid::new_v4().to_string();
     InstanceSpec {
         name: format!("conformance-{}", &id[..8]),
         id,
-        host: fixture.host.clone(),
-        template: fixture.template.clone(),
+        host: host.to_owned(),
+        template: template.clone(),
         vcpu: 1,
         ram_mb: 256,
         disk_gb: 1,

@@ -115,3 +115,71 @@ async fn a_connection_cut_during_a_call_fails_that_call_clearly_and_the_next_cal
     assert!(proxy.connections_accepted() > connections_before, "a fresh connection was opened");
     driver.delete_instance(&spec.id).await.expect("deleted");
 }
+
+/// One provider over two libvirt hosts with different hypervisors behind different endpoints:
+/// the test driver over TCP and QEMU over the unix socket (with a scratch storage pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_provider_spans_several_libvirt_hosts_one_endpoint_each() {
+    hold_test_driver_state();
+    let bed = libvirt_bed::bed();
+    let pool_name = format!("hp-multi-{}", &Uuid::new_v4().to_string()[..8]);
+    let pool_directory = tempfile::tempdir().expect("pool directory");
+    let pool_path = pool_directory.path().to_str().expect("UTF-8 path");
+    libvirt_bed::virsh_ok(&bed.qemu_uri, &["pool-create-as", &pool_name, "dir", "--target", pool_path]);
+    let template = template("multi");
+    place_template_volume(&template);
+
+    let settings = ProviderSettings {
+        name: "conformance-libvirt-multi".into(),
+        component: ComponentSource::File(env!("BUNDLED_DRIVER_LIBVIRT_WASM").into()),
+        config_json: json!({
+            "hosts": [
+                { "name": "test-tcp", "endpoint": "tcp", "uri": "test:///default", "pool": POOL },
+                { "name": "qemu-unix", "endpoint": "unix", "uri": "qemu:///system", "pool": pool_name, "domain_type": "qemu" },
+            ],
+        })
+        .to_string(),
+        call_timeout: Duration::from_secs(30),
+        memory_limit_bytes: 64 << 20,
+        endpoints: BTreeMap::from([
+            ("tcp".to_owned(), EndpointAddress::Tcp(bed.tcp_address.clone())),
+            ("unix".to_owned(), EndpointAddress::Unix(bed.socket_path.clone())),
+        ]),
+        allowed_http_hosts: Vec::new(),
+        max_response_bytes: 4 << 20,
+    };
+    let driver = Driver::load(crate::shared_runtime(), settings, Arc::new(MemoryStateStore::new()))
+        .await
+        .expect("driver-libvirt loads");
+
+    let hosts = driver.list_hosts().await.expect("hosts listed");
+    let hypervisor_of = |id: &str| hosts.iter().find(|host| host.id == id).map(|host| host.hypervisor.clone());
+    let (test_hypervisor, qemu_hypervisor) = (hypervisor_of("test-tcp"), hypervisor_of("qemu-unix"));
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    assert!(qemu_hypervisor.as_deref().is_some_and(|name| name.contains("QEMU")), "{hosts:?}");
+    assert_ne!(test_hypervisor, qemu_hypervisor, "each host reports its own hypervisor");
+
+    // The template reaches the QEMU host through a real upload; the test host has it already.
+    let image = hyperplane::plugins::ByteSource::open_file(&crate::scratch_image(), "the image").await.expect("opens");
+    driver.pull_template("qemu-unix", template.clone(), image).await.expect("uploaded to the QEMU host");
+    let mut specs = Vec::new();
+    for host in ["test-tcp", "qemu-unix"] {
+        let spec = conformance::spec_on(host, &template);
+        driver.create_instance(spec.clone()).await.expect("created");
+        specs.push(spec);
+    }
+    let listed = driver.list_instances().await.expect("listed");
+    for spec in &specs {
+        let on_hosts: Vec<&str> =
+            listed.iter().filter(|instance| instance.id == spec.id).map(|instance| instance.host.as_str()).collect();
+        assert_eq!(on_hosts, [spec.host.as_str()], "each instance is listed once, on its own host");
+        assert_eq!(driver.get_instance(&spec.id).await.expect("found on its host").host, spec.host);
+    }
+    for spec in &specs {
+        driver.delete_instance(&spec.id).await.expect("deleted");
+    }
+    driver.remove_template("qemu-unix", template).await.expect("template removed from the QEMU host");
+    let volumes = libvirt_bed::virsh_ok(&bed.qemu_uri, &["vol-list", &pool_name]);
+    assert!(volumes.trim().is_empty(), "nothing left in the QEMU host's pool: {volumes}");
+    libvirt_bed::virsh_ok(&bed.qemu_uri, &["pool-destroy", &pool_name]);
+}
