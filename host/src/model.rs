@@ -417,6 +417,8 @@ pub struct Instance {
     pub placement: PlacementConstraints,
     pub ip: Option<String>,
     pub mac: Option<String>,
+    /// VLAN tag of the instance's NIC (1-4094); absent: untagged.
+    pub vlan: Option<u16>,
     pub metadata: Labels,
     pub startup_script: Option<String>,
     pub startup_result: Option<ExecOutcome>,

@@ -112,7 +112,9 @@ config = {{ hosts = [{{ name = "hv1", endpoint = "libvirtd", uri = "qemu:///syst
         &server,
         Method::POST,
         "/v1/instances?wait=180",
-        Some(json!({ "template": "tiny-guest", "vcpu": 1, "ram_mb": 256, "disk_gb": 1, "name": "tiny" })),
+        Some(json!({
+            "template": "tiny-guest", "vcpu": 1, "ram_mb": 256, "disk_gb": 1, "name": "tiny", "mac": "52:54:00:4a:b1:e7"
+        })),
     )
     .await;
     let listed = server.get("/v1/instances?filter=name=tiny").await;
@@ -120,6 +122,7 @@ config = {{ hosts = [{{ name = "hv1", endpoint = "libvirtd", uri = "qemu:///syst
     let instance = server.get(&format!("/v1/instances/{id}")).await;
     assert_eq!(instance["state"], "running", "{instance}");
     let mac = instance["mac"].as_str().expect("a MAC").to_owned();
+    assert_eq!(mac, "52:54:00:4a:b1:e7", "the requested MAC");
     let console_log = console_logs.join(format!("hp-{id}.log"));
     let console = wait_for_text(&console_log, &guest.ready_line, Duration::from_secs(90)).await;
     assert!(console.contains(&format!("nic eth0 {mac}")), "the guest sees the NIC with the instance's MAC:\n{console}");

@@ -207,3 +207,39 @@ async fn lists_page_with_cursors_filter_project_fields_and_stream_ndjson() {
     assert_eq!(status, StatusCode::OK, "{renamed}");
     assert_eq!(renamed["name"], "renamed");
 }
+
+#[tokio::test]
+async fn a_requested_mac_and_vlan_reach_the_driver_and_bad_ones_are_refused() {
+    let server = Server::start(&fast_sim_config()).await;
+    server.create_template("net-image").await;
+    let (status, task) = server
+        .post(
+            "/v1/instances?wait=30",
+            json!({ "template": "net-image", "name": "tagged", "mac": "52:54:00:AB:CD:EF", "vlan": 42 }),
+        )
+        .await;
+    assert_eq!((status, task["state"].as_str()), (StatusCode::OK, Some("succeeded")), "{task}");
+    let instance = server.get("/v1/instances?filter=name=tagged").await["items"][0].clone();
+    // The driver reports the MAC it gave the NIC: the requested one, normalized.
+    assert_eq!((instance["mac"].as_str(), instance["vlan"].as_u64()), (Some("52:54:00:ab:cd:ef"), Some(42)));
+
+    for (body, expected) in [
+        (json!({ "template": "net-image", "mac": "52:54:00:ab:cd:ef" }), "already used by instance"),
+        (json!({ "template": "net-image", "mac": "52:54:00:00:00:01", "count": 2 }), "needs count 1"),
+        (json!({ "template": "net-image", "mac": "01:00:5e:00:00:01" }), "unicast"),
+        (json!({ "template": "net-image", "mac": "52:54:00:00:01" }), "six hex bytes"),
+        (json!({ "template": "net-image", "vlan": 4095 }), "vlan must be between 1 and 4094"),
+    ] {
+        let (status, body) = server.post("/v1/instances", body.clone()).await;
+        assert!(status.is_client_error(), "{status} {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{message:?} should say {expected:?}");
+    }
+    // Once the first instance is gone, its MAC is free again.
+    let id = instance["id"].as_str().expect("id");
+    let (status, _) = server.request(Method::DELETE, &format!("/v1/instances/{id}?wait=30"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, task) =
+        server.post("/v1/instances?wait=30", json!({ "template": "net-image", "mac": "52:54:00:ab:cd:ef" })).await;
+    assert_eq!((status, task["state"].as_str()), (StatusCode::OK, Some("succeeded")), "{task}");
+}

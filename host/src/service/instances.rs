@@ -45,6 +45,11 @@ pub struct CreateInstances {
     pub count: Option<u32>,
     /// Place on this host only.
     pub host_id: Option<Uuid>,
+    /// MAC address of the instance's NIC (`52:54:00:12:34:56`, unicast); only with `count` 1.
+    /// Default: chosen by the driver.
+    pub mac: Option<String>,
+    /// VLAN tag of the instance's NIC (1-4094); default untagged.
+    pub vlan: Option<u16>,
     pub metadata: Option<Labels>,
     /// Script run in the instance once it is running (at most 64 KiB).
     pub startup_script: Option<String>,
@@ -76,6 +81,8 @@ impl CreateInstances {
             disk_gb: None,
             count: None,
             host_id: None,
+            mac: None,
+            vlan: None,
             metadata: None,
             startup_script: None,
             priority: None,
@@ -189,6 +196,12 @@ impl Service {
         if let Some(task) = self.replay_idempotent_in(&mut transaction, idempotency_key.as_deref(), &digest).await? {
             return Ok(task);
         }
+        // Under the write lock, so two requests for one MAC cannot both pass.
+        if let Some(mac) = &accepted.mac
+            && let Some(holder) = store::instances::live_with_mac(&mut transaction, mac).await?
+        {
+            return Err(ServiceError::Conflict(format!("mac {mac} is already used by instance {holder}")));
+        }
         let now = store::now();
         let mut instances = Vec::with_capacity(count as usize);
         for index in 0..count {
@@ -271,6 +284,11 @@ impl Service {
             return Err(ServiceError::Invalid("startup_script must be at most 65536 bytes".into()));
         }
         let priority = check_range("priority", request.priority.unwrap_or(DEFAULT_PRIORITY), 1, 10_000)?;
+        let mac = request.mac.as_deref().map(normalize_mac).transpose()?;
+        if mac.is_some() && count > 1 {
+            return Err(ServiceError::Invalid("mac names one NIC: it needs count 1".into()));
+        }
+        let vlan = request.vlan.map(|vlan| check_range("vlan", vlan, 1, 4094)).transpose()?;
         let placement = self.check_placement(request).await?;
         let template = self.resolve_template(&request.template).await?;
         let version = match (request.version, &request.tag) {
@@ -295,7 +313,7 @@ impl Service {
         if let Some(host_id) = request.host_id {
             self.get_host(host_id).await?;
         }
-        Ok(AcceptedRequest { template, version, count, vcpu, ram_mb, disk_gb, priority, placement })
+        Ok(AcceptedRequest { template, version, count, vcpu, ram_mb, disk_gb, priority, placement, mac, vlan })
     }
 
     /// Validates where the request may go; names the field at fault.
@@ -568,6 +586,9 @@ pub(super) struct AcceptedRequest {
     disk_gb: u64,
     priority: u32,
     placement: PlacementConstraints,
+    /// Normalized to lowercase.
+    mac: Option<String>,
+    vlan: Option<u16>,
 }
 
 impl AcceptedRequest {
@@ -590,7 +611,8 @@ impl AcceptedRequest {
             priority: self.priority,
             placement: self.placement.clone(),
             ip: None,
-            mac: None,
+            mac: self.mac.clone(),
+            vlan: self.vlan,
             metadata: request.metadata.clone().unwrap_or_default(),
             startup_script: request.startup_script.clone(),
             startup_result: None,
@@ -600,6 +622,25 @@ impl AcceptedRequest {
             updated_at: now,
         }
     }
+}
+
+/// `xx:xx:xx:xx:xx:xx` (hex, `:` or `-`), unicast and not all zero, in lowercase with `:`.
+fn normalize_mac(mac: &str) -> ServiceResult<String> {
+    let invalid = || ServiceError::Invalid(format!("mac '{mac}' must be six hex bytes like 52:54:00:12:34:56"));
+    let octets: Vec<u8> = mac
+        .split([':', '-'])
+        .map(|octet| if octet.len() == 2 { u8::from_str_radix(octet, 16).ok() } else { None })
+        .collect::<Option<_>>()
+        .ok_or_else(invalid)?;
+    if octets.len() != 6 {
+        return Err(invalid());
+    }
+    if octets[0] & 1 == 1 || octets.iter().all(|octet| *octet == 0) {
+        return Err(ServiceError::Invalid(format!(
+            "mac '{mac}' must be a unicast address other than 00:00:00:00:00:00"
+        )));
+    }
+    Ok(octets.iter().map(|octet| format!("{octet:02x}")).collect::<Vec<_>>().join(":"))
 }
 
 fn check_replay(found: Option<(Task, Option<String>)>, digest: &str) -> ServiceResult<Option<Task>> {

@@ -225,7 +225,7 @@ impl Service {
             ram_mb: instance.ram_mb,
             disk_gb: instance.disk_gb,
             mac: instance.mac.clone(),
-            vlan: None,
+            vlan: instance.vlan,
             metadata: instance
                 .metadata
                 .iter()

@@ -285,6 +285,7 @@ impl Service {
             placement: Default::default(),
             ip: report.ip.clone(),
             mac: report.mac.clone(),
+            vlan: None,
             metadata: Default::default(),
             startup_script: None,
             startup_result: None,

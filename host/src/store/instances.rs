@@ -47,6 +47,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Instance> {
         placement: parse_json(row.try_get("placement")?)?,
         ip: row.try_get("ip")?,
         mac: row.try_get("mac")?,
+        vlan: row.try_get("vlan")?,
         metadata: parse_json(row.try_get("metadata")?)?,
         startup_script: row.try_get("startup_script")?,
         startup_result: row.try_get::<Option<String>, _>("startup_result")?.as_deref().map(parse_json).transpose()?,
@@ -105,8 +106,8 @@ fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &
 pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO instances (id, name, external_id, state, template_id, template_version, provider, host_id, \
-            requested_host_id, provider_id, vcpu, ram_mb, disk_gb, priority, placement, ip, mac, metadata, startup_script, startup_result, error, origin, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            requested_host_id, provider_id, vcpu, ram_mb, disk_gb, priority, placement, ip, mac, vlan, metadata, startup_script, startup_result, error, origin, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(instance.id.to_string())
     .bind(&instance.name)
@@ -125,6 +126,7 @@ pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> S
     .bind(to_json(&instance.placement))
     .bind(&instance.ip)
     .bind(&instance.mac)
+    .bind(instance.vlan)
     .bind(to_json(&instance.metadata))
     .bind(&instance.startup_script)
     .bind(instance.startup_result.as_ref().map(to_json))
@@ -135,6 +137,16 @@ pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> S
     .execute(connection)
     .await?;
     Ok(())
+}
+
+/// The live (not terminated) instance that has `mac`, if any.
+pub async fn live_with_mac(connection: &mut SqliteConnection, mac: &str) -> StoreResult<Option<Uuid>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM instances WHERE mac = ? AND state != 'terminated' LIMIT 1")
+            .bind(mac)
+            .fetch_optional(connection)
+            .await?;
+    row.map(|(id,)| parse_uuid(&id)).transpose()
 }
 
 /// Writes every mutable column of the instance.
