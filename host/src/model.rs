@@ -159,6 +159,7 @@ string_enum!(
         SnapshotCreate => "instance.snapshot_create",
         SnapshotRevert => "instance.snapshot_revert",
         SnapshotDelete => "instance.snapshot_delete",
+        TemplateRemoveFromHost => "template.remove_from_host",
         Batch => "batch",
     }
 );
@@ -449,7 +450,8 @@ pub struct Task {
     pub id: Uuid,
     pub kind: TaskKind,
     pub state: TaskState,
-    /// The instance this task works on, if any.
+    /// The object this task works on, if any: the instance (the host for
+    /// `template.remove_from_host`).
     pub object_id: Option<Uuid>,
     pub parent_id: Option<Uuid>,
     pub progress: f32,

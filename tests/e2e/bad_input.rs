@@ -166,6 +166,7 @@ async fn every_route_but_health_needs_the_token() {
         "/v1/hosts/{id}",
         "/v1/templates/{id}/versions",
         "/v1/templates/{id}/versions/{number}/image",
+        "/v1/templates/{id}/hosts/{host_id}",
         "/v1/instances/{id}/snapshots",
         "/v1/instances/{id}/snapshots/{name}",
         "/v1/instances/{id}/snapshots/{name}/revert",

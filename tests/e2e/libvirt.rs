@@ -1,6 +1,7 @@
 //! A real guest on a real libvirtd (QEMU, software emulation), driven only through the API:
 //! template upload, create, boot to the guest's ready line, snapshot and revert, ACPI stop,
-//! delete — and nothing of it left in libvirtd afterwards.
+//! delete, removal of the cached template from the host — and nothing of it left in libvirtd
+//! afterwards.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -149,10 +150,17 @@ config = {{ hosts = [{{ name = "hv1", endpoint = "libvirtd", uri = "qemu:///syst
     succeeded(&server, Method::DELETE, &format!("/v1/instances/{id}?wait=120"), None).await;
     assert_eq!(server.get(&format!("/v1/instances/{id}")).await["state"], "terminated");
 
-    // Nothing of the instance is left: no domain, no volume but the cached template.
+    // Nothing of the instance is left: no domain.
     let domains = names(&virsh_ok(qemu_uri, &["list", "--all", "--name"]));
     assert!(!domains.iter().any(|name| name.contains(&id)), "domains left: {domains:?}");
+
+    // The cached template is removed from the host through the API: then no volume is left.
+    let host_id = hosts[0]["id"].as_str().expect("host id");
+    let cached = server.get(&format!("/v1/hosts/{host_id}")).await;
+    assert!(cached["cached_templates"].to_string().contains("tiny-guest"), "{cached}");
+    succeeded(&server, Method::DELETE, &format!("/v1/templates/{template_id}/hosts/{host_id}?wait=60"), None).await;
+    let host = server.get(&format!("/v1/hosts/{host_id}")).await;
+    assert!(!host["cached_templates"].to_string().contains("tiny-guest"), "{host}");
     let volumes = pool.volumes();
-    assert_eq!(volumes.len(), 1, "only the cached template may stay: {volumes:?}");
-    assert!(volumes[0].contains("tiny-guest"), "{volumes:?}");
+    assert!(volumes.is_empty(), "volumes left: {volumes:?}");
 }

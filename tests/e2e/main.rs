@@ -6,6 +6,7 @@ mod cli;
 mod events;
 mod fleet;
 mod harness;
+mod host_templates;
 mod hostile;
 mod instance_operations;
 mod libvirt;

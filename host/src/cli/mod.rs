@@ -150,6 +150,19 @@ enum TemplateCommand {
         description: String,
     },
     List,
+    /// Remove a template from a host's cache (every cached version, or `--version`).
+    RmFromHost {
+        /// Template name or id.
+        template: String,
+        /// Host id, name or `provider/name`.
+        host: String,
+        /// Only this version.
+        #[arg(long)]
+        version: Option<u32>,
+        /// Wait until the template is removed (or the removal fails).
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +261,15 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
             let templates = client.get("/v1/templates").await?;
             output::print(&templates, json_output, output::templates_table);
             Ok(())
+        }
+        Command::Template(TemplateCommand::RmFromHost { template, host, version, wait }) => {
+            let host_id = client.resolve_host(&host).await?;
+            let mut path = format!("/v1/templates/{}/hosts/{host_id}", client::encode_query_value(&template));
+            if let Some(version) = version {
+                path.push_str(&format!("?version={version}"));
+            }
+            let task = client.delete(&path).await?;
+            after_task(client, task, wait, json_output).await
         }
         Command::Task(TaskCommand::Get { id }) => {
             let task = client.get(&format!("/v1/tasks/{id}")).await?;

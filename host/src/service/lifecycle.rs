@@ -29,9 +29,10 @@ pub(super) struct LifecycleHandler {
 
 impl TaskHandler for LifecycleHandler {
     async fn run(&self, task: Task, context: TaskContext) -> TaskOutcome {
-        let Some(instance_id) = task.object_id else {
-            return TaskOutcome::Failed(failure("invalid_task", "task has no instance"));
+        let Some(object_id) = task.object_id else {
+            return TaskOutcome::Failed(failure("invalid_task", "task has no object"));
         };
+        let instance_id = object_id;
         let sink_context = context.clone();
         let sink: progress::ProgressSink =
             Arc::new(move |fraction: f32, message: &str| sink_context.report_progress(fraction, message));
@@ -47,6 +48,7 @@ impl TaskHandler for LifecycleHandler {
                 TaskKind::SnapshotRevert => self.service.run_revert_snapshot(instance_id, &task).await,
                 TaskKind::SnapshotDelete => self.service.run_delete_snapshot(instance_id, &task).await,
                 TaskKind::InstanceDelete => self.service.run_delete(instance_id, task.id).await,
+                TaskKind::TemplateRemoveFromHost => self.service.run_remove_template_from_host(object_id, &task).await,
                 TaskKind::Batch => Err(Step::Failed(failure("invalid_task", "batches do not run"))),
             }
         };

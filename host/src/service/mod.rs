@@ -3,6 +3,7 @@
 //! creates tasks and runs them through the drivers.
 
 mod groups;
+mod host_templates;
 mod hosts;
 mod instance_operations;
 mod instances;

@@ -5,12 +5,15 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use serde::Deserialize;
 
+use super::instances::respond_after_wait;
+use super::parse_wait;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
-use crate::api::extract::JsonBody;
+use crate::api::extract::{JsonBody, QueryParams};
 use crate::auth::Principal;
-use crate::model::Template;
+use crate::model::{Task, Template};
 use crate::service::{NewTemplate, NewTemplateVersion};
 
 #[utoipa::path(post, path = "/v1/templates", tag = "templates", request_body = NewTemplate,
@@ -93,4 +96,33 @@ pub(super) async fn download_template_image(
         (header::HeaderName::from_static("x-disk-format"), image.format.to_string()),
     ];
     Ok((headers, Body::from_stream(image.chunks)).into_response())
+}
+
+/// `DELETE /v1/templates/{id}/hosts/{host_id}` parameters.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RemoveFromHostParams {
+    /// Remove only this version (default: every version of the template cached on the host).
+    version: Option<u32>,
+    /// Seconds to wait for the task to end before answering (at most 3600).
+    wait: Option<f64>,
+}
+
+/// Removes the template (id or name) from the cache of the host (id, name or `provider/name`)
+/// through the host's driver: every cached version, or `?version=`. Answers the task
+/// (`template.remove_from_host`). `404` when the template or host is unknown or the template is
+/// not cached there; `409` while an instance on that host uses it.
+#[utoipa::path(delete, path = "/v1/templates/{id}/hosts/{host_id}", tag = "templates",
+    params(RemoveFromHostParams),
+    responses((status = 202, body = Task), (status = 200, body = Task), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn remove_template_from_host(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, host_id)): Path<(String, String)>,
+    QueryParams(params): QueryParams<RemoveFromHostParams>,
+) -> ApiResult<Response> {
+    let wait = parse_wait(params.wait)?;
+    let task = state.service.remove_template_from_host(&id, &host_id, params.version, &principal.name).await?;
+    respond_after_wait(&state, task, wait).await
 }

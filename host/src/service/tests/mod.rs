@@ -1,7 +1,8 @@
 //! Service tests: the real service over a temporary SQLite database and the real driver-sim
 //! component, without HTTP. Reconciliation, cancellation, failures and host settings here;
-//! template images and instance operations in their own modules.
+//! template images, instance operations and templates cached on hosts in their own modules.
 
+mod host_templates;
 mod instance_operations;
 mod template_images;
 
