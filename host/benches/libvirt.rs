@@ -7,7 +7,8 @@
 //! template found cached, overlay volume, define, start), then `DELETE /v1/instances/{id}?wait`
 //! (destroy, undefine, overlay removed), with up to `IN_FLIGHT` lifecycles at a time (the test
 //! driver's 100 GiB pool holds 100 one-GiB overlays). libvirt-python runs its lifecycles one
-//! after the other on one connection, without storage.
+//! after the other on one connection: once as the issue defines them (no storage), once with
+//! the overlay volume Hyperplane's driver creates and deletes for each instance.
 //!
 //! `tests/libvirt/setup.sh` (run from here) installs and starts libvirtd.
 
@@ -58,13 +59,16 @@ async fn main() -> anyhow::Result<()> {
 
     for round in 1..=ROUNDS {
         let ours = hyperplane_lifecycles(&http, &base).await?;
-        let python = python_lifecycles(&bed.python, &bed.test_uri)?;
+        let python = python_lifecycles(&bed.python, &bed.test_uri, &[])?;
+        let python_with_disk = python_lifecycles(&bed.python, &bed.test_uri, &[TEST_DRIVER_POOL, template_volume])?;
         println!(
             "round {round}: {LIFECYCLES} lifecycles (define, start, destroy, undefine), test driver over TCP: \
-             Hyperplane API {ours:.3} s ({:.0}/s), libvirt-python {python:.3} s ({:.0}/s), ratio {:.2}",
+             Hyperplane API {ours:.3} s ({:.0}/s); libvirt-python {python:.3} s ({:.0}/s), ratio {:.2}; \
+             libvirt-python with the same overlay disk {python_with_disk:.3} s, ratio {:.2}",
             LIFECYCLES as f64 / ours,
             LIFECYCLES as f64 / python,
-            ours / python
+            ours / python,
+            ours / python_with_disk,
         );
     }
     server.shutdown().await;
@@ -133,10 +137,11 @@ async fn hyperplane_lifecycles(http: &reqwest::Client, base: &str) -> anyhow::Re
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// `tests/libvirt/lifecycle-python.py`: the same lifecycles through libvirt-python.
-fn python_lifecycles(python: &std::path::Path, uri: &str) -> anyhow::Result<f64> {
+/// `tests/libvirt/lifecycle-python.py`: the same lifecycles through libvirt-python; with
+/// `[pool, backing volume]` also the overlay volume Hyperplane's driver gives each instance.
+fn python_lifecycles(python: &std::path::Path, uri: &str, disk: &[&str]) -> anyhow::Result<f64> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/libvirt/lifecycle-python.py");
-    let output = Command::new(python).arg(script).arg(uri).arg(LIFECYCLES.to_string()).output()?;
+    let output = Command::new(python).arg(script).arg(uri).arg(LIFECYCLES.to_string()).args(disk).output()?;
     anyhow::ensure!(output.status.success(), "libvirt-python failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout)
         .lines()

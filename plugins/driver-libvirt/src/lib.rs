@@ -33,8 +33,9 @@
 //!   when this instance has seen it; IP comes from `get-instance`). `unavailable` if any host
 //!   cannot be listed, since a partial list would read as instances gone.
 //! - `create-instance`: template volume present (else `conflict`), no such domain (else
-//!   `conflict`), overlay volume, `domain_define_xml_flags(validate)`; a failed define removes
-//!   the overlay; an overlay left by an interrupted create is replaced.
+//!   `conflict`), overlay volume, `domain_define_xml_flags` (without schema validation, which
+//!   costs ~15 ms; the tests validate our XML); a failed define removes the overlay; an overlay
+//!   left by an interrupted create is replaced.
 //! - `start` (`domain_create`, idempotent), `stop` (`force` or `grace-ms` 0: destroy; else the
 //!   ACPI power button, state polled with backoff up to `grace-ms`, then destroy; a suspended
 //!   instance is destroyed at once), `restart` (`force`: destroy + create; else reboot;
