@@ -35,8 +35,11 @@ use super::telemetry;
 use super::transfer::ByteSource;
 use super::version::check_driver_exports;
 
-/// Most idle instances kept per provider; more are dropped when their call ends.
-pub const MAX_IDLE_INSTANCES_PER_PROVIDER: usize = 8;
+/// Most idle instances kept per provider; more are dropped when their call ends. As many as may
+/// run at once: a smaller pool churns under load (every surplus instance is instantiated, runs
+/// `init` and, for libvirt, opens and closes a connection), which doubled the latency of
+/// libvirt calls at 50 concurrent lifecycles (`cargo bench --bench libvirt`).
+pub const MAX_IDLE_INSTANCES_PER_PROVIDER: usize = MAX_CONCURRENT_CALLS_PER_PROVIDER;
 /// Most calls one provider runs at once; further calls wait (within their deadline).
 pub const MAX_CONCURRENT_CALLS_PER_PROVIDER: usize = 64;
 

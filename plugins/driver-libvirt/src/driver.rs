@@ -5,7 +5,7 @@
 //!
 //! # Connections
 //! One open [`Client`] per libvirt host, kept for the life of this driver value (in the
-//! component: of the component instance; the host pools at most 8 idle and 64 busy instances,
+//! component: of the component instance; the host pools at most 64 instances, busy or idle,
 //! which bounds the connections per libvirtd). A connection that fails at the transport or
 //! protocol level is dropped, and the next call opens a fresh one (new handshake). Calls are
 //! never retried after libvirtd may have acted on them: only when the cached connection turns
