@@ -28,6 +28,18 @@ async fn client_commands_drive_the_server_with_tables_and_json() {
     let task = succeed(&server, &["instance", "create", "--template", "cli-image", "--count", "2", "--wait", "--json"]);
     let task: Value = serde_json::from_str(&task).expect("json");
     assert_eq!(task[0]["state"], "succeeded", "{task}");
+    let created = &["instance", "create", "--template", "cli-image", "--name", "tagged", "--disk-gb", "5"];
+    let tagged =
+        succeed(&server, &[&created[..], &["--mac", "52:54:00:0c:11:01", "--vlan", "7", "--wait", "--json"]].concat());
+    let tagged: Value = serde_json::from_str(&tagged).expect("json");
+    let tagged_id = tagged[0]["object_id"].as_str().expect("the instance").to_owned();
+    let shown: Value =
+        serde_json::from_str(&succeed(&server, &["instance", "get", &tagged_id, "--json"])).expect("json");
+    assert_eq!(
+        (shown[0]["mac"].as_str(), shown[0]["vlan"].as_u64(), shown[0]["disk_gb"].as_u64()),
+        (Some("52:54:00:0c:11:01"), Some(7), Some(5))
+    );
+    succeed(&server, &["instance", "delete", &tagged_id, "--wait"]);
 
     let listed: Value = serde_json::from_str(&succeed(&server, &["instance", "list", "--json"])).expect("json");
     let listed = listed.as_array().expect("array");
@@ -40,6 +52,23 @@ async fn client_commands_drive_the_server_with_tables_and_json() {
     assert!(suspended.contains("succeeded"), "{suspended}");
     let resumed = succeed(&server, &["instance", "resume", id, "--wait"]);
     assert!(resumed.contains("succeeded"), "{resumed}");
+    let snapshot =
+        succeed(&server, &["instance", "snapshot", "create", id, "before", "--description", "clean", "--wait"]);
+    assert!(snapshot.contains("succeeded"), "{snapshot}");
+    let snapshots = succeed(&server, &["instance", "snapshot", "list", id]);
+    assert!(
+        snapshots.contains("before") && snapshots.contains("clean") && snapshots.contains("CURRENT"),
+        "{snapshots}"
+    );
+    let reverted = succeed(&server, &["instance", "snapshot", "revert", id, "before", "--wait"]);
+    assert!(reverted.contains("succeeded"), "{reverted}");
+    let removed = succeed(&server, &["instance", "snapshot", "delete", id, "before", "--wait"]);
+    assert!(removed.contains("succeeded"), "{removed}");
+    let snapshots: Value =
+        serde_json::from_str(&succeed(&server, &["instance", "snapshot", "list", id, "--json"])).expect("json");
+    assert_eq!(snapshots, serde_json::json!([]));
+    let console = succeed(&server, &["instance", "console", id]);
+    assert!(console.contains("vnc") && console.contains("PORT"), "{console}");
     let stopped = succeed(&server, &["instance", "stop", id, "--grace", "5", "--wait"]);
     assert!(stopped.contains("succeeded"), "{stopped}");
     let shown: Value = serde_json::from_str(&succeed(&server, &["instance", "get", id, "--json"])).expect("json");

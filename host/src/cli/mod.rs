@@ -88,11 +88,19 @@ enum InstanceCommand {
         #[arg(long)]
         ram_mb: Option<u64>,
         #[arg(long)]
+        disk_gb: Option<u64>,
+        #[arg(long)]
         count: Option<u32>,
         #[arg(long)]
         host: Option<String>,
         #[arg(long)]
         external_id: Option<String>,
+        /// MAC address of the NIC (only with a count of 1).
+        #[arg(long)]
+        mac: Option<String>,
+        /// VLAN tag of the NIC (1-4094).
+        #[arg(long)]
+        vlan: Option<u16>,
         /// Wait until the instances run (or fail).
         #[arg(long)]
         wait: bool,
@@ -117,6 +125,41 @@ enum InstanceCommand {
     Resume(ActionArgs),
     Delete {
         id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Where the instance's console answers (VNC host and port).
+    Console {
+        id: String,
+    },
+    /// Snapshots of an instance.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// The instance's snapshots, oldest first.
+    List { id: String },
+    /// Snapshot the instance (disks, and memory when it runs).
+    Create {
+        id: String,
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Return the instance to a snapshot, in the state the snapshot holds.
+    Revert {
+        id: String,
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    Delete {
+        id: String,
+        name: String,
         #[arg(long)]
         wait: bool,
     },
@@ -301,7 +344,20 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
 
 async fn instance_command(client: &Client, command: InstanceCommand, json_output: bool) -> anyhow::Result<()> {
     match command {
-        InstanceCommand::Create { template, tag, name, vcpu, ram_mb, count, host, external_id, wait } => {
+        InstanceCommand::Create {
+            template,
+            tag,
+            name,
+            vcpu,
+            ram_mb,
+            disk_gb,
+            count,
+            host,
+            external_id,
+            mac,
+            vlan,
+            wait,
+        } => {
             let host_id = match host {
                 Some(host) => Some(client.resolve_host(&host).await?),
                 None => None,
@@ -312,9 +368,12 @@ async fn instance_command(client: &Client, command: InstanceCommand, json_output
                 ("name", name.map(Value::from)),
                 ("vcpu", vcpu.map(Value::from)),
                 ("ram_mb", ram_mb.map(Value::from)),
+                ("disk_gb", disk_gb.map(Value::from)),
                 ("count", count.map(Value::from)),
                 ("host_id", host_id.map(Value::from)),
                 ("external_id", external_id.map(Value::from)),
+                ("mac", mac.map(Value::from)),
+                ("vlan", vlan.map(Value::from)),
             ] {
                 if let Some(value) = value {
                     body[key] = value;
@@ -346,7 +405,36 @@ async fn instance_command(client: &Client, command: InstanceCommand, json_output
             let task = client.delete(&format!("/v1/instances/{id}")).await?;
             after_task(client, task, wait, json_output).await
         }
+        InstanceCommand::Console { id } => {
+            let console = client.get(&format!("/v1/instances/{id}/console")).await?;
+            output::print(&Value::Array(vec![console]), json_output, output::consoles_table);
+            Ok(())
+        }
+        InstanceCommand::Snapshot(command) => snapshot_command(client, command, json_output).await,
     }
+}
+
+async fn snapshot_command(client: &Client, command: SnapshotCommand, json_output: bool) -> anyhow::Result<()> {
+    let (task, wait) = match command {
+        SnapshotCommand::List { id } => {
+            let snapshots = client.get(&format!("/v1/instances/{id}/snapshots")).await?;
+            output::print(&snapshots, json_output, output::snapshots_table);
+            return Ok(());
+        }
+        SnapshotCommand::Create { id, name, description, wait } => {
+            let body = json!({ "name": name, "description": description });
+            (client.post(&format!("/v1/instances/{id}/snapshots"), &body).await?, wait)
+        }
+        SnapshotCommand::Revert { id, name, wait } => {
+            let path = format!("/v1/instances/{id}/snapshots/{}/revert", client::encode_query_value(&name));
+            (client.post(&path, &json!({})).await?, wait)
+        }
+        SnapshotCommand::Delete { id, name, wait } => {
+            let path = format!("/v1/instances/{id}/snapshots/{}", client::encode_query_value(&name));
+            (client.delete(&path).await?, wait)
+        }
+    };
+    after_task(client, task, wait, json_output).await
 }
 
 async fn action(client: &Client, action: &str, args: ActionArgs, json_output: bool) -> anyhow::Result<()> {

@@ -37,6 +37,22 @@ pub fn instances_table(instances: &[Value]) -> Table {
     table
 }
 
+pub fn snapshots_table(snapshots: &[Value]) -> Table {
+    let mut table = new_table(&["NAME", "STATE", "CURRENT", "CREATED", "DESCRIPTION"]);
+    for snapshot in snapshots {
+        table.add_row(["name", "state", "current", "created_at", "description"].map(|field| text(&snapshot[field])));
+    }
+    table
+}
+
+pub fn consoles_table(consoles: &[Value]) -> Table {
+    let mut table = new_table(&["PROTOCOL", "HOST", "PORT"]);
+    for console in consoles {
+        table.add_row(["protocol", "host", "port"].map(|field| text(&console[field])));
+    }
+    table
+}
+
 pub fn hosts_table(hosts: &[Value]) -> Table {
     let mut table = new_table(&["ID", "PROVIDER", "NAME", "STATE", "ARCH", "INSTANCES", "VCPU", "RAM MB"]);
     for host in hosts {
