@@ -75,13 +75,14 @@ pub struct Client<Transport> {
     transport: Transport,
     last_serial: u32,
     replies_received: u64,
+    calls_sent: u64,
 }
 
 impl<Transport: Read + Write> Client<Transport> {
     /// Performs the handshake on a fresh transport: `auth_list` (only `none` is supported), then
     /// `connect_open(uri)`.
     pub fn connect(transport: Transport, uri: &str) -> Result<Client<Transport>, ClientError> {
-        let mut client = Client { transport, last_serial: 0, replies_received: 0 };
+        let mut client = Client { transport, last_serial: 0, replies_received: 0, calls_sent: 0 };
         let AuthTypes(offered) = client.call(Procedure::AuthList, &())?;
         if !offered.is_empty() && !offered.contains(&AUTH_NONE) {
             return Err(ClientError::AuthenticationUnsupported { offered });
@@ -105,6 +106,11 @@ impl<Transport: Read + Write> Client<Transport> {
     /// failure to tell whether the connection had been working during its operation.
     pub fn replies_received(&self) -> u64 {
         self.replies_received
+    }
+
+    /// How many calls (round trips, the handshake's included) this connection has sent.
+    pub fn calls_sent(&self) -> u64 {
+        self.calls_sent
     }
 
     /// Calls a procedure that opens an upload stream (`storage_vol_upload`), then sends
@@ -192,6 +198,7 @@ impl<Transport: Read + Write> Client<Transport> {
 
     fn send_call(&mut self, procedure: Procedure, arguments: &impl XdrEncode) -> Result<u32, ClientError> {
         let serial = self.next_serial();
+        self.calls_sent += 1;
         self.send_packet(procedure, MessageType::Call, serial, MessageStatus::Ok, |encoder| arguments.encode(encoder))
             .map_err(|source| ClientError::Transport { procedure, reply_started: false, source })?;
         Ok(serial)
@@ -406,6 +413,7 @@ mod tests {
             transport: ScriptedTransport { server_bytes: Cursor::new(server_bytes), written: Vec::new() },
             last_serial: 0,
             replies_received: 0,
+            calls_sent: 0,
         }
     }
 

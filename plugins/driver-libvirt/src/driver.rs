@@ -11,14 +11,14 @@
 //! never retried after libvirtd may have acted on them: only when the cached connection turns
 //! out to be closed before any reply byte of the operation's first call arrived, and that call
 //! is read-only (lookups, lists, info), is the operation run once more on a fresh connection.
-//! Per-connection facts (capabilities, versions, the pool handle) are cached on the connection,
-//! so a daemon restart refreshes them.
+//! Per-connection facts (capabilities, versions, the pool handle, undefine flags the daemon
+//! refuses) are cached on the connection, so a daemon restart refreshes them.
 //!
 //! # Records in the provider's state store
 //! `instance/<id>` → the host name (only consulted with several hosts); `template/<host>/<name>/<version>`
 //! → the template's tag and size, which libvirt volumes cannot carry.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::{Client, ClientError};
 use crate::config::{DomainTypeChoice, HostSettings, NetworkAttachment, Settings};
 use crate::domain_xml::{self, DomainDefinition, HostCapabilities, TemplateMetadata};
-use crate::protocol::{Domain, DomainSnapshot, DomainState, StoragePool, error_code, flags};
+use crate::protocol::{Domain, DomainSnapshot, DomainState, StoragePool, StorageVolume, error_code, flags};
 
 /// Prefix of every domain (and overlay volume) the driver owns: `hp-<instance id>`.
 pub const DOMAIN_NAME_PREFIX: &str = "hp-";
@@ -86,6 +86,8 @@ struct Session<Stream> {
     capabilities: Option<HostCapabilities>,
     hypervisor: Option<String>,
     pool: Option<StoragePool>,
+    /// The daemon refused undefine's NVRAM and checkpoint flags (`INVALID_ARG`).
+    refuses_full_undefine: bool,
 }
 
 impl<Stream: Read + Write> Session<Stream> {
@@ -219,6 +221,8 @@ pub struct LibvirtDriver<C: Connector, Store: KeyValueStore> {
     macs: RefCell<HashMap<String, Option<String>>>,
     /// Host of each instance seen so far.
     instance_hosts: RefCell<HashMap<String, String>>,
+    /// libvirt calls made by operations (handshakes not counted), for measurements.
+    calls: Cell<u64>,
 }
 
 pub fn capabilities() -> Capabilities {
@@ -251,6 +255,14 @@ fn validate_mac(mac: &str) -> Result<(), Error> {
     } else {
         Err(Error::Invalid(format!("mac `{mac}` is not a unicast address like 52:54:00:12:34:56")))
     }
+}
+
+/// The handle of volume `name` in `pool`, built without a round trip: libvirtd resolves volume
+/// handles by pool and volume name (the storage driver's and the test driver's volume calls
+/// find the volume by `vol->pool` and `vol->name`; `key` is not consulted), and a missing
+/// volume fails the actual call with `NO_STORAGE_VOL`.
+fn volume_handle(pool: &StoragePool, name: String) -> StorageVolume {
+    StorageVolume { pool: pool.name.clone(), name, key: String::new() }
 }
 
 pub fn domain_name(instance_id: &str) -> String {
@@ -326,7 +338,26 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             sessions: RefCell::new(HashMap::new()),
             macs: RefCell::new(HashMap::new()),
             instance_hosts: RefCell::new(HashMap::new()),
+            calls: Cell::new(0),
         }
+    }
+
+    /// libvirt calls (round trips) made by operations so far, handshakes not counted: tests
+    /// measure the calls per operation with it.
+    pub fn libvirt_calls(&self) -> u64 {
+        self.calls.get()
+    }
+
+    /// Runs `operation` on `session`, counting its calls.
+    fn counted<R>(
+        &self,
+        session: &mut Session<C::Stream>,
+        operation: &mut impl FnMut(&mut Session<C::Stream>) -> Outcome<R>,
+    ) -> Outcome<R> {
+        let before = session.client.calls_sent();
+        let result = operation(session);
+        self.calls.set(self.calls.get() + (session.client.calls_sent() - before));
+        result
     }
 
     pub fn settings(&self) -> &Settings {
@@ -340,7 +371,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
     fn open_session(&self, host: &HostSettings) -> Result<Session<C::Stream>, Error> {
         let stream = self.connector.open(&host.endpoint)?;
         let client = Client::connect(stream, &host.uri).map_err(|error| map_client_error(host, error))?;
-        Ok(Session { client, capabilities: None, hypervisor: None, pool: None })
+        Ok(Session { client, capabilities: None, hypervisor: None, pool: None, refuses_full_undefine: false })
     }
 
     /// Runs `operation` on the host's session (opening one if needed); see the module doc for
@@ -357,7 +388,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             None => self.open_session(host)?,
         };
         let replies_before = session.client.replies_received();
-        let result = operation(&mut session);
+        let result = self.counted(&mut session, &mut operation);
         let result = match result {
             Err(Failure::Call(error))
                 if reused
@@ -370,7 +401,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                     &[("host", &host.name), ("error", &error.to_string())],
                 );
                 session = self.open_session(host)?;
-                operation(&mut session)
+                self.counted(&mut session, &mut operation)
             }
             other => other,
         };
@@ -567,9 +598,13 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         let uuid = uuid_bytes(&spec.id);
         let instance = self.with_session(host, |session| {
             let pool = session.pool(&host.pool)?;
-            let template_volume_name = template_volume_name(&spec.template.name, spec.template.version);
-            let template_volume = match session.client.storage_vol_lookup_by_name(&pool, &template_volume_name) {
-                Ok(volume) => volume,
+            // One call checks that the template is cached and gives its path: volume handles
+            // are resolved by pool and name (the key is not consulted), so it is built, not
+            // looked up.
+            let template_volume =
+                volume_handle(&pool, template_volume_name(&spec.template.name, spec.template.version));
+            let backing_path = match session.client.storage_vol_get_path(&template_volume) {
+                Ok(path) => path,
                 Err(error) if error.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => {
                     return Err(Error::Conflict(format!(
                         "template `{}` v{} is not cached on host `{}`; pull it first",
@@ -594,7 +629,6 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => {}
                 Err(error) => return Err(error.into()),
             }
-            let backing_path = session.client.storage_vol_get_path(&template_volume)?;
             let host_facts = session.capabilities()?.clone();
             let domain_type = match &host.domain_type {
                 DomainTypeChoice::Fixed(fixed) => fixed.clone(),
@@ -642,11 +676,13 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 // over from an interrupted create of this same instance: replace it. (Drivers
                 // word "exists" with different codes, so the lookup decides.)
                 Err(error) if !error.breaks_connection() => {
-                    let Ok(orphan) = session.client.storage_vol_lookup_by_name(&pool, &overlay_volume_name(&spec.id))
-                    else {
-                        return Err(error.into());
-                    };
-                    session.client.storage_vol_delete(&orphan)?;
+                    match session.client.storage_vol_delete(&volume_handle(&pool, overlay_volume_name(&spec.id))) {
+                        Ok(()) => {}
+                        Err(missing) if missing.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => {
+                            return Err(error.into());
+                        }
+                        Err(other) => return Err(other.into()),
+                    }
                     session.client.storage_vol_create_xml(&pool, &overlay_xml, 0)?
                 }
                 Err(error) => return Err(error.into()),
@@ -813,16 +849,15 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         let host = self.host_of_instance(instance_id)?;
         self.with_session(host, |session| {
             let domain = Self::domain_handle(session, instance_id)?;
+            let pool = session.pool(&host.pool)?;
+            let overlay = volume_handle(&pool, overlay_volume_name(instance_id));
+            // The state first: a read-only first call keeps the operation repeatable on a
+            // fresh connection when the cached one turns out dead (see `with_session`).
             let state = match session.client.domain_get_state(&domain) {
                 Ok(state) => state,
                 Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => {
                     // An overlay left by an interrupted create is still ours to remove.
-                    let pool = session.pool(&host.pool)?;
-                    if let Ok(orphan) =
-                        session.client.storage_vol_lookup_by_name(&pool, &overlay_volume_name(instance_id))
-                    {
-                        session.client.storage_vol_delete(&orphan)?;
-                    }
+                    Self::delete_volume_if_present(session, &overlay)?;
                     return Err(error.into());
                 }
                 Err(error) => return Err(error.into()),
@@ -834,41 +869,57 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                     Err(error) => return Err(error.into()),
                 }
             }
-            let facts =
-                domain_xml::domain_facts(&session.client.domain_get_xml_desc(&domain, flags::DOMAIN_XML_INACTIVE)?)?;
-            let all_flags = flags::DOMAIN_UNDEFINE_MANAGED_SAVE
-                | flags::DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                | flags::DOMAIN_UNDEFINE_NVRAM
-                | flags::DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
-            match session.client.domain_undefine_flags(&domain, all_flags) {
-                Ok(()) => {}
-                // Drivers without NVRAM or checkpoints (the test driver) refuse those flags.
-                Err(error) if error.libvirt_code() == Some(error_code::INVALID_ARG) => {
-                    let basic_flags = flags::DOMAIN_UNDEFINE_MANAGED_SAVE | flags::DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
-                    session.client.domain_undefine_flags(&domain, basic_flags)?;
-                }
-                Err(error) => return Err(error.into()),
-            }
-            let owned_volume = overlay_volume_name(instance_id);
-            for (pool_name, volume_name) in facts.disk_volumes.iter().filter(|(_, volume)| *volume == owned_volume) {
-                let pool = if *pool_name == host.pool {
-                    session.pool(&host.pool)?
-                } else {
-                    session.client.storage_pool_lookup_by_name(pool_name)?
-                };
-                match session.client.storage_vol_lookup_by_name(&pool, volume_name) {
-                    Ok(volume) => session.client.storage_vol_delete(&volume)?,
-                    Err(error) if error.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => {}
-                    Err(error) => return Err(error.into()),
+            // The overlay goes before the domain, while the domain's XML can still tell where
+            // it is: in the host's pool (one call, no lookup), else (the provider's `pool` was
+            // changed since the create) in the pool the domain's disk names.
+            if !Self::delete_volume_if_present(session, &overlay)? {
+                let facts = domain_xml::domain_facts(
+                    &session.client.domain_get_xml_desc(&domain, flags::DOMAIN_XML_INACTIVE)?,
+                )?;
+                for (pool_name, volume_name) in facts
+                    .disk_volumes
+                    .iter()
+                    .filter(|(pool_name, volume)| *volume == overlay.name && *pool_name != pool.name)
+                {
+                    let other_pool = session.client.storage_pool_lookup_by_name(pool_name)?;
+                    Self::delete_volume_if_present(session, &volume_handle(&other_pool, volume_name.clone()))?;
                 }
             }
-            Ok(())
+            Self::undefine(session, &domain)
         })?;
         if self.settings.hosts.len() > 1 {
             self.state.delete(&instance_key(instance_id))?;
         }
         self.macs.borrow_mut().remove(instance_id);
         self.instance_hosts.borrow_mut().remove(instance_id);
+        Ok(())
+    }
+
+    /// Deletes `volume`; `false` when there is none.
+    fn delete_volume_if_present(session: &mut Session<C::Stream>, volume: &StorageVolume) -> Outcome<bool> {
+        match session.client.storage_vol_delete(volume) {
+            Ok(()) => Ok(true),
+            Err(error) if error.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Undefines with managed save, snapshot, NVRAM and checkpoint metadata. Drivers without
+    /// NVRAM or checkpoints (the test driver) refuse those flags with `INVALID_ARG`; the
+    /// connection remembers that, so the refused call is paid once per connection.
+    fn undefine(session: &mut Session<C::Stream>, domain: &Domain) -> Outcome<()> {
+        let basic_flags = flags::DOMAIN_UNDEFINE_MANAGED_SAVE | flags::DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+        if !session.refuses_full_undefine {
+            let all_flags = basic_flags | flags::DOMAIN_UNDEFINE_NVRAM | flags::DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
+            match session.client.domain_undefine_flags(domain, all_flags) {
+                Ok(()) => return Ok(()),
+                Err(error) if error.libvirt_code() == Some(error_code::INVALID_ARG) => {
+                    session.refuses_full_undefine = true;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        session.client.domain_undefine_flags(domain, basic_flags)?;
         Ok(())
     }
 

@@ -27,21 +27,34 @@
 //! without the `hp-` prefix are not reported or touched.
 //!
 //! # Operations (calls per operation, on a warm connection)
+//! Handles are built rather than looked up where libvirtd resolves them without the looked-up
+//! parts: a domain of a UUID-shaped id is `(hp-<id>, uuid, id -1)` (resolved by UUID), a volume
+//! is `(pool name, volume name, key "")` (resolved by pool and name); a missing object fails
+//! the real call with `NO_DOMAIN` / `NO_STORAGE_VOL`, so errors are as with a lookup. Counted
+//! in `tests/driver_on_test_driver.rs` (`calls_per_operation_on_a_warm_connection`).
 //! - `list-hosts`: node info, pool info, pool volumes (capabilities, versions and the pool
 //!   handle are fetched once per connection); an unreachable host is `offline`, not an error.
 //! - `list-instances`: one `connect_get_all_domain_stats(state)` per host (state, and the MAC
 //!   when this instance has seen it; IP comes from `get-instance`). `unavailable` if any host
 //!   cannot be listed, since a partial list would read as instances gone.
-//! - `create-instance`: template volume present (else `conflict`), no such domain (else
-//!   `conflict`), overlay volume, `domain_define_xml_flags` (without schema validation, which
-//!   costs ~15 ms; the tests validate our XML); a failed define removes the overlay; an overlay
-//!   left by an interrupted create is replaced.
-//! - `start` (`domain_create`, idempotent), `stop` (`force` or `grace-ms` 0: destroy; else the
-//!   ACPI power button, state polled with backoff up to `grace-ms`, then destroy; a suspended
-//!   instance is destroyed at once), `restart` (`force`: destroy + create; else reboot;
-//!   `conflict` when stopped), `suspend`/`resume` (idempotent; `conflict` when stopped),
-//!   `delete-instance` (destroy if active, undefine with managed save, snapshot and NVRAM
-//!   metadata, delete the overlay).
+//! - `create-instance` (4 calls; 5 without a MAC in the spec: the live XML has the one libvirt
+//!   chose): the template volume's path (missing → `conflict`; the same call checks presence),
+//!   a domain lookup by UUID (exists → `conflict`; needed because a define of an existing name
+//!   and UUID redefines it), overlay volume, `domain_define_xml_flags` (without schema
+//!   validation, which costs ~15 ms; the tests validate our XML); a failed define removes the
+//!   overlay; an overlay left by an interrupted create is replaced.
+//! - `start` (`domain_create`, 1 call; idempotent: on a refusal the state decides), `stop`
+//!   (`force` or `grace-ms` 0: state + destroy; else the ACPI power button, state polled with
+//!   backoff up to `grace-ms`, then destroy; a suspended instance is destroyed at once),
+//!   `restart` (`force`: destroy + create; else reboot; `conflict` when stopped),
+//!   `suspend`/`resume` (idempotent; `conflict` when stopped), `delete-instance` (3 calls
+//!   stopped, 4 running: state (read-only first, so a dead cached connection is replaced and
+//!   the delete repeated), destroy if active, delete the overlay `hp-<id>.qcow2` in the host's
+//!   pool (none there → the pool the domain's disk names, from its inactive XML), undefine with
+//!   managed save, snapshot, NVRAM and checkpoint metadata (a daemon refusing the last two
+//!   with `INVALID_ARG`, like the test driver, is remembered per connection and gets the
+//!   others only)). The overlay goes before the domain so the domain's XML can still locate
+//!   it; a failed undefine leaves the domain without its disk, and a repeated delete finishes.
 //! - `get-instance`: state, MAC from the live XML, IP (first IPv4) from the network's DHCP
 //!   leases (only with `network`) then the guest agent; none → no IP.
 //! - `pull-template`: returns at once if the volume exists (without reading the image); else

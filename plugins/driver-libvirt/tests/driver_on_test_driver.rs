@@ -206,3 +206,82 @@ fn overlays_left_by_an_interrupted_create_are_replaced_or_removed() {
     assert!(matches!(driver.delete_instance(&removed), Err(Error::NotFound(_))));
     assert!(keeper.storage_vol_lookup_by_name(&pool, &format!("hp-{removed}.qcow2")).is_err(), "orphan removed");
 }
+
+/// libvirt calls (round trips) per operation on a warm connection, counted by the driver; the
+/// bounds are the documented ones (`lib.rs`), so a change that adds round trips shows here.
+#[test]
+fn calls_per_operation_on_a_warm_connection() {
+    let (driver, _keeper) = setup();
+    // Warm up: the connection, its pool handle, capabilities and undefine flags.
+    let warm = instance_id();
+    driver.create_instance(&spec(&warm)).expect("create");
+    driver.start_instance(&warm).expect("start");
+    driver.delete_instance(&warm).expect("delete");
+
+    let mut counts = Vec::new();
+    let mut count = |label: &'static str, operation: &mut dyn FnMut()| {
+        let before = driver.libvirt_calls();
+        operation();
+        counts.push((label, driver.libvirt_calls() - before));
+    };
+    let id = instance_id();
+    count("create", &mut || drop(driver.create_instance(&spec(&id)).expect("create")));
+    count("start", &mut || drop(driver.start_instance(&id).expect("start")));
+    count("start (running)", &mut || drop(driver.start_instance(&id).expect("start again")));
+    count("get", &mut || drop(driver.get_instance(&id).expect("get")));
+    count("stop (force)", &mut || drop(driver.stop_instance(&id, true, 0).expect("stop")));
+    count("delete (stopped)", &mut || driver.delete_instance(&id).expect("delete"));
+    let running = instance_id();
+    let mut without_mac = spec(&running);
+    without_mac.mac = None;
+    count("create (no mac)", &mut || drop(driver.create_instance(&without_mac).expect("create")));
+    driver.start_instance(&running).expect("start");
+    count("delete (running)", &mut || driver.delete_instance(&running).expect("delete"));
+    eprintln!("libvirt calls per operation: {counts:?}");
+    assert_eq!(
+        counts,
+        vec![
+            // get_path of the template (built handle), lookup of the domain, overlay, define.
+            ("create", 4),
+            ("start", 1),
+            // create refused, then the state: already running is success.
+            ("start (running)", 2),
+            ("get", 3),
+            ("stop (force)", 2),
+            // state, overlay, undefine (the refused flags remembered from the warm-up).
+            ("delete (stopped)", 3),
+            // …plus the live XML for the MAC libvirt chose.
+            ("create (no mac)", 5),
+            // state, destroy, overlay, undefine.
+            ("delete (running)", 4),
+        ]
+    );
+}
+
+/// Delete finds the overlay where the domain's disk says it is when the provider's `pool` was
+/// changed since the create (the fallback when the host's pool has no such volume).
+#[test]
+fn delete_removes_the_overlay_from_the_pool_the_domain_names() {
+    let (creator, mut keeper) = setup();
+    let other_pool = common::unique_name("hp-other-pool");
+    let other = keeper
+        .storage_pool_create_xml(&format!(
+            "<pool type='dir'><name>{other_pool}</name><target><path>/{other_pool}</path></target></pool>"
+        ))
+        .expect("a second pool on the test driver");
+    let id = instance_id();
+    creator.create_instance(&spec(&id)).expect("create");
+    creator.start_instance(&id).expect("start");
+    let moved = driver(&format!(r#""uri": "test:///default", "pool": "{other_pool}", "network": "default""#));
+    moved.delete_instance(&id).expect("delete through a provider whose pool changed");
+    let pool = keeper.storage_pool_lookup_by_name("default-pool").expect("pool");
+    assert!(keeper.storage_vol_lookup_by_name(&pool, &format!("hp-{id}.qcow2")).is_err(), "overlay removed");
+    assert!(matches!(creator.get_instance(&id), Err(Error::NotFound(_))));
+    // A missing domain: `not-found` from the built handle, for every operation.
+    assert!(
+        matches!(moved.delete_instance(&id), Err(Error::NotFound(message)) if message.contains("libvirt error 42"))
+    );
+    assert!(matches!(moved.stop_instance(&id, true, 0), Err(Error::NotFound(_))));
+    assert!(matches!(moved.console(&id), Err(Error::NotFound(_))));
+    keeper.storage_pool_destroy(&other).expect("remove the transient pool");
+}
