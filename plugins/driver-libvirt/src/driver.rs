@@ -265,6 +265,21 @@ fn volume_handle(pool: &StoragePool, name: String) -> StorageVolume {
     StorageVolume { pool: pool.name.clone(), name, key: String::new() }
 }
 
+/// A MAC as libvirt generates one when the XML has none, for the domain types whose libvirt
+/// drivers use the prefix `52:54:00` (QEMU/KVM and the test driver): the prefix and three random
+/// bytes (SipHash of the instance id under `RandomState`'s random keys). `None` for other
+/// domain types: libvirt chooses there (another prefix), and the create reads it back.
+fn generated_mac(instance_id: &str, domain_type: &str) -> Option<String> {
+    use std::hash::{BuildHasher, Hasher};
+    if !matches!(domain_type, "kvm" | "qemu" | "test") {
+        return None;
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(instance_id.as_bytes());
+    let [first, second, third, ..] = hasher.finish().to_le_bytes();
+    Some(format!("52:54:00:{first:02x}:{second:02x}:{third:02x}"))
+}
+
 pub fn domain_name(instance_id: &str) -> String {
     format!("{DOMAIN_NAME_PREFIX}{instance_id}")
 }
@@ -641,6 +656,9 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                         Error::Unsupported(format!("host `{}` offers no domain type for its arch", host.name))
                     })?,
             };
+            // Without a MAC in the spec, pick one as libvirt would for these domain types, so
+            // the define needs no XML read afterwards to learn it.
+            let mac = spec.mac.clone().or_else(|| generated_mac(&spec.id, &domain_type));
             let definition = DomainDefinition {
                 domain_name: domain_name(&spec.id),
                 uuid: uuid.map(|bytes| uuid::Uuid::from_bytes(bytes).hyphenated().to_string()),
@@ -651,7 +669,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 disk_pool: pool.name.clone(),
                 disk_volume: overlay_volume_name(&spec.id),
                 network: host.network.clone(),
-                mac: spec.mac.clone(),
+                mac: mac.clone(),
                 vlan: spec.vlan,
                 vnc_listen: host.vnc_listen.clone(),
                 console_log_file: host
@@ -708,8 +726,8 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                     return Err(error.into());
                 }
             };
-            let mac = match &spec.mac {
-                Some(mac) => Some(mac.clone()),
+            let mac = match mac {
+                Some(mac) => Some(mac),
                 None => domain_xml::domain_facts(&session.client.domain_get_xml_desc(&domain, 0)?)?.mac,
             };
             Ok(Instance { id: spec.id.clone(), host: host.name.clone(), state: InstanceState::Stopped, ip: None, mac })
@@ -1249,6 +1267,17 @@ mod tests {
         assert_eq!(parse_template_volume_name("hyperplane-template--v3"), None);
         assert_eq!(parse_template_volume_name("hyperplane-template-x-vx"), None);
         assert_eq!(parse_template_volume_name("other.qcow2"), None);
+    }
+
+    #[test]
+    fn generated_macs_are_valid_random_and_only_for_qemu_and_test_types() {
+        let first = generated_mac("0193a8f0-0000-7000-8000-000000000001", "kvm").unwrap_or_default();
+        assert!(first.starts_with("52:54:00:") && validate_mac(&first).is_ok(), "{first}");
+        let macs: std::collections::HashSet<String> =
+            (0..64).filter_map(|index| generated_mac(&format!("id-{index}"), "qemu")).collect();
+        assert!(macs.len() > 60, "random enough: {macs:?}");
+        assert!(generated_mac("x", "test").is_some());
+        assert_eq!(generated_mac("x", "xen"), None);
     }
 
     #[test]

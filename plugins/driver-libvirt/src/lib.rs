@@ -37,12 +37,13 @@
 //! - `list-instances`: one `connect_get_all_domain_stats(state)` per host (state, and the MAC
 //!   when this instance has seen it; IP comes from `get-instance`). `unavailable` if any host
 //!   cannot be listed, since a partial list would read as instances gone.
-//! - `create-instance` (4 calls; 5 without a MAC in the spec: the live XML has the one libvirt
-//!   chose): the template volume's path (missing → `conflict`; the same call checks presence),
-//!   a domain lookup by UUID (exists → `conflict`; needed because a define of an existing name
-//!   and UUID redefines it), overlay volume, `domain_define_xml_flags` (without schema
+//! - `create-instance` (4 calls): the template volume's path (the same call checks presence:
+//!   missing → `conflict`), a domain lookup by UUID (exists → `conflict`; needed because a
+//!   define of an existing name and UUID redefines it), overlay volume, `domain_define_xml_flags` (without schema
 //!   validation, which costs ~15 ms; the tests validate our XML); a failed define removes the
-//!   overlay; an overlay left by an interrupted create is replaced.
+//!   overlay; an overlay left by an interrupted create is replaced. Without a MAC in the spec
+//!   the driver picks one as libvirt would for `kvm`/`qemu`/`test` domains (`52:54:00` and three
+//!   random bytes); for other domain types libvirt picks it and the live XML is read (+1 call).
 //! - `start` (`domain_create`, 1 call; idempotent: on a refusal the state decides), `stop`
 //!   (`force` or `grace-ms` 0: state + destroy; else the ACPI power button, state polled with
 //!   backoff up to `grace-ms`, then destroy; a suspended instance is destroyed at once),

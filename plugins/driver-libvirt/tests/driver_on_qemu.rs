@@ -161,7 +161,7 @@ fn template_upload_then_instance_on_qemu() {
     let timer = std::time::Instant::now();
     let created = driver.create_instance(&spec).expect("create on qemu");
     eprintln!("create-instance on qemu took {:?}", timer.elapsed());
-    let mac = created.mac.clone().expect("libvirt chose a mac");
+    let mac = created.mac.clone().expect("a mac was chosen");
     assert!(mac.starts_with("52:54:00:"), "{mac}");
     assert!(pool.directory.join(format!("hp-{id}.qcow2")).exists(), "overlay volume");
     let timer = std::time::Instant::now();
