@@ -696,7 +696,13 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 Err(error) if !error.breaks_connection() => {
                     match session.client.storage_vol_delete(&volume_handle(&pool, overlay_volume_name(&spec.id))) {
                         Ok(()) => {}
-                        Err(missing) if missing.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => {
+                        // None there (or an inactive pool): the create's own error stands.
+                        Err(missing)
+                            if matches!(
+                                missing.libvirt_code(),
+                                Some(error_code::NO_STORAGE_VOL | error_code::OPERATION_INVALID)
+                            ) =>
+                        {
                             return Err(error.into());
                         }
                         Err(other) => return Err(other.into()),
@@ -874,8 +880,14 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             let state = match session.client.domain_get_state(&domain) {
                 Ok(state) => state,
                 Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => {
-                    // An overlay left by an interrupted create is still ours to remove.
-                    Self::delete_volume_if_present(session, &overlay)?;
+                    // An overlay left by an interrupted create is still ours to remove (best
+                    // effort, as the lookup it replaces: an inactive pool leaves it).
+                    match Self::delete_volume_if_present(session, &overlay) {
+                        Err(Failure::Call(other)) if other.libvirt_code() == Some(error_code::OPERATION_INVALID) => {}
+                        other => {
+                            other?;
+                        }
+                    }
                     return Err(error.into());
                 }
                 Err(error) => return Err(error.into()),
