@@ -120,6 +120,7 @@ config = {{ hosts = 16, cpu = 4096, ram_mb = 16777216, disk_gb = 1000000, delays
 
     // create → running throughput: 10 concurrent batches of 100 instances.
     let total = 1000;
+    let writes_before = hyperplane::store::write_statistics();
     let started = Instant::now();
     let batches = (0..10).map(|_| {
         let (http, base) = (http.clone(), base.clone());
@@ -145,6 +146,7 @@ config = {{ hosts = 16, cpu = 4096, ram_mb = 16777216, disk_gb = 1000000, delays
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
+    print_writer_use(writes_before, total);
 
     // Placement alone: from the first `instance.created` to the last `instance.placed` event.
     let log = http.get(format!("{base}/v1/events?since=0")).bearer_auth(TOKEN).send().await?.text().await?;
@@ -217,4 +219,23 @@ async fn requests_per_second(
         result?;
     }
     Ok((per_worker * concurrency) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// What the single SQLite writer did since `before`, per instance.
+fn print_writer_use(before: hyperplane::store::WriteStatistics, instances: usize) {
+    let now = hyperplane::store::write_statistics();
+    let transactions = now.transactions - before.transactions;
+    let held = now.held - before.held;
+    let waited = now.waited - before.waited;
+    println!(
+        "  writer (same run): {:.1} write transactions per instance, each held {:.0} µs on average; \
+         {:.2} s held, {:.2} s waited for in all",
+        transactions as f64 / instances as f64,
+        held.as_secs_f64() * 1e6 / transactions.max(1) as f64,
+        held.as_secs_f64(),
+        waited.as_secs_f64()
+    );
+    for (at, count, held) in hyperplane::store::write_statistics_by_caller().into_iter().take(12) {
+        println!("    {at}: {count} × {:.0} µs", held.as_secs_f64() * 1e6 / count.max(1) as f64);
+    }
 }

@@ -112,6 +112,7 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<
 /// from the first request to the last answer.
 async fn hyperplane_lifecycles(http: &reqwest::Client, base: &str) -> anyhow::Result<f64> {
     use futures::StreamExt as _;
+    let writes_before = hyperplane::store::write_statistics();
     let started = Instant::now();
     let lifecycles = futures::stream::iter(0..LIFECYCLES)
         .map(|_| async move {
@@ -134,7 +135,17 @@ async fn hyperplane_lifecycles(http: &reqwest::Client, base: &str) -> anyhow::Re
     for result in lifecycles {
         result?;
     }
-    Ok(started.elapsed().as_secs_f64())
+    let elapsed = started.elapsed().as_secs_f64();
+    let writes = hyperplane::store::write_statistics();
+    let transactions = writes.transactions - writes_before.transactions;
+    let held = writes.held - writes_before.held;
+    println!(
+        "  writer: {:.1} write transactions per lifecycle, each held {:.0} µs on average; {:.2} s held in all",
+        transactions as f64 / LIFECYCLES as f64,
+        held.as_secs_f64() * 1e6 / transactions.max(1) as f64,
+        held.as_secs_f64()
+    );
+    Ok(elapsed)
 }
 
 /// `tests/libvirt/lifecycle-python.py`: the same lifecycles through libvirt-python; with

@@ -2,6 +2,7 @@
 //! recording every state change with its event. Every step is idempotent, so a task resumed
 //! after a restart simply runs again from the top.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::model::{ExecOutcome, Host, Instance, InstanceState, NewEvent, Task, T
 use crate::plugins::driver_types as driver;
 use crate::plugins::{ByteSource, CallError, Driver, progress};
 use crate::store;
-use crate::tasks::{TaskContext, TaskHandler, TaskOutcome};
+use crate::tasks::{FinalWrite, TaskContext, TaskHandler, TaskOutcome};
 
 /// How long a startup script may run.
 const STARTUP_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -47,7 +48,7 @@ impl TaskHandler for LifecycleHandler {
                 TaskKind::SnapshotCreate => self.service.run_create_snapshot(instance_id, &task).await,
                 TaskKind::SnapshotRevert => self.service.run_revert_snapshot(instance_id, &task).await,
                 TaskKind::SnapshotDelete => self.service.run_delete_snapshot(instance_id, &task).await,
-                TaskKind::InstanceDelete => self.service.run_delete(instance_id, task.id).await,
+                TaskKind::InstanceDelete => self.service.run_delete(instance_id, task.id, &context).await,
                 TaskKind::TemplateRemoveFromHost => self.service.run_remove_template_from_host(object_id, &task).await,
                 TaskKind::Batch => Err(Step::Failed(failure("invalid_task", "batches do not run"))),
             }
@@ -126,23 +127,22 @@ impl Service {
         data: Value,
         also: Option<NewEvent>,
     ) -> StepResult<()> {
-        let from = instance.state;
-        instance.state = state;
-        instance.updated_at = store::now();
+        let event = change_state(instance, state, data);
         let mut transaction = self.store().begin().await?;
         store::instances::update(&mut transaction, instance).await?;
-        let mut event_data = json!({ "from": from, "to": state });
-        if let (Value::Object(event), Value::Object(extra)) = (&mut event_data, data) {
-            event.extend(extra);
-        }
-        transaction
-            .append_event(NewEvent::new("instance.state_changed", "instance", instance.id).data(event_data))
-            .await?;
+        transaction.append_event(event).await?;
         if let Some(also) = also {
             transaction.append_event(also).await?;
         }
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// The task's last state change: like [`Self::set_state`], but left to the task engine to
+    /// commit together with the task's outcome (one write transaction instead of two).
+    fn set_final_state(&self, context: &TaskContext, instance: &mut Instance, state: InstanceState, data: Value) {
+        let event = change_state(instance, state, data);
+        context.finish_with(InstanceStateWrite { instance: instance.clone(), event });
     }
 
     async fn fail_instance(&self, instance: &mut Instance, error: &TaskError) -> StepResult<()> {
@@ -245,46 +245,48 @@ impl Service {
         instance.ip = running.ip.clone();
         instance.mac = running.mac.clone();
         instance.error = None;
-        self.set_state(instance, InstanceState::Running, json!({ "ip": instance.ip })).await?;
-
-        if let Some(script) = instance.startup_script.clone()
-            && instance.startup_result.is_none()
-        {
-            let outcome = if driver.capabilities().exec {
-                match driver.exec(&id, &script, STARTUP_SCRIPT_TIMEOUT.as_millis() as u32).await {
-                    Ok(result) => ExecOutcome {
-                        stdout: result.stdout,
-                        stderr: result.stderr,
-                        exit_code: result.exit_code,
-                        timed_out: result.timed_out,
-                    },
-                    Err(error) => ExecOutcome {
-                        stdout: String::new(),
-                        stderr: task_error_from_call("exec", &error).message,
-                        exit_code: -1,
-                        timed_out: matches!(error, CallError::Timeout { .. }),
-                    },
-                }
-            } else {
-                ExecOutcome {
+        let ip = json!({ "ip": instance.ip });
+        let script = instance.startup_script.clone().filter(|_| instance.startup_result.is_none());
+        let Some(script) = script else {
+            // Nothing more to do: `running` is committed with the task's success.
+            self.set_final_state(context, instance, InstanceState::Running, ip);
+            return Ok(());
+        };
+        self.set_state(instance, InstanceState::Running, ip).await?;
+        let outcome = if driver.capabilities().exec {
+            match driver.exec(&id, &script, STARTUP_SCRIPT_TIMEOUT.as_millis() as u32).await {
+                Ok(result) => ExecOutcome {
+                    stdout: result.stdout,
+                    stderr: result.stderr,
+                    exit_code: result.exit_code,
+                    timed_out: result.timed_out,
+                },
+                Err(error) => ExecOutcome {
                     stdout: String::new(),
-                    stderr: "the provider's driver cannot run scripts".into(),
+                    stderr: task_error_from_call("exec", &error).message,
                     exit_code: -1,
-                    timed_out: false,
-                }
-            };
-            instance.startup_result = Some(outcome.clone());
-            instance.updated_at = store::now();
-            let mut transaction = self.store().begin().await?;
-            store::instances::update(&mut transaction, instance).await?;
-            transaction
-                .append_event(
-                    NewEvent::new("instance.startup_script_finished", "instance", instance.id)
-                        .data(json!({ "exit_code": outcome.exit_code, "timed_out": outcome.timed_out })),
-                )
-                .await?;
-            transaction.commit().await?;
-        }
+                    timed_out: matches!(error, CallError::Timeout { .. }),
+                },
+            }
+        } else {
+            ExecOutcome {
+                stdout: String::new(),
+                stderr: "the provider's driver cannot run scripts".into(),
+                exit_code: -1,
+                timed_out: false,
+            }
+        };
+        instance.startup_result = Some(outcome.clone());
+        instance.updated_at = store::now();
+        let mut transaction = self.store().begin().await?;
+        store::instances::update(&mut transaction, instance).await?;
+        transaction
+            .append_event(
+                NewEvent::new("instance.startup_script_finished", "instance", instance.id)
+                    .data(json!({ "exit_code": outcome.exit_code, "timed_out": outcome.timed_out })),
+            )
+            .await?;
+        transaction.commit().await?;
         Ok(())
     }
 
@@ -451,7 +453,7 @@ impl Service {
         Err(Step::Failed(error))
     }
 
-    async fn run_delete(&self, id: Uuid, own_task: Uuid) -> StepResult<Value> {
+    async fn run_delete(&self, id: Uuid, own_task: Uuid, context: &TaskContext) -> StepResult<Value> {
         self.cancel_other_tasks(id, own_task).await?;
         let mut instance = self.load_instance(id).await?;
         if instance.state == InstanceState::Terminated {
@@ -469,7 +471,8 @@ impl Service {
             }
         }
         instance.ip = None;
-        self.set_state(&mut instance, InstanceState::Terminated, Value::Null).await?;
+        // Committed with the task's success.
+        self.set_final_state(context, &mut instance, InstanceState::Terminated, Value::Null);
         Ok(json!({ "instance_id": id }))
     }
 
@@ -491,6 +494,39 @@ impl Service {
             self.task_engine().wait(other.id, Duration::from_secs(3600)).await.map_err(ServiceError::from)?;
         }
         Ok(())
+    }
+}
+
+/// Sets the instance's state in memory and returns the `instance.state_changed` event for it,
+/// with `data` merged into the event's `from` and `to`.
+fn change_state(instance: &mut Instance, state: InstanceState, data: Value) -> NewEvent {
+    let from = instance.state;
+    instance.state = state;
+    instance.updated_at = store::now();
+    let mut event_data = json!({ "from": from, "to": state });
+    if let (Value::Object(event), Value::Object(extra)) = (&mut event_data, data) {
+        event.extend(extra);
+    }
+    NewEvent::new("instance.state_changed", "instance", instance.id).data(event_data)
+}
+
+/// An instance's last state change in a task and its event, committed by the task engine with
+/// the task's outcome (a retried transaction writes the same row and event again).
+struct InstanceStateWrite {
+    instance: Instance,
+    event: NewEvent,
+}
+
+impl FinalWrite for InstanceStateWrite {
+    fn write<'a>(
+        &'a self,
+        transaction: &'a mut store::WriteTx,
+    ) -> Pin<Box<dyn Future<Output = Result<(), store::StoreError>> + Send + 'a>> {
+        Box::pin(async move {
+            store::instances::update(transaction, &self.instance).await?;
+            transaction.append_event(self.event.clone()).await?;
+            Ok(())
+        })
     }
 }
 

@@ -169,17 +169,15 @@ impl PluginStateStore for SqlPluginState {
         store::plugin_state::get(&mut reader, provider, key).await.map_err(describe)
     }
 
+    // One statement each, which SQLite commits on its own: no transaction around it.
     async fn set(&self, provider: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        let mut transaction = self.store.begin().await.map_err(describe)?;
-        store::plugin_state::set(&mut transaction, provider, key, value).await.map_err(describe)?;
-        transaction.commit().await.map_err(describe)
+        let mut writer = self.store.write_statement().await.map_err(describe)?;
+        store::plugin_state::set(&mut writer, provider, key, value).await.map_err(describe)
     }
 
     async fn delete(&self, provider: &str, key: &str) -> Result<bool, String> {
-        let mut transaction = self.store.begin().await.map_err(describe)?;
-        let existed = store::plugin_state::delete(&mut transaction, provider, key).await.map_err(describe)?;
-        transaction.commit().await.map_err(describe)?;
-        Ok(existed)
+        let mut writer = self.store.write_statement().await.map_err(describe)?;
+        store::plugin_state::delete(&mut writer, provider, key).await.map_err(describe)
     }
 
     async fn scan(&self, provider: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
@@ -194,19 +192,9 @@ impl PluginStateStore for SqlPluginState {
         expected: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<bool, String> {
-        let mut transaction = self.store.begin().await.map_err(describe)?;
-        let current = store::plugin_state::get(&mut transaction, provider, key).await.map_err(describe)?;
-        if current.as_deref() != expected {
-            return Ok(false);
-        }
-        match value {
-            Some(value) => store::plugin_state::set(&mut transaction, provider, key, value).await.map_err(describe)?,
-            None => {
-                store::plugin_state::delete(&mut transaction, provider, key).await.map_err(describe)?;
-            }
-        }
-        transaction.commit().await.map_err(describe)?;
-        Ok(true)
+        // One statement, which SQLite commits on its own.
+        let mut writer = self.store.write_statement().await.map_err(describe)?;
+        store::plugin_state::compare_and_swap(&mut writer, provider, key, expected, value).await.map_err(describe)
     }
 }
 

@@ -15,7 +15,8 @@ pub mod templates;
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::pool::PoolConnection;
@@ -78,10 +79,42 @@ impl Store {
 
     /// Starts a write transaction (`BEGIN IMMEDIATE` on the single writer, so transactions
     /// never fail to upgrade and placement decisions see every committed instance).
-    pub async fn begin(&self) -> StoreResult<WriteTx> {
+    #[track_caller]
+    pub fn begin(&self) -> impl Future<Output = StoreResult<WriteTx>> + Send + '_ {
+        let caller = std::panic::Location::caller();
+        async move { self.begin_at(caller).await }
+    }
+
+    async fn begin_at(&self, caller: &'static std::panic::Location<'static>) -> StoreResult<WriteTx> {
+        let asked = Instant::now();
         let mut connection = self.writer.acquire().await?;
+        let acquired = Instant::now();
+        WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
-        Ok(WriteTx { connection: Some(connection), latest_event: self.latest_event.clone(), appended_up_to: None })
+        Ok(WriteTx {
+            connection: Some(connection),
+            latest_event: self.latest_event.clone(),
+            appended_up_to: None,
+            acquired,
+            caller,
+        })
+    }
+
+    /// The writer connection outside a transaction, for one write statement that carries no
+    /// event: SQLite commits it on its own (atomically), which saves the `BEGIN` and `COMMIT`
+    /// round trips of a [`WriteTx`].
+    #[track_caller]
+    pub fn write_statement(&self) -> impl Future<Output = StoreResult<SingleWrite>> + Send + '_ {
+        let caller = std::panic::Location::caller();
+        async move { self.write_statement_at(caller).await }
+    }
+
+    async fn write_statement_at(&self, caller: &'static std::panic::Location<'static>) -> StoreResult<SingleWrite> {
+        let asked = Instant::now();
+        let connection = self.writer.acquire().await?;
+        let acquired = Instant::now();
+        WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
+        Ok(SingleWrite { connection, acquired, caller })
     }
 
     /// Sequence number of the newest committed event; changes after every commit that appended.
@@ -95,11 +128,94 @@ impl Store {
     }
 }
 
+/// How much the single writer was used since the process started: what benchmarks print to
+/// say where the writer's time goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WriteStatistics {
+    /// Write transactions (and single write statements) that ended.
+    pub transactions: u64,
+    /// Time they held the writer connection, summed.
+    pub held: Duration,
+    /// Time callers waited for the writer connection, summed.
+    pub waited: Duration,
+}
+
+struct WriteCounters {
+    transactions: AtomicU64,
+    held_nanos: AtomicU64,
+    wait_nanos: AtomicU64,
+}
+
+static WRITE_STATISTICS: WriteCounters =
+    WriteCounters { transactions: AtomicU64::new(0), held_nanos: AtomicU64::new(0), wait_nanos: AtomicU64::new(0) };
+
+/// The writer's use so far, summed over every [`Store`] of the process.
+pub fn write_statistics() -> WriteStatistics {
+    WriteStatistics {
+        transactions: WRITE_STATISTICS.transactions.load(Ordering::Relaxed),
+        held: Duration::from_nanos(WRITE_STATISTICS.held_nanos.load(Ordering::Relaxed)),
+        waited: Duration::from_nanos(WRITE_STATISTICS.wait_nanos.load(Ordering::Relaxed)),
+    }
+}
+
+type CallerCounts = std::collections::HashMap<&'static std::panic::Location<'static>, (u64, Duration)>;
+
+static BY_CALLER: std::sync::Mutex<Option<CallerCounts>> = std::sync::Mutex::new(None);
+
+/// Write transactions and the time they held the writer, by the line that began them.
+pub fn write_statistics_by_caller() -> Vec<(String, u64, Duration)> {
+    let counts = BY_CALLER.lock().map(|counts| counts.clone().unwrap_or_default()).unwrap_or_default();
+    let mut lines: Vec<_> =
+        counts.into_iter().map(|(at, (count, held))| (format!("{}:{}", at.file(), at.line()), count, held)).collect();
+    lines.sort_by_key(|line| std::cmp::Reverse(line.2));
+    lines
+}
+
+fn record_write(acquired: Instant, caller: &'static std::panic::Location<'static>) {
+    let held = acquired.elapsed();
+    WRITE_STATISTICS.transactions.fetch_add(1, Ordering::Relaxed);
+    WRITE_STATISTICS.held_nanos.fetch_add(held.as_nanos() as u64, Ordering::Relaxed);
+    if let Ok(mut counts) = BY_CALLER.lock() {
+        let entry = counts.get_or_insert_default().entry(caller).or_default();
+        entry.0 += 1;
+        entry.1 += held;
+    }
+}
+
+/// The writer connection held for single statements outside a transaction
+/// ([`Store::write_statement`]).
+pub struct SingleWrite {
+    connection: PoolConnection<Sqlite>,
+    acquired: Instant,
+    caller: &'static std::panic::Location<'static>,
+}
+
+impl Drop for SingleWrite {
+    fn drop(&mut self) {
+        record_write(self.acquired, self.caller);
+    }
+}
+
+impl Deref for SingleWrite {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.connection
+    }
+}
+
+impl DerefMut for SingleWrite {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.connection
+    }
+}
+
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls back.
 pub struct WriteTx {
     connection: Option<PoolConnection<Sqlite>>,
     latest_event: watch::Sender<i64>,
     appended_up_to: Option<i64>,
+    acquired: Instant,
+    caller: &'static std::panic::Location<'static>,
 }
 
 impl WriteTx {
@@ -112,7 +228,10 @@ impl WriteTx {
 
     pub async fn commit(mut self) -> StoreResult<()> {
         if let Some(mut connection) = self.connection.take() {
-            sqlx::query("COMMIT").execute(&mut *connection).await?;
+            let committed = sqlx::query("COMMIT").execute(&mut *connection).await;
+            drop(connection);
+            record_write(self.acquired, self.caller);
+            committed?;
         }
         if let Some(seq) = self.appended_up_to {
             self.latest_event.send_if_modified(|latest| {
@@ -130,6 +249,7 @@ impl WriteTx {
 impl Drop for WriteTx {
     fn drop(&mut self) {
         if let Some(mut connection) = self.connection.take() {
+            record_write(self.acquired, self.caller);
             // Roll back on the runtime; the writer connection returns to the pool afterwards.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {

@@ -35,6 +35,38 @@ pub async fn delete(connection: &mut SqliteConnection, provider: &str, key: &str
     Ok(result.rows_affected() > 0)
 }
 
+/// Sets (`value` some) or deletes (`value` none) the entry if it is `expected` now (none: absent),
+/// in one statement; returns whether it was.
+pub async fn compare_and_swap(
+    connection: &mut SqliteConnection,
+    provider: &str,
+    key: &str,
+    expected: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> StoreResult<bool> {
+    let query = match (expected, value) {
+        (None, None) => return Ok(get(connection, provider, key).await?.is_none()),
+        (None, Some(value)) => sqlx::query(
+            "INSERT INTO plugin_state (provider, key, value) VALUES (?, ?, ?) ON CONFLICT (provider, key) DO NOTHING",
+        )
+        .bind(provider)
+        .bind(key)
+        .bind(value),
+        (Some(expected), Some(value)) => {
+            sqlx::query("UPDATE plugin_state SET value = ? WHERE provider = ? AND key = ? AND value = ?")
+                .bind(value)
+                .bind(provider)
+                .bind(key)
+                .bind(expected)
+        }
+        (Some(expected), None) => sqlx::query("DELETE FROM plugin_state WHERE provider = ? AND key = ? AND value = ?")
+            .bind(provider)
+            .bind(key)
+            .bind(expected),
+    };
+    Ok(query.execute(connection).await?.rows_affected() == 1)
+}
+
 /// Entries whose key starts with `prefix`, ordered by key.
 pub async fn scan(
     connection: &mut SqliteConnection,
@@ -63,4 +95,29 @@ pub async fn usage(connection: &mut SqliteConnection, provider: &str) -> StoreRe
     .fetch_one(connection)
     .await?;
     Ok((row.try_get::<i64, _>("keys")? as u64, row.try_get::<i64, _>("bytes")? as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::open_temporary;
+
+    #[tokio::test]
+    async fn compare_and_swap_writes_only_what_was_expected() {
+        let (store, _directory) = open_temporary().await;
+        let mut writer = store.write_statement().await.expect("writer");
+        let cas = compare_and_swap;
+        assert!(cas(&mut writer, "p", "k", None, None).await.expect("cas"), "absent as expected");
+        assert!(cas(&mut writer, "p", "k", None, Some(b"one")).await.expect("cas"));
+        assert!(!cas(&mut writer, "p", "k", None, Some(b"two")).await.expect("cas"), "no longer absent");
+        assert!(!cas(&mut writer, "p", "k", None, None).await.expect("cas"));
+        assert!(!cas(&mut writer, "p", "k", Some(b"two"), Some(b"three")).await.expect("cas"));
+        assert!(cas(&mut writer, "p", "k", Some(b"one"), Some(b"one")).await.expect("cas"), "same value");
+        assert!(cas(&mut writer, "p", "k", Some(b"one"), Some(b"two")).await.expect("cas"));
+        assert_eq!(get(&mut writer, "p", "k").await.expect("get").as_deref(), Some(&b"two"[..]));
+        assert!(!cas(&mut writer, "p", "k", Some(b"one"), None).await.expect("cas"));
+        assert!(!cas(&mut writer, "q", "k", Some(b"two"), None).await.expect("cas"), "another provider's key");
+        assert!(cas(&mut writer, "p", "k", Some(b"two"), None).await.expect("cas"));
+        assert_eq!(get(&mut writer, "p", "k").await.expect("get"), None);
+    }
 }

@@ -96,6 +96,22 @@ pub async fn update(connection: &mut SqliteConnection, task: &Task) -> StoreResu
     Ok(())
 }
 
+/// Claims a task for running: writes its state, attempts and start time only if it is still
+/// pending. Returns whether cancellation was requested, or `None` when it was not pending.
+pub async fn claim(connection: &mut SqliteConnection, task: &Task) -> StoreResult<Option<bool>> {
+    let row = sqlx::query(
+        "UPDATE tasks SET state = ?, attempts = ?, started_at = ? WHERE id = ? AND state = 'pending' \
+         RETURNING cancel_requested",
+    )
+    .bind(task.state.as_str())
+    .bind(task.attempts)
+    .bind(task.started_at.as_ref().map(format_time))
+    .bind(task.id.to_string())
+    .fetch_optional(connection)
+    .await?;
+    row.map(|row| Ok(row.try_get("cancel_requested")?)).transpose()
+}
+
 /// Progress only; cheap enough to call often.
 pub async fn update_progress(
     connection: &mut SqliteConnection,

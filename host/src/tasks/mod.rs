@@ -5,6 +5,7 @@
 //! (the service layer). The engine owns task state transitions and their events.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,19 @@ pub enum TaskOutcome {
     Cancelled(String),
 }
 
+/// A write a handler leaves to the engine: it is committed in the transaction that records the
+/// task's outcome (see [`TaskContext::finish_with`]), so a task's last state change and its
+/// completion are one transaction. It may run more than once if that transaction has to be
+/// retried, so it must write the same thing every time.
+pub trait FinalWrite: Send + Sync + 'static {
+    fn write<'a>(
+        &'a self,
+        transaction: &'a mut WriteTx,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+}
+
+type FinalWriteSlot = Arc<Mutex<Option<Box<dyn FinalWrite>>>>;
+
 /// What a running task may use: its cancellation token and a progress reporter.
 #[derive(Clone)]
 pub struct TaskContext {
@@ -31,9 +45,20 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
     store: Store,
     last_progress_write: Arc<Mutex<Option<Instant>>>,
+    final_write: FinalWriteSlot,
 }
 
 impl TaskContext {
+    /// Leaves `write` to be committed together with the task's outcome, whatever the outcome
+    /// is, instead of in a transaction of its own (replacing an earlier one). Nothing of it is
+    /// visible before the task has ended. After a crash before that commit, the task runs
+    /// again (its steps are idempotent); after it, the task has ended and does not run again.
+    pub fn finish_with(&self, write: impl FinalWrite) {
+        if let Ok(mut slot) = self.final_write.lock() {
+            *slot = Some(Box::new(write));
+        }
+    }
+
     /// Records progress; writes are throttled to one per second per task.
     pub fn report_progress(&self, fraction: f32, message: &str) {
         let fraction = fraction.clamp(0.0, 1.0);
@@ -98,6 +123,10 @@ impl NewTask {
         }
     }
 }
+
+/// How often the transaction recording a task's outcome is tried with the handler's final
+/// write before the task is failed without it.
+const FINAL_WRITE_ATTEMPTS: u32 = 3;
 
 struct Shared {
     store: Store,
@@ -243,6 +272,8 @@ impl TaskEngine {
         }
     }
 
+    /// Claims up to as many claimable tasks as there are free permits, all in one write
+    /// transaction (a task cancelled or claimed meanwhile is skipped), then spawns them.
     async fn claim_and_spawn<H: TaskHandler>(&self, handler: &Arc<H>) -> Result<(), StoreError> {
         let available = self.shared.permits.available_permits();
         if available == 0 {
@@ -250,23 +281,26 @@ impl TaskEngine {
         }
         let store = &self.shared.store;
         let candidates = store::tasks::claimable(&mut *store.reader().await?, available as u32).await?;
-        for (mut task, cancel_requested) in candidates {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let mut claimed = Vec::with_capacity(candidates.len());
+        let mut transaction = store.begin().await?;
+        for (mut task, _) in candidates {
             let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else { break };
-            let mut transaction = store.begin().await?;
-            // Re-read inside the write transaction: the task may have been cancelled meanwhile.
-            match store::tasks::get(&mut transaction, task.id).await? {
-                Some(current) if current.state == TaskState::Pending => {}
-                _ => continue,
-            }
             task.state = TaskState::Running;
             task.attempts += 1;
             task.started_at.get_or_insert_with(store::now);
-            store::tasks::update(&mut transaction, &task).await?;
+            // Only a task still pending is claimed: it may have been cancelled meanwhile.
+            let Some(cancel_requested) = store::tasks::claim(&mut transaction, &task).await? else { continue };
             transaction
                 .append_event(NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })))
                 .await?;
-            transaction.commit().await?;
+            claimed.push((task, cancel_requested, permit));
+        }
+        transaction.commit().await?;
 
+        for (task, cancel_requested, permit) in claimed {
             let cancel = CancellationToken::new();
             if cancel_requested {
                 cancel.cancel();
@@ -274,11 +308,13 @@ impl TaskEngine {
             if let Ok(mut running) = self.shared.running.lock() {
                 running.insert(task.id, cancel.clone());
             }
+            let final_write = FinalWriteSlot::default();
             let context = TaskContext {
                 task_id: task.id,
                 cancel,
                 store: store.clone(),
                 last_progress_write: Arc::new(Mutex::new(None)),
+                final_write: final_write.clone(),
             };
             let (engine, handler) = (self.clone(), handler.clone());
             tokio::spawn(async move {
@@ -291,7 +327,8 @@ impl TaskEngine {
                     // Shutting down: leave the task running so recovery resumes it on the next start.
                     return;
                 }
-                let state = engine.finish(task, outcome).await;
+                let final_write = final_write.lock().ok().and_then(|mut slot| slot.take());
+                let state = engine.finish(task, outcome, final_write).await;
                 metrics::histogram!("hyperplane_task_duration_seconds", "kind" => kind.as_str(), "state" => state.as_str())
                     .record(started.elapsed().as_secs_f64());
                 engine.wake();
@@ -300,21 +337,41 @@ impl TaskEngine {
         Ok(())
     }
 
-    /// Records the outcome of a task that ran; retries the write until it succeeds so that no
-    /// task is left running.
-    async fn finish(&self, mut task: Task, outcome: TaskOutcome) -> TaskState {
+    /// Records the outcome of a task that ran, with the handler's final write if it left one;
+    /// retries until it succeeds so that no task is left running. A final write that keeps
+    /// failing is given up after [`FINAL_WRITE_ATTEMPTS`] tries: the task then fails.
+    async fn finish(
+        &self,
+        mut task: Task,
+        mut outcome: TaskOutcome,
+        mut final_write: Option<Box<dyn FinalWrite>>,
+    ) -> TaskState {
         let id = task.id;
+        let mut failures = 0;
         loop {
             let result: Result<(), StoreError> = async {
                 let mut transaction = self.shared.store.begin().await?;
-                finish_in(&mut transaction, &mut task, outcome.clone()).await?;
-                transaction.commit().await
+                if let Some(write) = &final_write {
+                    write.write(&mut transaction).await?;
+                }
+                let mut ended = task.clone();
+                finish_in(&mut transaction, &mut ended, outcome.clone()).await?;
+                transaction.commit().await?;
+                task = ended;
+                Ok(())
             }
             .await;
             match result {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::error!(task = %id, error = %error, "recording the task's outcome failed; retrying");
+                    failures += 1;
+                    if failures >= FINAL_WRITE_ATTEMPTS && final_write.take().is_some() {
+                        outcome = TaskOutcome::Failed(TaskError {
+                            code: "internal".into(),
+                            message: format!("recording the task's final state failed: {error}"),
+                        });
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -465,4 +522,166 @@ async fn finish_batch_if_done(transaction: &mut WriteTx, batch_id: Uuid) -> Resu
         })
     };
     Box::pin(finish_in(transaction, &mut batch, outcome)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::store::open_temporary;
+
+    /// Appends one `test.final` event: stands in for a handler's last state change.
+    struct FinalEvent(Option<String>);
+
+    impl FinalWrite for FinalEvent {
+        fn write<'a>(
+            &'a self,
+            transaction: &'a mut WriteTx,
+        ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+            Box::pin(async move {
+                if let Some(error) = &self.0 {
+                    return Err(StoreError::Corrupt(error.clone()));
+                }
+                transaction.append_event(NewEvent::new("test.final", "test", "x")).await?;
+                Ok(())
+            })
+        }
+    }
+
+    /// Leaves a final write and succeeds; blocks first while `hold` is set (a task in flight
+    /// when the server stops).
+    struct Handler {
+        runs: AtomicU32,
+        hold: std::sync::atomic::AtomicBool,
+        failing_write: bool,
+    }
+
+    impl Handler {
+        fn new(hold: bool, failing_write: bool) -> Arc<Self> {
+            Arc::new(Handler { runs: AtomicU32::new(0), hold: hold.into(), failing_write })
+        }
+    }
+
+    impl TaskHandler for Handler {
+        async fn run(&self, _task: Task, context: TaskContext) -> TaskOutcome {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            context.finish_with(FinalEvent(self.failing_write.then(|| "refused".to_string())));
+            if self.hold.load(Ordering::SeqCst) {
+                context.cancel.cancelled().await;
+                return TaskOutcome::Cancelled("stopping".into());
+            }
+            TaskOutcome::Succeeded(json!({ "done": true }))
+        }
+
+        async fn before_dispatch(&self) {}
+    }
+
+    async fn create_task(engine: &TaskEngine, store: &Store) -> Uuid {
+        let mut transaction = store.begin().await.expect("begin");
+        let task = engine
+            .create(&mut transaction, NewTask::on_object(TaskKind::InstanceStart, Uuid::now_v7(), json!({}), "test"))
+            .await
+            .expect("create");
+        transaction.commit().await.expect("commit");
+        engine.wake();
+        task.id
+    }
+
+    async fn event_kinds(store: &Store) -> Vec<String> {
+        let events =
+            store::events::list_after(&mut store.reader().await.expect("reader"), 0, 1000).await.expect("events");
+        events.into_iter().map(|event| event.kind).collect()
+    }
+
+    #[tokio::test]
+    async fn a_final_write_commits_with_the_outcome_and_the_task_does_not_run_again() {
+        let (store, _directory) = open_temporary().await;
+        let engine = TaskEngine::new(store.clone(), 4, 3);
+        let handler = Handler::new(false, false);
+        engine.start(handler.clone());
+        let id = create_task(&engine, &store).await;
+        let task = engine.wait(id, Duration::from_secs(10)).await.expect("wait");
+        assert_eq!(task.state, TaskState::Succeeded);
+        let kinds = event_kinds(&store).await;
+        let final_at = kinds.iter().position(|kind| kind == "test.final").expect("final write committed");
+        assert_eq!(kinds[final_at + 1], "task.succeeded", "the final write and the outcome are one commit: {kinds:?}");
+        engine.shutdown();
+
+        // A restart finds nothing to resume: the task ended with its final write.
+        let engine = TaskEngine::new(store.clone(), 4, 3);
+        assert_eq!(engine.recover().await.expect("recover"), 0);
+        engine.start(handler.clone());
+        engine.wake();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(event_kinds(&store).await.iter().filter(|kind| *kind == "test.final").count(), 1);
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_final_write_not_committed_before_a_stop_is_redone_when_the_task_resumes() {
+        let (store, _directory) = open_temporary().await;
+        let engine = TaskEngine::new(store.clone(), 4, 3);
+        let held = Handler::new(true, false);
+        engine.start(held.clone());
+        let id = create_task(&engine, &store).await;
+        for _ in 0..100 {
+            if held.runs.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(held.runs.load(Ordering::SeqCst), 1);
+        engine.shutdown();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let task = store::tasks::get(&mut store.reader().await.expect("reader"), id).await.expect("get").expect("task");
+        assert_eq!(task.state, TaskState::Running, "left running for recovery");
+        assert!(
+            !event_kinds(&store).await.contains(&"test.final".to_string()),
+            "the final write waits for the outcome"
+        );
+
+        let engine = TaskEngine::new(store.clone(), 4, 3);
+        assert_eq!(engine.recover().await.expect("recover"), 1);
+        let handler = Handler::new(false, false);
+        engine.start(handler.clone());
+        let task = engine.wait(id, Duration::from_secs(10)).await.expect("wait");
+        assert_eq!(task.state, TaskState::Succeeded);
+        assert_eq!(task.attempts, 2);
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(event_kinds(&store).await.iter().filter(|kind| *kind == "test.final").count(), 1);
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_final_write_that_keeps_failing_fails_the_task_instead_of_leaving_it_running() {
+        let (store, _directory) = open_temporary().await;
+        let engine = TaskEngine::new(store.clone(), 4, 3);
+        engine.start(Handler::new(false, true));
+        let id = create_task(&engine, &store).await;
+        let task = engine.wait(id, Duration::from_secs(20)).await.expect("wait");
+        assert_eq!(task.state, TaskState::Failed);
+        assert_eq!(task.error.expect("error").code, "internal");
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn pending_tasks_are_claimed_together_and_each_starts_once() {
+        let (store, _directory) = open_temporary().await;
+        let engine = TaskEngine::new(store.clone(), 8, 3);
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            ids.push(create_task(&engine, &store).await);
+        }
+        let handler = Handler::new(false, false);
+        engine.start(handler.clone());
+        for id in &ids {
+            assert_eq!(engine.wait(*id, Duration::from_secs(10)).await.expect("wait").state, TaskState::Succeeded);
+        }
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 6);
+        let kinds = event_kinds(&store).await;
+        assert_eq!(kinds.iter().filter(|kind| *kind == "task.started").count(), 6);
+        engine.shutdown();
+    }
 }
