@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -123,6 +123,9 @@ impl NewTask {
         }
     }
 }
+
+/// At most this many tasks are claimed in one write transaction.
+const CLAIM_BATCH: usize = 16;
 
 /// How often the transaction recording a task's outcome is tried with the handler's final
 /// write before the task is failed without it.
@@ -272,34 +275,48 @@ impl TaskEngine {
         }
     }
 
-    /// Claims up to as many claimable tasks as there are free permits, all in one write
-    /// transaction (a task cancelled or claimed meanwhile is skipped), then spawns them.
+    /// Claims as many claimable tasks as there are free permits, up to [`CLAIM_BATCH`] in one
+    /// write transaction (a task cancelled or claimed meanwhile is skipped), spawns them, and
+    /// goes on with the next ones. Small batches let the tasks just started write between two
+    /// claims instead of all queueing behind one long claim.
     async fn claim_and_spawn<H: TaskHandler>(&self, handler: &Arc<H>) -> Result<(), StoreError> {
-        let available = self.shared.permits.available_permits();
-        if available == 0 {
-            return Ok(());
+        loop {
+            let available = self.shared.permits.available_permits().min(CLAIM_BATCH);
+            if available == 0 {
+                return Ok(());
+            }
+            let store = &self.shared.store;
+            let candidates = store::tasks::claimable(&mut *store.reader().await?, available as u32).await?;
+            if candidates.is_empty() {
+                return Ok(());
+            }
+            let full = candidates.len() == available;
+            let mut claimed = Vec::with_capacity(candidates.len());
+            let mut transaction = store.begin().await?;
+            for (mut task, _) in candidates {
+                let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else { break };
+                task.state = TaskState::Running;
+                task.attempts += 1;
+                task.started_at.get_or_insert_with(store::now);
+                // Only a task still pending is claimed: it may have been cancelled meanwhile.
+                let Some(cancel_requested) = store::tasks::claim(&mut transaction, &task).await? else { continue };
+                transaction
+                    .append_event(
+                        NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })),
+                    )
+                    .await?;
+                claimed.push((task, cancel_requested, permit));
+            }
+            transaction.commit().await?;
+            self.spawn_claimed(handler, claimed);
+            if !full {
+                return Ok(());
+            }
         }
-        let store = &self.shared.store;
-        let candidates = store::tasks::claimable(&mut *store.reader().await?, available as u32).await?;
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let mut claimed = Vec::with_capacity(candidates.len());
-        let mut transaction = store.begin().await?;
-        for (mut task, _) in candidates {
-            let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else { break };
-            task.state = TaskState::Running;
-            task.attempts += 1;
-            task.started_at.get_or_insert_with(store::now);
-            // Only a task still pending is claimed: it may have been cancelled meanwhile.
-            let Some(cancel_requested) = store::tasks::claim(&mut transaction, &task).await? else { continue };
-            transaction
-                .append_event(NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })))
-                .await?;
-            claimed.push((task, cancel_requested, permit));
-        }
-        transaction.commit().await?;
+    }
 
+    fn spawn_claimed<H: TaskHandler>(&self, handler: &Arc<H>, claimed: Vec<(Task, bool, OwnedSemaphorePermit)>) {
+        let store = &self.shared.store;
         for (task, cancel_requested, permit) in claimed {
             let cancel = CancellationToken::new();
             if cancel_requested {
@@ -334,7 +351,6 @@ impl TaskEngine {
                 engine.wake();
             });
         }
-        Ok(())
     }
 
     /// Records the outcome of a task that ran, with the handler's final write if it left one;
