@@ -24,10 +24,23 @@ die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) == 0 ]] || die "must run as root (installs packages, runs the system libvirtd)"
 
-# Test processes may call this concurrently: one at a time.
+# Test processes may call this concurrently: one at a time (an install can take minutes).
 mkdir -p "$STATE"
 exec 9>"$STATE/setup.lock"
-flock 9
+flock -w 900 9 || die "another setup.sh has held $STATE/setup.lock for 15 minutes"
+
+# Starts a daemon with none of our descriptors beyond stdio: it would hold the lock on fd 9
+# for good (the next setup.sh would wait forever), or a pipe of whoever ran us open (its
+# reader would never see the end of our output).
+detached() {
+  (
+    for fd in /proc/self/fd/*; do
+      fd=${fd##*/}
+      if ((fd > 2)); then eval "exec $fd>&-"; fi
+    done
+    exec "$@"
+  )
+}
 
 # --- packages ---------------------------------------------------------------
 # Why bookworm-backports: the machine ships qemu-utils 10 from bookworm-backports, and
@@ -112,7 +125,7 @@ if alive "$STATE/virtlogd.pid"; then
 elif pgrep -x virtlogd >/dev/null; then
   log "a virtlogd not started by this script is running; reusing it"
 else
-  virtlogd -d -p "$STATE/virtlogd.pid" || die "virtlogd failed to start"
+  detached virtlogd -d -p "$STATE/virtlogd.pid" || die "virtlogd failed to start"
   log "started virtlogd (pid $(cat "$STATE/virtlogd.pid"))"
 fi
 
@@ -126,7 +139,7 @@ else
     die "a libvirtd not started by this script is running (pid $other); stop it first"
   fi
   rm -f "$RUN"/libvirt-sock* "$RUN"/libvirt-admin-sock
-  libvirtd -d --listen -f "$STATE/libvirtd.conf" -p "$STATE/libvirtd.pid" \
+  detached libvirtd -d --listen -f "$STATE/libvirtd.conf" -p "$STATE/libvirtd.pid" \
     || die "libvirtd failed to start; see $STATE/log/libvirtd.log"
   for _ in $(seq 100); do answers && break; sleep 0.1; done
   answers || die "libvirtd started but does not answer on 127.0.0.1:$PORT; see $STATE/log/libvirtd.log"
