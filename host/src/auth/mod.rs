@@ -1,120 +1,82 @@
-//! Authentication baseline: one admin bearer token, checked in one middleware for every route
-//! but `/health`. (Users, keys, sessions and auth plugins build on this later.)
+//! Authentication: who a request comes from. Credential schemes are auth plugins
+//! (`hyperplane:auth`); the checks they ask for (passwords, API keys, sessions, tokens) are the
+//! [`Credentials`] the host implements, so secrets never leave the host.
 
-use std::io::Write;
-use std::path::Path;
+mod admin_token;
 
-use rand::Rng;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use std::time::Duration;
 
-/// Who made a request, as recorded in events.
-#[derive(Debug, Clone)]
+use uuid::Uuid;
+
+pub use admin_token::{AuthError, Authenticator, TokenSource, load_or_create_admin_token};
+
+/// Who made a request, as the credential checks found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    pub kind: PrincipalKind,
+    /// For events and logs: `admin`, `alice`, `alice/ci-runner` (a key of alice). Never a secret.
     pub name: String,
 }
 
-/// Checks bearer tokens against the admin token, in constant time.
-#[derive(Clone)]
-pub struct Authenticator {
-    admin_token_digest: [u8; 32],
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// The operator's admin token: every permission.
+    Admin,
+    /// A user, by password, session or external identity.
+    User { user_id: Uuid, session_id: Option<Uuid> },
+    /// An API key of a user; it acts with the key's groups.
+    ApiKey { user_id: Uuid, key_id: String },
+    /// Hyperplane itself (reconciliation, task recovery).
+    System,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing credentials: send 'Authorization: Bearer <token>'")]
-    Missing,
-    #[error("the Authorization header must use the Bearer scheme")]
-    WrongScheme,
-    #[error("invalid token")]
-    InvalidToken,
-}
-
-impl Authenticator {
-    pub fn new(admin_token: &str) -> Self {
-        Authenticator { admin_token_digest: Sha256::digest(admin_token.as_bytes()).into() }
+impl Principal {
+    pub fn admin() -> Principal {
+        Principal { kind: PrincipalKind::Admin, name: "admin".into() }
     }
 
-    /// Checks the value of an `Authorization` header.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
-        let value = authorization.ok_or(AuthError::Missing)?;
-        let (scheme, token) = value.split_once(' ').ok_or(AuthError::WrongScheme)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::WrongScheme);
-        }
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        if bool::from(digest.ct_eq(&self.admin_token_digest)) {
-            Ok(Principal { name: "admin".into() })
-        } else {
-            Err(AuthError::InvalidToken)
-        }
+    pub fn system() -> Principal {
+        Principal { kind: PrincipalKind::System, name: "system".into() }
     }
 }
 
-/// Where the admin token came from.
-#[derive(Debug, PartialEq, Eq)]
-pub enum TokenSource {
-    Environment,
-    File,
-    Generated,
+/// Why a credential check failed. Messages never contain the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// Wrong, unknown, expired, revoked or disabled.
+    #[error("{0}")]
+    Rejected(String),
+    /// Too many failed attempts for this user or source.
+    #[error("too many failed attempts; retry in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    #[error("credentials cannot be checked now: {0}")]
+    Unavailable(String),
 }
 
-/// The admin token: `HYPERPLANE_ADMIN_TOKEN` if given, else `<data_dir>/admin.token`, else a
-/// new random token written there with mode 0600.
-pub fn load_or_create_admin_token(
-    from_environment: Option<String>,
-    data_dir: &Path,
-) -> std::io::Result<(String, TokenSource)> {
-    if let Some(token) = from_environment.filter(|token| !token.trim().is_empty()) {
-        return Ok((token.trim().to_owned(), TokenSource::Environment));
-    }
-    let path = data_dir.join("admin.token");
-    if let Ok(token) = std::fs::read_to_string(&path)
-        && !token.trim().is_empty()
-    {
-        return Ok((token.trim().to_owned(), TokenSource::File));
-    }
-    let bytes: [u8; 24] = rand::rng().random();
-    let token = format!("hp_{}", hex::encode(bytes));
-    std::fs::create_dir_all(data_dir)?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path)?;
-    writeln!(file, "{token}")?;
-    Ok((token, TokenSource::Generated))
+/// A session the host started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub token: String,
+    pub idle_timeout: Duration,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_tokens_are_checked() {
-        let authenticator = Authenticator::new("secret");
-        assert!(authenticator.authenticate(Some("Bearer secret")).is_ok());
-        assert!(authenticator.authenticate(Some("bearer secret")).is_ok());
-        assert!(matches!(authenticator.authenticate(None), Err(AuthError::Missing)));
-        assert!(matches!(authenticator.authenticate(Some("Basic c2VjcmV0")), Err(AuthError::WrongScheme)));
-        assert!(matches!(authenticator.authenticate(Some("Bearer wrong")), Err(AuthError::InvalidToken)));
-    }
-
-    #[test]
-    fn generated_token_is_private_and_reused() {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let (token, source) = load_or_create_admin_token(None, directory.path()).expect("generated");
-        assert_eq!(source, TokenSource::Generated);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(directory.path().join("admin.token")).expect("exists").permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        let (again, source) = load_or_create_admin_token(None, directory.path()).expect("read back");
-        assert_eq!((again, source), (token, TokenSource::File));
-        let (from_environment, source) =
-            load_or_create_admin_token(Some("given".into()), directory.path()).expect("environment wins");
-        assert_eq!((from_environment.as_str(), source), ("given", TokenSource::Environment));
-    }
+/// The credential checks auth plugins call (`hyperplane:auth/credentials`). `source` is the
+/// client's address, for throttling and the audit trail.
+#[async_trait::async_trait]
+pub trait Credentials: Send + Sync + 'static {
+    async fn verify_password(&self, user: &str, password: &str, source: &str) -> Result<Principal, CredentialError>;
+    async fn verify_api_key(&self, id: &str, secret: &str, source: &str) -> Result<Principal, CredentialError>;
+    async fn verify_session(&self, token: &str, source: &str) -> Result<Principal, CredentialError>;
+    /// Any token the host issues: an API key token, a session token or the admin token.
+    async fn verify_token(&self, token: &str, source: &str) -> Result<Principal, CredentialError>;
+    async fn create_session(&self, principal: &Principal) -> Result<NewSession, CredentialError>;
+    /// A user for an identity that `issuer` asserted (the caller has checked that the operator
+    /// trusts `issuer` for the scheme); `groups` name user groups.
+    async fn external_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+        username: &str,
+        groups: &[String],
+    ) -> Result<Principal, CredentialError>;
 }
