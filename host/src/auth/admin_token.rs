@@ -10,6 +10,23 @@ use subtle::ConstantTimeEq;
 
 use super::Principal;
 
+/// The admin token, kept as its digest; compared in constant time.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl AdminToken {
+    pub fn new(token: &str) -> AdminToken {
+        AdminToken { digest: Sha256::digest(token.trim().as_bytes()).into() }
+    }
+
+    pub fn matches(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        bool::from(digest.ct_eq(&self.digest))
+    }
+}
+
 /// Checks bearer tokens against the admin token, in constant time.
 #[derive(Clone)]
 pub struct Authenticator {

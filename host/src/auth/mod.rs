@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-pub use admin_token::{AuthError, Authenticator, TokenSource, load_or_create_admin_token};
+pub use admin_token::{AdminToken, AuthError, Authenticator, TokenSource, load_or_create_admin_token};
 
 /// Who made a request, as the credential checks found it.
 #[derive(Debug, Clone, PartialEq, Eq)]

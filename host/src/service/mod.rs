@@ -5,6 +5,7 @@
 mod groups;
 mod host_templates;
 mod hosts;
+mod identity;
 mod instance_operations;
 mod instances;
 mod lifecycle;
