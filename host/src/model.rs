@@ -484,6 +484,12 @@ pub struct Event {
     pub object_kind: String,
     pub object_id: String,
     pub actor: String,
+    /// The auth scheme the actor used (`token`, `basic`…); empty for Hyperplane's own events.
+    pub scheme: String,
+    /// The client's address; empty for Hyperplane's own events.
+    pub source: String,
+    /// For calls: `succeeded`, `denied` or `failed`; empty for state changes.
+    pub outcome: String,
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
@@ -495,6 +501,9 @@ pub struct NewEvent {
     pub object_kind: &'static str,
     pub object_id: String,
     pub actor: String,
+    pub scheme: String,
+    pub source: String,
+    pub outcome: String,
     pub data: serde_json::Value,
 }
 
@@ -505,6 +514,9 @@ impl NewEvent {
             object_kind,
             object_id: object_id.to_string(),
             actor: "system".into(),
+            scheme: String::new(),
+            source: String::new(),
+            outcome: String::new(),
             data: serde_json::Value::Null,
         }
     }
@@ -516,6 +528,20 @@ impl NewEvent {
 
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = actor.into();
+        self
+    }
+
+    /// A call by `caller` that succeeded: actor, scheme and source for the audit trail.
+    pub fn by(mut self, caller: &crate::auth::Caller) -> Self {
+        self.actor = caller.actor().to_owned();
+        self.scheme.clone_from(&caller.scheme);
+        self.source.clone_from(&caller.source);
+        self.outcome = "succeeded".into();
+        self
+    }
+
+    pub fn outcome(mut self, outcome: &str) -> Self {
+        self.outcome = outcome.into();
         self
     }
 }

@@ -2,12 +2,16 @@
 //! (`hyperplane:auth`); the checks they ask for (passwords, API keys, sessions, tokens) are the
 //! [`Credentials`] the host implements, so secrets never leave the host.
 
+pub mod access;
 mod admin_token;
+pub mod identity;
+pub mod permissions;
 
 use std::time::Duration;
 
 use uuid::Uuid;
 
+pub use access::{Access, Caller, ProjectScope};
 pub use admin_token::{AdminToken, AuthError, Authenticator, TokenSource, load_or_create_admin_token};
 
 /// Who made a request, as the credential checks found it.

@@ -75,13 +75,10 @@ pub(super) enum Step {
 
 impl From<ServiceError> for Step {
     fn from(error: ServiceError) -> Self {
+        // Tasks have always said "invalid" where the API says "invalid_value".
         let code = match &error {
-            ServiceError::NotFound { .. } => "not_found",
             ServiceError::Invalid(_) => "invalid",
-            ServiceError::Conflict(_) => "conflict",
-            ServiceError::TooLarge(_) => "too_large",
-            ServiceError::Unavailable(_) => "unavailable",
-            ServiceError::Internal(_) => "internal",
+            other => other.code(),
         };
         Step::Failed(failure(code, &error.to_string()))
     }

@@ -27,6 +27,9 @@ use uuid::Uuid;
 
 pub use groups::{GroupPatch, NewGroup};
 pub use hosts::HostPatch;
+pub use identity::{
+    ApiKeyPatch, CreatedApiKey, NewApiKey, NewRole, NewRoleBinding, NewUser, NewUserGroup, StartedSession, UserPatch,
+};
 pub use instance_operations::NewSnapshot;
 pub use instances::{ActionOptions, CreateInstances, InstanceList, InstancePatch, InstanceQuery};
 pub use placement::PlacementExplanation;
@@ -49,6 +52,18 @@ pub enum ServiceError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller is authenticated but lacks the permission, which the message names.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A project quota would be exceeded; the message names the limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Credentials given to a service call (a login) are not valid.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Too many failed attempts: retry after the duration.
+    #[error("too many failed attempts; retry in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
     /// A request body larger than the server accepts.
     #[error("{0}")]
     TooLarge(String),
@@ -61,6 +76,22 @@ pub enum ServiceError {
 impl ServiceError {
     pub fn not_found(kind: &'static str, id: impl ToString) -> Self {
         ServiceError::NotFound { kind, id: id.to_string() }
+    }
+
+    /// The stable machine-readable code of the error (API error bodies, failed tasks).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::NotFound { .. } => "not_found",
+            ServiceError::Invalid(_) => "invalid_value",
+            ServiceError::Conflict(_) => "conflict",
+            ServiceError::Forbidden(_) => "forbidden",
+            ServiceError::QuotaExceeded(_) => "quota_exceeded",
+            ServiceError::Unauthorized(_) => "unauthorized",
+            ServiceError::Throttled(_) => "throttled",
+            ServiceError::TooLarge(_) => "too_large",
+            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Internal(_) => "internal",
+        }
     }
 }
 
@@ -137,17 +168,21 @@ struct Inner {
     providers: ProviderRegistry,
     settings: ServiceSettings,
     shutdown: CancellationToken,
+    login_throttle: identity::LoginThrottle,
 }
 
 impl Service {
     pub fn new(store: Store, providers: ProviderRegistry, settings: ServiceSettings) -> Service {
         let tasks = TaskEngine::new(store.clone(), settings.task_concurrency, settings.task_max_attempts);
-        Service { inner: Arc::new(Inner { store, tasks, providers, settings, shutdown: CancellationToken::new() }) }
+        let login_throttle = identity::LoginThrottle::default();
+        let shutdown = CancellationToken::new();
+        Service { inner: Arc::new(Inner { store, tasks, providers, settings, shutdown, login_throttle }) }
     }
 
     /// Recovers interrupted tasks, takes a first inventory of every provider, then starts the
     /// task dispatcher and the reconciliation loop.
     pub async fn start(&self) -> ServiceResult<()> {
+        self.ensure_builtin_roles().await?;
         self.discard_incomplete_template_images().await?;
         let resumed = self.inner.tasks.recover().await?;
         if resumed > 0 {
@@ -173,6 +208,10 @@ impl Service {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    fn login_throttle(&self) -> &identity::LoginThrottle {
+        &self.inner.login_throttle
     }
 
     pub(crate) fn providers(&self) -> &ProviderRegistry {

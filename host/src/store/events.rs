@@ -7,13 +7,17 @@ use crate::model::{Event, NewEvent};
 
 pub(super) async fn append(connection: &mut SqliteConnection, event: &NewEvent) -> StoreResult<i64> {
     let row = sqlx::query(
-        "INSERT INTO events (time, type, object_kind, object_id, actor, data) VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+        "INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
     )
     .bind(format_time(&now()))
     .bind(&event.kind)
     .bind(event.object_kind)
     .bind(&event.object_id)
     .bind(&event.actor)
+    .bind(&event.scheme)
+    .bind(&event.source)
+    .bind(&event.outcome)
     .bind(event.data.to_string())
     .fetch_one(connection)
     .await?;
@@ -41,6 +45,9 @@ pub async fn list_after(connection: &mut SqliteConnection, after: i64, limit: u3
                 object_kind: row.try_get("object_kind")?,
                 object_id: row.try_get("object_id")?,
                 actor: row.try_get("actor")?,
+                scheme: row.try_get("scheme")?,
+                source: row.try_get("source")?,
+                outcome: row.try_get("outcome")?,
                 data: parse_json(row.try_get("data")?)?,
             })
         })

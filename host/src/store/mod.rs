@@ -8,8 +8,10 @@
 pub mod events;
 pub mod groups;
 pub mod hosts;
+pub mod identity;
 pub mod instances;
 pub mod plugin_state;
+pub mod projects;
 pub mod tasks;
 pub mod templates;
 

@@ -3,6 +3,7 @@
 //! template images, instance operations and templates cached on hosts in their own modules.
 
 mod host_templates;
+mod identity;
 mod instance_operations;
 mod template_images;
 
