@@ -14,6 +14,16 @@ pub const BUNDLED_DRIVER_SIM: &str = "driver-sim";
 /// Name under which the bundled libvirt driver is referenced in `providers[].driver`.
 pub const BUNDLED_DRIVER_LIBVIRT: &str = "driver-libvirt";
 
+/// Names under which the bundled auth schemes are referenced in `auth.schemes[].plugin`.
+pub const BUNDLED_AUTH_TOKEN: &str = "auth-token";
+pub const BUNDLED_AUTH_BASIC: &str = "auth-basic";
+pub const BUNDLED_AUTH_SESSION: &str = "auth-session";
+pub const BUNDLED_AUTH_APIKEY: &str = "auth-apikey";
+pub const BUNDLED_AUTH_OIDC: &str = "auth-oidc";
+/// Every bundled auth scheme.
+pub const BUNDLED_AUTH_SCHEMES: [&str; 5] =
+    [BUNDLED_AUTH_TOKEN, BUNDLED_AUTH_BASIC, BUNDLED_AUTH_SESSION, BUNDLED_AUTH_APIKEY, BUNDLED_AUTH_OIDC];
+
 /// Environment variables with the `HYPERPLANE_` prefix that are not configuration keys.
 const NON_CONFIG_VARIABLES: &[&str] = &["ADMIN_TOKEN", "URL", "TOKEN", "CONFIG", "LOG"];
 
@@ -42,7 +52,70 @@ pub struct Config {
     pub templates: TemplateConfig,
     /// Configured drivers. Without any, the bundled simulated driver runs with 4 hosts.
     pub providers: Vec<ProviderConfig>,
+    pub auth: AuthConfig,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The credential schemes, asked in this order; the first that authenticates or rejects a
+    /// request decides. Default: `auth-apikey`, `auth-session`, `auth-token`, `auth-basic`.
+    pub schemes: Vec<AuthSchemeConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSchemeConfig {
+    /// Unique scheme name, used in logs, metrics, messages and the audit trail.
+    pub name: String,
+    /// A bundled scheme (`auth-token`, `auth-basic`, `auth-session`, `auth-apikey`,
+    /// `auth-oidc`) or a path to an auth scheme component (`.wasm`).
+    pub plugin: String,
+    /// Scheme-specific settings, handed to the plugin's `init` as JSON.
+    #[serde(default = "empty_table")]
+    pub config: serde_json::Value,
+    /// Hosts (`host` or `host:port`) the scheme may reach over outgoing HTTP (an OIDC key set).
+    #[serde(default)]
+    pub allowed_http_hosts: Vec<String>,
+    /// Issuers whose identities the scheme may assert (`external-identity`); none by default.
+    #[serde(default)]
+    pub trusted_issuers: Vec<String>,
+    /// Deadline of one authentication; default 10 seconds.
+    pub call_timeout_secs: Option<f64>,
+    /// Memory cap of one instance; default `plugins.memory_limit_mib`.
+    pub memory_limit_mib: Option<u64>,
+}
+
+impl AuthSchemeConfig {
+    /// A bundled scheme with its default settings.
+    fn bundled(name: &str, plugin: &str) -> AuthSchemeConfig {
+        AuthSchemeConfig {
+            name: name.into(),
+            plugin: plugin.into(),
+            config: empty_table(),
+            allowed_http_hosts: Vec::new(),
+            trusted_issuers: Vec::new(),
+            call_timeout_secs: None,
+            memory_limit_mib: None,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            schemes: vec![
+                AuthSchemeConfig::bundled("apikey", BUNDLED_AUTH_APIKEY),
+                AuthSchemeConfig::bundled("session", BUNDLED_AUTH_SESSION),
+                AuthSchemeConfig::bundled("token", BUNDLED_AUTH_TOKEN),
+                AuthSchemeConfig::bundled("basic", BUNDLED_AUTH_BASIC),
+            ],
+        }
+    }
+}
+
+/// Deadline of one authentication when the scheme sets none.
+pub const DEFAULT_AUTH_CALL_TIMEOUT_SECS: f64 = 10.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -143,6 +216,7 @@ impl Default for Config {
             instances: InstanceConfig::default(),
             templates: TemplateConfig::default(),
             providers: Vec::new(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -278,7 +352,7 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        self.auth.validate()
     }
 
     /// The configured providers, or the bundled simulator with 4 hosts when none is configured.
@@ -311,6 +385,64 @@ impl Config {
     pub fn template_images_dir(&self) -> PathBuf {
         self.data_dir.join("templates")
     }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| Err(ConfigError::Invalid { key: key.into(), message: message.into() });
+        if self.schemes.is_empty() {
+            return invalid("auth.schemes", "must enable at least one scheme");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (index, scheme) in self.schemes.iter().enumerate() {
+            let key = |field: &str| format!("auth.schemes[{index}].{field}");
+            if !is_valid_name(&scheme.name) {
+                return invalid(&key("name"), "must be 1-63 characters of a-z, 0-9 and '-'");
+            }
+            if !names.insert(scheme.name.as_str()) {
+                return invalid(&key("name"), &format!("auth scheme '{}' is defined twice", scheme.name));
+            }
+            if !(BUNDLED_AUTH_SCHEMES.contains(&scheme.plugin.as_str()) || scheme.plugin.ends_with(".wasm")) {
+                return invalid(
+                    &key("plugin"),
+                    &format!(
+                        "'{}' is neither a bundled scheme ({}) nor a path to a .wasm component",
+                        scheme.plugin,
+                        BUNDLED_AUTH_SCHEMES.join(", ")
+                    ),
+                );
+            }
+            if !scheme.config.is_object() {
+                return invalid(&key("config"), "must be a table");
+            }
+            if let Some(position) = scheme.allowed_http_hosts.iter().position(|host| !is_authority(host)) {
+                return invalid(&key(&format!("allowed_http_hosts[{position}]")), "must be host or host:port");
+            }
+            if let Some(position) = scheme.trusted_issuers.iter().position(|issuer| issuer.trim().is_empty()) {
+                return invalid(&key(&format!("trusted_issuers[{position}]")), "must not be empty");
+            }
+            if let Some(timeout) = scheme.call_timeout_secs
+                && !(timeout > 0.0 && timeout <= 300.0)
+            {
+                return invalid(&key("call_timeout_secs"), "must be between 0 and 300 seconds");
+            }
+            if let Some(memory) = scheme.memory_limit_mib
+                && !(1..=65_536).contains(&memory)
+            {
+                return invalid(&key("memory_limit_mib"), "must be between 1 and 65536");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `host` or `host:port`, without scheme, path or user.
+fn is_authority(text: &str) -> bool {
+    let host = match text.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => text,
+    };
+    !host.is_empty() && !host.contains(['/', '@', ':', ' '])
 }
 
 /// Names of providers and other operator-chosen identifiers.
@@ -361,6 +493,61 @@ mod tests {
             "[[providers]]\nname = \"a\"\ndriver = \"x.wasm\"\nendpoints = { libvirt = \"/run/sock\" }",
             "providers[0].endpoints.libvirt",
         );
+    }
+
+    #[test]
+    fn auth_schemes_default_to_the_bundled_ones_without_oidc() {
+        let config = Config::from_toml("").expect("empty config is valid");
+        let schemes: Vec<(&str, &str)> =
+            config.auth.schemes.iter().map(|scheme| (scheme.name.as_str(), scheme.plugin.as_str())).collect();
+        assert_eq!(
+            schemes,
+            [("apikey", "auth-apikey"), ("session", "auth-session"), ("token", "auth-token"), ("basic", "auth-basic")]
+        );
+    }
+
+    #[test]
+    fn configured_auth_schemes_replace_the_defaults_in_order() {
+        let config = Config::from_toml(
+            r#"
+[[auth.schemes]]
+name = "oidc"
+plugin = "auth-oidc"
+config = { audience = "hyperplane" }
+allowed_http_hosts = ["login.example.com"]
+trusted_issuers = ["https://login.example.com"]
+
+[[auth.schemes]]
+name = "custom"
+plugin = "/opt/schemes/custom.wasm"
+"#,
+        )
+        .expect("valid");
+        let names: Vec<&str> = config.auth.schemes.iter().map(|scheme| scheme.name.as_str()).collect();
+        assert_eq!(names, ["oidc", "custom"]);
+        assert_eq!(config.auth.schemes[0].config["audience"], "hyperplane");
+        assert_eq!(config.auth.schemes[0].trusted_issuers, ["https://login.example.com"]);
+    }
+
+    #[test]
+    fn bad_auth_schemes_are_named() {
+        let scheme = |body: &str| format!("[[auth.schemes]]\nname = \"token\"\nplugin = \"auth-token\"\n{body}");
+        check_error("[auth]\nschemes = []", "auth.schemes: must enable at least one scheme");
+        check_error("[auth]\nscheme = []", "scheme");
+        check_error(&scheme("color = 1"), "color");
+        check_error(
+            &format!("{}\n[[auth.schemes]]\nname = \"b\"\nplugin = \"auth-ldap\"", scheme("")),
+            "auth.schemes[1].plugin",
+        );
+        check_error(
+            &format!("{}\n{}", scheme(""), scheme("")),
+            "auth.schemes[1].name: auth scheme 'token' is defined twice",
+        );
+        check_error(&scheme("config = 3"), "auth.schemes[0].config");
+        check_error(&scheme("allowed_http_hosts = [\"https://x/\"]"), "auth.schemes[0].allowed_http_hosts[0]");
+        check_error(&scheme("trusted_issuers = [\"\"]"), "auth.schemes[0].trusted_issuers[0]");
+        check_error(&scheme("call_timeout_secs = 0"), "auth.schemes[0].call_timeout_secs");
+        check_error("[[auth.schemes]]\nname = \"Token\"\nplugin = \"auth-token\"", "auth.schemes[0].name");
     }
 
     #[test]

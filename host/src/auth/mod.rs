@@ -4,6 +4,7 @@
 
 pub mod access;
 mod admin_token;
+pub mod chain;
 pub mod identity;
 pub mod permissions;
 

@@ -1,6 +1,6 @@
-//! Host bindings of the `hyperplane:driver/driver@0.2.0` world, generated from `wit/`: never
-//! edit by hand. The host supports this one version of the driver contract; `version` refuses
-//! components that export another one.
+//! Host bindings of the `hyperplane:driver/driver@0.2.0` and `hyperplane:auth/auth-scheme@0.1.0`
+//! worlds, generated from `wit/`: never edit by hand. The host supports these versions of the
+//! contracts; `version` refuses components that export another one.
 
 wasmtime::component::bindgen!({
     path: ["../wit/host/0.1.0", "../wit/driver/0.2.0"],
@@ -18,3 +18,22 @@ pub(crate) use exports::hyperplane::driver::hypervisor::{Guest as Hypervisor, Gu
 
 /// `types` holds only data: the host side of its (empty) import.
 impl hyperplane::driver::types::Host for super::store_data::StoreData {}
+
+/// The `hyperplane:auth/auth-scheme@0.1.0` world. It shares `hyperplane:host/log` with the
+/// driver world (one host implementation); an `identity` is the host's [`IssuedIdentity`].
+///
+/// [`IssuedIdentity`]: super::auth::IssuedIdentity
+pub(crate) mod auth {
+    wasmtime::component::bindgen!({
+        path: ["../wit/host/0.1.0", "../wit/auth/0.1.0"],
+        world: "hyperplane:auth/auth-scheme",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "hyperplane:host/log": super::hyperplane::host::log,
+            "hyperplane:auth/credentials.identity": super::super::auth::IssuedIdentity,
+        },
+    });
+
+    pub(crate) use exports::hyperplane::auth::scheme::{Guest as Scheme, GuestIndices as SchemeIndices};
+}

@@ -27,8 +27,13 @@ pub enum LoadError {
     UnsupportedDriverVersion { label: String, exported: String, supported: &'static str },
     #[error("component {label} exports no hyperplane:driver/hypervisor interface; it is not a driver")]
     NoDriverInterface { label: String },
-    #[error("component {label} does not fit the hyperplane:driver@0.2.0 world: {message}")]
-    Link { label: String, message: String },
+    #[error(
+        "component {label} exports no hyperplane:auth/scheme@{supported} interface; it is not an auth scheme \
+         of the version this host supports"
+    )]
+    NoAuthSchemeInterface { label: String, supported: &'static str },
+    #[error("component {label} does not fit the {world} world: {message}")]
+    Link { label: String, world: &'static str, message: String },
     #[error("provider {provider} failed to initialize")]
     Init { provider: String, source: CallError },
     #[error(transparent)]
@@ -39,13 +44,17 @@ pub enum LoadError {
     BackgroundTask(String),
 }
 
-/// Why a call into a provider failed. Every variant except `Driver` means the instance that
-/// served the call was discarded.
+/// Why a call into a plugin failed. Every variant except `Driver` and `Scheme` means the
+/// instance that served the call was discarded.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The driver answered with its own WIT `error` variant; its instance stays in service.
     #[error("{}", describe_driver_error(.0))]
     Driver(DriverError),
+    /// An auth scheme answered with its own WIT `error` variant (`kind: message`); its instance
+    /// stays in service.
+    #[error("{0}")]
+    Scheme(String),
     #[error("provider function {function} timed out after {after:?}")]
     Timeout { function: &'static str, after: Duration },
     #[error("provider function {function} exceeded its memory limit of {limit_bytes} bytes")]
@@ -63,6 +72,7 @@ impl CallError {
     pub fn kind(&self) -> &'static str {
         match self {
             CallError::Driver(_) => "driver",
+            CallError::Scheme(_) => "scheme",
             CallError::Timeout { .. } => "timeout",
             CallError::MemoryLimit { .. } => "memory_limit",
             CallError::Trap { .. } => "trap",
@@ -73,7 +83,7 @@ impl CallError {
 
     /// Whether the instance that served the call was thrown away because of this failure.
     pub fn discarded_instance(&self) -> bool {
-        !matches!(self, CallError::Driver(_))
+        !matches!(self, CallError::Driver(_) | CallError::Scheme(_))
     }
 }
 

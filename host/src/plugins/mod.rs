@@ -1,9 +1,11 @@
 //! The plugin runtime: the only part of the host that knows wasmtime. It compiles and caches
-//! driver components, instantiates them with deny-by-default capabilities and runs every call
-//! under a deadline, a memory cap and a response-size limit.
+//! driver and auth scheme components, instantiates them with deny-by-default capabilities and
+//! runs every call under a deadline, a memory cap and a response-size limit.
 //!
-//! Entry points: [`PluginRuntime::new`] once per process, then [`Driver::load`] per provider.
+//! Entry points: [`PluginRuntime::new`] once per process, then [`Driver::load`] per provider and
+//! [`AuthSchemePlugin::load`] per auth scheme.
 
+mod auth;
 mod bindings;
 mod component_cache;
 mod driver;
@@ -11,6 +13,7 @@ mod endpoints;
 mod errors;
 mod http;
 mod log;
+mod pool;
 pub mod progress;
 mod response_size;
 mod runtime;
@@ -24,18 +27,20 @@ mod version;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{ALLOWED_RESPONSE_HEADERS, AuthSchemePlugin, AuthSchemeSettings};
 pub use component_cache::{CacheOutcome, ComponentCacheStatistics};
-pub use driver::{Driver, DriverStatistics, MAX_CONCURRENT_CALLS_PER_PROVIDER, MAX_IDLE_INSTANCES_PER_PROVIDER};
+pub use driver::Driver;
 pub use endpoints::{
     EndpointConnection, MAX_OPEN_CONNECTIONS_PER_INSTANCE, MAX_READ_CHUNK_BYTES, MAX_READ_EXACT_BYTES,
 };
 pub use errors::{CallError, LoadError, describe_driver_error};
 pub use http::InvalidAllowedHttpHost;
+pub use pool::{DriverStatistics, MAX_CONCURRENT_CALLS_PER_PROVIDER, MAX_IDLE_INSTANCES_PER_PROVIDER};
 pub use runtime::{EPOCH_TICK, PluginRuntime};
 pub use settings::{ComponentSource, EndpointAddress, EndpointAddressError, ProviderSettings, RuntimeSettings};
 pub use state::{MAX_STATE_KEY_BYTES, MAX_STATE_VALUE_BYTES, MemoryStateStore, PluginStateStore};
 pub use transfer::{ByteSource, DeliveredBytes, MAX_TRANSFER_READ_BYTES, MIN_TRANSFER_BYTES_PER_SEC};
-pub use version::SUPPORTED_DRIVER_VERSION;
+pub use version::{SUPPORTED_AUTH_VERSION, SUPPORTED_DRIVER_VERSION};
 
 /// The plain data types of `hyperplane:driver/types@0.2.0`, generated from the WIT.
 pub mod driver_types {

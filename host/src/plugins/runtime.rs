@@ -1,5 +1,6 @@
 //! The process-wide plugin runtime: one wasmtime `Engine` with epoch interruption, the epoch
-//! ticker thread, the linker with WASI, wasi:http and `hyperplane:host`, and the cache of
+//! ticker thread, one linker per world (drivers: WASI, wasi:http and `hyperplane:host`; auth
+//! schemes: WASI, wasi:http, the host's log and `hyperplane:auth/credentials`), and the cache of
 //! compiled components.
 
 use std::sync::Arc;
@@ -24,7 +25,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// them is alive.
 pub(crate) struct RuntimeShared {
     pub(crate) engine: Engine,
+    /// What drivers are linked against.
     pub(crate) linker: Linker<StoreData>,
+    /// What auth schemes are linked against: no endpoints, state or progress, which they have
+    /// no use for; the credential checks instead.
+    pub(crate) auth_linker: Linker<StoreData>,
     pub(crate) component_cache: Arc<ComponentCache>,
     _epoch_ticker: EpochTicker,
 }
@@ -52,17 +57,30 @@ impl PluginRuntime {
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|error| LoadError::Engine(error.to_string()))?;
 
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|error| LoadError::Engine(error.to_string()))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|error| LoadError::Engine(error.to_string()))?;
+        let engine_error = |error: wasmtime::Error| LoadError::Engine(error.to_string());
+        let wasi_linker = || -> Result<Linker<StoreData>, LoadError> {
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_error)?;
+            Ok(linker)
+        };
+        let mut linker = wasi_linker()?;
         bindings::Driver::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |data| data)
-            .map_err(|error| LoadError::Engine(error.to_string()))?;
+            .map_err(engine_error)?;
+        let mut auth_linker = wasi_linker()?;
+        bindings::auth::AuthScheme::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut auth_linker, |data| data)
+            .map_err(engine_error)?;
 
         let component_cache = Arc::new(ComponentCache::new(engine.clone(), settings.cache_dir)?);
         let epoch_ticker = EpochTicker::start(&engine).map_err(|error| LoadError::Engine(error.to_string()))?;
         Ok(PluginRuntime {
-            shared: Arc::new(RuntimeShared { engine, linker, component_cache, _epoch_ticker: epoch_ticker }),
+            shared: Arc::new(RuntimeShared {
+                engine,
+                linker,
+                auth_linker,
+                component_cache,
+                _epoch_ticker: epoch_ticker,
+            }),
         })
     }
 

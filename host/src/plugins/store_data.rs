@@ -1,5 +1,5 @@
 //! The per-instance host state (`T` of `Store<T>`): the deny-by-default WASI context, the
-//! memory cap, the deadline of the running call and the provider's granted capabilities.
+//! memory cap, the deadline of the running call and the plugin's granted capabilities.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -17,6 +17,7 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::auth::{AuthCallState, SchemeGrants};
 use super::http::OutgoingHttpAllowList;
 use super::progress::ProgressSink;
 use super::settings::EndpointAddress;
@@ -38,6 +39,8 @@ pub(crate) struct ProviderContext {
     pub(crate) http_allow_list: OutgoingHttpAllowList,
     pub(crate) state_store: Arc<dyn PluginStateStore>,
     pub(crate) memory_limit_bytes: usize,
+    /// What an auth scheme may check; `None` for drivers.
+    pub(crate) auth: Option<SchemeGrants>,
 }
 
 /// The call currently running in the instance, if any.
@@ -56,6 +59,8 @@ pub(crate) struct StoreData {
     pub(crate) table: ResourceTable,
     pub(crate) open_connection_count: usize,
     pub(crate) recent_stderr: RecentLines,
+    /// The request an auth scheme is authenticating and the identities issued for it.
+    pub(crate) auth_call: AuthCallState,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     http_allow_list: OutgoingHttpAllowList,
@@ -79,6 +84,7 @@ impl StoreData {
             table: ResourceTable::new(),
             open_connection_count: 0,
             recent_stderr,
+            auth_call: AuthCallState::default(),
             wasi,
             http: WasiHttpCtx::new(),
             http_allow_list,

@@ -1,5 +1,5 @@
-//! The version of the driver contract the host speaks, and the load-time check that refuses a
-//! component exporting another version with an error that names both.
+//! The versions of the driver and auth contracts the host speaks, and the load-time checks that
+//! refuse a component exporting another version with an error that names the supported one.
 
 use super::errors::LoadError;
 
@@ -7,6 +7,22 @@ use super::errors::LoadError;
 pub const SUPPORTED_DRIVER_VERSION: &str = "0.2.0";
 /// Export names of the driver interface start with this, followed by the version.
 const DRIVER_INTERFACE_PREFIX: &str = "hyperplane:driver/hypervisor@";
+
+/// The version of `hyperplane:auth` this host binds (`wit/auth/0.1.0`).
+pub const SUPPORTED_AUTH_VERSION: &str = "0.1.0";
+/// The export name of the auth scheme interface of the supported version.
+const AUTH_SCHEME_INTERFACE: &str = "hyperplane:auth/scheme@0.1.0";
+
+/// Checks that a component exports the auth scheme interface of the supported version.
+pub(crate) fn check_auth_scheme_exports<'a>(
+    label: &str,
+    mut export_names: impl Iterator<Item = &'a str>,
+) -> Result<(), LoadError> {
+    if export_names.any(|name| name == AUTH_SCHEME_INTERFACE) {
+        return Ok(());
+    }
+    Err(LoadError::NoAuthSchemeInterface { label: label.to_owned(), supported: SUPPORTED_AUTH_VERSION })
+}
 
 /// Checks the names a component exports: it must export the driver interface in the supported
 /// version. Another version is [`LoadError::UnsupportedDriverVersion`]; none at all is
@@ -41,6 +57,19 @@ mod tests {
             (Err(error), Some(expected)) => assert_eq!(error.to_string(), expected),
             (outcome, expected) => panic!("{export_names:?}: got {outcome:?}, expected {expected:?}"),
         }
+    }
+
+    #[test]
+    fn only_the_supported_auth_version_is_accepted() {
+        let check = |names: &[&str]| check_auth_scheme_exports("scheme.wasm", names.iter().copied());
+        assert!(check(&["wasi:http/incoming-handler@0.2.0", "hyperplane:auth/scheme@0.1.0"]).is_ok());
+        let error = check(&["hyperplane:auth/scheme@0.2.0"]).expect_err("another version").to_string();
+        assert_eq!(
+            error,
+            "component scheme.wasm exports no hyperplane:auth/scheme@0.1.0 interface; it is not an auth scheme of \
+             the version this host supports"
+        );
+        assert!(check(&["hyperplane:driver/hypervisor@0.2.0"]).is_err());
     }
 
     #[test]

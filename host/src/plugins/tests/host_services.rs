@@ -30,6 +30,7 @@ fn store_data_with(endpoints: BTreeMap<String, EndpointAddress>, state_store: Ar
         http_allow_list: OutgoingHttpAllowList::parse(name, &[]).expect("an empty allow-list parses"),
         state_store,
         memory_limit_bytes: 16 * 1024 * 1024,
+        auth: None,
     }))
 }
 
