@@ -1,13 +1,17 @@
 //! Builds the guest components the host embeds and tests against (`driver-sim`,
-//! `driver-libvirt`, `driver-hostile`) for `wasm32-wasip2`, and tells the host where they are.
+//! `driver-libvirt`, the auth schemes `auth-token`, `auth-basic`, `auth-session`, `auth-apikey`,
+//! `auth-oidc`, and the `driver-hostile` fixture) for `wasm32-wasip2`, and tells the host where
+//! they are.
 //!
 //! A nested `cargo build --profile wasm --target wasm32-wasip2` runs in its own target
 //! directory, `<target dir>/wasm`, so it never waits for the lock the outer build holds. The
 //! nested cargo gets a clean environment: the outer build's flags, wrappers (clippy's
 //! `RUSTC_WORKSPACE_WRAPPER`), profile overrides and jobserver are for the host, not the guests.
 //!
-//! Emits `BUNDLED_DRIVER_SIM_WASM`, `BUNDLED_DRIVER_LIBVIRT_WASM` and `FIXTURE_DRIVER_HOSTILE_WASM` (absolute paths of
-//! the `.wasm` components) for `env!` in the host.
+//! Emits `BUNDLED_DRIVER_SIM_WASM`, `BUNDLED_DRIVER_LIBVIRT_WASM`, `BUNDLED_AUTH_TOKEN_WASM`,
+//! `BUNDLED_AUTH_BASIC_WASM`, `BUNDLED_AUTH_SESSION_WASM`, `BUNDLED_AUTH_APIKEY_WASM`,
+//! `BUNDLED_AUTH_OIDC_WASM` and `FIXTURE_DRIVER_HOSTILE_WASM` (absolute paths of the `.wasm`
+//! components) for `env!` in the host.
 
 use std::env;
 use std::ffi::OsString;
@@ -28,9 +32,14 @@ struct Guest {
     path_variable: &'static str,
 }
 
-const GUESTS: [Guest; 3] = [
+const GUESTS: [Guest; 8] = [
     Guest { package: "driver-sim", artifact_stem: "driver_sim", path_variable: "BUNDLED_DRIVER_SIM_WASM" },
     Guest { package: "driver-libvirt", artifact_stem: "driver_libvirt", path_variable: "BUNDLED_DRIVER_LIBVIRT_WASM" },
+    Guest { package: "auth-token", artifact_stem: "auth_token", path_variable: "BUNDLED_AUTH_TOKEN_WASM" },
+    Guest { package: "auth-basic", artifact_stem: "auth_basic", path_variable: "BUNDLED_AUTH_BASIC_WASM" },
+    Guest { package: "auth-session", artifact_stem: "auth_session", path_variable: "BUNDLED_AUTH_SESSION_WASM" },
+    Guest { package: "auth-apikey", artifact_stem: "auth_apikey", path_variable: "BUNDLED_AUTH_APIKEY_WASM" },
+    Guest { package: "auth-oidc", artifact_stem: "auth_oidc", path_variable: "BUNDLED_AUTH_OIDC_WASM" },
     Guest { package: "driver-hostile", artifact_stem: "driver_hostile", path_variable: "FIXTURE_DRIVER_HOSTILE_WASM" },
 ];
 

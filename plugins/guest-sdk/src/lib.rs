@@ -16,7 +16,13 @@
 //! component. On native targets `log` and `progress` fall back to stderr and a no-op so that pure
 //! driver logic can be unit-tested natively, [`state::MemoryStore`] stands in for the host's
 //! store and [`bytes::MemoryBytes`] for a `transfer.byte-source`.
+//!
+//! An auth scheme crate implements [`auth::SchemeGuest`] and exports it with
+//! [`export_auth_scheme!`]; [`auth`] keeps its decision logic natively testable against
+//! [`auth_testing::FakeCredentials`].
 
+pub mod auth;
+pub mod auth_testing;
 pub mod bytes;
 pub mod config;
 pub mod log;
@@ -60,3 +66,28 @@ pub use driver_bindings::hyperplane::driver::types;
 pub use driver_bindings::hyperplane::host::endpoints;
 /// The error every driver function returns.
 pub use types::Error;
+
+/// Bindings for the `hyperplane:auth/auth-scheme@0.1.0` world (auth scheme plugins), generated
+/// from `wit/`. `hyperplane:host/log` is shared with [`driver_bindings`], so [`log`] serves both.
+#[allow(unsafe_code, clippy::all)]
+pub mod auth_bindings {
+    wit_bindgen::generate!({
+        world: "hyperplane:auth/auth-scheme@0.1.0",
+        path: ["../../wit/host/0.1.0", "../../wit/auth/0.1.0"],
+        with: { "hyperplane:host/log@0.1.0": crate::driver_bindings::hyperplane::host::log },
+        pub_export_macro: true,
+        export_macro_name: "export_wasm_auth_scheme",
+        default_bindings_module: "hyperplane_guest::auth_bindings",
+    });
+}
+
+/// `export_auth_scheme!(MyScheme)` exports a type implementing [`auth::SchemeGuest`] as the
+/// component's `hyperplane:auth/scheme` interface. Like [`export_driver!`] it expands to nothing
+/// on native targets, so a scheme crate still builds and unit-tests natively.
+#[macro_export]
+macro_rules! export_auth_scheme {
+    ($scheme:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::auth_bindings::export_wasm_auth_scheme!($scheme);
+    };
+}
