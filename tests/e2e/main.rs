@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real `hyperplane` binary on a temporary data directory
 //! with the real driver components, and talks to it over HTTP like any client.
 
+mod auth;
 mod bad_input;
 mod cli;
 mod events;

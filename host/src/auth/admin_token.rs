@@ -8,8 +8,6 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::Principal;
-
 /// The admin token, kept as its digest; compared in constant time.
 #[derive(Clone)]
 pub struct AdminToken {
@@ -24,43 +22,6 @@ impl AdminToken {
     pub fn matches(&self, token: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         bool::from(digest.ct_eq(&self.digest))
-    }
-}
-
-/// Checks bearer tokens against the admin token, in constant time.
-#[derive(Clone)]
-pub struct Authenticator {
-    admin_token_digest: [u8; 32],
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing credentials: send 'Authorization: Bearer <token>'")]
-    Missing,
-    #[error("the Authorization header must use the Bearer scheme")]
-    WrongScheme,
-    #[error("invalid token")]
-    InvalidToken,
-}
-
-impl Authenticator {
-    pub fn new(admin_token: &str) -> Self {
-        Authenticator { admin_token_digest: Sha256::digest(admin_token.as_bytes()).into() }
-    }
-
-    /// Checks the value of an `Authorization` header.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
-        let value = authorization.ok_or(AuthError::Missing)?;
-        let (scheme, token) = value.split_once(' ').ok_or(AuthError::WrongScheme)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::WrongScheme);
-        }
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        if bool::from(digest.ct_eq(&self.admin_token_digest)) {
-            Ok(Principal::admin())
-        } else {
-            Err(AuthError::InvalidToken)
-        }
     }
 }
 
@@ -104,13 +65,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bearer_tokens_are_checked() {
-        let authenticator = Authenticator::new("secret");
-        assert!(authenticator.authenticate(Some("Bearer secret")).is_ok());
-        assert!(authenticator.authenticate(Some("bearer secret")).is_ok());
-        assert!(matches!(authenticator.authenticate(None), Err(AuthError::Missing)));
-        assert!(matches!(authenticator.authenticate(Some("Basic c2VjcmV0")), Err(AuthError::WrongScheme)));
-        assert!(matches!(authenticator.authenticate(Some("Bearer wrong")), Err(AuthError::InvalidToken)));
+    fn the_admin_token_is_matched_exactly_but_for_surrounding_space() {
+        let admin_token = AdminToken::new("secret");
+        assert!(admin_token.matches("secret"));
+        assert!(admin_token.matches(" secret\n"));
+        assert!(!admin_token.matches("Secret"));
+        assert!(!admin_token.matches("secret2"));
+        assert!(!admin_token.matches(""));
     }
 
     #[test]

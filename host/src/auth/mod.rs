@@ -13,7 +13,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use access::{Access, Caller, ProjectScope};
-pub use admin_token::{AdminToken, AuthError, Authenticator, TokenSource, load_or_create_admin_token};
+pub use admin_token::{AdminToken, TokenSource, load_or_create_admin_token};
 
 /// Who made a request, as the credential checks found it.
 #[derive(Debug, Clone, PartialEq, Eq)]

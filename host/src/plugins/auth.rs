@@ -449,7 +449,167 @@ impl GuestExports for Scheme {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::auth::NewSession;
+    use crate::plugins::bindings::auth::exports::hyperplane::auth::scheme::Authenticated as WitAuthenticated;
+    use credentials::{Host as _, HostIdentity as _};
+
+    /// Accepts the token `good` as the admin and any external identity; remembers what it was
+    /// asked, with the source.
+    #[derive(Default)]
+    struct Recorded {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Recorded {
+        fn record(&self, call: String) {
+            self.calls.lock().expect("not poisoned").push(call);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Credentials for Recorded {
+        async fn verify_password(&self, user: &str, _: &str, source: &str) -> Result<Principal, CredentialError> {
+            self.record(format!("password {user} from {source}"));
+            Err(CredentialError::Throttled(Duration::from_millis(1500)))
+        }
+
+        async fn verify_api_key(&self, id: &str, _: &str, _: &str) -> Result<Principal, CredentialError> {
+            self.record(format!("api key {id}"));
+            Err(CredentialError::Rejected("unknown API key".into()))
+        }
+
+        async fn verify_session(&self, _: &str, _: &str) -> Result<Principal, CredentialError> {
+            Err(CredentialError::Unavailable("store down".into()))
+        }
+
+        async fn verify_token(&self, token: &str, source: &str) -> Result<Principal, CredentialError> {
+            self.record(format!("token from {source}"));
+            if token == "good" {
+                Ok(Principal::admin())
+            } else {
+                Err(CredentialError::Rejected("invalid token".into()))
+            }
+        }
+
+        async fn create_session(&self, principal: &Principal) -> Result<NewSession, CredentialError> {
+            self.record(format!("session for {}", principal.name));
+            Ok(NewSession { token: "s1".into(), idle_timeout: Duration::from_secs(600) })
+        }
+
+        async fn external_identity(
+            &self,
+            issuer: &str,
+            subject: &str,
+            username: &str,
+            _: &[String],
+        ) -> Result<Principal, CredentialError> {
+            self.record(format!("external {issuer} {subject}"));
+            Ok(Principal { kind: PrincipalKind::Admin, name: username.into() })
+        }
+    }
+
+    fn store_data(credentials: Arc<Recorded>) -> StoreData {
+        let name: Arc<str> = "oidc".into();
+        let mut data = StoreData::new(Arc::new(ProviderContext {
+            name: name.clone(),
+            endpoints: Default::default(),
+            http_allow_list: OutgoingHttpAllowList::parse(name, &[]).expect("an empty allow-list parses"),
+            state_store: Arc::new(MemoryStateStore::new()),
+            memory_limit_bytes: 16 * 1024 * 1024,
+            auth: Some(SchemeGrants { credentials, trusted_issuers: vec!["https://login.example.com".into()] }),
+        }));
+        data.begin_authentication("192.0.2.7:5000".into());
+        data
+    }
+
+    fn authenticated(identity: Resource<IssuedIdentity>) -> Outcome {
+        Outcome::Authenticated(WitAuthenticated {
+            identity,
+            response_headers: vec![("location".into(), "/elsewhere".into())],
+        })
+    }
+
+    #[tokio::test]
+    async fn an_identity_counts_only_for_the_request_it_was_issued_for() {
+        let credentials = Arc::new(Recorded::default());
+        let mut data = store_data(credentials.clone());
+        let identity = data.verify_token("good".into()).await.expect("no trap").expect("verified");
+        let again = Resource::<IssuedIdentity>::new_own(identity.rep());
+        assert_eq!(data.describe(Resource::new_borrow(identity.rep())).await.expect("described"), "admin");
+        let outcome = host_outcome(&mut data, "token", authenticated(identity)).expect("accepted");
+        assert_eq!(outcome, SchemeOutcome::Authenticated { principal: Principal::admin(), response_headers: vec![] });
+        assert_eq!(*credentials.calls.lock().expect("not poisoned"), ["token from 192.0.2.7:5000"]);
+
+        // Kept by the guest and handed back for the next request: refused.
+        let kept = data.verify_token("good".into()).await.expect("no trap").expect("verified");
+        data.end_authentication();
+        data.begin_authentication("198.51.100.1:1".into());
+        let error = host_outcome(&mut data, "token", authenticated(kept)).expect_err("a stale identity");
+        assert!(error.to_string().contains("returned an identity the host does not know"), "{error}");
+        // Nor is a handed-back identity good twice.
+        let error = host_outcome(&mut data, "token", authenticated(again)).expect_err("already used");
+        assert!(error.to_string().contains("does not know"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn failed_checks_issue_nothing_and_keep_their_reason() {
+        let credentials = Arc::new(Recorded::default());
+        let mut data = store_data(credentials.clone());
+        let rejected = data.verify_token("forged".into()).await.expect("no trap");
+        assert!(matches!(rejected, Err(WitCredentialError::Rejected(ref message)) if message == "invalid token"));
+        let throttled = data.verify_password("alice".into(), "pw".into()).await.expect("no trap");
+        assert!(matches!(throttled, Err(WitCredentialError::Throttled(2))), "rounded up to whole seconds");
+        let unavailable = data.verify_session("s".into()).await.expect("no trap");
+        assert!(matches!(unavailable, Err(WitCredentialError::Unavailable(_))));
+        assert!(data.auth_call.issued.is_empty());
+        assert_eq!(
+            *credentials.calls.lock().expect("not poisoned"),
+            ["token from 192.0.2.7:5000", "password alice from 192.0.2.7:5000"]
+        );
+    }
+
+    #[tokio::test]
+    async fn external_identities_need_a_trusted_issuer() {
+        let credentials = Arc::new(Recorded::default());
+        let mut data = store_data(credentials.clone());
+        let refused = data
+            .external_identity("https://evil.example".into(), "sub".into(), "alice".into(), vec![])
+            .await
+            .expect("no trap");
+        match refused {
+            Err(WitCredentialError::Rejected(message)) => {
+                assert_eq!(message, "issuer https://evil.example is not trusted by auth scheme oidc")
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        assert!(credentials.calls.lock().expect("not poisoned").is_empty(), "the host was not asked");
+        let identity = data
+            .external_identity("https://login.example.com".into(), "sub".into(), "alice".into(), vec![])
+            .await
+            .expect("no trap")
+            .expect("trusted");
+        let session = data.create_session(Resource::new_borrow(identity.rep())).await.expect("no trap");
+        assert_eq!(session.expect("started").idle_timeout_secs, 600);
+        assert_eq!(
+            *credentials.calls.lock().expect("not poisoned"),
+            ["external https://login.example.com sub", "session for alice"]
+        );
+    }
+
+    #[tokio::test]
+    async fn one_request_gets_a_bounded_number_of_identities() {
+        let mut data = store_data(Arc::new(Recorded::default()));
+        for _ in 0..MAX_IDENTITIES_PER_REQUEST {
+            data.verify_token("good".into()).await.expect("no trap").expect("verified");
+        }
+        let error = data.verify_token("good".into()).await.expect_err("a trap");
+        assert!(error.to_string().contains("more than 8 identities"), "{error}");
+        data.begin_authentication("192.0.2.7:5000".into());
+        assert!(data.verify_token("good".into()).await.expect("no trap").is_ok(), "a new request starts afresh");
+    }
 
     #[test]
     fn only_safe_response_headers_are_kept() {

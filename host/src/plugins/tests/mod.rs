@@ -1,6 +1,8 @@
 //! Tests of the plugin runtime: host services on their own, then the real driver components
-//! (driver-sim and the hostile fixture) that `host/build.rs` builds to wasm.
+//! (driver-sim and the hostile fixture) and auth schemes (`auth-*`) that `host/build.rs` builds
+//! to wasm.
 
+mod auth_schemes;
 mod driver_sim;
 mod host_services;
 mod hostile;
