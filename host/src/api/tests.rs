@@ -9,7 +9,7 @@ use axum::Extension;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use axum::middleware;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tower::ServiceExt as _;
 
 use super::require_authentication;
@@ -113,4 +113,53 @@ async fn rejected_throttled_and_failing_schemes_have_their_statuses() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("auth scheme test failed (trap)"), "{body}");
     assert!(!body.contains("unreachable"), "internals stay in the log: {body}");
+}
+
+/// A form login: authenticates when the body it asked for is `user=alice`.
+struct FormLogin;
+
+#[async_trait::async_trait]
+impl AuthScheme for FormLogin {
+    fn name(&self) -> &str {
+        "form"
+    }
+
+    fn needs_body(&self) -> bool {
+        true
+    }
+
+    async fn authenticate(&self, request: &AuthRequest) -> Result<SchemeOutcome, SchemeFailure> {
+        Ok(match request.body.as_deref() {
+            Some(b"user=alice") => {
+                SchemeOutcome::Authenticated { principal: Principal::admin(), response_headers: vec![] }
+            }
+            Some(_) => SchemeOutcome::Rejected { message: "unknown user".into(), retry_after: None },
+            None => SchemeOutcome::Challenge("Form".into()),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_scheme_that_asks_for_the_body_gets_it_and_the_handler_still_does() {
+    let app = || {
+        let chain = AuthChain::new(vec![Arc::new(FormLogin) as Arc<dyn AuthScheme>]);
+        axum::Router::new()
+            .route("/login", post(|body: String| async move { format!("handler got {body}") }))
+            .route_layer(middleware::from_fn_with_state(chain, require_authentication))
+    };
+    let request = Request::post("/login").header(header::CONTENT_LENGTH, "10").body(Body::from("user=alice"));
+    let response = app().oneshot(request.expect("request")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    assert_eq!(body, "handler got user=alice");
+
+    // Without a declared length (streamed) or above the limit the body is not read for auth.
+    let streamed = Body::from_stream(futures::stream::iter([Ok::<_, std::io::Error>("user=alice")]));
+    let response = app().oneshot(Request::post("/login").body(streamed).expect("request")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let large = "x".repeat(super::MAX_AUTH_BODY_BYTES + 1);
+    let request =
+        Request::post("/login").header(header::CONTENT_LENGTH, large.len().to_string()).body(Body::from(large));
+    let response = app().oneshot(request.expect("request")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

@@ -1,7 +1,8 @@
 //! The bundled auth scheme components (`plugins/auth-*`, built to wasm by `host/build.rs`) in
 //! the real runtime and the real [`AuthChain`], over a test double of the host's credential
 //! checks: good, bad and absent credentials for each scheme, challenges, order, throttling,
-//! deadlines, and that only an identity the host issued authenticates.
+//! deadlines, that only an identity the host issued authenticates, and that an OIDC identity
+//! counts only from an issuer the operator trusts.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -18,6 +19,16 @@ const AUTH_TOKEN_WASM: &str = env!("BUNDLED_AUTH_TOKEN_WASM");
 const AUTH_BASIC_WASM: &str = env!("BUNDLED_AUTH_BASIC_WASM");
 const AUTH_SESSION_WASM: &str = env!("BUNDLED_AUTH_SESSION_WASM");
 const AUTH_APIKEY_WASM: &str = env!("BUNDLED_AUTH_APIKEY_WASM");
+const AUTH_OIDC_WASM: &str = env!("BUNDLED_AUTH_OIDC_WASM");
+
+/// An Ed25519-signed JWT of `https://login.example.com` for audience `hyperplane`: subject
+/// `user-42`, `preferred_username` alice, groups `["operators"]`, expiring in 2100. Made once
+/// for this test; the signing key was thrown away, only the public key below is kept.
+const OIDC_TOKEN: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCIsImtpZCI6ImZpeHR1cmUifQ.\
+    eyJpc3MiOiJodHRwczovL2xvZ2luLmV4YW1wbGUuY29tIiwiYXVkIjoiaHlwZXJwbGFuZSIsInN1YiI6InVzZXItNDIiLCJwcmVmZXJyZWRfdXNlcm5h\
+    bWUiOiJhbGljZSIsImdyb3VwcyI6WyJvcGVyYXRvcnMiXSwiaWF0IjoxNzAwMDAwMDAwLCJleHAiOjQxMDI0NDQ4MDB9.\
+    wgWuMSkh1oOrDmJYkfdNThGQQo-3DQB8WhQCkPywRbgaNP7o4R8id8rPLktGshwRzXLmPNTKtoBehBwZUBSMCw";
+const OIDC_ISSUER: &str = "https://login.example.com";
 
 const SOURCE: &str = "192.0.2.7:5000";
 
@@ -96,12 +107,15 @@ impl Credentials for TestCredentials {
     async fn external_identity(
         &self,
         issuer: &str,
-        _subject: &str,
-        _username: &str,
-        _groups: &[String],
+        subject: &str,
+        username: &str,
+        groups: &[String],
     ) -> Result<Principal, CredentialError> {
-        self.record(format!("external identity of {issuer}"));
-        Err(CredentialError::Rejected("no such user".into()))
+        self.record(format!("external identity {issuer} {subject} {username} {groups:?}"));
+        match subject {
+            "user-42" => Ok(alice()),
+            _ => Err(CredentialError::Rejected("no user for this identity".into())),
+        }
     }
 }
 
@@ -308,4 +322,49 @@ async fn a_bad_scheme_config_fails_the_load_naming_the_key() {
     let described =
         format!("{error}: {}", std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default());
     assert!(described.contains("token") && described.contains("cookies"), "{described}");
+}
+
+#[tokio::test]
+async fn an_oidc_identity_counts_only_from_an_issuer_the_operator_trusts() {
+    let credentials = Arc::new(TestCredentials::default());
+    let oidc = |trusted_issuers: Vec<String>| {
+        let mut settings = settings(
+            "oidc",
+            AUTH_OIDC_WASM,
+            serde_json::json!({
+                "issuer": OIDC_ISSUER,
+                "audience": "hyperplane",
+                "jwks": { "keys": [{
+                    "kty": "OKP", "crv": "Ed25519", "x": "xRmNeftYOFa_f0eGR0_W_Jc3uTN2YmUkQbWKGNjXBMo",
+                    "kid": "fixture", "use": "sig", "alg": "EdDSA"
+                }] }
+            }),
+        );
+        settings.trusted_issuers = trusted_issuers;
+        let credentials: Arc<dyn Credentials> = credentials.clone();
+        async move {
+            let plugin = AuthSchemePlugin::load(shared_runtime(), settings, credentials).await.expect("oidc loads");
+            AuthChain::new(vec![Arc::new(plugin)])
+        }
+    };
+    let bearer = format!("Bearer {OIDC_TOKEN}");
+
+    let untrusting = oidc(Vec::new()).await;
+    check(
+        &untrusting,
+        &[("authorization", &bearer)],
+        "401: oidc: issuer https://login.example.com is not trusted by auth scheme oidc",
+    )
+    .await;
+    assert!(credentials.checks().is_empty(), "the host refused before looking for a user");
+
+    let trusting = oidc(vec![OIDC_ISSUER.to_owned()]).await;
+    check(&trusting, &[("authorization", &bearer)], "alice by oidc").await;
+    assert_eq!(credentials.checks(), ["external identity https://login.example.com user-42 alice [\"operators\"]"]);
+
+    // A signature that does not verify never reaches the host.
+    let tampered = format!("{}A", bearer.trim_end_matches('w'));
+    let answer = trusting.authenticate(&request(&[("authorization", &tampered)])).await;
+    assert!(matches!(answer, Err(AuthFailure::Rejected { .. })), "{answer:?}");
+    assert_eq!(credentials.checks().len(), 1);
 }
