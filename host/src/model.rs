@@ -283,6 +283,8 @@ impl UsbDeviceGroup {
 pub struct Group {
     pub id: Uuid,
     pub name: String,
+    /// The project the group belongs to.
+    pub project_id: Uuid,
     pub description: String,
     pub fallback_group_id: Option<Uuid>,
     pub strategy: GroupStrategy,
@@ -361,6 +363,8 @@ impl Host {
 pub struct Template {
     pub id: Uuid,
     pub name: String,
+    /// The project the template belongs to.
+    pub project_id: Uuid,
     pub arch: Arch,
     pub description: String,
     pub versions: Vec<TemplateVersion>,
@@ -399,6 +403,8 @@ impl TemplateVersion {
 pub struct Instance {
     pub id: Uuid,
     pub name: String,
+    /// The project the instance belongs to.
+    pub project_id: Uuid,
     pub external_id: Option<String>,
     pub state: InstanceState,
     pub template_id: Option<Uuid>,

@@ -67,3 +67,19 @@ pub fn parse_id(kind: &str, text: &str) -> Result<Uuid, ApiError> {
         )
     })
 }
+
+/// The authenticated caller with its access, for the service layer's permission checks. The
+/// authentication middleware has put the chain's answer in the request.
+impl FromRequestParts<super::AppState> for crate::auth::Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &super::AppState) -> Result<Self, ApiError> {
+        let authenticated = parts
+            .extensions
+            .get::<crate::auth::chain::Authenticated>()
+            .ok_or_else(|| ApiError::unauthorized("the request is not authenticated"))?;
+        let caller =
+            state.service.caller(authenticated.principal.clone(), &authenticated.scheme, &authenticated.source).await?;
+        Ok(caller)
+    }
+}

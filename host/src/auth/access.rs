@@ -77,6 +77,11 @@ pub enum ProjectScope {
 }
 
 impl ProjectScope {
+    /// No project at all.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, ProjectScope::Only(projects) if projects.is_empty())
+    }
+
     pub fn contains(&self, project_id: Uuid) -> bool {
         match self {
             ProjectScope::All => true,

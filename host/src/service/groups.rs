@@ -8,6 +8,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Service, ServiceError, ServiceResult};
+use crate::auth::Caller;
+use crate::auth::access::permission;
+use crate::auth::permissions::Resource;
 use crate::model::{Group, GroupStrategy, NewEvent};
 use crate::scheduler::{self, GroupPolicy};
 use crate::store;
@@ -23,6 +26,9 @@ pub struct NewGroup {
     pub fallback_group: Option<String>,
     #[serde(default)]
     pub strategy: GroupStrategy,
+    /// Project (name or id) the group belongs to; default `default`.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// `PATCH /v1/groups/{id}`: fields absent are left as they are; `fallback_group: ""` clears it.
@@ -43,12 +49,36 @@ fn check_group_name(name: &str) -> ServiceResult<()> {
 }
 
 impl Service {
-    pub async fn list_groups(&self) -> ServiceResult<Vec<Group>> {
-        Ok(store::groups::list(&mut *self.store().reader().await?).await?)
+    /// The node groups of the projects where the caller may list them.
+    pub async fn list_groups(&self, caller: &Caller) -> ServiceResult<Vec<Group>> {
+        let projects = self.visible_projects(caller, Resource::Group).await?;
+        let groups = store::groups::list(&mut *self.store().reader().await?).await?;
+        Ok(groups
+            .into_iter()
+            .filter(|group| projects.as_ref().is_none_or(|projects| projects.contains(&group.project_id)))
+            .collect())
     }
 
-    /// A group by id or name.
-    pub async fn resolve_group(&self, reference: &str) -> ServiceResult<Group> {
+    /// A group by id or name that the caller may see; others are not found.
+    pub async fn resolve_group(&self, caller: &Caller, reference: &str) -> ServiceResult<Group> {
+        self.authorized_group(caller, reference, "list").await
+    }
+
+    /// A group the caller may `action`; one the caller may not even see is not found.
+    async fn authorized_group(&self, caller: &Caller, reference: &str, action: &'static str) -> ServiceResult<Group> {
+        let group = self.load_group(reference).await?;
+        let id = group.id.to_string();
+        if !caller.access.allows(permission(Resource::Group, "list"), Some(group.project_id), Some(&id)) {
+            return Err(ServiceError::not_found("group", reference));
+        }
+        if action != "list" {
+            self.require(caller, Resource::Group, action, Some(group.project_id), Some(&id)).await?;
+        }
+        Ok(group)
+    }
+
+    /// A group by id or name, without a permission check, for Hyperplane's own work.
+    pub(super) async fn load_group(&self, reference: &str) -> ServiceResult<Group> {
         let mut reader = self.store().reader().await?;
         let found = match Uuid::parse_str(reference) {
             Ok(id) => store::groups::get(&mut reader, id).await?,
@@ -57,10 +87,12 @@ impl Service {
         found.ok_or_else(|| ServiceError::not_found("group", reference))
     }
 
-    pub async fn create_group(&self, request: NewGroup, actor: &str) -> ServiceResult<Group> {
+    pub async fn create_group(&self, caller: &Caller, request: NewGroup) -> ServiceResult<Group> {
         check_group_name(&request.name)?;
+        let project_id = self.project_for_create(caller, request.project.as_deref()).await?;
+        self.require(caller, Resource::Group, "create", Some(project_id), None).await?;
         let fallback = match &request.fallback_group {
-            Some(fallback) => Some(self.resolve_group(fallback).await?.id),
+            Some(fallback) => Some(self.resolve_group(caller, fallback).await?.id),
             None => None,
         };
         let mut transaction = self.store().begin().await?;
@@ -71,6 +103,7 @@ impl Service {
         let group = Group {
             id: Uuid::now_v7(),
             name: request.name,
+            project_id,
             description: request.description,
             fallback_group_id: fallback,
             strategy: request.strategy,
@@ -81,22 +114,22 @@ impl Service {
         store::groups::insert(&mut transaction, &group).await?;
         transaction
             .append_event(
-                NewEvent::new("group.created", "group", group.id).actor(actor).data(json!({ "name": group.name })),
+                NewEvent::new("group.created", "group", group.id).by(caller).data(json!({ "name": group.name })),
             )
             .await?;
         transaction.commit().await?;
         Ok(group)
     }
 
-    pub async fn update_group(&self, reference: &str, patch: GroupPatch, actor: &str) -> ServiceResult<Group> {
+    pub async fn update_group(&self, caller: &Caller, reference: &str, patch: GroupPatch) -> ServiceResult<Group> {
         if let Some(name) = &patch.name {
             check_group_name(name)?;
         }
-        let id = self.resolve_group(reference).await?.id;
+        let id = self.authorized_group(caller, reference, "update").await?.id;
         let fallback = match patch.fallback_group.as_deref() {
             None => None,
             Some("") => Some(None),
-            Some(fallback) => Some(Some(self.resolve_group(fallback).await?.id)),
+            Some(fallback) => Some(Some(self.resolve_group(caller, fallback).await?.id)),
         };
         let mut transaction = self.store().begin().await?;
         let mut group = store::groups::get(&mut transaction, id)
@@ -134,7 +167,7 @@ impl Service {
         transaction
             .append_event(
                 NewEvent::new("group.updated", "group", id)
-                    .actor(actor)
+                    .by(caller)
                     .data(serde_json::to_value(&patch).unwrap_or_default()),
             )
             .await?;
@@ -143,13 +176,13 @@ impl Service {
         Ok(group)
     }
 
-    pub async fn delete_group(&self, reference: &str, actor: &str) -> ServiceResult<()> {
-        let group = self.resolve_group(reference).await?;
+    pub async fn delete_group(&self, caller: &Caller, reference: &str) -> ServiceResult<()> {
+        let group = self.authorized_group(caller, reference, "delete").await?;
         let mut transaction = self.store().begin().await?;
         store::groups::delete(&mut transaction, group.id).await?;
         transaction
             .append_event(
-                NewEvent::new("group.deleted", "group", group.id).actor(actor).data(json!({ "name": group.name })),
+                NewEvent::new("group.deleted", "group", group.id).by(caller).data(json!({ "name": group.name })),
             )
             .await?;
         transaction.commit().await?;
@@ -159,12 +192,12 @@ impl Service {
     /// Adds (`member: true`) or removes hosts from a group.
     pub async fn set_group_membership(
         &self,
+        caller: &Caller,
         reference: &str,
         host_ids: &[Uuid],
         member: bool,
-        actor: &str,
     ) -> ServiceResult<Group> {
-        let group = self.resolve_group(reference).await?;
+        let group = self.authorized_group(caller, reference, "update").await?;
         let mut transaction = self.store().begin().await?;
         for host_id in host_ids {
             let host = store::hosts::get(&mut transaction, *host_id)
@@ -179,7 +212,7 @@ impl Service {
             transaction
                 .append_event(
                     NewEvent::new(if member { "group.host_added" } else { "group.host_removed" }, "group", group.id)
-                        .actor(actor)
+                        .by(caller)
                         .data(json!({ "host_id": host.id })),
                 )
                 .await?;

@@ -11,6 +11,8 @@ use uuid::Uuid;
 use super::lifecycle::{Step, StepResult, failure};
 use super::providers::{disk_format_to_driver, is_not_found, task_error_from_call};
 use super::{Service, ServiceError, ServiceResult};
+use crate::auth::Caller;
+use crate::auth::permissions::Resource;
 use crate::model::{CachedTemplate, Host, InstanceState, NewEvent, Task, TaskKind, TaskState, Template};
 use crate::plugins::driver_types as driver;
 use crate::store;
@@ -21,13 +23,15 @@ impl Service {
     /// `provider/name`): `version` only, or every version cached there. A task.
     pub async fn remove_template_from_host(
         &self,
+        caller: &Caller,
         reference: &str,
         host: &str,
         version: Option<u32>,
-        actor: &str,
     ) -> ServiceResult<Task> {
-        let template = self.resolve_template(reference).await?;
-        let host_id = self.resolve_host_id(host).await?;
+        let template = self.resolve_template(caller, reference).await?;
+        let host_id = self.resolve_host_id(caller, host).await?;
+        self.require_global(caller, Resource::Node, "delete_template", Some(&host_id.to_string())).await?;
+        let actor = caller.actor();
         let mut transaction = self.store().begin().await?;
         let host =
             store::hosts::get(&mut transaction, host_id).await?.ok_or_else(|| ServiceError::not_found("host", host))?;
@@ -84,8 +88,8 @@ impl Service {
             .and_then(Value::as_array)
             .map(|versions| versions.iter().filter_map(Value::as_u64).map(|number| number as u32).collect())
             .unwrap_or_default();
-        let template = self.resolve_template(&template_id.to_string()).await?;
-        let host = self.get_host(host_id).await?;
+        let template = self.load_template(&template_id.to_string()).await?;
+        let host = self.load_host(host_id).await?;
         let driver = self.providers().driver(&host.provider)?.clone();
         let cached: Vec<CachedTemplate> = host
             .cached_templates

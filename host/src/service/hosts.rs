@@ -6,6 +6,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Service, ServiceError, ServiceResult};
+use crate::auth::Caller;
+use crate::auth::permissions::Resource;
 use std::collections::BTreeMap;
 
 use crate::model::{Capacity, Host, Labels, NewEvent, Provider, UsbDeviceGroup};
@@ -28,26 +30,37 @@ pub struct HostPatch {
 }
 
 impl Service {
-    pub fn list_providers(&self) -> Vec<Provider> {
-        self.providers().list()
+    pub async fn list_providers(&self, caller: &Caller) -> ServiceResult<Vec<Provider>> {
+        self.require_global(caller, Resource::Node, "list", None).await?;
+        Ok(self.providers().list())
     }
 
-    pub async fn list_hosts(&self) -> ServiceResult<Vec<Host>> {
+    pub async fn list_hosts(&self, caller: &Caller) -> ServiceResult<Vec<Host>> {
+        self.require_global(caller, Resource::Node, "list", None).await?;
+        self.load_hosts().await
+    }
+
+    pub(super) async fn load_hosts(&self) -> ServiceResult<Vec<Host>> {
         Ok(store::hosts::list(&mut *self.store().reader().await?).await?)
     }
 
-    pub async fn get_host(&self, id: Uuid) -> ServiceResult<Host> {
+    pub async fn get_host(&self, caller: &Caller, id: Uuid) -> ServiceResult<Host> {
+        self.require_global(caller, Resource::Node, "list", None).await?;
+        self.load_host(id).await
+    }
+
+    pub(super) async fn load_host(&self, id: Uuid) -> ServiceResult<Host> {
         store::hosts::get(&mut *self.store().reader().await?, id)
             .await?
             .ok_or_else(|| ServiceError::not_found("host", id))
     }
 
     /// A host by id, by name, or by `provider/name`.
-    pub(super) async fn resolve_host_id(&self, reference: &str) -> ServiceResult<Uuid> {
+    pub(super) async fn resolve_host_id(&self, caller: &Caller, reference: &str) -> ServiceResult<Uuid> {
         if let Ok(id) = Uuid::parse_str(reference) {
-            return Ok(self.get_host(id).await?.id);
+            return Ok(self.get_host(caller, id).await?.id);
         }
-        let hosts = self.list_hosts().await?;
+        let hosts = self.list_hosts(caller).await?;
         let matches: Vec<&Host> = hosts
             .iter()
             .filter(|host| host.name == reference || format!("{}/{}", host.provider, host.name) == reference)
@@ -61,7 +74,8 @@ impl Service {
         }
     }
 
-    pub async fn update_host(&self, id: Uuid, patch: HostPatch, actor: &str) -> ServiceResult<Host> {
+    pub async fn update_host(&self, caller: &Caller, id: Uuid, patch: HostPatch) -> ServiceResult<Host> {
+        self.require_global(caller, Resource::Node, "change_config", Some(&id.to_string())).await?;
         if let Some(capacity) = &patch.capacity {
             if capacity.vcpu == Some(0) || capacity.ram_mb == Some(0) {
                 return Err(ServiceError::Invalid("capacity.vcpu and capacity.ram_mb must be positive".into()));
@@ -113,7 +127,7 @@ impl Service {
         transaction
             .append_event(
                 NewEvent::new("host.updated", "host", id)
-                    .actor(actor)
+                    .by(caller)
                     .data(serde_json::to_value(&patch).unwrap_or_default()),
             )
             .await?;
@@ -122,7 +136,7 @@ impl Service {
             transaction
                 .append_event(
                     NewEvent::new("host.state_changed", "host", id)
-                        .actor(actor)
+                        .actor(caller.actor())
                         .data(json!({ "from": previous_state, "to": host.state })),
                 )
                 .await?;

@@ -792,6 +792,12 @@ impl Service {
         self.start_session(&principal, source, "password").await
     }
 
+    /// A new session for the calling user (authenticated by password, say), for clients that
+    /// then send the session token instead.
+    pub async fn create_session(&self, caller: &Caller) -> ServiceResult<StartedSession> {
+        self.start_session(&caller.principal, &caller.source, &caller.scheme).await
+    }
+
     async fn start_session(&self, principal: &Principal, source: &str, how: &str) -> ServiceResult<StartedSession> {
         let PrincipalKind::User { user_id, .. } = principal.kind else {
             return Err(ServiceError::Invalid(format!("{} cannot start a session; users can", principal.name)));

@@ -14,6 +14,7 @@ use super::providers::{
     task_error_from_call,
 };
 use super::{Service, ServiceError, ServiceResult, check_name};
+use crate::auth::Caller;
 use crate::model::{Instance, InstanceState, NewEvent, Snapshot, Task, TaskKind};
 use crate::plugins::Driver;
 
@@ -42,14 +43,14 @@ fn check_snapshot_name(name: &str) -> ServiceResult<()> {
 
 impl Service {
     /// The instance's snapshots, oldest first, live from its driver.
-    pub async fn list_snapshots(&self, id: Uuid) -> ServiceResult<Vec<Snapshot>> {
-        let instance = self.get_instance(id).await?;
+    pub async fn list_snapshots(&self, caller: &Caller, id: Uuid) -> ServiceResult<Vec<Snapshot>> {
+        let instance = self.get_instance(caller, id).await?;
         let driver = self.snapshot_driver(&instance).await?;
         self.snapshots_on_driver(&instance, &driver).await
     }
 
     /// Snapshots a running, stopped or suspended instance: a task.
-    pub async fn create_snapshot(&self, id: Uuid, request: NewSnapshot, actor: &str) -> ServiceResult<Task> {
+    pub async fn create_snapshot(&self, caller: &Caller, id: Uuid, request: NewSnapshot) -> ServiceResult<Task> {
         check_snapshot_name(&request.name)?;
         if request.description.len() > MAX_SNAPSHOT_DESCRIPTION_BYTES {
             return Err(ServiceError::Invalid(format!(
@@ -59,7 +60,7 @@ impl Service {
         if request.description.chars().any(|character| character.is_control() && character != '\n') {
             return Err(ServiceError::Invalid("snapshot description must not contain control characters".into()));
         }
-        let instance = self.get_instance(id).await?;
+        let instance = self.authorized_instance(caller, id, "update").await?;
         let driver = self.snapshot_driver(&instance).await?;
         if self.snapshots_on_driver(&instance, &driver).await?.iter().any(|snapshot| snapshot.name == request.name) {
             return Err(ServiceError::Conflict(format!(
@@ -68,19 +69,21 @@ impl Service {
             )));
         }
         let input = json!({ "instance_id": id, "name": request.name, "description": request.description });
-        self.begin_instance_task(id, TaskKind::SnapshotCreate, SNAPSHOT_STATES, "snapshot", input, actor).await
+        self.begin_instance_task(id, TaskKind::SnapshotCreate, SNAPSHOT_STATES, "snapshot", input, caller.actor()).await
     }
 
     /// Returns the instance to a snapshot, in the state the snapshot holds: a task.
-    pub async fn revert_snapshot(&self, id: Uuid, name: &str, actor: &str) -> ServiceResult<Task> {
-        self.check_snapshot_exists(id, name).await?;
+    pub async fn revert_snapshot(&self, caller: &Caller, id: Uuid, name: &str) -> ServiceResult<Task> {
+        self.check_snapshot_exists(caller, id, name).await?;
+        let actor = caller.actor();
         let input = json!({ "instance_id": id, "name": name });
         self.begin_instance_task(id, TaskKind::SnapshotRevert, SNAPSHOT_CHANGE_STATES, "revert", input, actor).await
     }
 
     /// Deletes a snapshot; the instance stays as it is: a task.
-    pub async fn delete_snapshot(&self, id: Uuid, name: &str, actor: &str) -> ServiceResult<Task> {
-        self.check_snapshot_exists(id, name).await?;
+    pub async fn delete_snapshot(&self, caller: &Caller, id: Uuid, name: &str) -> ServiceResult<Task> {
+        self.check_snapshot_exists(caller, id, name).await?;
+        let actor = caller.actor();
         let input = json!({ "instance_id": id, "name": name });
         let operation = "delete a snapshot of";
         self.begin_instance_task(id, TaskKind::SnapshotDelete, SNAPSHOT_CHANGE_STATES, operation, input, actor).await
@@ -103,9 +106,9 @@ impl Service {
     }
 
     /// `not found` unless the instance has a snapshot named `name`.
-    async fn check_snapshot_exists(&self, id: Uuid, name: &str) -> ServiceResult<()> {
+    async fn check_snapshot_exists(&self, caller: &Caller, id: Uuid, name: &str) -> ServiceResult<()> {
         check_snapshot_name(name)?;
-        let instance = self.get_instance(id).await?;
+        let instance = self.authorized_instance(caller, id, "update").await?;
         let driver = self.snapshot_driver(&instance).await?;
         if !self.snapshots_on_driver(&instance, &driver).await?.iter().any(|snapshot| snapshot.name == name) {
             return Err(ServiceError::not_found("snapshot", format!("{id}/{name}")));

@@ -9,8 +9,12 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::projects::Demand;
 use super::providers::{console_from_driver, service_error_from_call};
 use super::{Service, ServiceError, ServiceResult};
+use crate::auth::Caller;
+use crate::auth::access::permission;
+use crate::auth::permissions::Resource;
 use crate::config::MAX_STOP_GRACE_SECS;
 use crate::model::{
     ConsoleEndpoint, Host, Instance, InstanceAction, InstanceOrigin, InstanceState, Labels, NewEvent,
@@ -27,6 +31,8 @@ use crate::tasks::NewTask;
 pub struct CreateInstances {
     /// Template name or id.
     pub template: String,
+    /// Project (name or id) the instances belong to; default `default`.
+    pub project: Option<String>,
     /// Template version by tag; default: the latest version.
     pub tag: Option<String>,
     /// Template version by number; default: the latest version.
@@ -72,6 +78,7 @@ impl CreateInstances {
     pub fn of_template(template: impl Into<String>) -> Self {
         CreateInstances {
             template: template.into(),
+            project: None,
             tag: None,
             version: None,
             name: None,
@@ -177,10 +184,11 @@ impl Service {
     /// With an idempotency key already used for the same request, returns the original task.
     pub async fn create_instances(
         &self,
+        caller: &Caller,
         request: CreateInstances,
         idempotency_key: Option<String>,
-        actor: &str,
     ) -> ServiceResult<Task> {
+        let actor = caller.actor();
         if let Some(key) = &idempotency_key {
             check_text("Idempotency-Key", key, 255)?;
         }
@@ -188,14 +196,22 @@ impl Service {
         if let Some(task) = self.replay_idempotent(idempotency_key.as_deref(), &digest).await? {
             return Ok(task);
         }
-        let accepted = self.accept(&request).await?;
+        let accepted = self.accept(caller, &request).await?;
         let (template, count) = (&accepted.template, accepted.count);
+        self.require(caller, Resource::Instance, "create", Some(accepted.project_id), None).await?;
 
         let mut transaction = self.store().begin().await?;
         // Checked again under the write lock: two retries racing with one key create one task.
         if let Some(task) = self.replay_idempotent_in(&mut transaction, idempotency_key.as_deref(), &digest).await? {
             return Ok(task);
         }
+        let demand = Demand {
+            instances: u64::from(count),
+            vcpu: u64::from(accepted.vcpu) * u64::from(count),
+            ram_mb: accepted.ram_mb * u64::from(count),
+            template_bytes: 0,
+        };
+        self.check_quota(&mut transaction, accepted.project_id, demand).await?;
         // Under the write lock, so two requests for one MAC cannot both pass.
         if let Some(mac) = &accepted.mac
             && let Some(holder) = store::instances::live_with_mac(&mut transaction, mac).await?
@@ -240,7 +256,7 @@ impl Service {
             transaction
                 .append_event(
                     NewEvent::new("instance.created", "instance", instance.id)
-                        .actor(actor)
+                        .by(caller)
                         .data(json!({ "name": instance.name, "template": template.name, "state": instance.state })),
                 )
                 .await?;
@@ -266,7 +282,8 @@ impl Service {
     }
 
     /// Validates a creation request, naming the field at fault, and resolves what it refers to.
-    pub(super) async fn accept(&self, request: &CreateInstances) -> ServiceResult<AcceptedRequest> {
+    pub(super) async fn accept(&self, caller: &Caller, request: &CreateInstances) -> ServiceResult<AcceptedRequest> {
+        let project_id = self.project_for_create(caller, request.project.as_deref()).await?;
         let count = check_range("count", request.count.unwrap_or(1), 1, 1000)?;
         let vcpu = check_range("vcpu", request.vcpu.unwrap_or(DEFAULT_VCPU), 1, 512)?;
         let ram_mb = check_range("ram_mb", request.ram_mb.unwrap_or(DEFAULT_RAM_MB), 64, 16 * 1024 * 1024)?;
@@ -289,8 +306,8 @@ impl Service {
             return Err(ServiceError::Invalid("mac names one NIC: it needs count 1".into()));
         }
         let vlan = request.vlan.map(|vlan| check_range("vlan", vlan, 1, 4094)).transpose()?;
-        let placement = self.check_placement(request).await?;
-        let template = self.resolve_template(&request.template).await?;
+        let placement = self.check_placement(caller, request).await?;
+        let template = self.resolve_template(caller, &request.template).await?;
         let version = match (request.version, &request.tag) {
             (Some(number), _) => Some(
                 template
@@ -311,15 +328,31 @@ impl Service {
             (None, None) => template.latest_version().map(|version| version.number),
         };
         if let Some(host_id) = request.host_id {
-            self.get_host(host_id).await?;
+            self.get_host(caller, host_id).await?;
         }
-        Ok(AcceptedRequest { template, version, count, vcpu, ram_mb, disk_gb, priority, placement, mac, vlan })
+        Ok(AcceptedRequest {
+            project_id,
+            template,
+            version,
+            count,
+            vcpu,
+            ram_mb,
+            disk_gb,
+            priority,
+            placement,
+            mac,
+            vlan,
+        })
     }
 
     /// Validates where the request may go; names the field at fault.
-    pub(super) async fn check_placement(&self, request: &CreateInstances) -> ServiceResult<PlacementConstraints> {
+    pub(super) async fn check_placement(
+        &self,
+        caller: &Caller,
+        request: &CreateInstances,
+    ) -> ServiceResult<PlacementConstraints> {
         let group_id = match &request.group {
-            Some(group) => Some(self.resolve_group(group).await?.id),
+            Some(group) => Some(self.resolve_group(caller, group).await?.id),
             None => None,
         };
         let host_labels = request.host_labels.clone().unwrap_or_default();
@@ -367,15 +400,39 @@ impl Service {
         check_replay(store::tasks::get_by_idempotency_key(transaction, key).await?, digest)
     }
 
-    pub async fn get_instance(&self, id: Uuid) -> ServiceResult<Instance> {
+    pub async fn get_instance(&self, caller: &Caller, id: Uuid) -> ServiceResult<Instance> {
+        self.authorized_instance(caller, id, "list").await
+    }
+
+    /// An instance without a permission check, for Hyperplane's own work.
+    pub(super) async fn find_instance(&self, id: Uuid) -> ServiceResult<Instance> {
         store::instances::get(&mut *self.store().reader().await?, id)
             .await?
             .ok_or_else(|| ServiceError::not_found("instance", id))
     }
 
-    pub async fn list_instances(&self, query: InstanceQuery) -> ServiceResult<InstanceList> {
+    /// The instance if the caller may `action` it; one the caller may not even see is not found.
+    pub(super) async fn authorized_instance(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        action: &'static str,
+    ) -> ServiceResult<Instance> {
+        let instance = self.find_instance(id).await?;
+        let id_text = id.to_string();
+        if !caller.access.allows(permission(Resource::Instance, "list"), Some(instance.project_id), Some(&id_text)) {
+            return Err(ServiceError::not_found("instance", id));
+        }
+        if action != "list" {
+            self.require(caller, Resource::Instance, action, Some(instance.project_id), Some(&id_text)).await?;
+        }
+        Ok(instance)
+    }
+
+    pub async fn list_instances(&self, caller: &Caller, query: InstanceQuery) -> ServiceResult<InstanceList> {
         let limit = check_range("limit", query.limit.unwrap_or(DEFAULT_PAGE), 1, MAX_PAGE)?;
-        let mut filter = self.parse_instance_filter(query.filter.as_deref().unwrap_or("")).await?;
+        let mut filter = self.parse_instance_filter(caller, query.filter.as_deref().unwrap_or("")).await?;
+        filter.projects = self.visible_projects(caller, Resource::Instance).await?;
         filter.after = query.cursor.as_deref().map(decode_cursor).transpose()?;
         filter.limit = Some(limit + 1);
         let mut items = store::instances::list(&mut *self.store().reader().await?, &filter).await?;
@@ -389,7 +446,7 @@ impl Service {
     }
 
     /// Parses `field=value` terms. Without a `state` term, terminated instances are left out.
-    async fn parse_instance_filter(&self, text: &str) -> ServiceResult<InstanceFilter> {
+    async fn parse_instance_filter(&self, caller: &Caller, text: &str) -> ServiceResult<InstanceFilter> {
         let mut filter = InstanceFilter::default();
         let mut has_state_term = false;
         for term in text.split(',').map(str::trim).filter(|term| !term.is_empty()) {
@@ -412,9 +469,11 @@ impl Service {
                         .collect::<ServiceResult<Vec<_>>>()?;
                     if negated { filter.excluded_states.extend(states) } else { filter.states.extend(states) }
                 }
-                "host" | "host_id" => filter.host_id = Some(self.resolve_host_id(value).await?),
+                "host" | "host_id" => filter.host_id = Some(self.resolve_host_id(caller, value).await?),
                 "provider" => filter.provider = Some(value.to_owned()),
-                "template" | "template_id" => filter.template_id = Some(self.resolve_template(value).await?.id),
+                "template" | "template_id" => {
+                    filter.template_id = Some(self.resolve_template(caller, value).await?.id);
+                }
                 "name" => filter.name = Some(value.to_owned()),
                 "external_id" => filter.external_id = Some(value.to_owned()),
                 other => {
@@ -430,7 +489,8 @@ impl Service {
         Ok(filter)
     }
 
-    pub async fn update_instance(&self, id: Uuid, patch: InstancePatch, actor: &str) -> ServiceResult<Instance> {
+    pub async fn update_instance(&self, caller: &Caller, id: Uuid, patch: InstancePatch) -> ServiceResult<Instance> {
+        self.authorized_instance(caller, id, "update").await?;
         if let Some(name) = &patch.name {
             check_text("name", name, 128)?;
         }
@@ -458,7 +518,7 @@ impl Service {
         transaction
             .append_event(
                 NewEvent::new("instance.updated", "instance", id)
-                    .actor(actor)
+                    .by(caller)
                     .data(serde_json::to_value(&patch).unwrap_or_default()),
             )
             .await?;
@@ -470,11 +530,12 @@ impl Service {
     /// task works on it or when the instance is in a state the action does not apply to.
     pub async fn instance_action(
         &self,
+        caller: &Caller,
         id: Uuid,
         action: InstanceAction,
         options: ActionOptions,
-        actor: &str,
     ) -> ServiceResult<Task> {
+        self.authorized_instance(caller, id, "update").await?;
         let grace_secs = match options.grace_secs {
             None => None,
             Some(_) if action != InstanceAction::Stop => {
@@ -488,7 +549,15 @@ impl Service {
             }
         };
         let input = json!({ "instance_id": id, "force": options.force, "grace_secs": grace_secs });
-        self.begin_instance_task(id, action.task_kind(), action.allowed_states(), action.as_str(), input, actor).await
+        self.begin_instance_task(
+            id,
+            action.task_kind(),
+            action.allowed_states(),
+            action.as_str(),
+            input,
+            caller.actor(),
+        )
+        .await
     }
 
     /// Creates a task of `kind` on the instance in one transaction, refused (`conflict`) unless
@@ -529,14 +598,14 @@ impl Service {
         let host_id = instance.host_id.ok_or_else(|| {
             ServiceError::Conflict(format!("instance {} has no host yet (it is {})", instance.id, instance.state))
         })?;
-        let host = self.get_host(host_id).await?;
+        let host = self.load_host(host_id).await?;
         let driver = self.providers().driver(&host.provider)?.clone();
         Ok((host, driver))
     }
 
     /// Where the instance's console answers, live from its driver.
-    pub async fn instance_console(&self, id: Uuid) -> ServiceResult<ConsoleEndpoint> {
-        let instance = self.get_instance(id).await?;
+    pub async fn instance_console(&self, caller: &Caller, id: Uuid) -> ServiceResult<ConsoleEndpoint> {
+        let instance = self.authorized_instance(caller, id, "update").await?;
         let (host, driver) = self.instance_driver(&instance).await?;
         if !driver.capabilities().console {
             return Err(ServiceError::Conflict(format!("provider '{}' offers no consoles", host.provider)));
@@ -550,7 +619,9 @@ impl Service {
 
     /// Deletes an instance: a task that first cancels whatever else works on the instance.
     /// Asking again while a delete is under way answers that delete's task.
-    pub async fn delete_instance(&self, id: Uuid, actor: &str) -> ServiceResult<Task> {
+    pub async fn delete_instance(&self, caller: &Caller, id: Uuid) -> ServiceResult<Task> {
+        self.authorized_instance(caller, id, "delete").await?;
+        let actor = caller.actor();
         let mut transaction = self.store().begin().await?;
         let instance = store::instances::get(&mut transaction, id)
             .await?
@@ -578,6 +649,7 @@ impl Service {
 
 /// A creation request that passed validation, with its defaults applied.
 pub(super) struct AcceptedRequest {
+    pub(super) project_id: Uuid,
     pub(super) template: Template,
     pub(super) version: Option<u32>,
     pub(super) count: u32,
@@ -597,6 +669,7 @@ impl AcceptedRequest {
         Instance {
             id,
             name,
+            project_id: self.project_id,
             external_id: request.external_id.clone(),
             state: InstanceState::Scheduling,
             template_id: Some(self.template.id),

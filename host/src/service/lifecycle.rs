@@ -180,7 +180,7 @@ impl Service {
     async fn create_on_driver(&self, instance: &mut Instance, context: &TaskContext) -> StepResult<()> {
         let (host, driver) = self.placement_of(instance).await?;
         let template = match instance.template_id {
-            Some(template_id) => Some(self.resolve_template(&template_id.to_string()).await?),
+            Some(template_id) => Some(self.load_template(&template_id.to_string()).await?),
             None => None,
         };
         let version = template.as_ref().and_then(|template| {

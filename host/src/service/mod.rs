@@ -10,6 +10,7 @@ mod instance_operations;
 mod instances;
 mod lifecycle;
 mod placement;
+mod projects;
 mod providers;
 mod reconcile;
 mod template_images;
@@ -33,10 +34,14 @@ pub use identity::{
 pub use instance_operations::NewSnapshot;
 pub use instances::{ActionOptions, CreateInstances, InstanceList, InstancePatch, InstanceQuery};
 pub use placement::PlacementExplanation;
+pub use projects::{NewProject, ProjectPatch};
 pub use providers::{ProviderRegistry, load_providers};
 pub use template_images::TemplateImageDownload;
 pub use templates::{NewTemplate, NewTemplateVersion};
 
+use crate::auth::Caller;
+use crate::auth::access::permission;
+use crate::auth::permissions::Resource;
 use crate::config::Config;
 use crate::model::{Event, Task, TaskState};
 use crate::store::{self, Store, StoreError};
@@ -224,18 +229,41 @@ impl Service {
 
     // ----- tasks -----
 
-    pub async fn get_task(&self, id: Uuid) -> ServiceResult<Task> {
-        store::tasks::get(&mut *self.inner.store.reader().await?, id)
+    pub async fn get_task(&self, caller: &Caller, id: Uuid) -> ServiceResult<Task> {
+        let task = store::tasks::get(&mut *self.inner.store.reader().await?, id)
             .await?
-            .ok_or_else(|| ServiceError::not_found("task", id))
+            .ok_or_else(|| ServiceError::not_found("task", id))?;
+        if !self.may_see_task(caller, &task, "list").await? {
+            return Err(ServiceError::not_found("task", id));
+        }
+        Ok(task)
     }
 
     /// Waits up to `wait` for the task to end; answers the task as it is then.
-    pub async fn wait_task(&self, id: Uuid, wait: Duration) -> ServiceResult<Task> {
+    pub async fn wait_task(&self, caller: &Caller, id: Uuid, wait: Duration) -> ServiceResult<Task> {
+        self.get_task(caller, id).await?;
         Ok(self.inner.tasks.wait(id, wait).await?)
     }
 
-    pub async fn list_tasks(&self, query: TaskQuery) -> ServiceResult<Vec<Task>> {
+    /// Whether the caller has `task:<action>` for the task: everywhere, or in the project of
+    /// the instance (or the first instance of the batch) it works on.
+    async fn may_see_task(&self, caller: &Caller, task: &Task, action: &'static str) -> ServiceResult<bool> {
+        let needed = permission(Resource::Task, action);
+        if caller.access.allows(needed, None, None) {
+            return Ok(true);
+        }
+        let instance_id = task.object_id.or_else(|| {
+            let first = task.input.get("instances")?.as_array()?.first()?.as_str()?;
+            Uuid::parse_str(first).ok()
+        });
+        let Some(instance_id) = instance_id else { return Ok(false) };
+        let instance = store::instances::get(&mut *self.inner.store.reader().await?, instance_id).await?;
+        Ok(instance.is_some_and(|instance| caller.access.allows(needed, Some(instance.project_id), None)))
+    }
+
+    /// Tasks the caller may see, oldest first.
+    pub async fn list_tasks(&self, caller: &Caller, query: TaskQuery) -> ServiceResult<Vec<Task>> {
+        self.visible_projects(caller, Resource::Task).await?;
         let filter = store::tasks::TaskFilter {
             states: query.state.into_iter().collect(),
             object_id: query.object_id,
@@ -244,19 +272,41 @@ impl Service {
             limit: Some(query.limit),
             ..Default::default()
         };
-        Ok(store::tasks::list(&mut *self.inner.store.reader().await?, &filter).await?)
+        let tasks = store::tasks::list(&mut *self.inner.store.reader().await?, &filter).await?;
+        let mut visible = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            if self.may_see_task(caller, &task, "list").await? {
+                visible.push(task);
+            }
+        }
+        Ok(visible)
     }
 
     /// Cancels a task; a task that already ended is answered as it is.
-    pub async fn cancel_task(&self, id: Uuid) -> ServiceResult<Task> {
+    pub async fn cancel_task(&self, caller: &Caller, id: Uuid) -> ServiceResult<Task> {
+        let task = self.get_task(caller, id).await?;
+        if !self.may_see_task(caller, &task, "cancel").await? {
+            return Err(ServiceError::Forbidden(format!("{} lacks the permission task:cancel", caller.actor())));
+        }
         Ok(self.inner.tasks.cancel(id).await?)
     }
 
     // ----- events -----
 
-    /// Events after `since`, oldest first.
-    pub async fn events_after(&self, since: i64, limit: u32) -> ServiceResult<Vec<Event>> {
-        Ok(store::events::list_after(&mut *self.inner.store.reader().await?, since, limit).await?)
+    /// Events after `since`, oldest first: all of them with `event:list` everywhere, else the
+    /// caller's own (its audit trail). A page may hold fewer than `limit` events then; the
+    /// last sequence number read is returned to continue from.
+    pub async fn events_after(&self, caller: &Caller, since: i64, limit: u32) -> ServiceResult<(Vec<Event>, i64)> {
+        let everything = caller.access.allows(permission(Resource::Event, "list"), None, None);
+        if !everything && caller.access.projects_with(permission(Resource::Event, "list")).is_empty() {
+            self.require(caller, Resource::Event, "list", None, None).await?;
+        }
+        let events = store::events::list_after(&mut *self.inner.store.reader().await?, since, limit).await?;
+        let last = events.last().map_or(since, |event| event.seq);
+        if everything {
+            return Ok((events, last));
+        }
+        Ok((events.into_iter().filter(|event| event.actor == caller.actor()).collect(), last))
     }
 
     /// Changes whenever events were committed; its value is the newest sequence number.

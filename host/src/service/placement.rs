@@ -3,6 +3,7 @@
 //! decisions themselves come from the pure `scheduler`; this module builds its snapshot and
 //! also answers "why is this instance not placed" and "where would this request go".
 
+use crate::auth::Caller;
 use std::collections::HashMap;
 
 use serde::Serialize;
@@ -78,8 +79,8 @@ impl Service {
     }
 
     /// Why a waiting instance is not placed yet (or where it went).
-    pub async fn explain_placement(&self, instance_id: Uuid) -> ServiceResult<PlacementExplanation> {
-        let instance = self.get_instance(instance_id).await?;
+    pub async fn explain_placement(&self, caller: &Caller, instance_id: Uuid) -> ServiceResult<PlacementExplanation> {
+        let instance = self.get_instance(caller, instance_id).await?;
         let templates = self.templates_by_id().await?;
         let mut reader = self.store().reader().await?;
         let mut snapshot = self.snapshot(&mut reader).await?;
@@ -109,8 +110,12 @@ impl Service {
     }
 
     /// Where a request would go now, behind the queue of waiting ones, without creating anything.
-    pub async fn plan_placement(&self, request: CreateInstances) -> ServiceResult<PlacementExplanation> {
-        let accepted = self.accept(&request).await?;
+    pub async fn plan_placement(
+        &self,
+        caller: &Caller,
+        request: CreateInstances,
+    ) -> ServiceResult<PlacementExplanation> {
+        let accepted = self.accept(caller, &request).await?;
         let probe = accepted.instance(&request, Uuid::now_v7(), "plan".into(), store::now());
         let templates = self.templates_by_id().await?;
         let mut reader = self.store().reader().await?;
@@ -128,7 +133,7 @@ impl Service {
     }
 
     async fn templates_by_id(&self) -> ServiceResult<HashMap<Uuid, Template>> {
-        Ok(self.list_templates().await?.into_iter().map(|template| (template.id, template)).collect())
+        Ok(self.load_templates().await?.into_iter().map(|template| (template.id, template)).collect())
     }
 
     async fn snapshot(&self, connection: &mut sqlx::SqliteConnection) -> ServiceResult<Snapshot> {

@@ -270,6 +270,8 @@ impl Service {
         let instance = Instance {
             id,
             name: report.id.clone(),
+            // Found on a host, created by no one here: it joins the default project.
+            project_id: crate::auth::identity::DEFAULT_PROJECT_ID,
             external_id: None,
             state: instance_state_from_driver(report.state),
             template_id: None,

@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
+use super::projects::Demand;
 use super::{Service, ServiceError, ServiceResult};
+use crate::auth::Caller;
 use crate::model::{DiskFormat, NewEvent, Template, TemplateVersion};
 use crate::plugins::ByteSource;
 use crate::store::{self, templates::VersionImage};
@@ -61,16 +63,16 @@ impl Service {
     /// conflict.
     pub async fn upload_template_image<Body, BodyError>(
         &self,
+        caller: &Caller,
         reference: &str,
         number: u32,
         body: Body,
-        actor: &str,
     ) -> ServiceResult<Template>
     where
         Body: Stream<Item = Result<Bytes, BodyError>> + Send,
         BodyError: std::fmt::Display,
     {
-        let template = self.resolve_template(reference).await?;
+        let template = self.authorized_template(caller, reference, "push_tag").await?;
         if find_version(&template, number)?.has_image() {
             return Err(image_exists(&template, number));
         }
@@ -78,7 +80,7 @@ impl Service {
         create_directory(&incoming_directory).await?;
         let incoming_path = incoming_directory.join(format!("{}.part", Uuid::new_v4()));
         let recorded = match self.receive_image(&incoming_path, body).await {
-            Ok(received) => self.record_image(&template, number, &incoming_path, received, actor).await,
+            Ok(received) => self.record_image(&template, number, &incoming_path, received, caller).await,
             Err(error) => Err(error),
         };
         if recorded.is_err() {
@@ -88,8 +90,13 @@ impl Service {
     }
 
     /// The image of version `number`, as a stream of chunks.
-    pub async fn download_template_image(&self, reference: &str, number: u32) -> ServiceResult<TemplateImageDownload> {
-        let template = self.resolve_template(reference).await?;
+    pub async fn download_template_image(
+        &self,
+        caller: &Caller,
+        reference: &str,
+        number: u32,
+    ) -> ServiceResult<TemplateImageDownload> {
+        let template = self.authorized_template(caller, reference, "get_config").await?;
         let version = find_version(&template, number)?;
         let Some(sha256) = version.image_sha256.clone() else {
             return Err(ServiceError::not_found("template image", format!("{}:{number}", template.name)));
@@ -186,7 +193,7 @@ impl Service {
         number: u32,
         incoming_path: &Path,
         received: ReceivedImage,
-        actor: &str,
+        caller: &Caller,
     ) -> ServiceResult<Template> {
         let image_path = self.template_image_path(template.id, number);
         if let Some(template_directory) = image_path.parent() {
@@ -199,6 +206,9 @@ impl Service {
             uploaded_at: store::now(),
         };
         let mut transaction = self.store().begin().await?;
+        let declared = find_version(template, number)?.size_bytes;
+        let demand = Demand { template_bytes: image.size_bytes.saturating_sub(declared), ..Demand::default() };
+        self.check_quota(&mut transaction, template.project_id, demand).await?;
         if !store::templates::set_version_image(&mut transaction, template.id, number, &image).await? {
             return Err(image_exists(template, number));
         }
@@ -207,7 +217,7 @@ impl Service {
             .map_err(|error| image_io_error("storing", &image_path, &error))?;
         let committed = async {
             transaction
-                .append_event(NewEvent::new("template.image_uploaded", "template", template.id).actor(actor).data(
+                .append_event(NewEvent::new("template.image_uploaded", "template", template.id).by(caller).data(
                     json!({ "number": number, "size_bytes": image.size_bytes, "sha256": image.sha256, "format": image.format }),
                 ))
                 .await?;

@@ -6,6 +6,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Service, ServiceError, ServiceResult, check_name};
+use crate::auth::Caller;
+use crate::auth::access::permission;
+use crate::auth::permissions::Resource;
 use crate::model::{Arch, DiskFormat, NewEvent, Template, TemplateVersion};
 use crate::store;
 
@@ -18,6 +21,9 @@ pub struct NewTemplate {
     pub arch: Arch,
     #[serde(default)]
     pub description: String,
+    /// Project (name or id) the template belongs to; default `default`.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// `POST /v1/templates/{id}/versions`.
@@ -38,8 +44,10 @@ fn check_template_name(field: &str, name: &str) -> ServiceResult<()> {
 }
 
 impl Service {
-    pub async fn create_template(&self, request: NewTemplate, actor: &str) -> ServiceResult<Template> {
+    pub async fn create_template(&self, caller: &Caller, request: NewTemplate) -> ServiceResult<Template> {
         check_template_name("name", &request.name)?;
+        let project_id = self.project_for_create(caller, request.project.as_deref()).await?;
+        self.require(caller, Resource::Template, "create", Some(project_id), None).await?;
         if request.description.len() > 4096 {
             return Err(ServiceError::Invalid("description must be at most 4096 bytes".into()));
         }
@@ -51,6 +59,7 @@ impl Service {
         let template = Template {
             id: Uuid::now_v7(),
             name: request.name,
+            project_id,
             arch: request.arch,
             description: request.description,
             versions: Vec::new(),
@@ -61,7 +70,7 @@ impl Service {
         transaction
             .append_event(
                 NewEvent::new("template.created", "template", template.id)
-                    .actor(actor)
+                    .by(caller)
                     .data(json!({ "name": template.name, "arch": template.arch })),
             )
             .await?;
@@ -69,12 +78,49 @@ impl Service {
         Ok(template)
     }
 
-    pub async fn list_templates(&self) -> ServiceResult<Vec<Template>> {
+    /// The templates of the projects where the caller may list templates.
+    pub async fn list_templates(&self, caller: &Caller) -> ServiceResult<Vec<Template>> {
+        let projects = self.visible_projects(caller, Resource::Template).await?;
+        let templates = self.load_templates().await?;
+        Ok(templates
+            .into_iter()
+            .filter(|template| projects.as_ref().is_none_or(|projects| projects.contains(&template.project_id)))
+            .filter(|template| {
+                let id = template.id.to_string();
+                caller.access.allows(permission(Resource::Template, "list"), Some(template.project_id), Some(&id))
+            })
+            .collect())
+    }
+
+    pub(super) async fn load_templates(&self) -> ServiceResult<Vec<Template>> {
         Ok(store::templates::list(&mut *self.store().reader().await?).await?)
     }
 
-    /// A template by id or by name.
-    pub async fn resolve_template(&self, reference: &str) -> ServiceResult<Template> {
+    /// A template by id or name that the caller may see; others are not found.
+    pub async fn resolve_template(&self, caller: &Caller, reference: &str) -> ServiceResult<Template> {
+        self.authorized_template(caller, reference, "list").await
+    }
+
+    /// A template the caller may `action`; one the caller may not even see is not found.
+    pub(super) async fn authorized_template(
+        &self,
+        caller: &Caller,
+        reference: &str,
+        action: &'static str,
+    ) -> ServiceResult<Template> {
+        let template = self.load_template(reference).await?;
+        let id = template.id.to_string();
+        if !caller.access.allows(permission(Resource::Template, "list"), Some(template.project_id), Some(&id)) {
+            return Err(ServiceError::not_found("template", reference));
+        }
+        if action != "list" {
+            self.require(caller, Resource::Template, action, Some(template.project_id), Some(&id)).await?;
+        }
+        Ok(template)
+    }
+
+    /// A template by id or by name, without a permission check, for Hyperplane's own work.
+    pub(super) async fn load_template(&self, reference: &str) -> ServiceResult<Template> {
         let mut reader = self.store().reader().await?;
         let found = match Uuid::parse_str(reference) {
             Ok(id) => store::templates::get(&mut reader, id).await?,
@@ -85,15 +131,15 @@ impl Service {
 
     pub async fn create_template_version(
         &self,
+        caller: &Caller,
         reference: &str,
         request: NewTemplateVersion,
-        actor: &str,
     ) -> ServiceResult<Template> {
         check_template_name("tag", &request.tag)?;
         if request.description.len() > 4096 {
             return Err(ServiceError::Invalid("description must be at most 4096 bytes".into()));
         }
-        let template_id = self.resolve_template(reference).await?.id;
+        let template_id = self.authorized_template(caller, reference, "push_tag").await?.id;
         let mut transaction = self.store().begin().await?;
         let template = store::templates::get(&mut transaction, template_id)
             .await?
@@ -118,7 +164,7 @@ impl Service {
         transaction
             .append_event(
                 NewEvent::new("template.version_created", "template", template_id)
-                    .actor(actor)
+                    .by(caller)
                     .data(json!({ "number": version.number, "tag": version.tag })),
             )
             .await?;

@@ -11,6 +11,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Group> {
     Ok(Group {
         id: parse_uuid(row.try_get("id")?)?,
         name: row.try_get("name")?,
+        project_id: parse_uuid(row.try_get("project_id")?)?,
         description: row.try_get("description")?,
         fallback_group_id: parse_optional_uuid(row.try_get("fallback_group_id")?)?,
         strategy: parse_enum(row.try_get("strategy")?)?,
@@ -52,10 +53,11 @@ pub async fn get_by_name(connection: &mut SqliteConnection, name: &str) -> Store
 
 pub async fn insert(connection: &mut SqliteConnection, group: &Group) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO groups (id, name, description, fallback_group_id, strategy, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO groups (id, project_id, name, description, fallback_group_id, strategy, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(group.id.to_string())
+    .bind(group.project_id.to_string())
     .bind(&group.name)
     .bind(&group.description)
     .bind(group.fallback_group_id.map(|id| id.to_string()))

@@ -22,6 +22,8 @@ pub struct InstanceFilter {
     pub template_id: Option<Uuid>,
     pub name: Option<String>,
     pub external_id: Option<String>,
+    /// Only instances of these projects; `None`: of every project.
+    pub projects: Option<Vec<Uuid>>,
     /// Only instances whose id sorts after this one (cursor pagination; ids are UUIDv7).
     pub after: Option<Uuid>,
     pub limit: Option<u32>,
@@ -32,6 +34,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Instance> {
     Ok(Instance {
         id: parse_uuid(row.try_get("id")?)?,
         name: row.try_get("name")?,
+        project_id: parse_uuid(row.try_get("project_id")?)?,
         external_id: row.try_get("external_id")?,
         state: parse_enum(row.try_get("state")?)?,
         template_id: optional_uuid("template_id")?,
@@ -74,6 +77,15 @@ pub async fn list(connection: &mut SqliteConnection, filter: &InstanceFilter) ->
     if filter.unplaced {
         query.push(" AND host_id IS NULL");
     }
+    if let Some(projects) = &filter.projects {
+        query.push(" AND project_id IN (");
+        let mut separated = query.separated(", ");
+        separated.push("NULL");
+        for project in projects {
+            separated.push_bind(project.to_string());
+        }
+        query.push(")");
+    }
     if let Some(provider) = &filter.provider {
         query.push(" AND provider = ").push_bind(provider.clone());
     }
@@ -105,11 +117,12 @@ fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &
 
 pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO instances (id, name, external_id, state, template_id, template_version, provider, host_id, \
+        "INSERT INTO instances (id, project_id, name, external_id, state, template_id, template_version, provider, host_id, \
             requested_host_id, provider_id, vcpu, ram_mb, disk_gb, priority, placement, ip, mac, vlan, metadata, startup_script, startup_result, error, origin, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(instance.id.to_string())
+    .bind(instance.project_id.to_string())
     .bind(&instance.name)
     .bind(&instance.external_id)
     .bind(instance.state.as_str())

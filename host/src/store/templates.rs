@@ -11,6 +11,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Template> {
     Ok(Template {
         id: parse_uuid(row.try_get("id")?)?,
         name: row.try_get("name")?,
+        project_id: parse_uuid(row.try_get("project_id")?)?,
         arch: parse_enum(row.try_get("arch")?)?,
         description: row.try_get("description")?,
         versions: Vec::new(),
@@ -75,9 +76,11 @@ pub async fn get_by_name(connection: &mut SqliteConnection, name: &str) -> Store
 
 pub async fn insert(connection: &mut SqliteConnection, template: &Template) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO templates (id, name, arch, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO templates (id, project_id, name, arch, description, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(template.id.to_string())
+    .bind(template.project_id.to_string())
     .bind(&template.name)
     .bind(template.arch.as_str())
     .bind(&template.description)

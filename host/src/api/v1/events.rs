@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::QueryParams;
+use crate::auth::Caller;
 use crate::model::Event;
 use crate::service::Service;
 
@@ -38,6 +39,7 @@ pub(super) struct EventParams {
         (status = 400, body = ErrorBody)))]
 pub(super) async fn list_events(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(params): QueryParams<EventParams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -47,7 +49,9 @@ pub(super) async fn list_events(
     if since < 0 {
         return Err(ApiError::invalid(format!("since must be >= 0, got {since}")));
     }
-    let events = event_stream(state.service.clone(), since, params.follow);
+    // Fails now, with 403, rather than as an empty stream.
+    state.service.events_after(&caller, since, 1).await?;
+    let events = event_stream(state.service.clone(), caller, since, params.follow);
     let events: std::pin::Pin<Box<dyn Stream<Item = Event> + Send>> = match params.limit {
         Some(limit) => Box::pin(events.take(limit as usize)),
         None => Box::pin(events),
@@ -78,6 +82,7 @@ pub(super) async fn list_events(
 
 struct Cursor {
     service: Service,
+    caller: Caller,
     after: i64,
     buffer: VecDeque<Event>,
     follow: bool,
@@ -85,8 +90,8 @@ struct Cursor {
 
 /// Reads the log in pages; when caught up, either ends or (following) waits for the next
 /// commit. The watch is marked seen before each read, so no commit can slip between.
-fn event_stream(service: Service, since: i64, follow: bool) -> impl Stream<Item = Event> + Send {
-    let cursor = Cursor { service, after: since, buffer: VecDeque::new(), follow };
+fn event_stream(service: Service, caller: Caller, since: i64, follow: bool) -> impl Stream<Item = Event> + Send {
+    let cursor = Cursor { service, caller, after: since, buffer: VecDeque::new(), follow };
     futures::stream::unfold(cursor, |mut cursor| async move {
         let mut watch = cursor.service.watch_events();
         let stopping = cursor.service.stopping();
@@ -96,8 +101,9 @@ fn event_stream(service: Service, since: i64, follow: bool) -> impl Stream<Item 
                 return Some((event, cursor));
             }
             watch.borrow_and_update();
-            match cursor.service.events_after(cursor.after, 500).await {
-                Ok(events) if !events.is_empty() => {
+            match cursor.service.events_after(&cursor.caller, cursor.after, 500).await {
+                Ok((events, last)) if last > cursor.after => {
+                    cursor.after = last;
                     cursor.buffer.extend(events);
                     continue;
                 }

@@ -1,8 +1,8 @@
 //! Node groups and placement questions.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::api::AppState;
 use crate::api::error::{ApiResult, ErrorBody};
 use crate::api::extract::{JsonBody, parse_id};
-use crate::auth::Principal;
+use crate::auth::Caller;
 use crate::model::Group;
 use crate::service::{CreateInstances, GroupPatch, NewGroup, PlacementExplanation};
 
@@ -18,22 +18,26 @@ use crate::service::{CreateInstances, GroupPatch, NewGroup, PlacementExplanation
     responses((status = 201, body = Group), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_group(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     JsonBody(request): JsonBody<NewGroup>,
 ) -> ApiResult<(StatusCode, Json<Group>)> {
-    Ok((StatusCode::CREATED, Json(state.service.create_group(request, &principal.name).await?)))
+    Ok((StatusCode::CREATED, Json(state.service.create_group(&caller, request).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/groups", tag = "groups", responses((status = 200, body = [Group])))]
-pub(super) async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<Vec<Group>>> {
-    Ok(Json(state.service.list_groups().await?))
+pub(super) async fn list_groups(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Group>>> {
+    Ok(Json(state.service.list_groups(&caller).await?))
 }
 
 /// A group by id or name.
 #[utoipa::path(get, path = "/v1/groups/{id}", tag = "groups",
     responses((status = 200, body = Group), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_group(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Group>> {
-    Ok(Json(state.service.resolve_group(&id).await?))
+pub(super) async fn get_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Group>> {
+    Ok(Json(state.service.resolve_group(&caller, &id).await?))
 }
 
 /// Renames, describes, or sets the fallback group (cycles are refused) or the strategy.
@@ -41,21 +45,21 @@ pub(super) async fn get_group(State(state): State<AppState>, Path(id): Path<Stri
     responses((status = 200, body = Group), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn update_group(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(patch): JsonBody<GroupPatch>,
 ) -> ApiResult<Json<Group>> {
-    Ok(Json(state.service.update_group(&id, patch, &principal.name).await?))
+    Ok(Json(state.service.update_group(&caller, &id, patch).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/groups/{id}", tag = "groups",
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub(super) async fn delete_group(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.service.delete_group(&id, &principal.name).await?;
+    state.service.delete_group(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -70,11 +74,11 @@ pub(super) struct HostIds {
     responses((status = 200, body = Group), (status = 404, body = ErrorBody)))]
 pub(super) async fn add_group_hosts(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(request): JsonBody<HostIds>,
 ) -> ApiResult<Json<Group>> {
-    Ok(Json(state.service.set_group_membership(&id, &request.host_ids, true, &principal.name).await?))
+    Ok(Json(state.service.set_group_membership(&caller, &id, &request.host_ids, true).await?))
 }
 
 /// Removes a host from the group.
@@ -82,11 +86,11 @@ pub(super) async fn add_group_hosts(
     responses((status = 200, body = Group), (status = 404, body = ErrorBody)))]
 pub(super) async fn remove_group_host(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path((id, host_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Group>> {
     let host_id = parse_id("host", &host_id)?;
-    Ok(Json(state.service.set_group_membership(&id, &[host_id], false, &principal.name).await?))
+    Ok(Json(state.service.set_group_membership(&caller, &id, &[host_id], false).await?))
 }
 
 /// Why a waiting instance is not placed: hosts ruled out per constraint, and its place in the queue.
@@ -94,9 +98,10 @@ pub(super) async fn remove_group_host(
     responses((status = 200, body = PlacementExplanation), (status = 404, body = ErrorBody)))]
 pub(super) async fn explain_placement(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PlacementExplanation>> {
-    Ok(Json(state.service.explain_placement(parse_id("instance", &id)?).await?))
+    Ok(Json(state.service.explain_placement(&caller, parse_id("instance", &id)?).await?))
 }
 
 /// Dry run: where an instance request would go now (or why nowhere). Creates nothing.
@@ -104,7 +109,8 @@ pub(super) async fn explain_placement(
     responses((status = 200, body = PlacementExplanation), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn plan_placement(
     State(state): State<AppState>,
+    caller: Caller,
     JsonBody(request): JsonBody<CreateInstances>,
 ) -> ApiResult<Json<PlacementExplanation>> {
-    Ok(Json(state.service.plan_placement(request).await?))
+    Ok(Json(state.service.plan_placement(&caller, request).await?))
 }

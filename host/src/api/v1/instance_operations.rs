@@ -1,15 +1,15 @@
 //! Snapshots and the console of an instance.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use axum::{Extension, Json};
 
 use super::WaitParams;
 use super::instances::respond_after_wait;
 use crate::api::AppState;
 use crate::api::error::{ApiResult, ErrorBody};
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
-use crate::auth::Principal;
+use crate::auth::Caller;
 use crate::model::{ConsoleEndpoint, Snapshot, Task};
 use crate::service::NewSnapshot;
 
@@ -18,9 +18,10 @@ use crate::service::NewSnapshot;
     responses((status = 200, body = [Snapshot]), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn list_snapshots(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<Snapshot>>> {
-    Ok(Json(state.service.list_snapshots(parse_id("instance", &id)?).await?))
+    Ok(Json(state.service.list_snapshots(&caller, parse_id("instance", &id)?).await?))
 }
 
 /// Snapshots a running, stopped or suspended instance: answers the task.
@@ -30,13 +31,13 @@ pub(super) async fn list_snapshots(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn create_snapshot(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path(id): Path<String>,
     QueryParams(wait): QueryParams<WaitParams>,
     JsonBody(request): JsonBody<NewSnapshot>,
 ) -> ApiResult<Response> {
-    let task = state.service.create_snapshot(parse_id("instance", &id)?, request, &principal.name).await?;
-    respond_after_wait(&state, task, wait.duration()?).await
+    let task = state.service.create_snapshot(&caller, parse_id("instance", &id)?, request).await?;
+    respond_after_wait(&state, &caller, task, wait.duration()?).await
 }
 
 /// Returns the instance to the snapshot, in the state the snapshot holds: answers the task.
@@ -45,12 +46,12 @@ pub(super) async fn create_snapshot(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn revert_snapshot(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path((id, name)): Path<(String, String)>,
     QueryParams(wait): QueryParams<WaitParams>,
 ) -> ApiResult<Response> {
-    let task = state.service.revert_snapshot(parse_id("instance", &id)?, &name, &principal.name).await?;
-    respond_after_wait(&state, task, wait.duration()?).await
+    let task = state.service.revert_snapshot(&caller, parse_id("instance", &id)?, &name).await?;
+    respond_after_wait(&state, &caller, task, wait.duration()?).await
 }
 
 /// Deletes the snapshot; the instance stays as it is: answers the task.
@@ -59,12 +60,12 @@ pub(super) async fn revert_snapshot(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn delete_snapshot(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path((id, name)): Path<(String, String)>,
     QueryParams(wait): QueryParams<WaitParams>,
 ) -> ApiResult<Response> {
-    let task = state.service.delete_snapshot(parse_id("instance", &id)?, &name, &principal.name).await?;
-    respond_after_wait(&state, task, wait.duration()?).await
+    let task = state.service.delete_snapshot(&caller, parse_id("instance", &id)?, &name).await?;
+    respond_after_wait(&state, &caller, task, wait.duration()?).await
 }
 
 /// Where the instance's console answers (protocol, host, port, password), live from its driver.
@@ -73,7 +74,8 @@ pub(super) async fn delete_snapshot(
         (status = 409, body = ErrorBody)))]
 pub(super) async fn get_console(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ConsoleEndpoint>> {
-    Ok(Json(state.service.instance_console(parse_id("instance", &id)?).await?))
+    Ok(Json(state.service.instance_console(&caller, parse_id("instance", &id)?).await?))
 }

@@ -1,9 +1,9 @@
 //! Instances.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -11,7 +11,7 @@ use super::{WaitParams, ndjson_response, task_response, wants_ndjson};
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
-use crate::auth::Principal;
+use crate::auth::Caller;
 use crate::model::{Instance, InstanceAction, Task};
 use crate::service::{ActionOptions, CreateInstances, InstanceList, InstancePatch, InstanceQuery};
 
@@ -23,7 +23,7 @@ use crate::service::{ActionOptions, CreateInstances, InstanceList, InstancePatch
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn create_instances(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     QueryParams(wait): QueryParams<WaitParams>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<CreateInstances>,
@@ -35,17 +35,18 @@ pub(super) async fn create_instances(
         }
         None => None,
     };
-    let task = state.service.create_instances(request, idempotency_key, &principal.name).await?;
-    respond_after_wait(&state, task, wait).await
+    let task = state.service.create_instances(&caller, request, idempotency_key).await?;
+    respond_after_wait(&state, &caller, task, wait).await
 }
 
 pub(super) async fn respond_after_wait(
     state: &AppState,
+    caller: &Caller,
     task: Task,
     wait: Option<std::time::Duration>,
 ) -> ApiResult<Response> {
     let task = match wait {
-        Some(wait) if !task.state.is_final() => state.service.wait_task(task.id, wait).await?,
+        Some(wait) if !task.state.is_final() => state.service.wait_task(caller, task.id, wait).await?,
         _ => task,
     };
     Ok(task_response(task))
@@ -70,12 +71,13 @@ pub(super) struct ListParams {
     responses((status = 200, body = InstanceList), (status = 400, body = ErrorBody)))]
 pub(super) async fn list_instances(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(params): QueryParams<ListParams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let list = state
         .service
-        .list_instances(InstanceQuery { limit: params.limit, cursor: params.cursor, filter: params.filter })
+        .list_instances(&caller, InstanceQuery { limit: params.limit, cursor: params.cursor, filter: params.filter })
         .await?;
     let items = project(&list.items, params.fields.as_deref())?;
     if wants_ndjson(&headers) {
@@ -121,8 +123,12 @@ fn instance_field_names() -> Vec<String> {
 
 #[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances",
     responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_instance(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Instance>> {
-    Ok(Json(state.service.get_instance(parse_id("instance", &id)?).await?))
+pub(super) async fn get_instance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Instance>> {
+    Ok(Json(state.service.get_instance(&caller, parse_id("instance", &id)?).await?))
 }
 
 /// Renames, sets the external id or replaces the metadata.
@@ -130,11 +136,11 @@ pub(super) async fn get_instance(State(state): State<AppState>, Path(id): Path<S
     responses((status = 200, body = Instance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn update_instance(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(patch): JsonBody<InstancePatch>,
 ) -> ApiResult<Json<Instance>> {
-    Ok(Json(state.service.update_instance(parse_id("instance", &id)?, patch, &principal.name).await?))
+    Ok(Json(state.service.update_instance(&caller, parse_id("instance", &id)?, patch).await?))
 }
 
 /// Deletes an instance: a task that stops and removes it on its host.
@@ -142,12 +148,12 @@ pub(super) async fn update_instance(
     responses((status = 202, body = Task), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn delete_instance(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path(id): Path<String>,
     QueryParams(wait): QueryParams<WaitParams>,
 ) -> ApiResult<Response> {
-    let task = state.service.delete_instance(parse_id("instance", &id)?, &principal.name).await?;
-    respond_after_wait(&state, task, wait.duration()?).await
+    let task = state.service.delete_instance(&caller, parse_id("instance", &id)?).await?;
+    respond_after_wait(&state, &caller, task, wait.duration()?).await
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -170,7 +176,7 @@ pub(super) struct ActionParams {
         (status = 422, body = ErrorBody)))]
 pub(super) async fn instance_action(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path((id, action)): Path<(String, String)>,
     QueryParams(params): QueryParams<ActionParams>,
 ) -> ApiResult<Response> {
@@ -178,6 +184,6 @@ pub(super) async fn instance_action(
     let action: InstanceAction =
         action.parse().map_err(|message: String| ApiError::new(StatusCode::NOT_FOUND, "not_found", message))?;
     let options = ActionOptions { force: params.force, grace_secs: params.grace };
-    let task = state.service.instance_action(id, action, options, &principal.name).await?;
-    respond_after_wait(&state, task, super::parse_wait(params.wait)?).await
+    let task = state.service.instance_action(&caller, id, action, options).await?;
+    respond_after_wait(&state, &caller, task, super::parse_wait(params.wait)?).await
 }

@@ -9,6 +9,7 @@ use super::{WaitParams, task_response};
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::{QueryParams, parse_id};
+use crate::auth::Caller;
 use crate::model::{Task, TaskState};
 use crate::service::TaskQuery;
 
@@ -31,6 +32,7 @@ pub(super) struct TaskListParams {
     responses((status = 200, body = [Task]), (status = 400, body = ErrorBody)))]
 pub(super) async fn list_tasks(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(params): QueryParams<TaskListParams>,
 ) -> ApiResult<Json<Vec<Task>>> {
     let limit = params.limit.unwrap_or(100);
@@ -44,7 +46,7 @@ pub(super) async fn list_tasks(
         after: params.after.as_deref().map(|id| parse_id("task", id)).transpose()?,
         limit,
     };
-    Ok(Json(state.service.list_tasks(query).await?))
+    Ok(Json(state.service.list_tasks(&caller, query).await?))
 }
 
 /// A task; with `?wait=<seconds>` answers when it ends or the wait expires.
@@ -52,13 +54,14 @@ pub(super) async fn list_tasks(
     responses((status = 200, body = Task), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_task(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     QueryParams(wait): QueryParams<WaitParams>,
 ) -> ApiResult<Json<Task>> {
     let id = parse_id("task", &id)?;
     let task = match wait.duration()? {
-        Some(wait) => state.service.wait_task(id, wait).await?,
-        None => state.service.get_task(id).await?,
+        Some(wait) => state.service.wait_task(&caller, id, wait).await?,
+        None => state.service.get_task(&caller, id).await?,
     };
     Ok(Json(task))
 }
@@ -66,6 +69,10 @@ pub(super) async fn get_task(
 /// Requests cancellation; answers the task (`200` if it had already ended).
 #[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks",
     responses((status = 202, body = Task), (status = 200, body = Task), (status = 404, body = ErrorBody)))]
-pub(super) async fn cancel_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(task_response(state.service.cancel_task(parse_id("task", &id)?).await?))
+pub(super) async fn cancel_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(task_response(state.service.cancel_task(&caller, parse_id("task", &id)?).await?))
 }

@@ -1,10 +1,10 @@
 //! Templates and versions.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::instances::respond_after_wait;
@@ -12,7 +12,7 @@ use super::parse_wait;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::{JsonBody, QueryParams};
-use crate::auth::Principal;
+use crate::auth::Caller;
 use crate::model::{Task, Template};
 use crate::service::{NewTemplate, NewTemplateVersion};
 
@@ -20,22 +20,26 @@ use crate::service::{NewTemplate, NewTemplateVersion};
     responses((status = 201, body = Template), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_template(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     JsonBody(request): JsonBody<NewTemplate>,
 ) -> ApiResult<(StatusCode, Json<Template>)> {
-    Ok((StatusCode::CREATED, Json(state.service.create_template(request, &principal.name).await?)))
+    Ok((StatusCode::CREATED, Json(state.service.create_template(&caller, request).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, body = [Template])))]
-pub(super) async fn list_templates(State(state): State<AppState>) -> ApiResult<Json<Vec<Template>>> {
-    Ok(Json(state.service.list_templates().await?))
+pub(super) async fn list_templates(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Template>>> {
+    Ok(Json(state.service.list_templates(&caller).await?))
 }
 
 /// A template by id or name.
 #[utoipa::path(get, path = "/v1/templates/{id}", tag = "templates",
     responses((status = 200, body = Template), (status = 404, body = ErrorBody)))]
-pub(super) async fn get_template(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Template>> {
-    Ok(Json(state.service.resolve_template(&id).await?))
+pub(super) async fn get_template(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Template>> {
+    Ok(Json(state.service.resolve_template(&caller, &id).await?))
 }
 
 /// Adds a version (metadata; its disk image is uploaded with `PUT …/versions/{number}/image`).
@@ -43,11 +47,11 @@ pub(super) async fn get_template(State(state): State<AppState>, Path(id): Path<S
     responses((status = 201, body = Template), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_template_version(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path(id): Path<String>,
     JsonBody(request): JsonBody<NewTemplateVersion>,
 ) -> ApiResult<(StatusCode, Json<Template>)> {
-    Ok((StatusCode::CREATED, Json(state.service.create_template_version(&id, request, &principal.name).await?)))
+    Ok((StatusCode::CREATED, Json(state.service.create_template_version(&caller, &id, request).await?)))
 }
 
 /// Parses a version number path segment, naming it when it is not one.
@@ -70,12 +74,12 @@ fn parse_version_number(template: &str, text: &str) -> ApiResult<u32> {
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn upload_template_image(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path((id, number)): Path<(String, String)>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Template>)> {
     let number = parse_version_number(&id, &number)?;
-    let template = state.service.upload_template_image(&id, number, body.into_data_stream(), &principal.name).await?;
+    let template = state.service.upload_template_image(&caller, &id, number, body.into_data_stream()).await?;
     Ok((StatusCode::CREATED, Json(template)))
 }
 
@@ -85,10 +89,11 @@ pub(super) async fn upload_template_image(
         (status = 404, body = ErrorBody)))]
 pub(super) async fn download_template_image(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, number)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let number = parse_version_number(&id, &number)?;
-    let image = state.service.download_template_image(&id, number).await?;
+    let image = state.service.download_template_image(&caller, &id, number).await?;
     let headers = [
         (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
         (header::CONTENT_LENGTH, image.size_bytes.to_string()),
@@ -118,11 +123,11 @@ pub(super) struct RemoveFromHostParams {
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn remove_template_from_host(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    caller: Caller,
     Path((id, host_id)): Path<(String, String)>,
     QueryParams(params): QueryParams<RemoveFromHostParams>,
 ) -> ApiResult<Response> {
     let wait = parse_wait(params.wait)?;
-    let task = state.service.remove_template_from_host(&id, &host_id, params.version, &principal.name).await?;
-    respond_after_wait(&state, task, wait).await
+    let task = state.service.remove_template_from_host(&caller, &id, &host_id, params.version).await?;
+    respond_after_wait(&state, &caller, task, wait).await
 }

@@ -1,6 +1,7 @@
 //! Removing a cached template from a host, through the service and the real driver-sim
 //! component: refusals at the edge, the task, the host's list, events and placement.
 
+use crate::auth::Caller;
 use std::time::Duration;
 
 use serde_json::json;
@@ -13,7 +14,13 @@ use crate::plugins::driver_types as driver;
 use crate::service::{CreateInstances, Service, ServiceError};
 
 async fn host_named(service: &Service, name: &str) -> Host {
-    service.list_hosts().await.expect("hosts").into_iter().find(|host| host.name == name).expect("host")
+    service
+        .list_hosts(&Caller::system())
+        .await
+        .expect("hosts")
+        .into_iter()
+        .find(|host| host.name == name)
+        .expect("host")
 }
 
 fn caches(host: &Host, template: &str) -> bool {
@@ -29,8 +36,8 @@ async fn instance_on(service: &Service, template: &str, host: Uuid) -> Uuid {
 }
 
 async fn delete(service: &Service, id: Uuid) {
-    let task = service.delete_instance(id, "test").await.expect("accepted");
-    let task = service.wait_task(task.id, Duration::from_secs(30)).await.expect("task");
+    let task = service.delete_instance(&Caller::system(), id).await.expect("accepted");
+    let task = service.wait_task(&Caller::system(), task.id, Duration::from_secs(30)).await.expect("task");
     assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
 }
 
@@ -45,7 +52,7 @@ fn refused_with<T: std::fmt::Debug>(outcome: Result<T, ServiceError>, expected: 
 }
 
 async fn plan_host(service: &Service, template: &str) -> Option<Uuid> {
-    service.plan_placement(create_request(template)).await.expect("plan").host_id
+    service.plan_placement(&Caller::system(), create_request(template)).await.expect("plan").host_id
 }
 
 #[tokio::test]
@@ -63,24 +70,29 @@ async fn a_cached_template_is_removed_from_its_host_once_no_instance_uses_it() {
     assert_eq!(plan_host(service, "base").await, Some(a.id), "the host with the template cached is preferred");
 
     // In use by an instance on that host: refused at the edge, naming it.
-    let error = refused_with(service.remove_template_from_host("base", "a", None, "test").await, &user.to_string());
+    let error =
+        refused_with(service.remove_template_from_host(&Caller::system(), "base", "a", None).await, &user.to_string());
     assert!(matches!(error, ServiceError::Conflict(_)), "{error:?}");
     delete(service, user).await;
 
     // Unknown template, unknown host, not cached there: not found, naming what is missing.
-    let error = refused_with(service.remove_template_from_host("nope", "a", None, "test").await, "nope");
+    let error = refused_with(service.remove_template_from_host(&Caller::system(), "nope", "a", None).await, "nope");
     assert!(matches!(error, ServiceError::NotFound { .. }), "{error:?}");
-    let error = refused_with(service.remove_template_from_host("base", "nowhere", None, "test").await, "nowhere");
+    let error =
+        refused_with(service.remove_template_from_host(&Caller::system(), "base", "nowhere", None).await, "nowhere");
     assert!(matches!(error, ServiceError::NotFound { .. }), "{error:?}");
-    let error = refused_with(service.remove_template_from_host("base", "b", None, "test").await, "on host 'b'");
+    let error =
+        refused_with(service.remove_template_from_host(&Caller::system(), "base", "b", None).await, "on host 'b'");
     assert!(matches!(error, ServiceError::NotFound { .. }) && error.to_string().contains("'base'"), "{error:?}");
-    let error = refused_with(service.remove_template_from_host("base", "a", Some(7), "test").await, "'base:7'");
+    let error =
+        refused_with(service.remove_template_from_host(&Caller::system(), "base", "a", Some(7)).await, "'base:7'");
     assert!(matches!(error, ServiceError::NotFound { .. }), "{error:?}");
 
-    let task = service.remove_template_from_host("base", &a.id.to_string(), None, "test").await.expect("accepted");
+    let task =
+        service.remove_template_from_host(&Caller::system(), "base", &a.id.to_string(), None).await.expect("accepted");
     assert_eq!(task.kind.as_str(), "template.remove_from_host");
     assert_eq!(task.object_id, Some(a.id));
-    let task = service.wait_task(task.id, Duration::from_secs(30)).await.expect("task");
+    let task = service.wait_task(&Caller::system(), task.id, Duration::from_secs(30)).await.expect("task");
     assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
 
     let host = host_named(service, "a").await;
@@ -102,7 +114,8 @@ async fn a_cached_template_is_removed_from_its_host_once_no_instance_uses_it() {
     assert!(!caches(&host_named(service, "a").await, "base"));
 
     // Removed: a second removal is not found.
-    let error = refused_with(service.remove_template_from_host("base", "a", None, "test").await, "on host 'a'");
+    let error =
+        refused_with(service.remove_template_from_host(&Caller::system(), "base", "a", None).await, "on host 'a'");
     assert!(matches!(error, ServiceError::NotFound { .. }), "{error:?}");
     // The next instance of `base` on `a` pulls it again.
     instance_on(service, "base", a.id).await;
@@ -142,8 +155,8 @@ async fn a_driver_that_refuses_the_removal_fails_the_task_with_its_message() {
     };
     driver.create_instance(spec).await.expect("created on the driver");
 
-    let task = service.remove_template_from_host("base", "a", None, "test").await.expect("accepted");
-    let task = service.wait_task(task.id, Duration::from_secs(30)).await.expect("task");
+    let task = service.remove_template_from_host(&Caller::system(), "base", "a", None).await.expect("accepted");
+    let task = service.wait_task(&Caller::system(), task.id, Duration::from_secs(30)).await.expect("task");
     assert_eq!(task.state, TaskState::Failed, "{task:?}");
     let error = task.error.expect("error");
     assert_eq!(error.code, "conflict", "{error:?}");

@@ -208,7 +208,7 @@ async fn roles_grant_permissions_per_project_and_refusals_are_audited() {
     assert!(!auditor.access.allows(create, Some(uuid::Uuid::from_u128(99)), None));
     assert!(matches!(service.delete_role(&admin, "member").await, Err(ServiceError::Conflict(_))), "built-in");
 
-    let events = service.events_after(0, 1000).await.expect("events");
+    let (events, _) = service.events_after(&Caller::system(), 0, 1000).await.expect("events");
     let denied: Vec<_> = events.iter().filter(|event| event.kind == "audit.denied").collect();
     assert_eq!(denied.len(), 1, "{denied:?}");
     assert_eq!(

@@ -1,6 +1,7 @@
 //! Suspend and resume, graceful stops with their grace period, snapshots and the console,
 //! through the service and the real driver-sim component.
 
+use crate::auth::Caller;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -20,11 +21,11 @@ async fn running_instance(service: &Service) -> Uuid {
 
 async fn finished(service: &Service, task: Result<Task, ServiceError>) -> Task {
     let task = task.expect("accepted");
-    service.wait_task(task.id, Duration::from_secs(30)).await.expect("task")
+    service.wait_task(&Caller::system(), task.id, Duration::from_secs(30)).await.expect("task")
 }
 
 async fn act(service: &Service, id: Uuid, action: InstanceAction, options: ActionOptions) -> Task {
-    let task = finished(service, service.instance_action(id, action, options, "test").await).await;
+    let task = finished(service, service.instance_action(&Caller::system(), id, action, options).await).await;
     assert_eq!(task.state, TaskState::Succeeded, "{action}: {task:?}");
     task
 }
@@ -41,27 +42,27 @@ async fn suspend_and_resume_keep_the_instance_and_its_address() {
     let fixture = start(fast(json!({ "hosts": 1 }))).await;
     let service = &fixture.service;
     let id = running_instance(service).await;
-    let ip = service.get_instance(id).await.expect("instance").ip;
+    let ip = service.get_instance(&Caller::system(), id).await.expect("instance").ip;
     act(service, id, InstanceAction::Suspend, ActionOptions::default()).await;
-    let suspended = service.get_instance(id).await.expect("instance");
+    let suspended = service.get_instance(&Caller::system(), id).await.expect("instance");
     assert_eq!((suspended.state, &suspended.ip), (InstanceState::Suspended, &ip));
     check_refused(
-        service.instance_action(id, InstanceAction::Suspend, ActionOptions::default(), "test").await,
+        service.instance_action(&Caller::system(), id, InstanceAction::Suspend, ActionOptions::default()).await,
         "cannot suspend instance",
     );
     check_refused(
-        service.instance_action(id, InstanceAction::Start, ActionOptions::default(), "test").await,
+        service.instance_action(&Caller::system(), id, InstanceAction::Start, ActionOptions::default()).await,
         "while it is suspended",
     );
     // A reconciliation pass agrees with the driver: no drift.
     service.reconcile_all().await;
     assert!(events_of_type(service, "instance.drift").await.is_empty());
     act(service, id, InstanceAction::Resume, ActionOptions::default()).await;
-    assert_eq!(service.get_instance(id).await.expect("instance").state, InstanceState::Running);
+    assert_eq!(service.get_instance(&Caller::system(), id).await.expect("instance").state, InstanceState::Running);
 
     act(service, id, InstanceAction::Suspend, ActionOptions::default()).await;
     act(service, id, InstanceAction::Stop, ActionOptions::default()).await;
-    let stopped = service.get_instance(id).await.expect("instance");
+    let stopped = service.get_instance(&Caller::system(), id).await.expect("instance");
     assert_eq!((stopped.state, stopped.ip), (InstanceState::Stopped, None));
 }
 
@@ -83,15 +84,16 @@ async fn a_graceful_stop_waits_its_grace_period_for_a_guest_that_ignores_it() {
     assert!(started.elapsed() < Duration::from_millis(300), "no grace at all: {:?}", started.elapsed());
 
     act(service, id, InstanceAction::Start, ActionOptions::default()).await;
+    let system = Caller::system();
     let refused = |grace_secs| {
-        service.instance_action(id, InstanceAction::Stop, ActionOptions { force: false, grace_secs }, "test")
+        service.instance_action(&system, id, InstanceAction::Stop, ActionOptions { force: false, grace_secs })
     };
     check_refused(refused(Some(-1.0)).await, "grace must be between 0 and 3600 seconds, got -1");
     check_refused(refused(Some(f64::NAN)).await, "grace must be between 0 and 3600");
     check_refused(refused(Some(3601.0)).await, "got 3601");
     let grace_on_restart = ActionOptions { force: false, grace_secs: Some(5.0) };
     check_refused(
-        service.instance_action(id, InstanceAction::Restart, grace_on_restart, "test").await,
+        service.instance_action(&Caller::system(), id, InstanceAction::Restart, grace_on_restart).await,
         "grace applies to the stop action only",
     );
 }
@@ -103,16 +105,23 @@ async fn snapshots_are_created_reverted_to_and_deleted_through_tasks() {
     let id = running_instance(service).await;
     let snapshot = |name: &str| NewSnapshot { name: name.into(), description: format!("{name} description") };
 
-    let created = finished(service, service.create_snapshot(id, snapshot("before-upgrade"), "test").await).await;
+    let created =
+        finished(service, service.create_snapshot(&Caller::system(), id, snapshot("before-upgrade")).await).await;
     assert_eq!(created.state, TaskState::Succeeded, "{created:?}");
     assert_eq!(created.result.as_ref().expect("result")["snapshot"]["state"], "running");
-    check_refused(service.create_snapshot(id, snapshot("before-upgrade"), "test").await, "already has a snapshot");
-    check_refused(service.create_snapshot(id, snapshot("has space"), "test").await, "snapshot name 'has space'");
-    check_refused(service.create_snapshot(id, snapshot(&"x".repeat(65)), "test").await, "1-64 characters");
-    check_refused(service.create_snapshot(Uuid::now_v7(), snapshot("a"), "test").await, "not found");
+    check_refused(
+        service.create_snapshot(&Caller::system(), id, snapshot("before-upgrade")).await,
+        "already has a snapshot",
+    );
+    check_refused(
+        service.create_snapshot(&Caller::system(), id, snapshot("has space")).await,
+        "snapshot name 'has space'",
+    );
+    check_refused(service.create_snapshot(&Caller::system(), id, snapshot(&"x".repeat(65))).await, "1-64 characters");
+    check_refused(service.create_snapshot(&Caller::system(), Uuid::now_v7(), snapshot("a")).await, "not found");
 
     act(service, id, InstanceAction::Stop, ActionOptions::default()).await;
-    let listed = service.list_snapshots(id).await.expect("listed");
+    let listed = service.list_snapshots(&Caller::system(), id).await.expect("listed");
     assert_eq!(listed.len(), 1);
     assert_eq!(
         (listed[0].name.as_str(), listed[0].state, listed[0].current),
@@ -120,9 +129,9 @@ async fn snapshots_are_created_reverted_to_and_deleted_through_tasks() {
     );
     assert_eq!(listed[0].description, "before-upgrade description");
 
-    let reverted = finished(service, service.revert_snapshot(id, "before-upgrade", "test").await).await;
+    let reverted = finished(service, service.revert_snapshot(&Caller::system(), id, "before-upgrade").await).await;
     assert_eq!(reverted.state, TaskState::Succeeded, "{reverted:?}");
-    let instance = service.get_instance(id).await.expect("instance");
+    let instance = service.get_instance(&Caller::system(), id).await.expect("instance");
     assert_eq!(instance.state, InstanceState::Running, "the snapshot's state");
     assert!(instance.ip.is_some(), "{instance:?}");
     let reverted_events = events_of_type(service, "instance.snapshot_reverted").await;
@@ -134,12 +143,12 @@ async fn snapshots_are_created_reverted_to_and_deleted_through_tasks() {
         (Some("running"), Some("before-upgrade"))
     );
     assert_eq!(last_change.seq + 1, reverted_events[0].seq, "written together");
-    check_refused(service.revert_snapshot(id, "missing", "test").await, "snapshot '");
+    check_refused(service.revert_snapshot(&Caller::system(), id, "missing").await, "snapshot '");
 
-    let deleted = finished(service, service.delete_snapshot(id, "before-upgrade", "test").await).await;
+    let deleted = finished(service, service.delete_snapshot(&Caller::system(), id, "before-upgrade").await).await;
     assert_eq!(deleted.state, TaskState::Succeeded, "{deleted:?}");
-    assert!(service.list_snapshots(id).await.expect("listed").is_empty());
-    let missing = service.delete_snapshot(id, "before-upgrade", "test").await;
+    assert!(service.list_snapshots(&Caller::system(), id).await.expect("listed").is_empty());
+    let missing = service.delete_snapshot(&Caller::system(), id, "before-upgrade").await;
     assert!(matches!(missing, Err(ServiceError::NotFound { kind: "snapshot", .. })), "{missing:?}");
     assert_eq!(events_of_type(service, "instance.snapshot_created").await.len(), 1);
     assert_eq!(events_of_type(service, "instance.snapshot_deleted").await.len(), 1);
@@ -150,17 +159,17 @@ async fn snapshots_and_consoles_need_a_placed_instance() {
     let fixture = start(fast(json!({ "hosts": 1, "cpu": 2 }))).await;
     let service = &fixture.service;
     let id = running_instance(service).await;
-    let console = service.instance_console(id).await.expect("console");
+    let console = service.instance_console(&Caller::system(), id).await.expect("console");
     assert_eq!((console.protocol, console.host.as_str()), (ConsoleProtocol::Vnc, "127.0.0.1"));
 
     // The only host is full: the next instance waits without a host.
-    let waiting = service.create_instances(create_request("base"), None, "test").await.expect("accepted");
+    let waiting = service.create_instances(&Caller::system(), create_request("base"), None).await.expect("accepted");
     let waiting_id = waiting.object_id.expect("instance");
     let snapshot = NewSnapshot { name: "early".into(), description: String::new() };
-    check_refused(service.create_snapshot(waiting_id, snapshot, "test").await, "has no host yet");
-    check_refused(service.list_snapshots(waiting_id).await, "has no host yet");
-    check_refused(service.instance_console(waiting_id).await, "has no host yet");
+    check_refused(service.create_snapshot(&Caller::system(), waiting_id, snapshot).await, "has no host yet");
+    check_refused(service.list_snapshots(&Caller::system(), waiting_id).await, "has no host yet");
+    check_refused(service.instance_console(&Caller::system(), waiting_id).await, "has no host yet");
 
     act(service, id, InstanceAction::Stop, ActionOptions::default()).await;
-    check_refused(service.instance_console(id).await, "console needs it running");
+    check_refused(service.instance_console(&Caller::system(), id).await, "console needs it running");
 }

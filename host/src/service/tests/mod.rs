@@ -7,6 +7,7 @@ mod identity;
 mod instance_operations;
 mod template_images;
 
+use crate::auth::Caller;
 use std::time::Duration;
 
 use serde_json::json;
@@ -82,20 +83,30 @@ fn create_request(template: &str) -> CreateInstances {
 }
 
 async fn create_and_wait(service: &Service, request: CreateInstances) -> (Task, Uuid) {
-    let task = service.create_instances(request, None, "test").await.expect("accepted");
-    let task = service.wait_task(task.id, Duration::from_secs(30)).await.expect("task");
+    let task = service.create_instances(&Caller::system(), request, None).await.expect("accepted");
+    let task = service.wait_task(&Caller::system(), task.id, Duration::from_secs(30)).await.expect("task");
     (task.clone(), task.object_id.expect("instance task"))
 }
 
 async fn template(service: &Service, name: &str) {
     service
-        .create_template(NewTemplate { name: name.into(), arch: Arch::Amd64, description: String::new() }, "test")
+        .create_template(
+            &Caller::system(),
+            NewTemplate { name: name.into(), arch: Arch::Amd64, description: String::new(), project: None },
+        )
         .await
         .expect("template");
 }
 
 async fn events_of_type(service: &Service, kind: &str) -> Vec<crate::model::Event> {
-    service.events_after(0, 10_000).await.expect("events").into_iter().filter(|event| event.kind == kind).collect()
+    service
+        .events_after(&Caller::system(), 0, 10_000)
+        .await
+        .expect("events")
+        .0
+        .into_iter()
+        .filter(|event| event.kind == kind)
+        .collect()
 }
 
 #[tokio::test]
@@ -111,7 +122,7 @@ async fn reconciliation_records_instances_gone_changed_or_appeared_behind_our_ba
     // Behind our back: one deleted, one stopped, one created that we never asked for.
     driver.delete_instance(&gone.to_string()).await.expect("deleted on the driver");
     driver.stop_instance(&stopped.to_string(), true, Duration::ZERO).await.expect("stopped on the driver");
-    let host = service.list_hosts().await.expect("hosts")[0].name.clone();
+    let host = service.list_hosts(&Caller::system()).await.expect("hosts")[0].name.clone();
     let template_ref = driver::TemplateRef {
         name: "rogue".into(),
         version: 0,
@@ -136,10 +147,10 @@ async fn reconciliation_records_instances_gone_changed_or_appeared_behind_our_ba
 
     service.reconcile_all().await;
 
-    let gone = service.get_instance(gone).await.expect("still recorded");
+    let gone = service.get_instance(&Caller::system(), gone).await.expect("still recorded");
     assert_eq!(gone.state, InstanceState::Terminated);
     assert!(gone.error.as_deref().is_some_and(|error| error.contains("disappeared")), "{gone:?}");
-    assert_eq!(service.get_instance(stopped).await.expect("recorded").state, InstanceState::Stopped);
+    assert_eq!(service.get_instance(&Caller::system(), stopped).await.expect("recorded").state, InstanceState::Stopped);
     let discovered: Vec<_> = store::instances::list(
         &mut service.store().reader().await.expect("reader"),
         &store::instances::InstanceFilter::default(),
@@ -175,20 +186,21 @@ async fn a_request_that_fits_nowhere_waits_and_can_be_cancelled() {
     let (task, _) = create_and_wait(service, create_request("base")).await;
     assert_eq!(task.state, TaskState::Succeeded);
 
-    let waiting = service.create_instances(create_request("base"), None, "test").await.expect("accepted");
-    let still = service.wait_task(waiting.id, Duration::from_millis(500)).await.expect("task");
+    let waiting = service.create_instances(&Caller::system(), create_request("base"), None).await.expect("accepted");
+    let still = service.wait_task(&Caller::system(), waiting.id, Duration::from_millis(500)).await.expect("task");
     assert_eq!(still.state, TaskState::Pending);
     // A wait that times out answers the task as it is then, with why it waits.
     assert!(still.message.as_deref().is_some_and(|message| message.contains("1 full")), "{still:?}");
     assert_eq!(
-        service.get_instance(still.object_id.expect("instance")).await.expect("instance").state,
+        service.get_instance(&Caller::system(), still.object_id.expect("instance")).await.expect("instance").state,
         InstanceState::Scheduling
     );
 
-    service.cancel_task(waiting.id).await.expect("cancel");
-    let cancelled = service.wait_task(waiting.id, Duration::from_secs(10)).await.expect("task");
+    service.cancel_task(&Caller::system(), waiting.id).await.expect("cancel");
+    let cancelled = service.wait_task(&Caller::system(), waiting.id, Duration::from_secs(10)).await.expect("task");
     assert_eq!(cancelled.state, TaskState::Cancelled, "{cancelled:?}");
-    let instance = service.get_instance(cancelled.object_id.expect("instance")).await.expect("instance");
+    let instance =
+        service.get_instance(&Caller::system(), cancelled.object_id.expect("instance")).await.expect("instance");
     assert_eq!(instance.state, InstanceState::Terminated);
 }
 
@@ -199,15 +211,18 @@ async fn deleting_an_instance_while_it_is_being_created_cancels_the_creation_and
     let fixture = start(config).await;
     let service = &fixture.service;
     template(service, "base").await;
-    let create = service.create_instances(create_request("base"), None, "test").await.expect("accepted");
+    let create = service.create_instances(&Caller::system(), create_request("base"), None).await.expect("accepted");
     let instance_id = create.object_id.expect("instance");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let delete = service.delete_instance(instance_id, "test").await.expect("accepted");
-    let delete = service.wait_task(delete.id, Duration::from_secs(30)).await.expect("task");
+    let delete = service.delete_instance(&Caller::system(), instance_id).await.expect("accepted");
+    let delete = service.wait_task(&Caller::system(), delete.id, Duration::from_secs(30)).await.expect("task");
     assert_eq!(delete.state, TaskState::Succeeded, "{delete:?}");
-    let create = service.get_task(create.id).await.expect("task");
+    let create = service.get_task(&Caller::system(), create.id).await.expect("task");
     assert!(create.state.is_final(), "{create:?}");
-    assert_eq!(service.get_instance(instance_id).await.expect("instance").state, InstanceState::Terminated);
+    assert_eq!(
+        service.get_instance(&Caller::system(), instance_id).await.expect("instance").state,
+        InstanceState::Terminated
+    );
     let driver = service.providers().driver("sim").expect("loaded");
     assert!(driver.list_instances().await.expect("listed").is_empty(), "nothing left on the hypervisor");
 }
@@ -224,7 +239,7 @@ async fn a_failing_driver_fails_the_task_marks_the_instance_and_cleans_up() {
     let error = task.error.expect("error");
     assert_eq!(error.code, "backend");
     assert!(error.message.contains("simulated failure"), "{error:?}");
-    let instance = service.get_instance(instance_id).await.expect("instance");
+    let instance = service.get_instance(&Caller::system(), instance_id).await.expect("instance");
     assert_eq!(instance.state, InstanceState::Error);
     assert!(instance.error.is_some_and(|message| message.contains("simulated failure")));
 }
@@ -235,18 +250,18 @@ async fn draining_and_offline_hosts_take_no_new_instances() {
     let fixture = start(config).await;
     let service = &fixture.service;
     template(service, "base").await;
-    let hosts = service.list_hosts().await.expect("hosts");
+    let hosts = service.list_hosts(&Caller::system()).await.expect("hosts");
     let by_name = |name: &str| hosts.iter().find(|host| host.name == name).expect("host").clone();
     assert_eq!(by_name("c").state, crate::model::HostState::Offline);
     let drained = service
-        .update_host(by_name("a").id, HostPatch { draining: Some(true), ..Default::default() }, "test")
+        .update_host(&Caller::system(), by_name("a").id, HostPatch { draining: Some(true), ..Default::default() })
         .await
         .expect("drain");
     assert_eq!(drained.state, crate::model::HostState::Draining);
     for _ in 0..3 {
         let (task, instance_id) = create_and_wait(service, create_request("base")).await;
         assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
-        let instance = service.get_instance(instance_id).await.expect("instance");
+        let instance = service.get_instance(&Caller::system(), instance_id).await.expect("instance");
         assert_eq!(instance.host_id, Some(by_name("b").id), "only the active host takes instances");
     }
     assert_eq!(events_of_type(service, "host.state_changed").await.len(), 1, "draining is an event");

@@ -1,6 +1,7 @@
 //! Template images: streamed uploads, downloads, refusals, interrupted uploads, and the image
 //! reaching the driver when an instance needs the template pulled.
 
+use crate::auth::Caller;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use serde_json::json;
@@ -17,7 +18,7 @@ fn body_of(chunks: Vec<Vec<u8>>) -> impl futures::Stream<Item = Result<Bytes, st
 async fn template_with_version(service: &Service, name: &str) -> Template {
     template(service, name).await;
     let version = NewTemplateVersion { tag: "v1".into(), description: String::new(), size_bytes: 0 };
-    service.create_template_version(name, version, "test").await.expect("version")
+    service.create_template_version(&Caller::system(), name, version).await.expect("version")
 }
 
 /// Files left in the directory where uploads stream to.
@@ -40,7 +41,8 @@ async fn an_image_is_streamed_to_disk_hashed_and_downloaded_unchanged() {
     let image = qcow2_image(700_000);
     // The magic arrives split over two chunks.
     let chunks = vec![image[..2].to_vec(), image[2..300_000].to_vec(), image[300_000..].to_vec()];
-    let uploaded = service.upload_template_image("base", 1, body_of(chunks), "test").await.expect("uploaded");
+    let uploaded =
+        service.upload_template_image(&Caller::system(), "base", 1, body_of(chunks)).await.expect("uploaded");
     let version = &uploaded.versions[0];
     assert_eq!((version.size_bytes, version.format), (700_000, DiskFormat::Qcow2));
     use sha2::Digest as _;
@@ -51,12 +53,13 @@ async fn an_image_is_streamed_to_disk_hashed_and_downloaded_unchanged() {
     assert_eq!(incoming_files(&fixture), 0, "nothing left behind");
     assert_eq!(events_of_type(service, "template.image_uploaded").await.len(), 1);
 
-    let download = service.download_template_image(&uploaded.id.to_string(), 1).await.expect("download");
+    let download =
+        service.download_template_image(&Caller::system(), &uploaded.id.to_string(), 1).await.expect("download");
     assert_eq!((download.size_bytes, download.format), (700_000, DiskFormat::Qcow2));
     let chunks: Vec<Bytes> = download.chunks.try_collect().await.expect("read");
     assert_eq!(chunks.concat(), image);
 
-    let again = service.upload_template_image("base", 1, body_of(vec![b"raw".to_vec()]), "test").await;
+    let again = service.upload_template_image(&Caller::system(), "base", 1, body_of(vec![b"raw".to_vec()])).await;
     assert!(
         matches!(&again, Err(ServiceError::Conflict(message)) if message.contains("already has an image")),
         "{again:?}"
@@ -78,10 +81,14 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
         Err(error) => assert!(error.to_string().contains(expected), "{error:?} should mention {expected:?}"),
         Ok(template) => panic!("expected an error mentioning {expected:?}, got {template:?}"),
     };
-    check(service.upload_template_image("missing", 1, raw, "test").await, "template 'missing' not found");
-    check(service.upload_template_image("base", 9, body_of(vec![vec![0; 10]]), "test").await, "'base:9' not found");
-    check(service.upload_template_image("base", 1, body_of(Vec::new()), "test").await, "the image is empty");
-    let too_large = service.upload_template_image("base", 1, body_of(vec![vec![0; 600], vec![0; 600]]), "test").await;
+    check(service.upload_template_image(&Caller::system(), "missing", 1, raw).await, "template 'missing' not found");
+    check(
+        service.upload_template_image(&Caller::system(), "base", 9, body_of(vec![vec![0; 10]])).await,
+        "'base:9' not found",
+    );
+    check(service.upload_template_image(&Caller::system(), "base", 1, body_of(Vec::new())).await, "the image is empty");
+    let too_large =
+        service.upload_template_image(&Caller::system(), "base", 1, body_of(vec![vec![0; 600], vec![0; 600]])).await;
     assert!(
         matches!(&too_large, Err(ServiceError::TooLarge(message)) if message.contains("1000 bytes")),
         "{too_large:?}"
@@ -90,14 +97,20 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
         Ok(Bytes::from_static(b"first part")),
         Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away")),
     ]);
-    check(service.upload_template_image("base", 1, broken, "test").await, "broke off after 10 bytes: client went away");
+    check(
+        service.upload_template_image(&Caller::system(), "base", 1, broken).await,
+        "broke off after 10 bytes: client went away",
+    );
 
     assert_eq!(incoming_files(&fixture), 0, "refused uploads leave no file");
-    let version = service.resolve_template("base").await.expect("template").versions[0].clone();
+    let version = service.resolve_template(&Caller::system(), "base").await.expect("template").versions[0].clone();
     assert!(!version.has_image(), "{version:?}");
-    let download = service.download_template_image("base", 1).await;
+    let download = service.download_template_image(&Caller::system(), "base", 1).await;
     assert!(matches!(download, Err(ServiceError::NotFound { kind: "template image", .. })), "{download:?}");
-    let raw = service.upload_template_image("base", 1, body_of(vec![vec![7; 10]]), "test").await.expect("uploaded");
+    let raw = service
+        .upload_template_image(&Caller::system(), "base", 1, body_of(vec![vec![7; 10]]))
+        .await
+        .expect("uploaded");
     assert_eq!(raw.versions[0].format, DiskFormat::Raw);
 }
 
@@ -117,7 +130,7 @@ async fn the_driver_reads_the_image_when_it_pulls_the_template() {
     let service = &fixture.service;
     template_with_version(service, "base").await;
     let image = qcow2_image(2 * 1024 * 1024 + 3);
-    service.upload_template_image("base", 1, body_of(vec![image.clone()]), "test").await.expect("uploaded");
+    service.upload_template_image(&Caller::system(), "base", 1, body_of(vec![image.clone()])).await.expect("uploaded");
     let (task, _) = create_and_wait(service, create_request("base")).await;
     assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
     let cached = events_of_type(service, "host.template_cached").await;
