@@ -5,6 +5,7 @@ mod groups;
 mod hosts;
 mod instance_operations;
 mod instances;
+mod projects;
 mod tasks;
 mod templates;
 
@@ -72,6 +73,9 @@ pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(groups::remove_group_host))
         .routes(routes!(groups::explain_placement))
         .routes(routes!(groups::plan_placement))
+        .routes(routes!(projects::list_projects, projects::create_project))
+        .routes(routes!(projects::get_project, projects::update_project, projects::delete_project))
+        .routes(routes!(projects::project_usage))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .routes(routes!(templates::upload_template_image, templates::download_template_image))
 }

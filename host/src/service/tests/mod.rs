@@ -5,6 +5,7 @@
 mod host_templates;
 mod identity;
 mod instance_operations;
+mod projects;
 mod template_images;
 
 use crate::auth::Caller;
