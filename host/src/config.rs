@@ -554,6 +554,7 @@ plugin = "/opt/schemes/custom.wasm"
     fn the_example_configuration_is_valid() {
         let config = Config::from_toml(include_str!("../../examples/hyperplane.toml")).expect("example parses");
         assert_eq!(config.providers.len(), 2);
+        assert_eq!(config.auth.schemes.len(), 3);
     }
 
     #[test]

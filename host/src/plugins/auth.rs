@@ -20,7 +20,7 @@ use super::bindings::auth::hyperplane::auth::types::{self, Error as SchemeError,
 use super::bindings::auth::{Scheme, SchemeIndices};
 use super::errors::{CallError, LoadError};
 use super::http::OutgoingHttpAllowList;
-use super::pool::{DriverStatistics, GuestExports, InstancePool, PoolSettings};
+use super::pool::{GuestExports, InstancePool, PoolSettings, PoolStatistics};
 use super::response_size::EstimatedSize;
 use super::runtime::{PluginRuntime, RuntimeShared};
 use super::settings::ComponentSource;
@@ -136,7 +136,7 @@ impl AuthSchemePlugin {
         Ok(AuthSchemePlugin { pool, needs_body: info.needs_body })
     }
 
-    pub fn statistics(&self) -> DriverStatistics {
+    pub fn statistics(&self) -> PoolStatistics {
         self.pool.statistics()
     }
 }
@@ -281,12 +281,16 @@ fn wit_credential_error(error: CredentialError) -> WitCredentialError {
     }
 }
 
-/// `identity.describe`: `admin`, `user alice`, `key ci-runner (alice)`; never a secret.
+/// `identity.describe`: `admin`, `user alice`, `key ci-runner (user alice)`; never a secret.
 fn describe(principal: &Principal) -> String {
     match &principal.kind {
         PrincipalKind::Admin => "admin".to_owned(),
         PrincipalKind::User { .. } => format!("user {}", principal.name),
-        PrincipalKind::ApiKey { key_id, .. } => format!("key {key_id} ({})", principal.name),
+        PrincipalKind::ApiKey { key_id, .. } => {
+            // A key's principal is named `<user>/<key>`.
+            let user = principal.name.split_once('/').map_or(principal.name.as_str(), |(user, _)| user);
+            format!("key {key_id} (user {user})")
+        }
         PrincipalKind::System => "system".to_owned(),
     }
 }
@@ -637,6 +641,6 @@ mod tests {
         };
         check(PrincipalKind::Admin, "admin", "admin");
         check(PrincipalKind::User { user_id, session_id: None }, "alice", "user alice");
-        check(PrincipalKind::ApiKey { user_id, key_id: "ci".into() }, "alice/ci", "key ci (alice/ci)");
+        check(PrincipalKind::ApiKey { user_id, key_id: "ci".into() }, "alice/ci", "key ci (user alice)");
     }
 }

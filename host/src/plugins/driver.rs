@@ -16,7 +16,7 @@ use super::driver_types::{
 };
 use super::errors::{CallError, LoadError};
 use super::http::OutgoingHttpAllowList;
-use super::pool::{DriverStatistics, GuestExports, InstancePool, PoolSettings};
+use super::pool::{GuestExports, InstancePool, PoolSettings, PoolStatistics};
 use super::runtime::{PluginRuntime, RuntimeShared};
 use super::settings::ProviderSettings;
 use super::state::PluginStateStore;
@@ -132,7 +132,7 @@ impl Driver {
         self.pool.cache_outcome
     }
 
-    pub fn statistics(&self) -> DriverStatistics {
+    pub fn statistics(&self) -> PoolStatistics {
         self.pool.statistics()
     }
 

@@ -35,7 +35,7 @@ pub use endpoints::{
 };
 pub use errors::{CallError, LoadError, describe_driver_error};
 pub use http::InvalidAllowedHttpHost;
-pub use pool::{DriverStatistics, MAX_CONCURRENT_CALLS_PER_PROVIDER, MAX_IDLE_INSTANCES_PER_PROVIDER};
+pub use pool::{MAX_CONCURRENT_CALLS_PER_PROVIDER, MAX_IDLE_INSTANCES_PER_PROVIDER, PoolStatistics};
 pub use runtime::{EPOCH_TICK, PluginRuntime};
 pub use settings::{ComponentSource, EndpointAddress, EndpointAddressError, ProviderSettings, RuntimeSettings};
 pub use state::{MAX_STATE_KEY_BYTES, MAX_STATE_VALUE_BYTES, MemoryStateStore, PluginStateStore};

@@ -84,9 +84,9 @@ pub(crate) struct PoolSettings {
     pub(crate) max_response_bytes: usize,
 }
 
-/// Counters of a plugin's instance pool.
+/// Counters of a plugin's instance pool (a driver provider's or an auth scheme's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DriverStatistics {
+pub struct PoolStatistics {
     /// Fresh instances created (each ran `init`), including the one created at load.
     pub instances_created: u64,
     /// Instances thrown away after a trap, timeout, memory cap or oversized response.
@@ -155,8 +155,8 @@ impl<G: GuestExports> InstancePool<G> {
         &self.context.name
     }
 
-    pub(crate) fn statistics(&self) -> DriverStatistics {
-        DriverStatistics {
+    pub(crate) fn statistics(&self) -> PoolStatistics {
+        PoolStatistics {
             instances_created: self.instances_created.load(Ordering::Relaxed),
             instances_discarded: self.instances_discarded.load(Ordering::Relaxed),
             idle_instances: self.idle_instances.lock().unwrap_or_else(PoisonError::into_inner).len(),
