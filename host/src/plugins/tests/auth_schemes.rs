@@ -368,3 +368,26 @@ async fn an_oidc_identity_counts_only_from_an_issuer_the_operator_trusts() {
     assert!(matches!(answer, Err(AuthFailure::Rejected { .. })), "{answer:?}");
     assert_eq!(credentials.checks().len(), 1);
 }
+
+#[tokio::test]
+async fn an_oversized_answer_fails_the_request_and_discards_the_instance() {
+    let credentials = Arc::new(TestCredentials::default());
+    let mut tiny = settings("token", AUTH_TOKEN_WASM, serde_json::json!({}));
+    // The challenge `Bearer realm="hyperplane"` is longer than this.
+    tiny.max_response_bytes = 8;
+    let dyn_credentials: Arc<dyn Credentials> = credentials.clone();
+    let plugin = AuthSchemePlugin::load(shared_runtime(), tiny, dyn_credentials).await.expect("loads");
+    let chain = AuthChain::new(vec![Arc::new(plugin.clone())]);
+    check(&chain, &[], "503: auth scheme token failed (response_too_large); see the server log").await;
+    assert_eq!(plugin.statistics().instances_discarded, 1);
+}
+
+#[tokio::test]
+async fn a_scheme_over_its_memory_cap_does_not_load() {
+    let credentials: Arc<dyn Credentials> = Arc::new(TestCredentials::default());
+    let mut capped = settings("basic", AUTH_BASIC_WASM, serde_json::json!({}));
+    capped.memory_limit_bytes = 64 * 1024;
+    let error = AuthSchemePlugin::load(shared_runtime(), capped, credentials).await.expect_err("over the cap");
+    let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+    assert!(source.contains("exceeded its memory limit of 65536 bytes"), "{error}: {source}");
+}
