@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -30,12 +31,25 @@ pub struct Server {
     config_file: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
+    /// With [`Server::start_capturing_log`]: the `HYPERPLANE_LOG` filter and every line the
+    /// server has written to stderr.
+    captured_log: Option<(String, Arc<Mutex<String>>)>,
     _directory: Option<tempfile::TempDir>,
 }
 
 impl Server {
     /// Starts a server with `config` (TOML) on a fresh data directory.
     pub async fn start(config: &str) -> Server {
+        Server::start_with(config, None)
+    }
+
+    /// Like [`Server::start`], keeping what the server logs at `filter` (an `HYPERPLANE_LOG`
+    /// value) for [`Server::log`] instead of passing it through.
+    pub async fn start_capturing_log(config: &str, filter: &str) -> Server {
+        Server::start_with(config, Some((filter.to_owned(), Arc::default())))
+    }
+
+    fn start_with(config: &str, captured_log: Option<(String, Arc<Mutex<String>>)>) -> Server {
         let directory = tempfile::tempdir().expect("temporary directory");
         let data_dir = directory.path().join("data");
         let config_file = directory.path().join("hyperplane.toml");
@@ -46,6 +60,7 @@ impl Server {
             config_file,
             child: None,
             http: reqwest::Client::new(),
+            captured_log,
             _directory: Some(directory),
         };
         server.spawn();
@@ -62,11 +77,21 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .env("HYPERPLANE_ADMIN_TOKEN", TOKEN)
-            .env("HYPERPLANE_LOG", "error")
+            .env("HYPERPLANE_LOG", self.captured_log.as_ref().map_or("error", |(filter, _)| filter.as_str()))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if self.captured_log.is_some() { Stdio::piped() } else { Stdio::inherit() })
             .spawn()
             .expect("start the hyperplane binary");
+        if let (Some((_, log)), Some(stderr)) = (&self.captured_log, child.stderr.take()) {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout is piped");
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -78,6 +103,14 @@ impl Server {
         });
         self.url = receiver.recv_timeout(Duration::from_secs(120)).expect("the server starts and prints its address");
         self.child = Some(child);
+    }
+
+    /// What the server has logged so far (empty unless started with
+    /// [`Server::start_capturing_log`]).
+    pub fn log(&self) -> String {
+        self.captured_log
+            .as_ref()
+            .map_or_else(String::new, |(_, log)| log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.

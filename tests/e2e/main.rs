@@ -9,6 +9,7 @@ mod fleet;
 mod harness;
 mod host_templates;
 mod hostile;
+mod identity;
 mod instance_operations;
 mod libvirt;
 mod lifecycle;

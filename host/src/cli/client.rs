@@ -26,6 +26,11 @@ impl Client {
         Ok(Client { http: reqwest::Client::new(), base: url.trim_end_matches('/').to_owned(), token })
     }
 
+    /// A client without a token, for logging in with a user name and password.
+    pub fn without_token(url: &str) -> Client {
+        Client { http: reqwest::Client::new(), base: url.trim_end_matches('/').to_owned(), token: String::new() }
+    }
+
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
     }
@@ -51,8 +56,23 @@ impl Client {
         Ok(self.send(self.request(Method::POST, path).json(body)).await?.json().await?)
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        Ok(self.send(self.request(Method::PATCH, path).json(body)).await?.json().await?)
+    }
+
+    pub async fn put(&self, path: &str) -> anyhow::Result<Value> {
+        json_or_null(self.send(self.request(Method::PUT, path)).await?).await
+    }
+
+    /// The answer's JSON, or `null` for `204 No Content`.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self.send(self.request(Method::DELETE, path)).await?.json().await?)
+        json_or_null(self.send(self.request(Method::DELETE, path)).await?).await
+    }
+
+    /// POST with HTTP basic auth instead of the token (logging in).
+    pub async fn post_with_password(&self, path: &str, user: &str, password: &str) -> anyhow::Result<Value> {
+        let request = self.http.post(format!("{}{path}", self.base)).basic_auth(user, Some(password));
+        Ok(self.send(request).await?.json().await?)
     }
 
     /// Calls `each` for every JSON line of a streaming response.
@@ -116,6 +136,14 @@ impl Client {
             .and_then(|host| host["id"].as_str().map(str::to_owned))
             .ok_or_else(|| anyhow!("no host '{reference}'"))
     }
+}
+
+async fn json_or_null(response: Response) -> anyhow::Result<Value> {
+    let bytes = response.bytes().await?;
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).context("the server answered something that is not JSON")
 }
 
 /// Percent-encodes a query parameter value.

@@ -2,6 +2,7 @@
 //! HTTP API (tables by default, `--json` for scripts).
 
 mod client;
+mod identity;
 mod output;
 
 use std::path::PathBuf;
@@ -70,6 +71,29 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         since: i64,
     },
+    /// Users.
+    #[command(subcommand)]
+    User(identity::UserCommand),
+    /// User groups and their members.
+    #[command(subcommand)]
+    UserGroup(identity::UserGroupCommand),
+    /// Roles and their grants (bindings).
+    #[command(subcommand)]
+    Role(identity::RoleCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Key(identity::KeyCommand),
+    /// Log in with a password: prints a session token to use as HYPERPLANE_TOKEN.
+    Login {
+        user: String,
+        /// Read the password from the first line of standard input instead of the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// End the session of the token in use.
+    Logout,
+    /// Who the token in use authenticates as, and what it may do.
+    Whoami,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +253,9 @@ enum TaskCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, listen, data_dir } => serve(config, listen, data_dir).await,
+        Command::Login { user, password_stdin } => {
+            identity::login(&cli.connection.url, &user, password_stdin, cli.json).await
+        }
         command => {
             let client = Client::new(&cli.connection.url, cli.connection.token)?;
             run_client(&client, command, cli.json).await
@@ -286,7 +313,7 @@ async fn shutdown_signal() {
 
 async fn run_client(client: &Client, command: Command, json_output: bool) -> anyhow::Result<()> {
     match command {
-        Command::Serve { .. } => unreachable!("handled by run"),
+        Command::Serve { .. } | Command::Login { .. } => unreachable!("handled by run"),
         Command::Instance(command) => instance_command(client, command, json_output).await,
         Command::Host(HostCommand::List) => {
             let hosts = client.get("/v1/hosts").await?;
@@ -328,6 +355,12 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
             output::print(&Value::Array(vec![task]), json_output, output::tasks_table);
             Ok(())
         }
+        Command::User(command) => identity::user_command(client, command, json_output).await,
+        Command::UserGroup(command) => identity::user_group_command(client, command, json_output).await,
+        Command::Role(command) => identity::role_command(client, command, json_output).await,
+        Command::Key(command) => identity::key_command(client, command, json_output).await,
+        Command::Logout => identity::logout(client).await,
+        Command::Whoami => identity::whoami(client, json_output).await,
         Command::Events { follow, since } => {
             client
                 .stream_lines(&format!("/v1/events?since={since}&follow={follow}"), |event| {

@@ -117,3 +117,65 @@ pub fn event_line(event: &Value) -> String {
         if event["data"].is_null() { String::new() } else { event["data"].to_string() }
     )
 }
+
+/// A JSON array of strings as `a, b`; `-` when empty or absent.
+fn names(value: &Value) -> String {
+    let names: Vec<String> = value.as_array().into_iter().flatten().map(text).collect();
+    if names.is_empty() { "-".into() } else { names.join(", ") }
+}
+
+fn fields_table(header: &[&str], fields: &[&str], items: &[Value]) -> Table {
+    let mut table = new_table(header);
+    for item in items {
+        table.add_row(fields.iter().map(
+            |field| {
+                if item[field].is_array() { names(&item[field]) } else { text(&item[field]) }
+            },
+        ));
+    }
+    table
+}
+
+pub fn users_table(users: &[Value]) -> Table {
+    fields_table(
+        &["NAME", "DISPLAY NAME", "EMAIL", "GROUPS", "PASSWORD", "DISABLED", "LAST LOGIN"],
+        &["name", "display_name", "email", "groups", "has_password", "disabled", "last_login_at"],
+        users,
+    )
+}
+
+pub fn user_groups_table(groups: &[Value]) -> Table {
+    fields_table(&["NAME", "MEMBERS", "DESCRIPTION"], &["name", "members", "description"], groups)
+}
+
+pub fn roles_table(roles: &[Value]) -> Table {
+    fields_table(
+        &["NAME", "BUILT IN", "PERMISSIONS", "DESCRIPTION"],
+        &["name", "builtin", "permissions", "description"],
+        roles,
+    )
+}
+
+pub fn role_bindings_table(bindings: &[Value]) -> Table {
+    fields_table(
+        &["ID", "ROLE", "USER", "GROUP", "PROJECT", "RESOURCES"],
+        &["id", "role", "user", "group", "project", "resource_ids"],
+        bindings,
+    )
+}
+
+pub fn keys_table(keys: &[Value]) -> Table {
+    fields_table(
+        &["ID", "USER", "GROUPS", "EXPIRES", "REVOKED", "LAST USED", "DESCRIPTION"],
+        &["id", "user", "groups", "expires_at", "revoked_at", "last_used_at", "description"],
+        keys,
+    )
+}
+
+pub fn callers_table(callers: &[Value]) -> Table {
+    fields_table(
+        &["NAME", "KIND", "SCHEME", "SOURCE", "PERMISSIONS"],
+        &["name", "kind", "scheme", "source", "permissions"],
+        callers,
+    )
+}

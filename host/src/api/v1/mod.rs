@@ -5,9 +5,13 @@ mod groups;
 mod hosts;
 mod instance_operations;
 mod instances;
+mod keys;
 mod projects;
+mod roles;
+mod sessions;
 mod tasks;
 mod templates;
+mod users;
 
 use std::time::Duration;
 
@@ -76,6 +80,21 @@ pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(projects::list_projects, projects::create_project))
         .routes(routes!(projects::get_project, projects::update_project, projects::delete_project))
         .routes(routes!(projects::project_usage))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(users::get_user, users::update_user, users::delete_user))
+        .routes(routes!(users::list_user_groups, users::create_user_group))
+        .routes(routes!(users::delete_user_group))
+        .routes(routes!(users::add_user_group_member, users::remove_user_group_member))
+        .routes(routes!(roles::list_roles, roles::create_role))
+        .routes(routes!(roles::delete_role))
+        .routes(routes!(roles::list_role_bindings, roles::grant_role))
+        .routes(routes!(roles::revoke_role_binding))
+        .routes(routes!(roles::list_permissions))
+        .routes(routes!(keys::list_api_keys, keys::create_api_key))
+        .routes(routes!(keys::get_api_key, keys::update_api_key, keys::revoke_api_key))
+        .routes(routes!(sessions::create_session, sessions::list_sessions))
+        .routes(routes!(sessions::current_caller, sessions::end_current_session))
+        .routes(routes!(sessions::end_session))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .routes(routes!(templates::upload_template_image, templates::download_template_image))
 }
