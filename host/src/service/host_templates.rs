@@ -31,7 +31,6 @@ impl Service {
         let template = self.resolve_template(caller, reference).await?;
         let host_id = self.resolve_host_id(caller, host).await?;
         self.require_global(caller, Resource::Node, "delete_template", Some(&host_id.to_string())).await?;
-        let actor = caller.actor();
         let mut transaction = self.store().begin().await?;
         let host =
             store::hosts::get(&mut transaction, host_id).await?.ok_or_else(|| ServiceError::not_found("host", host))?;
@@ -63,7 +62,7 @@ impl Service {
         });
         let task = self
             .task_engine()
-            .create(&mut transaction, NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, actor))
+            .create(&mut transaction, NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller))
             .await?;
         transaction.commit().await?;
         self.task_engine().wake();

@@ -69,24 +69,22 @@ impl Service {
             )));
         }
         let input = json!({ "instance_id": id, "name": request.name, "description": request.description });
-        self.begin_instance_task(id, TaskKind::SnapshotCreate, SNAPSHOT_STATES, "snapshot", input, caller.actor()).await
+        self.begin_instance_task(id, TaskKind::SnapshotCreate, SNAPSHOT_STATES, "snapshot", input, caller).await
     }
 
     /// Returns the instance to a snapshot, in the state the snapshot holds: a task.
     pub async fn revert_snapshot(&self, caller: &Caller, id: Uuid, name: &str) -> ServiceResult<Task> {
         self.check_snapshot_exists(caller, id, name).await?;
-        let actor = caller.actor();
         let input = json!({ "instance_id": id, "name": name });
-        self.begin_instance_task(id, TaskKind::SnapshotRevert, SNAPSHOT_CHANGE_STATES, "revert", input, actor).await
+        self.begin_instance_task(id, TaskKind::SnapshotRevert, SNAPSHOT_CHANGE_STATES, "revert", input, caller).await
     }
 
     /// Deletes a snapshot; the instance stays as it is: a task.
     pub async fn delete_snapshot(&self, caller: &Caller, id: Uuid, name: &str) -> ServiceResult<Task> {
         self.check_snapshot_exists(caller, id, name).await?;
-        let actor = caller.actor();
         let input = json!({ "instance_id": id, "name": name });
         let operation = "delete a snapshot of";
-        self.begin_instance_task(id, TaskKind::SnapshotDelete, SNAPSHOT_CHANGE_STATES, operation, input, actor).await
+        self.begin_instance_task(id, TaskKind::SnapshotDelete, SNAPSHOT_CHANGE_STATES, operation, input, caller).await
     }
 
     /// The instance's driver, when it has a host and its provider supports snapshots.

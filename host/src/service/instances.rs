@@ -188,7 +188,6 @@ impl Service {
         request: CreateInstances,
         idempotency_key: Option<String>,
     ) -> ServiceResult<Task> {
-        let actor = caller.actor();
         if let Some(key) = &idempotency_key {
             check_text("Idempotency-Key", key, 255)?;
         }
@@ -242,7 +241,7 @@ impl Service {
                             input: json!({ "operation": "instance.create", "instances": instances.iter().map(|instance| instance.id).collect::<Vec<_>>() }),
                             idempotency_key: idempotency_key.clone(),
                             request_digest: Some(digest.clone()),
-                            actor: actor.into(),
+                            requested_by: caller.clone(),
                         },
                     )
                     .await?,
@@ -270,7 +269,7 @@ impl Service {
                         input: json!({ "instance_id": instance.id }),
                         idempotency_key: if batch.is_none() { idempotency_key.clone() } else { None },
                         request_digest: if batch.is_none() { Some(digest.clone()) } else { None },
-                        actor: actor.into(),
+                        requested_by: caller.clone(),
                     },
                 )
                 .await?;
@@ -555,7 +554,7 @@ impl Service {
             action.allowed_states(),
             action.as_str(),
             input,
-            caller.actor(),
+            caller,
         )
         .await
     }
@@ -569,7 +568,7 @@ impl Service {
         allowed: &[InstanceState],
         operation: &str,
         input: serde_json::Value,
-        actor: &str,
+        caller: &Caller,
     ) -> ServiceResult<Task> {
         let mut transaction = self.store().begin().await?;
         let instance = store::instances::get(&mut transaction, id)
@@ -587,7 +586,7 @@ impl Service {
                 active.kind, active.id
             )));
         }
-        let task = self.task_engine().create(&mut transaction, NewTask::on_object(kind, id, input, actor)).await?;
+        let task = self.task_engine().create(&mut transaction, NewTask::on_object(kind, id, input, caller)).await?;
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(task)
@@ -621,7 +620,6 @@ impl Service {
     /// Asking again while a delete is under way answers that delete's task.
     pub async fn delete_instance(&self, caller: &Caller, id: Uuid) -> ServiceResult<Task> {
         self.authorized_instance(caller, id, "delete").await?;
-        let actor = caller.actor();
         let mut transaction = self.store().begin().await?;
         let instance = store::instances::get(&mut transaction, id)
             .await?
@@ -638,7 +636,7 @@ impl Service {
             .task_engine()
             .create(
                 &mut transaction,
-                NewTask::on_object(TaskKind::InstanceDelete, id, json!({ "instance_id": id }), actor),
+                NewTask::on_object(TaskKind::InstanceDelete, id, json!({ "instance_id": id }), caller),
             )
             .await?;
         transaction.commit().await?;

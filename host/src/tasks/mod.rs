@@ -14,6 +14,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::model::{NewEvent, Task, TaskError, TaskKind, TaskState};
 use crate::store::{self, Store, StoreError, WriteTx};
 
@@ -106,12 +107,14 @@ pub struct NewTask {
     pub input: Value,
     pub idempotency_key: Option<String>,
     pub request_digest: Option<String>,
-    pub actor: String,
+    /// Who asked for the task (its `task.created` event records the caller's actor, scheme
+    /// and source).
+    pub requested_by: Caller,
 }
 
 impl NewTask {
     /// A task working on one object (an instance), with no idempotency key.
-    pub fn on_object(kind: TaskKind, object_id: Uuid, input: Value, actor: &str) -> Self {
+    pub fn on_object(kind: TaskKind, object_id: Uuid, input: Value, requested_by: &Caller) -> Self {
         NewTask {
             kind,
             object_id: Some(object_id),
@@ -119,7 +122,7 @@ impl NewTask {
             input,
             idempotency_key: None,
             request_digest: None,
-            actor: actor.into(),
+            requested_by: requested_by.clone(),
         }
     }
 }
@@ -186,7 +189,7 @@ impl TaskEngine {
         transaction
             .append_event(
                 NewEvent::new("task.created", "task", task.id)
-                    .actor(new.actor)
+                    .by(&new.requested_by)
                     .data(json!({ "kind": task.kind, "object_id": task.object_id, "parent_id": task.parent_id })),
             )
             .await?;
@@ -596,7 +599,10 @@ mod tests {
     async fn create_task(engine: &TaskEngine, store: &Store) -> Uuid {
         let mut transaction = store.begin().await.expect("begin");
         let task = engine
-            .create(&mut transaction, NewTask::on_object(TaskKind::InstanceStart, Uuid::now_v7(), json!({}), "test"))
+            .create(
+                &mut transaction,
+                NewTask::on_object(TaskKind::InstanceStart, Uuid::now_v7(), json!({}), &Caller::system()),
+            )
             .await
             .expect("create");
         transaction.commit().await.expect("commit");
