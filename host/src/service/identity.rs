@@ -330,6 +330,40 @@ impl Service {
         Err(forbidden(caller, &needed.to_string()))
     }
 
+    /// Records a mutating call that did not succeed and that no service check recorded: refused
+    /// authentication (no `caller`) and failed calls. `path` is recorded without its query.
+    pub async fn record_failed_call(
+        &self,
+        caller: Option<&Caller>,
+        source: &str,
+        method: &str,
+        path: &str,
+        status: u16,
+    ) {
+        let path = path.split('?').next().unwrap_or_default();
+        let (kind, event) = match caller {
+            Some(caller) => {
+                ("audit.call_failed", NewEvent::new("audit.call_failed", "request", path).by(caller).outcome("failed"))
+            }
+            None => (
+                "audit.unauthenticated",
+                NewEvent::new("audit.unauthenticated", "request", path).actor("anonymous").outcome("denied"),
+            ),
+        };
+        let mut event = event.data(json!({ "method": method, "path": path, "status": status }));
+        if caller.is_none() {
+            event.source = source.into();
+        }
+        let recorded = async {
+            let mut transaction = self.store().begin().await?;
+            transaction.append_event(event).await?;
+            transaction.commit().await
+        };
+        if let Err(error) = recorded.await {
+            tracing::warn!(error = ?error, kind, "cannot record a failed call in the audit trail");
+        }
+    }
+
     // ----- users -----
 
     pub async fn list_users(&self, caller: &Caller) -> ServiceResult<Vec<User>> {
