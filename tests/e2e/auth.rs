@@ -1,6 +1,7 @@
 //! Authentication through the real server and the bundled auth schemes (the default chain:
 //! apikey, session, token, basic; and a configured one): challenges, the admin token as a
-//! bearer or a cookie, rejections, and a scheme that fails to load stopping the start.
+//! bearer or a cookie, rejections, their metrics, and a scheme that fails to load stopping the
+//! start.
 
 use std::process::Command;
 
@@ -44,6 +45,26 @@ async fn the_default_schemes_accept_the_admin_token_and_say_what_they_accept() {
     assert!(body["error"]["message"].as_str().expect("message").starts_with("token: "), "{body}");
     let unknown_key = get(&server, &[("x-api-key".parse().expect("name"), "nobody:secret")]).await;
     assert_eq!(unknown_key.status(), StatusCode::UNAUTHORIZED);
+
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for (scheme, outcome) in
+        [("token", "authenticated"), ("token", "rejected"), ("apikey", "rejected"), ("", "missing")]
+    {
+        let counted = metrics.lines().any(|line| {
+            line.starts_with("hyperplane_auth_requests_total{")
+                && line.contains(&format!("scheme=\"{scheme}\""))
+                && line.contains(&format!("outcome=\"{outcome}\""))
+        });
+        assert!(counted, "{scheme} {outcome} is counted in:\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use super::Principal;
 
+/// Counter of authentication answers, labels `scheme` (empty when no scheme decided) and
+/// `outcome`: `authenticated`, `rejected`, `throttled`, `failed`, `missing`.
+pub const AUTH_REQUESTS_TOTAL: &str = "hyperplane_auth_requests_total";
+
 /// What a scheme sees of an HTTP request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthRequest {
@@ -112,6 +116,19 @@ impl AuthChain {
 
     /// Asks the schemes in order; the first `authenticated` or `rejected` decides.
     pub async fn authenticate(&self, request: &AuthRequest) -> Result<Authenticated, AuthFailure> {
+        let answer = self.decide(request).await;
+        let (scheme, outcome) = match &answer {
+            Ok(authenticated) => (authenticated.scheme.clone(), "authenticated"),
+            Err(AuthFailure::Rejected { scheme, .. }) => (scheme.clone(), "rejected"),
+            Err(AuthFailure::Throttled { scheme, .. }) => (scheme.clone(), "throttled"),
+            Err(AuthFailure::SchemeFailed { scheme, .. }) => (scheme.clone(), "failed"),
+            Err(AuthFailure::MissingCredentials { .. }) => (String::new(), "missing"),
+        };
+        metrics::counter!(AUTH_REQUESTS_TOTAL, "scheme" => scheme, "outcome" => outcome).increment(1);
+        answer
+    }
+
+    async fn decide(&self, request: &AuthRequest) -> Result<Authenticated, AuthFailure> {
         let mut challenges = Vec::new();
         let mut accepted = Vec::new();
         for scheme in self.schemes.iter() {
