@@ -2,6 +2,7 @@
 //! with the real driver components, and talks to it over HTTP like any client.
 
 mod auth;
+mod authorization;
 mod bad_input;
 mod cli;
 mod events;

@@ -7,8 +7,9 @@ use uuid::Uuid;
 
 use super::{Service, ServiceError, ServiceResult};
 use crate::auth::Caller;
+use crate::auth::access::permission;
 use crate::auth::permissions::Resource;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::model::{Capacity, Host, Labels, NewEvent, Provider, UsbDeviceGroup};
 use crate::store;
@@ -37,7 +38,8 @@ impl Service {
 
     pub async fn list_hosts(&self, caller: &Caller) -> ServiceResult<Vec<Host>> {
         self.require_global(caller, Resource::Node, "list", None).await?;
-        self.load_hosts().await
+        let hosts = self.load_hosts().await?;
+        self.without_what_caller_cannot_see(caller, hosts).await
     }
 
     pub(super) async fn load_hosts(&self) -> ServiceResult<Vec<Host>> {
@@ -46,7 +48,38 @@ impl Service {
 
     pub async fn get_host(&self, caller: &Caller, id: Uuid) -> ServiceResult<Host> {
         self.require_global(caller, Resource::Node, "list", None).await?;
-        self.load_host(id).await
+        let host = self.load_host(id).await?;
+        let hosts = self.without_what_caller_cannot_see(caller, vec![host]).await?;
+        hosts.into_iter().next().ok_or_else(|| ServiceError::not_found("host", id))
+    }
+
+    /// Hosts serve every project, but what they show of node groups and cached templates is
+    /// cut to those the caller may list: another project's are not even named.
+    async fn without_what_caller_cannot_see(&self, caller: &Caller, mut hosts: Vec<Host>) -> ServiceResult<Vec<Host>> {
+        let mut reader = self.store().reader().await?;
+        let groups: HashSet<Uuid> = store::groups::list(&mut reader)
+            .await?
+            .into_iter()
+            .filter(|group| {
+                let id = group.id.to_string();
+                caller.access.allows(permission(Resource::Group, "list"), Some(group.project_id), Some(&id))
+            })
+            .map(|group| group.id)
+            .collect();
+        let templates: HashSet<String> = store::templates::list(&mut reader)
+            .await?
+            .into_iter()
+            .filter(|template| {
+                let id = template.id.to_string();
+                caller.access.allows(permission(Resource::Template, "list"), Some(template.project_id), Some(&id))
+            })
+            .map(|template| template.name)
+            .collect();
+        for host in &mut hosts {
+            host.groups.retain(|group| groups.contains(group));
+            host.cached_templates.retain(|cached| templates.contains(&cached.name));
+        }
+        Ok(hosts)
     }
 
     pub(super) async fn load_host(&self, id: Uuid) -> ServiceResult<Host> {
