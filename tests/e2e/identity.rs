@@ -418,3 +418,28 @@ async fn the_cli_manages_identities_and_logs_in_and_out() {
     succeed(&server, admin, &["user-group", "delete", "devs"], "");
     assert!(!succeed(&server, admin, &["user", "list"], "").contains("hana"));
 }
+
+#[tokio::test]
+async fn failed_and_unauthenticated_changes_are_in_the_audit_trail() {
+    let server = Server::start(&fast_sim_config()).await;
+    let (status, _, _) =
+        call(&server, Method::POST, "/v1/templates", &[(AUTHORIZATION, "Bearer not-a-token")], Some(json!({}))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = server.post("/v1/templates", json!({ "name": "bad name!", "arch": "amd64" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // Reads are not audited, failing or not.
+    assert_eq!(call(&server, Method::GET, "/v1/templates/nothing", &[], None).await.0, StatusCode::UNAUTHORIZED);
+
+    let events = server.events_since(0).await;
+    let unauthenticated: Vec<&Value> = events.iter().filter(|event| event["type"] == "audit.unauthenticated").collect();
+    assert_eq!(unauthenticated.len(), 1, "{unauthenticated:?}");
+    let event = unauthenticated[0];
+    assert_eq!((event["actor"].as_str(), event["outcome"].as_str()), (Some("anonymous"), Some("denied")), "{event}");
+    assert_eq!((event["data"]["method"].as_str(), event["data"]["status"].as_u64()), (Some("POST"), Some(401)));
+    assert!(event["source"].as_str().is_some_and(|source| source.starts_with("127.0.0.1:")), "{event}");
+    let failed = events.iter().find(|event| event["type"] == "audit.call_failed").expect("the 422 is recorded");
+    assert_eq!((failed["actor"].as_str(), failed["scheme"].as_str()), (Some("admin"), Some("token")), "{failed}");
+    assert_eq!((failed["outcome"].as_str(), failed["data"]["status"].as_u64()), (Some("failed"), Some(422)));
+    assert_eq!(failed["object_id"], "/v1/templates", "{failed}");
+    assert!(!events.iter().any(|event| event.to_string().contains("not-a-token")), "no token in events");
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::chain::{AuthChain, AuthFailure, AuthRequest, retry_after_secs};
+use crate::auth::chain::{AuthChain, AuthFailure, AuthRequest, Authenticated, retry_after_secs};
 use crate::service::Service;
 use error::ApiError;
 
@@ -48,7 +48,8 @@ pub fn router(state: AppState) -> Router {
         .merge(v1_routes)
         .route("/v1/openapi.json", get(move || std::future::ready(Json(openapi.as_ref().clone()))))
         .route("/metrics", get(render_metrics))
-        .route_layer(middleware::from_fn_with_state(state.auth.clone(), require_authentication));
+        .route_layer(middleware::from_fn_with_state(state.auth.clone(), require_authentication))
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit_failed_calls));
     Router::new()
         .route("/health", get(health))
         .merge(protected)
@@ -99,13 +100,39 @@ async fn require_authentication(State(chain): State<AuthChain>, request: Request
             let mut request = request;
             let response_headers = authenticated.response_headers.clone();
             request.extensions_mut().insert(authenticated.principal.clone());
-            request.extensions_mut().insert(authenticated);
+            request.extensions_mut().insert(authenticated.clone());
             let mut response = next.run(request).await;
             append_headers(response.headers_mut(), &response_headers);
+            // For the audit layer around this one.
+            response.extensions_mut().insert(authenticated);
             response
         }
         Err(failure) => auth_failure_response(failure),
     }
+}
+
+/// Records mutating requests that fail in the audit trail: refused authentication, and failures
+/// other than 403 (the service records those itself, naming the permission missing).
+async fn audit_failed_calls(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !mutating {
+        return next.run(request).await;
+    }
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |ConnectInfo(address)| address.to_string());
+    let response = next.run(request).await;
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error()) && status != StatusCode::FORBIDDEN {
+        let authenticated = response.extensions().get::<Authenticated>();
+        let who = authenticated.map(|authenticated| (&authenticated.principal, authenticated.scheme.as_str()));
+        let source = authenticated.map_or(peer.as_str(), |authenticated| authenticated.source.as_str());
+        state.service.record_failed_call(who, source, &method, &path, status.as_u16()).await;
+    }
+    response
 }
 
 /// What the schemes see of `request`: method, path and query, lowercase headers, the peer

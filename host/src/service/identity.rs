@@ -331,29 +331,26 @@ impl Service {
     }
 
     /// Records a mutating call that did not succeed and that no service check recorded: refused
-    /// authentication (no `caller`) and failed calls. `path` is recorded without its query.
+    /// authentication (`who` is `None`) and failed calls. `path` is recorded without its query.
     pub async fn record_failed_call(
         &self,
-        caller: Option<&Caller>,
+        who: Option<(&Principal, &str)>,
         source: &str,
         method: &str,
         path: &str,
         status: u16,
     ) {
         let path = path.split('?').next().unwrap_or_default();
-        let (kind, event) = match caller {
-            Some(caller) => {
-                ("audit.call_failed", NewEvent::new("audit.call_failed", "request", path).by(caller).outcome("failed"))
-            }
-            None => (
-                "audit.unauthenticated",
-                NewEvent::new("audit.unauthenticated", "request", path).actor("anonymous").outcome("denied"),
-            ),
+        let (kind, actor, scheme, outcome) = match who {
+            Some((principal, scheme)) => ("audit.call_failed", principal.name.as_str(), scheme, "failed"),
+            None => ("audit.unauthenticated", "anonymous", "", "denied"),
         };
-        let mut event = event.data(json!({ "method": method, "path": path, "status": status }));
-        if caller.is_none() {
-            event.source = source.into();
-        }
+        let mut event = NewEvent::new(kind, "request", path)
+            .actor(actor)
+            .outcome(outcome)
+            .data(json!({ "method": method, "path": path, "status": status }));
+        event.scheme = scheme.into();
+        event.source = source.into();
         let recorded = async {
             let mut transaction = self.store().begin().await?;
             transaction.append_event(event).await?;
