@@ -14,6 +14,7 @@ mod identity;
 mod instance_operations;
 mod libvirt;
 mod lifecycle;
+mod oidc;
 mod restart;
 mod template_images;
 
