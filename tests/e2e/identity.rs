@@ -443,3 +443,29 @@ async fn failed_and_unauthenticated_changes_are_in_the_audit_trail() {
     assert_eq!(failed["object_id"], "/v1/templates", "{failed}");
     assert!(!events.iter().any(|event| event.to_string().contains("not-a-token")), "no token in events");
 }
+
+#[tokio::test]
+async fn the_cli_manages_projects_and_their_quotas() {
+    let server = Server::start(&fast_sim_config()).await;
+    let admin = Some(TOKEN);
+    let created = succeed(&server, admin, &["project", "create", "lab", "--max-instances", "1"], "");
+    assert!(created.contains("lab"), "{created}");
+    succeed(&server, admin, &["template", "create", "lab-base", "--project", "lab"], "");
+    succeed(&server, admin, &["instance", "create", "--template", "lab-base", "--project", "lab"], "");
+    let refused = hyperplane(&server, admin, &["instance", "create", "--template", "lab-base", "--project", "lab"], "");
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("max_instances is 1"), "{message}");
+    let usage = succeed(&server, admin, &["--json", "project", "show", "lab"], "");
+    let usage: Value = serde_json::from_str(&usage).expect("json");
+    assert_eq!(
+        (usage[0]["usage"]["instances"].as_u64(), usage[0]["quota"]["max_instances"].as_u64()),
+        (Some(1), Some(1))
+    );
+    succeed(&server, admin, &["project", "update", "lab", "--max-instances", "2"], "");
+    succeed(&server, admin, &["instance", "create", "--template", "lab-base", "--project", "lab"], "");
+    let listed = succeed(&server, admin, &["project", "list"], "");
+    assert!(listed.contains("lab") && listed.contains("default"), "{listed}");
+    let busy = hyperplane(&server, admin, &["project", "delete", "lab"], "");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("still has instances"), "{busy:?}");
+}

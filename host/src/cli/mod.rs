@@ -4,6 +4,7 @@
 mod client;
 mod identity;
 mod output;
+mod projects;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -83,6 +84,9 @@ enum Command {
     /// API keys.
     #[command(subcommand)]
     Key(identity::KeyCommand),
+    /// Projects, their quotas and usage.
+    #[command(subcommand)]
+    Project(projects::ProjectCommand),
     /// Log in with a password: prints a session token to use as HYPERPLANE_TOKEN.
     Login {
         user: String,
@@ -105,6 +109,9 @@ enum InstanceCommand {
         template: String,
         #[arg(long)]
         tag: Option<String>,
+        /// The project the instances belong to (default: `default`).
+        #[arg(long)]
+        project: Option<String>,
         #[arg(long)]
         name: Option<String>,
         #[arg(long)]
@@ -215,6 +222,9 @@ enum TemplateCommand {
         arch: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// The project the template belongs to (default: `default`).
+        #[arg(long)]
+        project: Option<String>,
     },
     List,
     /// Remove a template from a host's cache (every cached version, or `--version`).
@@ -320,9 +330,12 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
             output::print(&hosts, json_output, output::hosts_table);
             Ok(())
         }
-        Command::Template(TemplateCommand::Create { name, arch, description }) => {
+        Command::Template(TemplateCommand::Create { name, arch, description, project }) => {
             let template = client
-                .post("/v1/templates", &json!({ "name": name, "arch": arch, "description": description }))
+                .post(
+                    "/v1/templates",
+                    &json!({ "name": name, "arch": arch, "description": description, "project": project }),
+                )
                 .await?;
             output::print(&Value::Array(vec![template]), json_output, output::templates_table);
             Ok(())
@@ -359,6 +372,7 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
         Command::UserGroup(command) => identity::user_group_command(client, command, json_output).await,
         Command::Role(command) => identity::role_command(client, command, json_output).await,
         Command::Key(command) => identity::key_command(client, command, json_output).await,
+        Command::Project(command) => projects::project_command(client, command, json_output).await,
         Command::Logout => identity::logout(client).await,
         Command::Whoami => identity::whoami(client, json_output).await,
         Command::Events { follow, since } => {
@@ -380,6 +394,7 @@ async fn instance_command(client: &Client, command: InstanceCommand, json_output
         InstanceCommand::Create {
             template,
             tag,
+            project,
             name,
             vcpu,
             ram_mb,
@@ -398,6 +413,7 @@ async fn instance_command(client: &Client, command: InstanceCommand, json_output
             let mut body = json!({ "template": template });
             for (key, value) in [
                 ("tag", tag.map(Value::from)),
+                ("project", project.map(Value::from)),
                 ("name", name.map(Value::from)),
                 ("vcpu", vcpu.map(Value::from)),
                 ("ram_mb", ram_mb.map(Value::from)),

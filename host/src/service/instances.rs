@@ -548,15 +548,7 @@ impl Service {
             }
         };
         let input = json!({ "instance_id": id, "force": options.force, "grace_secs": grace_secs });
-        self.begin_instance_task(
-            id,
-            action.task_kind(),
-            action.allowed_states(),
-            action.as_str(),
-            input,
-            caller,
-        )
-        .await
+        self.begin_instance_task(id, action.task_kind(), action.allowed_states(), action.as_str(), input, caller).await
     }
 
     /// Creates a task of `kind` on the instance in one transaction, refused (`conflict`) unless
