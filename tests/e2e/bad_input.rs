@@ -126,6 +126,11 @@ async fn bad_requests_are_refused_with_a_message_naming_the_problem_and_change_n
         (Method::GET, "/v1/nothing-here", "", StatusCode::NOT_FOUND, "/v1/nothing-here"),
         (Method::PUT, "/v1/instances", "{}", StatusCode::METHOD_NOT_ALLOWED, "PUT"),
     ];
+    // Failed changes on existing routes are recorded in the audit trail.
+    let audited_changes = cases
+        .iter()
+        .filter(|(method, _, _, status, _)| *method != Method::GET && *status != StatusCode::METHOD_NOT_ALLOWED)
+        .count();
     for (method, path, body, expected_status, fragment) in cases {
         let (status, answer) = server.raw(method.clone(), path, body, Some(TOKEN)).await;
         let message = answer["error"]["message"].as_str().unwrap_or_default();
@@ -134,13 +139,17 @@ async fn bad_requests_are_refused_with_a_message_naming_the_problem_and_change_n
         assert!(message.contains(fragment), "{method} {path} {body}: message {message:?} should name {fragment:?}");
     }
 
-    // Nothing was written by any of them: no instance, no task, no event.
+    // Nothing was written by any of them: no instance, no task, no event but the audit trail's
+    // record of each failed call.
     assert!(server.all_instances().await.is_empty());
     assert_eq!(server.get("/v1/tasks").await, serde_json::json!([]));
     let events_after = server.events_since(0).await;
-    let new_events: Vec<_> =
-        events_after[events_before..].iter().filter(|event| event["object_kind"] != "host").collect();
+    let (audited, new_events): (Vec<_>, Vec<_>) = events_after[events_before..]
+        .iter()
+        .filter(|event| event["object_kind"] != "host")
+        .partition(|event| event["type"] == "audit.call_failed");
     assert!(new_events.is_empty(), "bad requests wrote events: {new_events:?}");
+    assert_eq!(audited.len(), audited_changes, "each failed change is in the audit trail: {audited:?}");
 }
 
 #[tokio::test]
@@ -175,6 +184,17 @@ async fn every_route_but_health_needs_the_token() {
     ] {
         assert!(openapi["paths"][path].is_object(), "openapi documents {path}");
     }
+    // Query parameters are documented as such, path parameters as path parameters.
+    let parameter_places = |path: &str, method: &str| -> Vec<(String, String)> {
+        let parameters = openapi["paths"][path][method]["parameters"].as_array().cloned().unwrap_or_default();
+        parameters.iter().map(|parameter| (parameter["name"].to_string(), parameter["in"].to_string())).collect()
+    };
+    assert!(parameter_places("/v1/events", "get").iter().all(|(_, place)| place == "\"query\""));
+    let task = parameter_places("/v1/tasks/{id}", "get");
+    assert!(
+        task.contains(&("\"id\"".into(), "\"path\"".into())) && task.contains(&("\"wait\"".into(), "\"query\"".into())),
+        "{task:?}"
+    );
     let (status, metrics) = server.raw(Method::GET, "/metrics", "", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
     let metrics = metrics.as_str().expect("text").to_owned();

@@ -20,6 +20,7 @@ use crate::model::Event;
 use crate::service::Service;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EventParams {
     /// Only events with a sequence number greater than this (default 0: from the start).

@@ -53,6 +53,7 @@ pub(super) async fn respond_after_wait(
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListParams {
     /// Page size (1-1000, default 100).
@@ -157,6 +158,7 @@ pub(super) async fn delete_instance(
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ActionParams {
     /// Seconds to wait for the task to end (at most 3600).

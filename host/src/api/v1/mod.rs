@@ -101,6 +101,7 @@ pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
 
 /// `?wait=<seconds>` on operations that start a task.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct WaitParams {
     /// Seconds to wait for the task to end before answering (at most 3600).

@@ -14,6 +14,7 @@ use crate::model::{Task, TaskState};
 use crate::service::TaskQuery;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TaskListParams {
     state: Option<String>,

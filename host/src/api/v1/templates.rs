@@ -105,6 +105,7 @@ pub(super) async fn download_template_image(
 
 /// `DELETE /v1/templates/{id}/hosts/{host_id}` parameters.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RemoveFromHostParams {
     /// Remove only this version (default: every version of the template cached on the host).
