@@ -61,6 +61,10 @@ pub struct AuthConfig {
     /// The credential schemes, asked in this order; the first that authenticates or rejects a
     /// request decides. Default: `auth-apikey`, `auth-session`, `auth-token`, `auth-basic`.
     pub schemes: Vec<AuthSchemeConfig>,
+    /// A session ends after this long unused (each use moves the end on); default 1800.
+    pub session_idle_timeout_secs: f64,
+    /// A session ends after this long however much it is used; default 43200 (12 hours).
+    pub session_max_lifetime_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +114,8 @@ impl Default for AuthConfig {
                 AuthSchemeConfig::bundled("token", BUNDLED_AUTH_TOKEN),
                 AuthSchemeConfig::bundled("basic", BUNDLED_AUTH_BASIC),
             ],
+            session_idle_timeout_secs: 1800.0,
+            session_max_lifetime_secs: 43_200.0,
         }
     }
 }
@@ -393,6 +399,17 @@ impl AuthConfig {
         if self.schemes.is_empty() {
             return invalid("auth.schemes", "must enable at least one scheme");
         }
+        let lifetime = self.session_max_lifetime_secs;
+        if !(lifetime.is_finite() && (1.0..=31.0 * 86_400.0).contains(&lifetime)) {
+            return invalid("auth.session_max_lifetime_secs", "must be between 1 and 2678400 (31 days)");
+        }
+        let idle = self.session_idle_timeout_secs;
+        if !(idle.is_finite() && idle >= 1.0 && idle <= lifetime) {
+            return invalid(
+                "auth.session_idle_timeout_secs",
+                "must be at least 1 and at most auth.session_max_lifetime_secs",
+            );
+        }
         let mut names = std::collections::BTreeSet::new();
         for (index, scheme) in self.schemes.iter().enumerate() {
             let key = |field: &str| format!("auth.schemes[{index}].{field}");
@@ -534,6 +551,12 @@ plugin = "/opt/schemes/custom.wasm"
         let scheme = |body: &str| format!("[[auth.schemes]]\nname = \"token\"\nplugin = \"auth-token\"\n{body}");
         check_error("[auth]\nschemes = []", "auth.schemes: must enable at least one scheme");
         check_error("[auth]\nscheme = []", "scheme");
+        check_error("[auth]\nsession_idle_timeout_secs = 0", "auth.session_idle_timeout_secs");
+        check_error(
+            "[auth]\nsession_idle_timeout_secs = 7200\nsession_max_lifetime_secs = 3600",
+            "at most auth.session_max",
+        );
+        check_error("[auth]\nsession_max_lifetime_secs = 1e9", "auth.session_max_lifetime_secs");
         check_error(&scheme("color = 1"), "color");
         check_error(
             &format!("{}\n[[auth.schemes]]\nname = \"b\"\nplugin = \"auth-ldap\"", scheme("")),

@@ -25,10 +25,6 @@ use crate::auth::{Access, AdminToken, Caller, CredentialError, Credentials, NewS
 use crate::model::NewEvent;
 use crate::store::{self, identity as identity_store};
 
-/// A session ends after this long unused …
-pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// … and after this long whatever its use.
-pub const SESSION_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Failed password checks counted per user and per source address over this window.
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 const MAX_FAILURES_PER_USER: usize = 5;
@@ -835,14 +831,15 @@ impl Service {
         };
         let now = store::now();
         let token = format!("{SESSION_TOKEN_PREFIX}{}", random_secret());
-        let ends_at = now + SESSION_MAX_LIFETIME;
+        let settings = &self.inner.settings;
+        let ends_at = now + settings.session_max_lifetime;
         let session = Session {
             id: Uuid::now_v7(),
             user: principal.name.clone(),
             source: source.into(),
             created_at: now,
             last_seen_at: now,
-            expires_at: (now + SESSION_IDLE_TIMEOUT).min(ends_at),
+            expires_at: (now + settings.session_idle_timeout).min(ends_at),
             ends_at,
             revoked_at: None,
             user_id,
@@ -1002,8 +999,11 @@ impl Service {
         if user.disabled {
             return Err(CredentialError::Rejected(format!("user '{}' is disabled", user.name)));
         }
-        if now - session.last_seen_at > TOUCH_INTERVAL {
-            let expires_at = now + SESSION_IDLE_TIMEOUT;
+        // Written at most once a TOUCH_INTERVAL, unless the idle timeout is shorter than that.
+        let idle_timeout = self.inner.settings.session_idle_timeout;
+        let touch_after = TOUCH_INTERVAL.min(chrono::TimeDelta::from_std(idle_timeout / 2).unwrap_or(TOUCH_INTERVAL));
+        if now - session.last_seen_at > touch_after {
+            let expires_at = now + idle_timeout;
             let id = session.id;
             self.write_quietly(move |mut write| async move {
                 identity_store::touch_session(&mut write, id, &now, &expires_at).await
@@ -1163,7 +1163,7 @@ impl Credentials for ServiceCredentials {
             ServiceError::Invalid(message) => CredentialError::Rejected(message),
             other => CredentialError::Unavailable(other.to_string()),
         })?;
-        Ok(NewSession { token: started.token, idle_timeout: SESSION_IDLE_TIMEOUT })
+        Ok(NewSession { token: started.token, idle_timeout: self.service.inner.settings.session_idle_timeout })
     }
 
     async fn external_identity(

@@ -144,6 +144,10 @@ pub struct ServiceSettings {
     /// Where template images are stored (`<data_dir>/templates`).
     pub template_images_dir: PathBuf,
     pub max_template_image_bytes: u64,
+    /// A session ends after this long unused …
+    pub session_idle_timeout: Duration,
+    /// … and after this long whatever its use.
+    pub session_max_lifetime: Duration,
 }
 
 impl ServiceSettings {
@@ -157,6 +161,8 @@ impl ServiceSettings {
             default_stop_grace: Duration::from_secs_f64(config.instances.stop_grace_secs),
             template_images_dir: config.template_images_dir(),
             max_template_image_bytes: config.templates.max_image_gib.saturating_mul(1 << 30),
+            session_idle_timeout: Duration::from_secs_f64(config.auth.session_idle_timeout_secs),
+            session_max_lifetime: Duration::from_secs_f64(config.auth.session_max_lifetime_secs),
         }
     }
 }

@@ -265,3 +265,31 @@ async fn key_patches_and_expiry() {
         .await;
     assert!(matches!(duplicate, Err(ServiceError::Conflict(_))));
 }
+
+#[tokio::test]
+async fn sessions_end_when_idle_and_at_their_hard_end() {
+    let fixture = super::start_with_settings(serde_json::json!({ "hosts": 1 }), |settings| {
+        settings.session_idle_timeout = Duration::from_millis(600);
+        settings.session_max_lifetime = Duration::from_millis(1500);
+    })
+    .await;
+    let service = &fixture.service;
+    let admin = Caller::admin("test", "");
+    service.create_user(&admin, new_user("gwen", "long enough", &[])).await.expect("user");
+    let credentials = service.credentials(AdminToken::new("t"));
+
+    // Unused for longer than the idle timeout: ended.
+    let idle = service.login("gwen", "long enough", "").await.expect("login");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ended = credentials.verify_session(&idle.token, "").await;
+    assert_eq!(ended, Err(CredentialError::Rejected("the session has ended; log in again".into())));
+
+    // Used every 400 ms it lives on past the idle timeout, but not past its hard end.
+    let busy = service.login("gwen", "long enough", "").await.expect("login");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(credentials.verify_session(&busy.token, "").await.is_ok(), "kept alive by use");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(credentials.verify_session(&busy.token, "").await, Err(CredentialError::Rejected(_))), "hard end");
+}
