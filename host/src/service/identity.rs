@@ -847,14 +847,13 @@ impl Service {
         let mut transaction = self.store().begin().await?;
         identity_store::insert_session(&mut transaction, &session, &digest(&token)).await?;
         identity_store::set_last_login(&mut transaction, user_id, &now).await?;
-        transaction
-            .append_event(
-                NewEvent::new("session.started", "session", session.id)
-                    .actor(&principal.name)
-                    .data(json!({ "user": session.user, "by": how }))
-                    .outcome("succeeded"),
-            )
-            .await?;
+        let mut event = NewEvent::new("session.started", "session", session.id)
+            .actor(&principal.name)
+            .data(json!({ "user": session.user, "by": how }))
+            .outcome("succeeded");
+        event.scheme = how.into();
+        event.source = source.into();
+        transaction.append_event(event).await?;
         transaction.commit().await?;
         Ok(StartedSession { session, token })
     }

@@ -53,6 +53,12 @@ async fn passwords_sessions_and_keys_are_checked_by_the_host() {
     // Sessions: a login gives a token that verifies until logout.
     let started = service.login("alice", "correct horse", "192.0.2.1:2").await.expect("login");
     assert!(started.token.starts_with("hps_"));
+    let (events, _) = service.events_after(&admin, 0, 1000).await.expect("events");
+    let event = events.iter().find(|event| event.kind == "session.started").expect("recorded");
+    assert_eq!(
+        (event.actor.as_str(), event.source.as_str(), event.outcome.as_str()),
+        ("alice", "192.0.2.1:2", "succeeded")
+    );
     let by_session = credentials.verify_session(&started.token, "").await.expect("session");
     assert!(matches!(by_session.kind, PrincipalKind::User { session_id: Some(id), .. } if id == started.session.id));
     assert_eq!(credentials.verify_token(&started.token, "").await.map(|principal| principal.name), Ok("alice".into()));
