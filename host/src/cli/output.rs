@@ -21,7 +21,7 @@ fn text(value: &Value) -> String {
     }
 }
 
-fn new_table(header: &[&str]) -> Table {
+pub fn new_table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
     table

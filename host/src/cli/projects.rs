@@ -103,8 +103,8 @@ fn limit(value: &Value) -> String {
 }
 
 fn projects_table(projects: &[Value]) -> Table {
-    let mut table = Table::new();
-    table.set_header(["NAME", "MAX INSTANCES", "MAX VCPU", "MAX RAM MB", "MAX TEMPLATE BYTES", "DESCRIPTION"]);
+    let mut table =
+        output::new_table(&["NAME", "MAX INSTANCES", "MAX VCPU", "MAX RAM MB", "MAX TEMPLATE BYTES", "DESCRIPTION"]);
     for project in projects {
         let quota = &project["quota"];
         table.add_row([
@@ -120,8 +120,7 @@ fn projects_table(projects: &[Value]) -> Table {
 }
 
 fn usage_table(usages: &[Value]) -> Table {
-    let mut table = Table::new();
-    table.set_header(["PROJECT", "RESOURCE", "USED", "LIMIT"]);
+    let mut table = output::new_table(&["PROJECT", "RESOURCE", "USED", "LIMIT"]);
     for usage in usages {
         for resource in ["instances", "vcpu", "ram_mb", "template_bytes"] {
             table.add_row([
