@@ -198,6 +198,12 @@ impl Service {
         let accepted = self.accept(caller, &request).await?;
         let (template, count) = (&accepted.template, accepted.count);
         self.require(caller, Resource::Instance, "create", Some(accepted.project_id), None).await?;
+        // Anka's model: running a template needs `template:pull` on it, and placing instances
+        // `node:create_instance` (on the requested host, when one is named).
+        let template_id = template.id.to_string();
+        self.require(caller, Resource::Template, "pull", Some(template.project_id), Some(&template_id)).await?;
+        let host_id = request.host_id.map(|id| id.to_string());
+        self.require(caller, Resource::Node, "create_instance", Some(accepted.project_id), host_id.as_deref()).await?;
 
         let mut transaction = self.store().begin().await?;
         // Checked again under the write lock: two retries racing with one key create one task.

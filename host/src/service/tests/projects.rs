@@ -188,3 +188,58 @@ async fn members_see_and_touch_only_their_projects() {
     assert!(matches!(new_project, Err(ServiceError::Forbidden(_))));
     assert!(matches!(service.delete_project(&admin, "red").await, Err(ServiceError::Conflict(_))), "red is not empty");
 }
+
+#[tokio::test]
+async fn creating_instances_needs_template_pull_and_node_create_instance() {
+    let fixture = start(fast(serde_json::json!({ "hosts": 1 }))).await;
+    let service = &fixture.service;
+    let admin = Caller::admin("test", "");
+    template(service, "base").await;
+    service
+        .create_user(
+            &admin,
+            NewUser {
+                name: "ivan".into(),
+                password: Some("long enough".into()),
+                display_name: String::new(),
+                email: String::new(),
+                groups: Vec::new(),
+            },
+        )
+        .await
+        .expect("user");
+    let grant = |permissions: &[&str], name: &str| crate::service::NewRole {
+        name: name.into(),
+        description: String::new(),
+        permissions: permissions.iter().map(|permission| (*permission).to_owned()).collect(),
+    };
+    let credentials = service.credentials(AdminToken::new("t"));
+    let ivan = credentials.verify_password("ivan", "long enough", "").await.expect("ivan");
+    let attempt = |role: &'static str, permissions: &'static [&'static str]| {
+        let (service, admin, ivan) = (service, admin.clone(), ivan.clone());
+        async move {
+            service.create_role(&admin, grant(permissions, role)).await.expect("role");
+            let binding = NewRoleBinding {
+                role: role.into(),
+                user: Some("ivan".into()),
+                group: None,
+                project: None,
+                resource_ids: None,
+            };
+            service.grant_role(&admin, binding).await.expect("grant");
+            let caller = service.caller(ivan, "test", "").await.expect("caller");
+            service.create_instances(&caller, create_request("base"), None).await
+        }
+    };
+    let no_pull = attempt("creator", &["instance:create", "template:list"]).await;
+    assert!(
+        matches!(&no_pull, Err(ServiceError::Forbidden(message)) if message.contains("template:pull")),
+        "{no_pull:?}"
+    );
+    let no_node = attempt("puller", &["template:pull"]).await;
+    assert!(
+        matches!(&no_node, Err(ServiceError::Forbidden(message)) if message.contains("node:create_instance")),
+        "{no_node:?}"
+    );
+    attempt("placer", &["node:create_instance"]).await.expect("all three granted");
+}
