@@ -313,17 +313,19 @@ impl Service {
         if caller.access.allows(needed, project_id, resource_id) {
             return Ok(());
         }
-        let mut transaction = self.store().begin().await?;
-        transaction
-            .append_event(
-                NewEvent::new("audit.denied", resource.as_str(), resource_id.unwrap_or(""))
-                    .by(caller)
-                    .outcome("denied")
-                    .data(json!({ "permission": needed.to_string(), "project_id": project_id })),
-            )
-            .await?;
-        transaction.commit().await?;
+        let refusal = NewEvent::new("audit.denied", resource.as_str(), resource_id.unwrap_or(""))
+            .by(caller)
+            .outcome("denied")
+            .data(json!({ "permission": needed.to_string(), "project_id": project_id }));
+        self.record_audit_event(refusal).await?;
         Err(forbidden(caller, &needed.to_string()))
+    }
+
+    /// Appends an audit event that goes with no state change, in a transaction of its own.
+    async fn record_audit_event(&self, event: NewEvent) -> store::StoreResult<()> {
+        let mut transaction = self.store().begin().await?;
+        transaction.append_event(event).await?;
+        transaction.commit().await
     }
 
     /// Records a mutating call that did not succeed and that no service check recorded: refused
@@ -347,12 +349,7 @@ impl Service {
             .data(json!({ "method": method, "path": path, "status": status }));
         event.scheme = scheme.into();
         event.source = source.into();
-        let recorded = async {
-            let mut transaction = self.store().begin().await?;
-            transaction.append_event(event).await?;
-            transaction.commit().await
-        };
-        if let Err(error) = recorded.await {
+        if let Err(error) = self.record_audit_event(event).await {
             tracing::warn!(error = ?error, kind, "cannot record a failed call in the audit trail");
         }
     }
@@ -932,18 +929,12 @@ impl Service {
     }
 
     async fn record_failed_login(&self, user_name: &str, source: &str) {
-        let event = NewEvent::new("audit.login_failed", "user", user_name)
+        let mut event = NewEvent::new("audit.login_failed", "user", user_name)
             .actor(user_name)
             .outcome("denied")
             .data(json!({ "source": source }));
-        let mut event = event;
         event.source = source.into();
-        let recorded = async {
-            let mut transaction = self.store().begin().await?;
-            transaction.append_event(event).await?;
-            transaction.commit().await
-        };
-        if let Err(error) = recorded.await {
+        if let Err(error) = self.record_audit_event(event).await {
             tracing::warn!(error = ?error, "cannot record a failed login");
         }
     }
