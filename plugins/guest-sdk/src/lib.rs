@@ -28,6 +28,7 @@ pub mod config;
 pub mod log;
 pub mod progress;
 pub mod state;
+pub mod storage;
 
 pub use config::config;
 
@@ -89,5 +90,31 @@ macro_rules! export_auth_scheme {
     ($scheme:ident) => {
         #[cfg(target_arch = "wasm32")]
         $crate::auth_bindings::export_wasm_auth_scheme!($scheme);
+    };
+}
+
+/// Bindings for the `hyperplane:storage/storage@0.1.0` world (blob store plugins), generated
+/// from `wit/`. `hyperplane:host/log` is shared with [`driver_bindings`], so [`log`] serves all.
+#[allow(unsafe_code, clippy::all)]
+pub mod storage_bindings {
+    wit_bindgen::generate!({
+        world: "hyperplane:storage/storage@0.1.0",
+        path: ["../../wit/host/0.1.0", "../../wit/storage/0.1.0"],
+        with: { "hyperplane:host/log@0.1.0": crate::driver_bindings::hyperplane::host::log },
+        pub_export_macro: true,
+        export_macro_name: "export_wasm_blob_store",
+        default_bindings_module: "hyperplane_guest::storage_bindings",
+    });
+}
+
+/// `export_blob_store!(MyStore)` exports a type implementing the storage bindings'
+/// `exports::hyperplane::storage::blob_store::Guest` as the component's
+/// `hyperplane:storage/blob-store` interface. Like [`export_driver!`] it expands to nothing on
+/// native targets, so a storage crate still builds and unit-tests natively.
+#[macro_export]
+macro_rules! export_blob_store {
+    ($store:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::storage_bindings::export_wasm_blob_store!($store);
     };
 }
