@@ -441,6 +441,24 @@ impl<T: HttpTransport> S3Store<T> {
         }
     }
 
+    /// The keys (as the host knows them) of multipart uploads in progress under `prefix`
+    /// (ListMultipartUploads, first 1000): uploads a failed `put` would have left behind.
+    pub fn multipart_uploads(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        let full_prefix = self.with_prefix(prefix);
+        let path = self.path(None);
+        let what = format!("listing the multipart uploads under `{prefix}`");
+        let mut response = self.send("GET", &path, &[("uploads", ""), ("prefix", &full_prefix)], &[], &[])?;
+        if response.status != 200 {
+            return Err(self.failure(&what, response));
+        }
+        let answer = self.read_xml(&what, &mut response)?;
+        Ok(xml::elements(&answer, "Upload")
+            .into_iter()
+            .filter_map(|upload| xml::first_text(upload, "Key"))
+            .filter_map(|full_key| self.without_prefix(&full_key).map(str::to_owned))
+            .collect())
+    }
+
     /// Objects whose key starts with `prefix`, after `cursor`, at most `limit` (capped at 1000).
     pub fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<ObjectPage, Error> {
         if limit == 0 {
