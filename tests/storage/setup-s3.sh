@@ -133,7 +133,8 @@ mkdir -p "$STATE_DIR/data"
     exec setsid "$WEED" server \
         -ip="$S3_HOST" -ip.bind="$S3_HOST" -dir="$STATE_DIR/data" \
         -master.port=$MASTER_PORT -master.volumeSizeLimitMB=64 \
-        -volume.port=$VOLUME_PORT -volume.max=20 \
+        -master.electionTimeout=1s -master.telemetry=false \
+        -volume.port=$VOLUME_PORT -volume.max=20 -volume.preStopSeconds=1 \
         -filer -filer.port=$FILER_PORT \
         -s3 -s3.port=$S3_PORT -s3.config="$STATE_DIR/s3.json" \
         -s3.port.iceberg=0 -s3.port.lance=0 \
