@@ -502,7 +502,189 @@ impl<T: HttpTransport> S3Store<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use hyperplane_guest::storage::{MemorySink, MemorySource};
+
     use super::*;
+
+    /// What a fake server was asked: method, authority, path and query, headers.
+    type Seen = (String, String, String, Vec<(String, String)>);
+    /// A scripted answer: status, headers, body.
+    type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+    /// Answers requests from a script and records them.
+    #[derive(Default)]
+    struct ScriptedTransport {
+        answers: RefCell<VecDeque<Answer>>,
+        seen: RefCell<Vec<Seen>>,
+    }
+
+    struct BytesBody(VecDeque<u8>);
+
+    impl ResponseBody for BytesBody {
+        fn read(&mut self, max: usize) -> Result<Vec<u8>, String> {
+            // Small pieces, to exercise reassembly.
+            let take = max.min(7).min(self.0.len());
+            Ok(self.0.drain(..take).collect())
+        }
+    }
+
+    impl ScriptedTransport {
+        fn answer(self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Self {
+            let headers = headers.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect();
+            self.answers.borrow_mut().push_back((status, headers, body.to_vec()));
+            self
+        }
+    }
+
+    impl HttpTransport for &ScriptedTransport {
+        type Body = BytesBody;
+
+        fn send(&self, request: &HttpRequest<'_>) -> Result<HttpResponse<BytesBody>, String> {
+            self.seen.borrow_mut().push((
+                request.method.to_owned(),
+                request.authority.to_owned(),
+                request.path_and_query.to_owned(),
+                request.headers.to_vec(),
+            ));
+            let (status, headers, body) = self.answers.borrow_mut().pop_front().ok_or("connection refused")?;
+            Ok(HttpResponse { status, headers, body: BytesBody(body.into()) })
+        }
+    }
+
+    fn settings(extra: &str) -> S3Settings {
+        S3Settings::from_config(&format!(
+            r#"{{"endpoint": "http://s3.test:9000", "bucket": "bkt", "access_key_id": "AK",
+                "secret_access_key": "SK", "prefix": "p/q"{extra}}}"#
+        ))
+        .expect("valid config")
+    }
+
+    #[test]
+    fn path_style_and_virtual_hosted_requests_are_addressed_and_signed() {
+        let transport = ScriptedTransport::default().answer(200, &[("content-length", "3")], b"");
+        let store = S3Store::new(settings(""), &transport);
+        assert_eq!(store.stat("a b/c+d").expect("stat").map(|info| info.size), Some(3));
+        let transport_virtual = ScriptedTransport::default().answer(404, &[], b"");
+        let store = S3Store::new(settings(r#", "path_style": false"#), &transport_virtual);
+        assert!(store.stat("k").expect("stat").is_none());
+
+        let seen = transport.seen.borrow();
+        let (method, authority, path, headers) = &seen[0];
+        assert_eq!(
+            (method.as_str(), authority.as_str(), path.as_str()),
+            ("HEAD", "s3.test:9000", "/bkt/p/q/a%20b/c%2Bd")
+        );
+        let header = |name: &str| headers.iter().find(|(header, _)| header == name).map(|(_, value)| value.clone());
+        assert_eq!(header("x-amz-content-sha256").as_deref(), Some(EMPTY_SHA256));
+        assert!(header("x-amz-date").is_some_and(|date| date.len() == 16 && date.ends_with('Z')));
+        let authorization = header("authorization").expect("signed");
+        assert!(authorization.starts_with("AWS4-HMAC-SHA256 Credential=AK/"), "{authorization}");
+        assert!(
+            authorization.contains("/us-east-1/s3/aws4_request,SignedHeaders=host;x-amz-content-sha256;x-amz-date,")
+        );
+        assert!(header("host").is_none(), "the transport sends Host from the authority");
+
+        let seen = transport_virtual.seen.borrow();
+        assert_eq!((seen[0].1.as_str(), seen[0].2.as_str()), ("bkt.s3.test:9000", "/p/q/k"));
+    }
+
+    #[test]
+    fn listing_sends_a_sorted_query_and_strips_the_prefix() {
+        let answer = b"<ListBucketResult><IsTruncated>true</IsTruncated>\
+            <Contents><Key>p/q/x/1&amp;2</Key><LastModified>2013-05-24T00:00:00.000Z</LastModified><Size>5</Size></Contents>\
+            <Contents><Key>p/q/x/3</Key><Size>0</Size></Contents></ListBucketResult>";
+        let transport = ScriptedTransport::default().answer(200, &[], answer);
+        let store = S3Store::new(settings(""), &transport);
+        let page = store.list("x/", Some("x/0"), 5000).expect("list");
+        let keys: Vec<(&str, u64, u64)> =
+            page.objects.iter().map(|object| (object.key.as_str(), object.size, object.modified_ms)).collect();
+        assert_eq!(keys, [("x/1&2", 5, 1_369_353_600_000), ("x/3", 0, 0)]);
+        assert_eq!(page.next_cursor.as_deref(), Some("x/3"));
+        assert_eq!(
+            transport.seen.borrow()[0].2,
+            "/bkt?list-type=2&max-keys=1000&prefix=p%2Fq%2Fx%2F&start-after=p%2Fq%2Fx%2F0"
+        );
+    }
+
+    #[test]
+    fn a_server_ignoring_range_is_cut_to_the_range() {
+        let transport = ScriptedTransport::default()
+            .answer(206, &[], b"cdef")
+            .answer(200, &[], b"abcdefghijklmnopqrstuvwxyz")
+            .answer(200, &[], b"abc")
+            .answer(416, &[], b"");
+        let store = S3Store::new(settings(""), &transport);
+        let range = |offset, length| Some(ByteRange { offset, length });
+        for expected in [&b"cdef"[..], b"cdef"] {
+            let sink = MemorySink::default();
+            assert_eq!(store.get("k", range(2, Some(4)), &sink).expect("get"), 4);
+            assert_eq!(sink.into_bytes(), expected);
+        }
+        assert!(matches!(store.get("k", range(10, None), &MemorySink::default()), Err(Error::Invalid(_))));
+        assert!(matches!(store.get("k", range(10, None), &MemorySink::default()), Err(Error::Invalid(_))));
+        let seen = transport.seen.borrow();
+        assert!(seen[0].3.contains(&("range".to_owned(), "bytes=2-5".to_owned())));
+        assert!(seen[2].3.contains(&("range".to_owned(), "bytes=10-".to_owned())));
+    }
+
+    #[test]
+    fn statuses_map_to_errors() {
+        let denied = b"<Error><Code>AccessDenied</Code><Message>no</Message></Error>";
+        let transport = ScriptedTransport::default()
+            .answer(403, &[], denied)
+            .answer(503, &[], b"<Error><Code>SlowDown</Code></Error>")
+            .answer(400, &[], b"<Error><Code>InvalidArgument</Code><Message>bad</Message></Error>");
+        let store = S3Store::new(settings(""), &transport);
+        let source = || MemorySource::new(b"x".to_vec());
+        assert!(
+            matches!(store.put("k", &source()), Err(Error::Denied(message)) if message.contains("AccessDenied: no"))
+        );
+        assert!(matches!(store.put("k", &source()), Err(Error::Unavailable(message)) if message.contains("SlowDown")));
+        assert!(
+            matches!(store.put("k", &source()), Err(Error::Internal(message)) if message.contains("HTTP 400 InvalidArgument: bad"))
+        );
+        assert!(matches!(store.put("k", &source()), Err(Error::Unavailable(_))), "no answer");
+    }
+
+    #[test]
+    fn a_complete_answering_200_with_an_error_aborts() {
+        let part = 5 * 1024 * 1024;
+        let transport = ScriptedTransport::default()
+            .answer(
+                200,
+                &[],
+                b"<InitiateMultipartUploadResult><UploadId>u/1+</UploadId></InitiateMultipartUploadResult>",
+            )
+            .answer(200, &[("etag", "\"e1\"")], b"")
+            .answer(200, &[("etag", "\"e2\"")], b"")
+            .answer(200, &[], b"<Error><Code>InternalError</Code><Message>later</Message></Error>")
+            .answer(204, &[], b"");
+        let store = S3Store::new(
+            settings(&format!(r#", "multipart_threshold_bytes": {part}, "part_size_bytes": {part}"#)),
+            &transport,
+        );
+        let result = store.put("big", &MemorySource::new(vec![1u8; part + 10]));
+        assert!(matches!(result, Err(Error::Internal(message)) if message.contains("InternalError: later")));
+        let seen = transport.seen.borrow();
+        let requests: Vec<(&str, &str)> =
+            seen.iter().map(|(method, _, path, _)| (method.as_str(), path.as_str())).collect();
+        assert_eq!(
+            requests,
+            [
+                ("POST", "/bkt/p/q/big?uploads="),
+                ("PUT", "/bkt/p/q/big?partNumber=1&uploadId=u%2F1%2B"),
+                ("PUT", "/bkt/p/q/big?partNumber=2&uploadId=u%2F1%2B"),
+                ("POST", "/bkt/p/q/big?uploadId=u%2F1%2B"),
+                ("DELETE", "/bkt/p/q/big?uploadId=u%2F1%2B"),
+            ]
+        );
+        let part_hash =
+            seen[1].3.iter().find(|(name, _)| name == "x-amz-content-sha256").map(|(_, value)| value.clone());
+        assert_eq!(part_hash, Some(sha256_hex(&vec![1u8; part])), "each part is signed with its own hash");
+    }
 
     #[test]
     fn error_details_come_from_the_xml() {
