@@ -1,7 +1,7 @@
 //! Builds the guest components the host embeds and tests against (`driver-sim`,
 //! `driver-libvirt`, the auth schemes `auth-token`, `auth-basic`, `auth-session`, `auth-apikey`,
-//! `auth-oidc`, and the `driver-hostile` fixture) for `wasm32-wasip2`, and tells the host where
-//! they are.
+//! `auth-oidc`, the storage plugins `storage-fs` and `storage-s3`, and the `driver-hostile`
+//! fixture) for `wasm32-wasip2`, and tells the host where they are.
 //!
 //! A nested `cargo build --profile wasm --target wasm32-wasip2` runs in its own target
 //! directory, `<target dir>/wasm`, so it never waits for the lock the outer build holds. The
@@ -10,8 +10,9 @@
 //!
 //! Emits `BUNDLED_DRIVER_SIM_WASM`, `BUNDLED_DRIVER_LIBVIRT_WASM`, `BUNDLED_AUTH_TOKEN_WASM`,
 //! `BUNDLED_AUTH_BASIC_WASM`, `BUNDLED_AUTH_SESSION_WASM`, `BUNDLED_AUTH_APIKEY_WASM`,
-//! `BUNDLED_AUTH_OIDC_WASM` and `FIXTURE_DRIVER_HOSTILE_WASM` (absolute paths of the `.wasm`
-//! components) for `env!` in the host.
+//! `BUNDLED_AUTH_OIDC_WASM`, `BUNDLED_STORAGE_FS_WASM`, `BUNDLED_STORAGE_S3_WASM` and
+//! `FIXTURE_DRIVER_HOSTILE_WASM` (absolute paths of the `.wasm` components) for `env!` in the
+//! host.
 
 use std::env;
 use std::ffi::OsString;
@@ -32,7 +33,7 @@ struct Guest {
     path_variable: &'static str,
 }
 
-const GUESTS: [Guest; 8] = [
+const GUESTS: [Guest; 10] = [
     Guest { package: "driver-sim", artifact_stem: "driver_sim", path_variable: "BUNDLED_DRIVER_SIM_WASM" },
     Guest { package: "driver-libvirt", artifact_stem: "driver_libvirt", path_variable: "BUNDLED_DRIVER_LIBVIRT_WASM" },
     Guest { package: "auth-token", artifact_stem: "auth_token", path_variable: "BUNDLED_AUTH_TOKEN_WASM" },
@@ -40,6 +41,8 @@ const GUESTS: [Guest; 8] = [
     Guest { package: "auth-session", artifact_stem: "auth_session", path_variable: "BUNDLED_AUTH_SESSION_WASM" },
     Guest { package: "auth-apikey", artifact_stem: "auth_apikey", path_variable: "BUNDLED_AUTH_APIKEY_WASM" },
     Guest { package: "auth-oidc", artifact_stem: "auth_oidc", path_variable: "BUNDLED_AUTH_OIDC_WASM" },
+    Guest { package: "storage-fs", artifact_stem: "storage_fs", path_variable: "BUNDLED_STORAGE_FS_WASM" },
+    Guest { package: "storage-s3", artifact_stem: "storage_s3", path_variable: "BUNDLED_STORAGE_S3_WASM" },
     Guest { package: "driver-hostile", artifact_stem: "driver_hostile", path_variable: "FIXTURE_DRIVER_HOSTILE_WASM" },
 ];
 

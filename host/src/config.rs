@@ -14,6 +14,10 @@ pub const BUNDLED_DRIVER_SIM: &str = "driver-sim";
 /// Name under which the bundled libvirt driver is referenced in `providers[].driver`.
 pub const BUNDLED_DRIVER_LIBVIRT: &str = "driver-libvirt";
 
+/// Names under which the bundled storage plugins are referenced in `storage.plugin`.
+pub const BUNDLED_STORAGE_FS: &str = "storage-fs";
+pub const BUNDLED_STORAGE_S3: &str = "storage-s3";
+
 /// Names under which the bundled auth schemes are referenced in `auth.schemes[].plugin`.
 pub const BUNDLED_AUTH_TOKEN: &str = "auth-token";
 pub const BUNDLED_AUTH_BASIC: &str = "auth-basic";
@@ -50,6 +54,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     pub instances: InstanceConfig,
     pub templates: TemplateConfig,
+    /// Where template files are kept.
+    pub storage: StorageConfig,
     /// Configured drivers. Without any, the bundled simulated driver runs with 4 hosts.
     pub providers: Vec<ProviderConfig>,
     pub auth: AuthConfig,
@@ -181,8 +187,28 @@ pub struct InstanceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TemplateConfig {
-    /// Largest template image accepted by an upload.
+    /// Largest template file accepted by a push.
     pub max_image_gib: u64,
+    /// Size of the chunks the host cuts pushed files into (64 to 16384 KiB).
+    pub chunk_size_kib: u64,
+    /// Garbage collection spares unreferenced chunks younger than this (pushes in progress).
+    pub gc_grace_secs: f64,
+}
+
+/// The storage backend of the template registry: a storage plugin and what it is granted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `storage-fs` or `storage-s3` (bundled) or a path to a storage component (`.wasm`).
+    pub plugin: String,
+    /// The one directory the plugin may use; `storage-fs` defaults to `<data_dir>/blobs`.
+    pub directory: Option<PathBuf>,
+    /// Plugin-specific settings, handed to its `init` as JSON (S3: endpoint, bucket, keys).
+    pub config: serde_json::Value,
+    /// Hosts (`host` or `host:port`) the plugin may reach over outgoing HTTP.
+    pub allowed_http_hosts: Vec<String>,
+    pub call_timeout_secs: Option<f64>,
+    pub memory_limit_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +247,7 @@ impl Default for Config {
             reconcile: ReconcileConfig::default(),
             instances: InstanceConfig::default(),
             templates: TemplateConfig::default(),
+            storage: StorageConfig::default(),
             providers: Vec::new(),
             auth: AuthConfig::default(),
         }
@@ -259,7 +286,20 @@ impl Default for InstanceConfig {
 
 impl Default for TemplateConfig {
     fn default() -> Self {
-        Self { max_image_gib: 64 }
+        Self { max_image_gib: 64, chunk_size_kib: 1024, gc_grace_secs: 3600.0 }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            plugin: BUNDLED_STORAGE_FS.into(),
+            directory: None,
+            config: empty_table(),
+            allowed_http_hosts: Vec::new(),
+            call_timeout_secs: None,
+            memory_limit_mib: None,
+        }
     }
 }
 
@@ -327,6 +367,22 @@ impl Config {
         if !(1..=65_536).contains(&self.templates.max_image_gib) {
             return invalid("templates.max_image_gib", "must be between 1 and 65536");
         }
+        if !(64..=16_384).contains(&self.templates.chunk_size_kib) {
+            return invalid("templates.chunk_size_kib", "must be between 64 and 16384");
+        }
+        if !(self.templates.gc_grace_secs >= 0.0 && self.templates.gc_grace_secs <= 30.0 * 86_400.0) {
+            return invalid("templates.gc_grace_secs", "must be between 0 and 2592000 (30 days)");
+        }
+        let storage_plugins = [BUNDLED_STORAGE_FS, BUNDLED_STORAGE_S3];
+        if !(storage_plugins.contains(&self.storage.plugin.as_str()) || self.storage.plugin.ends_with(".wasm")) {
+            return invalid("storage.plugin", "must be storage-fs, storage-s3 or a path to a .wasm component");
+        }
+        if !self.storage.config.is_object() {
+            return invalid("storage.config", "must be a table");
+        }
+        if let Some(position) = self.storage.allowed_http_hosts.iter().position(|host| !is_authority(host)) {
+            return invalid(&format!("storage.allowed_http_hosts[{position}]"), "must be host or host:port");
+        }
         let mut names = std::collections::BTreeSet::new();
         for (index, provider) in self.providers.iter().enumerate() {
             let key = |field: &str| format!("providers[{index}].{field}");
@@ -387,9 +443,20 @@ impl Config {
         self.plugins.cache_dir.clone().unwrap_or_else(|| self.data_dir.join("plugin-cache"))
     }
 
-    /// Where template images live: `<data_dir>/templates`.
+    /// Where template images were kept before the registry: `<data_dir>/templates`. Images
+    /// still there are moved into the storage backend at start.
     pub fn template_images_dir(&self) -> PathBuf {
         self.data_dir.join("templates")
+    }
+
+    /// The directory granted to the storage plugin: the configured one, or `<data_dir>/blobs`
+    /// for `storage-fs`; none for other plugins unless configured.
+    pub fn storage_directory(&self) -> Option<PathBuf> {
+        match &self.storage.directory {
+            Some(directory) => Some(directory.clone()),
+            None if self.storage.plugin == BUNDLED_STORAGE_FS => Some(self.data_dir.join("blobs")),
+            None => None,
+        }
     }
 }
 

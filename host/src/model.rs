@@ -383,13 +383,17 @@ pub struct TemplateVersion {
     pub number: u32,
     pub tag: String,
     pub description: String,
-    /// The image's size once uploaded; before, the size declared with the version.
+    /// The size of the version's files once pushed; before, the size declared with the version.
     pub size_bytes: u64,
-    /// The image's format, detected from its first bytes at upload (`raw` before).
+    /// The disk image's format, detected from its first bytes at push (`raw` before).
     pub format: DiskFormat,
-    /// SHA-256 of the uploaded image (hex); absent while the version has no image.
+    /// SHA-256 of the disk image (hex); absent while the version has no disk image.
     pub image_sha256: Option<String>,
+    /// When the disk image was pushed.
     pub image_uploaded_at: Option<DateTime<Utc>>,
+    /// Last time a host pulled the version or a client downloaded one of its files.
+    pub pulled_at: Option<DateTime<Utc>>,
+    pub files: Vec<TemplateFile>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -397,6 +401,45 @@ impl TemplateVersion {
     pub fn has_image(&self) -> bool {
         self.image_sha256.is_some()
     }
+
+    /// The version's disk image, if pushed.
+    pub fn disk(&self) -> Option<&TemplateFile> {
+        self.files.iter().find(|file| file.name == DISK_FILE_NAME)
+    }
+
+    /// Derives the disk image fields from `files`.
+    pub fn with_files(mut self, files: Vec<TemplateFile>) -> Self {
+        self.files = files;
+        if let Some(disk) = self.disk() {
+            (self.format, self.image_sha256, self.image_uploaded_at) =
+                (disk.format, Some(disk.sha256.clone()), Some(disk.pushed_at));
+        }
+        self
+    }
+}
+
+/// The name of a version's disk image among its files.
+pub const DISK_FILE_NAME: &str = "disk";
+
+string_enum!(
+    /// What a template file holds: a disk image (raw or qcow2), a suspended instance's memory
+    /// state, or a configuration document.
+    FileKind { Disk => "disk", State => "state", Config => "config" }
+);
+
+/// One file of a template version, stored as fixed-size chunks.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateFile {
+    pub name: String,
+    pub kind: FileKind,
+    /// `raw` or `qcow2` for disks, `raw` otherwise.
+    pub format: DiskFormat,
+    pub size_bytes: u64,
+    pub sha256: String,
+    /// Size of every chunk but the last.
+    pub chunk_size: u64,
+    pub chunk_count: u64,
+    pub pushed_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -59,7 +59,8 @@ pub async fn start(config: Config, admin_token_from_environment: Option<String>)
     let runtime = PluginRuntime::new(RuntimeSettings { cache_dir: Some(config.plugin_cache_dir()) })
         .context("cannot start the plugin runtime")?;
     let providers = service::load_providers(&config, &runtime, &store).await;
-    let service = Service::new(store, providers, ServiceSettings::from_config(&config));
+    let blobs = service::load_storage(&config, &runtime).await.context("loading the storage backend ([storage])")?;
+    let service = Service::new(store, providers, blobs, ServiceSettings::from_config(&config));
     service.start().await.context("cannot start the service")?;
 
     let credentials = service.credentials(AdminToken::new(&admin_token));

@@ -98,6 +98,8 @@ impl Fixture {
             ("sessions", "id") => &self.keyholder_session_id,
             ("tasks", "id") => &self.task_id,
             ("templates", "id") => &self.template_id,
+            ("templates", "digest") => &image_digest(),
+            ("templates", "name") => "disk",
             // Version 1 has an image to download; version 2 has none yet, so an upload that got
             // through would be accepted rather than refused as a conflict.
             ("templates", "number") if *method == Method::PUT => "2",
@@ -129,7 +131,15 @@ impl Fixture {
             ("POST", "/v1/roles") => json!({ "name": "matrix-role", "permissions": ["instance:list"] }),
             ("POST", "/v1/templates") => json!({ "name": "matrix-image", "arch": "amd64", "project": "alpha" }),
             ("POST", "/v1/templates/{id}/versions") => json!({ "tag": "matrix" }),
-            ("PUT", "/v1/templates/{id}/versions/{number}/image") => return Some(Body::Bytes(qcow2_image())),
+            ("PUT", "/v1/templates/{id}/versions/{number}/image")
+            | ("PUT", "/v1/templates/{id}/versions/{number}/files/{name}")
+            | ("PUT", "/v1/templates/{id}/chunks/{digest}") => return Some(Body::Bytes(qcow2_image())),
+            ("POST", "/v1/templates/{id}/chunks/missing") => json!({ "digests": [image_digest()] }),
+            ("PUT", "/v1/templates/{id}/versions/{number}/files/{name}/manifest") => json!({
+                "size_bytes": qcow2_image().len(), "sha256": image_digest(), "chunk_size": 1024 * 1024,
+                "chunks": [image_digest()],
+            }),
+            ("POST", "/v1/templates/{id}/revert") => json!({}),
             ("POST", "/v1/user-groups") => json!({ "name": "matrix-team" }),
             ("POST", "/v1/users") => json!({ "name": "matrix-user", "password": "matrix-password" }),
             ("PATCH", "/v1/users/{name}") => json!({ "display_name": "Changed" }),
@@ -192,6 +202,12 @@ fn bearer(token: &str) -> String {
 
 fn header(name: &str) -> HeaderName {
     HeaderName::from_bytes(name.as_bytes()).expect("a header name")
+}
+
+/// The SHA-256 of [`qcow2_image`]: its only chunk, and the whole file.
+fn image_digest() -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(qcow2_image()))
 }
 
 fn qcow2_image() -> Vec<u8> {

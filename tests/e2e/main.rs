@@ -15,8 +15,8 @@ mod instance_operations;
 mod libvirt;
 mod lifecycle;
 mod oidc;
+mod registry;
 mod restart;
-mod template_images;
 
 #[path = "../libvirt/bed.rs"]
 #[allow(dead_code)]

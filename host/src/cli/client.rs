@@ -64,6 +64,22 @@ impl Client {
         json_or_null(self.send(self.request(Method::PUT, path)).await?).await
     }
 
+    /// PUT of a JSON body; the answer's JSON.
+    pub async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        Ok(self.send(self.request(Method::PUT, path).json(body)).await?.json().await?)
+    }
+
+    /// PUT of raw bytes; the answer's status.
+    pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> anyhow::Result<reqwest::StatusCode> {
+        let request = self.request(Method::PUT, path).header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+        Ok(self.send(request.body(bytes)).await?.status())
+    }
+
+    /// GET of raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<bytes::Bytes> {
+        Ok(self.send(self.request(Method::GET, path)).await?.bytes().await?)
+    }
+
     /// The answer's JSON, or `null` for `204 No Content`.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         json_or_null(self.send(self.request(Method::DELETE, path)).await?).await

@@ -5,6 +5,7 @@ mod client;
 mod identity;
 mod output;
 mod projects;
+mod registry;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -227,6 +228,24 @@ enum TemplateCommand {
         project: Option<String>,
     },
     List,
+    Push(registry::PushRequest),
+    Pull(registry::PullRequest),
+    /// Remove the latest tag, or `--tag` and every tag after it.
+    Revert {
+        template: String,
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Delete a template with all its tags.
+    Rm {
+        template: String,
+    },
+    /// Delete stored chunks no template references any more.
+    Gc {
+        /// Spare chunks younger than this (default: the server's grace period).
+        #[arg(long)]
+        min_age_secs: Option<f64>,
+    },
     /// Remove a template from a host's cache (every cached version, or `--version`).
     RmFromHost {
         /// Template name or id.
@@ -343,6 +362,69 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
         Command::Template(TemplateCommand::List) => {
             let templates = client.get("/v1/templates").await?;
             output::print(&templates, json_output, output::templates_table);
+            Ok(())
+        }
+        Command::Template(TemplateCommand::Push(request)) => {
+            let pushed = registry::push(client, request, !json_output).await?;
+            if json_output {
+                println!("{}", serde_json::to_string_pretty(&pushed)?);
+            } else {
+                println!(
+                    "pushed {}: {} in {} chunks; sent {} in {} chunks, the registry had the rest",
+                    pushed["file"]["name"].as_str().unwrap_or("file"),
+                    registry::human_bytes(pushed["file"]["size_bytes"].as_u64().unwrap_or(0)),
+                    pushed["chunks"],
+                    registry::human_bytes(pushed["bytes_sent"].as_u64().unwrap_or(0)),
+                    pushed["chunks_sent"],
+                );
+            }
+            Ok(())
+        }
+        Command::Template(TemplateCommand::Pull(request)) => {
+            let pulled = registry::pull(client, request, !json_output).await?;
+            if json_output {
+                println!("{}", serde_json::to_string_pretty(&pulled)?);
+            } else {
+                println!(
+                    "pulled {}:{} into {}: {}; downloaded {}",
+                    pulled["template"].as_str().unwrap_or(""),
+                    pulled["tag"].as_str().unwrap_or(""),
+                    pulled["output"].as_str().unwrap_or(""),
+                    registry::human_bytes(pulled["size_bytes"].as_u64().unwrap_or(0)),
+                    registry::human_bytes(pulled["bytes_downloaded"].as_u64().unwrap_or(0)),
+                );
+            }
+            Ok(())
+        }
+        Command::Template(TemplateCommand::Revert { template, tag }) => {
+            let path = format!("/v1/templates/{}/revert", client::encode_query_value(&template));
+            let template = client.post(&path, &json!({ "tag": tag })).await?;
+            output::print(&Value::Array(vec![template]), json_output, output::templates_table);
+            Ok(())
+        }
+        Command::Template(TemplateCommand::Rm { template }) => {
+            client.delete(&format!("/v1/templates/{}", client::encode_query_value(&template))).await?;
+            if !json_output {
+                println!("deleted template {template}");
+            }
+            Ok(())
+        }
+        Command::Template(TemplateCommand::Gc { min_age_secs }) => {
+            let path = match min_age_secs {
+                Some(seconds) => format!("/v1/registry/gc?min_age_secs={seconds}"),
+                None => "/v1/registry/gc".to_owned(),
+            };
+            let collected = client.post(&path, &json!({})).await?;
+            if json_output {
+                println!("{}", serde_json::to_string_pretty(&collected)?);
+            } else {
+                println!(
+                    "deleted {} chunks and {} orphan objects, freed {}",
+                    collected["chunks_deleted"],
+                    collected["orphan_objects_deleted"],
+                    registry::human_bytes(collected["bytes_freed"].as_u64().unwrap_or(0)),
+                );
+            }
             Ok(())
         }
         Command::Template(TemplateCommand::RmFromHost { template, host, version, wait }) => {

@@ -120,6 +120,7 @@ impl AuthSchemePlugin {
             state_store: Arc::new(MemoryStateStore::new()),
             memory_limit_bytes: settings.memory_limit_bytes,
             auth: Some(SchemeGrants { credentials, trusted_issuers: settings.trusted_issuers }),
+            granted_directory: None,
         });
         let (pool, info) = InstancePool::<Scheme>::load(
             runtime,
@@ -524,6 +525,7 @@ mod tests {
             state_store: Arc::new(MemoryStateStore::new()),
             memory_limit_bytes: 16 * 1024 * 1024,
             auth: Some(SchemeGrants { credentials, trusted_issuers: vec!["https://login.example.com".into()] }),
+            granted_directory: None,
         }));
         data.begin_authentication("192.0.2.7:5000".into());
         data

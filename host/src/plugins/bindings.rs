@@ -1,5 +1,5 @@
-//! Host bindings of the `hyperplane:driver/driver@0.2.0` and `hyperplane:auth/auth-scheme@0.1.0`
-//! worlds, generated from `wit/`: never edit by hand. The host supports these versions of the
+//! Host bindings of the `hyperplane:driver/driver@0.2.0`, `hyperplane:auth/auth-scheme@0.1.0` and
+//! `hyperplane:storage/storage@0.1.0` worlds, generated from `wit/`: never edit by hand. The host supports these versions of the
 //! contracts; `version` refuses components that export another one.
 
 wasmtime::component::bindgen!({
@@ -36,4 +36,30 @@ pub(crate) mod auth {
     });
 
     pub(crate) use exports::hyperplane::auth::scheme::{Guest as Scheme, GuestIndices as SchemeIndices};
+}
+
+/// The `hyperplane:storage/storage@0.1.0` world. It shares `hyperplane:host/log` with the driver
+/// world; its streams are the host's [`StorageSource`] and [`StorageSink`].
+///
+/// [`StorageSource`]: super::storage::StorageSource
+/// [`StorageSink`]: super::storage::StorageSink
+pub(crate) mod storage {
+    wasmtime::component::bindgen!({
+        path: ["../wit/host/0.1.0", "../wit/storage/0.1.0"],
+        world: "hyperplane:storage/storage",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "hyperplane:host/log": super::hyperplane::host::log,
+            "hyperplane:storage/streams.byte-source": super::super::storage::StorageSource,
+            "hyperplane:storage/streams.byte-sink": super::super::storage::StorageSink,
+        },
+    });
+
+    pub(crate) use exports::hyperplane::storage::blob_store::{
+        Guest as BlobStoreExports, GuestIndices as BlobStoreIndices,
+    };
+
+    /// `types` holds only data: the host side of its (empty) import.
+    impl hyperplane::storage::types::Host for super::super::store_data::StoreData {}
 }

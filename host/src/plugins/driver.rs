@@ -102,6 +102,7 @@ impl Driver {
             state_store: state,
             memory_limit_bytes: settings.memory_limit_bytes,
             auth: None,
+            granted_directory: None,
         });
         let (pool, capabilities) = InstancePool::load(
             runtime,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::driver_types::DriverError;
 use super::http::InvalidAllowedHttpHost;
 use super::settings::EndpointAddressError;
+use super::storage_types::Error as StorageError;
 
 /// Why a provider component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,13 @@ pub enum LoadError {
          of the version this host supports"
     )]
     NoAuthSchemeInterface { label: String, supported: &'static str },
+    #[error(
+        "component {label} exports no hyperplane:storage/blob-store@{supported} interface; it is not a storage \
+         plugin of the version this host supports"
+    )]
+    NoStorageInterface { label: String, supported: &'static str },
+    #[error("could not create the directory {path} granted to a storage plugin")]
+    GrantedDirectory { path: PathBuf, source: std::io::Error },
     #[error("component {label} does not fit the {world} world: {message}")]
     Link { label: String, world: &'static str, message: String },
     #[error("provider {provider} failed to initialize")]
@@ -44,7 +52,7 @@ pub enum LoadError {
     BackgroundTask(String),
 }
 
-/// Why a call into a plugin failed. Every variant except `Driver` and `Scheme` means the
+/// Why a call into a plugin failed. Every variant except `Driver`, `Scheme` and `Storage` means the
 /// instance that served the call was discarded.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -55,6 +63,10 @@ pub enum CallError {
     /// stays in service.
     #[error("{0}")]
     Scheme(String),
+    /// A storage plugin answered with its own WIT `error` variant; its instance stays in
+    /// service.
+    #[error("{}", super::storage::describe_storage_error(.0))]
+    Storage(StorageError),
     #[error("provider function {function} timed out after {after:?}")]
     Timeout { function: &'static str, after: Duration },
     #[error("provider function {function} exceeded its memory limit of {limit_bytes} bytes")]
@@ -73,6 +85,7 @@ impl CallError {
         match self {
             CallError::Driver(_) => "driver",
             CallError::Scheme(_) => "scheme",
+            CallError::Storage(_) => "storage",
             CallError::Timeout { .. } => "timeout",
             CallError::MemoryLimit { .. } => "memory_limit",
             CallError::Trap { .. } => "trap",
@@ -83,7 +96,7 @@ impl CallError {
 
     /// Whether the instance that served the call was thrown away because of this failure.
     pub fn discarded_instance(&self) -> bool {
-        !matches!(self, CallError::Driver(_) | CallError::Scheme(_))
+        !matches!(self, CallError::Driver(_) | CallError::Scheme(_) | CallError::Storage(_))
     }
 }
 

@@ -1,9 +1,9 @@
 //! The plugin runtime: the only part of the host that knows wasmtime. It compiles and caches
-//! driver and auth scheme components, instantiates them with deny-by-default capabilities and
+//! driver, auth scheme and storage components, instantiates them with deny-by-default capabilities and
 //! runs every call under a deadline, a memory cap and a response-size limit.
 //!
 //! Entry points: [`PluginRuntime::new`] once per process, then [`Driver::load`] per provider and
-//! [`AuthSchemePlugin::load`] per auth scheme.
+//! [`AuthSchemePlugin::load`] per auth scheme and [`BlobStore::load`] per storage backend.
 
 mod auth;
 mod bindings;
@@ -19,6 +19,7 @@ mod response_size;
 mod runtime;
 mod settings;
 mod state;
+mod storage;
 mod store_data;
 pub mod telemetry;
 mod transfer;
@@ -39,8 +40,12 @@ pub use pool::{MAX_CONCURRENT_CALLS_PER_PROVIDER, MAX_IDLE_INSTANCES_PER_PROVIDE
 pub use runtime::{EPOCH_TICK, PluginRuntime};
 pub use settings::{ComponentSource, EndpointAddress, EndpointAddressError, ProviderSettings, RuntimeSettings};
 pub use state::{MAX_STATE_KEY_BYTES, MAX_STATE_VALUE_BYTES, MemoryStateStore, PluginStateStore};
+pub use storage::{
+    BlobStore, MAX_STREAM_PIECE_BYTES, SinkBuffer, StorageSettings, StorageSink, StorageSource, describe_storage_error,
+};
+pub use store_data::GRANTED_DIRECTORY_GUEST_PATH;
 pub use transfer::{ByteSource, DeliveredBytes, MAX_TRANSFER_READ_BYTES, MIN_TRANSFER_BYTES_PER_SEC};
-pub use version::{SUPPORTED_AUTH_VERSION, SUPPORTED_DRIVER_VERSION};
+pub use version::{SUPPORTED_AUTH_VERSION, SUPPORTED_DRIVER_VERSION, SUPPORTED_STORAGE_VERSION};
 
 /// The plain data types of `hyperplane:driver/types@0.2.0`, generated from the WIT.
 pub mod driver_types {
@@ -48,5 +53,12 @@ pub mod driver_types {
         Arch, BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, DiskFormat, Error,
         Error as DriverError, ExecResult, HostReport, HostState, Instance, InstanceSpec, InstanceState, KeyValue,
         Snapshot, TemplateRef,
+    };
+}
+
+/// The plain data types of `hyperplane:storage/types@0.1.0`, generated from the WIT.
+pub mod storage_types {
+    pub use super::bindings::storage::hyperplane::storage::types::{
+        ByteRange, Error, ObjectInfo, ObjectPage, StoreInfo,
     };
 }

@@ -3,6 +3,8 @@
 
 use std::mem::size_of;
 
+use super::storage_types::{Error as StorageError, ObjectInfo, ObjectPage, StoreInfo};
+
 use super::driver_types::{
     CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, HostReport, Instance, Snapshot, TemplateRef,
 };
@@ -70,6 +72,21 @@ record_size!(
     ConsoleEndpoint { host, port, password },
     Snapshot { name, description, created_at },
 );
+
+record_size!(ObjectInfo { key, size, modified_ms }, ObjectPage { objects, next_cursor }, StoreInfo { location });
+
+impl EstimatedSize for StorageError {
+    fn estimated_size_bytes(&self) -> usize {
+        match self {
+            StorageError::NotFound(message)
+            | StorageError::Invalid(message)
+            | StorageError::InvalidConfig(message)
+            | StorageError::Denied(message)
+            | StorageError::Unavailable(message)
+            | StorageError::Internal(message) => message.len(),
+        }
+    }
+}
 
 impl EstimatedSize for DriverError {
     fn estimated_size_bytes(&self) -> usize {

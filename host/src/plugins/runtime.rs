@@ -1,7 +1,7 @@
 //! The process-wide plugin runtime: one wasmtime `Engine` with epoch interruption, the epoch
 //! ticker thread, one linker per world (drivers: WASI, wasi:http and `hyperplane:host`; auth
-//! schemes: WASI, wasi:http, the host's log and `hyperplane:auth/credentials`), and the cache of
-//! compiled components.
+//! schemes: WASI, wasi:http, the host's log and `hyperplane:auth/credentials`; storage: the same
+//! with `hyperplane:storage/streams`), and the cache of compiled components.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +30,9 @@ pub(crate) struct RuntimeShared {
     /// What auth schemes are linked against: no endpoints, state or progress, which they have
     /// no use for; the credential checks instead.
     pub(crate) auth_linker: Linker<StoreData>,
+    /// What storage plugins are linked against: the host's log and streams (and WASI, whose
+    /// filesystem holds only the directory granted to the plugin).
+    pub(crate) storage_linker: Linker<StoreData>,
     pub(crate) component_cache: Arc<ComponentCache>,
     _epoch_ticker: EpochTicker,
 }
@@ -70,6 +73,9 @@ impl PluginRuntime {
         let mut auth_linker = wasi_linker()?;
         bindings::auth::AuthScheme::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut auth_linker, |data| data)
             .map_err(engine_error)?;
+        let mut storage_linker = wasi_linker()?;
+        bindings::storage::Storage::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut storage_linker, |data| data)
+            .map_err(engine_error)?;
 
         let component_cache = Arc::new(ComponentCache::new(engine.clone(), settings.cache_dir)?);
         let epoch_ticker = EpochTicker::start(&engine).map_err(|error| LoadError::Engine(error.to_string()))?;
@@ -78,6 +84,7 @@ impl PluginRuntime {
                 engine,
                 linker,
                 auth_linker,
+                storage_linker,
                 component_cache,
                 _epoch_ticker: epoch_ticker,
             }),

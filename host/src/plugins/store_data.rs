@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -14,7 +15,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::sockets::SocketAddrUse;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::auth::{AuthCallState, SchemeGrants};
@@ -41,7 +42,13 @@ pub(crate) struct ProviderContext {
     pub(crate) memory_limit_bytes: usize,
     /// What an auth scheme may check; `None` for drivers.
     pub(crate) auth: Option<SchemeGrants>,
+    /// The directory the operator granted (a storage plugin's), preopened at
+    /// [`GRANTED_DIRECTORY_GUEST_PATH`]; `None`: no filesystem at all.
+    pub(crate) granted_directory: Option<PathBuf>,
 }
+
+/// Where a granted directory appears inside the guest.
+pub const GRANTED_DIRECTORY_GUEST_PATH: &str = "/store";
 
 /// The call currently running in the instance, if any.
 pub(crate) struct CallContext {
@@ -69,7 +76,7 @@ pub(crate) struct StoreData {
 impl StoreData {
     pub(crate) fn new(provider: Arc<ProviderContext>) -> Self {
         let recent_stderr = RecentLines::default();
-        let wasi = deny_by_default_wasi_context(&provider.name, &recent_stderr);
+        let wasi = deny_by_default_wasi_context(&provider.name, provider.granted_directory.as_deref(), &recent_stderr);
         let memory_cap = MemoryCap::new(provider.memory_limit_bytes);
         let http_allow_list = provider.http_allow_list.clone();
         StoreData {
@@ -121,11 +128,22 @@ impl WasiHttpView for StoreData {
     }
 }
 
-/// WASI with nothing granted: no preopened directories, no environment, no arguments, closed
-/// stdin, no sockets (TCP, UDP and name lookup off, every address denied); guest stdout and
-/// stderr become debug events.
-fn deny_by_default_wasi_context(provider_name: &Arc<str>, recent_stderr: &RecentLines) -> WasiCtx {
-    WasiCtx::builder()
+/// WASI with nothing granted but `granted_directory`: no other preopened directory, no
+/// environment, no arguments, closed stdin, no sockets (TCP, UDP and name lookup off, every
+/// address denied); guest stdout and stderr become debug events.
+fn deny_by_default_wasi_context(
+    provider_name: &Arc<str>,
+    granted_directory: Option<&Path>,
+    recent_stderr: &RecentLines,
+) -> WasiCtx {
+    let mut builder = WasiCtx::builder();
+    if let Some(directory) = granted_directory
+        && let Err(error) = builder.preopened_dir(directory, GRANTED_DIRECTORY_GUEST_PATH, FsPerms::ReadWrite)
+    {
+        // The plugin then finds no directory and says so in its own errors.
+        tracing::error!(provider = %provider_name, directory = %directory.display(), %error, "cannot open the granted directory");
+    }
+    builder
         .stdout(GuestOutput { provider_name: provider_name.clone(), stream_name: "stdout", recent_lines: None })
         .stderr(GuestOutput {
             provider_name: provider_name.clone(),

@@ -1,6 +1,6 @@
 //! `hyperplane:driver/transfer`: byte streams the host hands to a driver, such as a template's
-//! image in `pull-template`. The host owns the data: a [`ByteSource`] reads a file (or
-//! nothing) asynchronously, at most [`MAX_TRANSFER_READ_BYTES`] per `read`, so one read never
+//! image in `pull-template`. The host owns the data: a [`ByteSource`] reads a file or any reader
+//! (or nothing) asynchronously, at most [`MAX_TRANSFER_READ_BYTES`] per `read`, so one read never
 //! costs the guest more than that much memory; the guest's memory cap bounds the rest.
 
 use std::io;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use wasmtime::component::Resource;
 
 use super::bindings::hyperplane::driver::transfer::{Host, HostByteSource};
@@ -32,10 +32,10 @@ impl DeliveredBytes {
     }
 }
 
-/// A stream of bytes for a driver: a file's contents or nothing.
+/// A stream of bytes for a driver: a file's contents, any reader's, or nothing.
 pub struct ByteSource {
     size: u64,
-    file: Option<tokio::fs::File>,
+    file: Option<Box<dyn AsyncRead + Send + Unpin>>,
     description: String,
     delivered: DeliveredBytes,
 }
@@ -62,7 +62,21 @@ impl ByteSource {
     pub async fn open_file(path: &Path, description: impl Into<String>) -> io::Result<ByteSource> {
         let file = tokio::fs::File::open(path).await?;
         let size = file.metadata().await?.len();
-        Ok(ByteSource { size, file: Some(file), description: description.into(), delivered: DeliveredBytes::default() })
+        Ok(ByteSource::from_reader(file, size, description))
+    }
+
+    /// The `size` bytes `reader` yields (a reader that ends early is an error the driver sees).
+    pub fn from_reader(
+        reader: impl AsyncRead + Send + Unpin + 'static,
+        size: u64,
+        description: impl Into<String>,
+    ) -> ByteSource {
+        ByteSource {
+            size,
+            file: Some(Box::new(reader)),
+            description: description.into(),
+            delivered: DeliveredBytes::default(),
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -99,7 +113,7 @@ impl ByteSource {
                     ));
                 }
                 Ok(count) => filled += count,
-                Err(error) => return Err(format!("reading {}: {}", self.description, error.kind())),
+                Err(error) => return Err(format!("reading {}: {error}", self.description)),
             }
         }
         self.delivered.0.fetch_add(filled as u64, Ordering::Relaxed);

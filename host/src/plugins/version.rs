@@ -1,4 +1,4 @@
-//! The versions of the driver and auth contracts the host speaks, and the load-time checks that
+//! The versions of the driver, auth and storage contracts the host speaks, and the load-time checks that
 //! refuse a component exporting another version with an error that names the supported one.
 
 use super::errors::LoadError;
@@ -12,6 +12,22 @@ const DRIVER_INTERFACE_PREFIX: &str = "hyperplane:driver/hypervisor@";
 pub const SUPPORTED_AUTH_VERSION: &str = "0.1.0";
 /// The export name of the auth scheme interface of the supported version.
 const AUTH_SCHEME_INTERFACE: &str = "hyperplane:auth/scheme@0.1.0";
+
+/// The version of `hyperplane:storage` this host binds (`wit/storage/0.1.0`).
+pub const SUPPORTED_STORAGE_VERSION: &str = "0.1.0";
+/// The export name of the blob store interface of the supported version.
+const STORAGE_INTERFACE: &str = "hyperplane:storage/blob-store@0.1.0";
+
+/// Checks that a component exports the blob store interface of the supported version.
+pub(crate) fn check_storage_exports<'a>(
+    label: &str,
+    mut export_names: impl Iterator<Item = &'a str>,
+) -> Result<(), LoadError> {
+    if export_names.any(|name| name == STORAGE_INTERFACE) {
+        return Ok(());
+    }
+    Err(LoadError::NoStorageInterface { label: label.to_owned(), supported: SUPPORTED_STORAGE_VERSION })
+}
 
 /// Checks that a component exports the auth scheme interface of the supported version.
 pub(crate) fn check_auth_scheme_exports<'a>(

@@ -13,7 +13,7 @@ mod placement;
 mod projects;
 mod providers;
 mod reconcile;
-mod template_images;
+mod registry;
 mod templates;
 #[cfg(test)]
 mod tests;
@@ -36,7 +36,9 @@ pub use instances::{ActionOptions, CreateInstances, InstanceList, InstancePatch,
 pub use placement::PlacementExplanation;
 pub use projects::{NewProject, ProjectPatch};
 pub use providers::{ProviderRegistry, load_providers};
-pub use template_images::TemplateImageDownload;
+pub use registry::{
+    ChunkQuery, FileDownload, FileManifest, FilePushed, GarbageCollected, MAX_CHUNK_BYTES, RequestedRange, load_storage,
+};
 pub use templates::{NewTemplate, NewTemplateVersion};
 
 use crate::auth::Caller;
@@ -44,6 +46,7 @@ use crate::auth::access::permission;
 use crate::auth::permissions::Resource;
 use crate::config::Config;
 use crate::model::{Event, Task, TaskState};
+use crate::plugins::BlobStore;
 use crate::store::{self, Store, StoreError};
 use crate::tasks::{TaskEngine, TaskEngineError};
 
@@ -74,6 +77,9 @@ pub enum ServiceError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A byte range that does not overlap the `size` bytes of what was asked for.
+    #[error("the requested range is outside the {size} bytes of the file")]
+    RangeNotSatisfiable { size: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -95,6 +101,7 @@ impl ServiceError {
             ServiceError::Throttled(_) => "throttled",
             ServiceError::TooLarge(_) => "too_large",
             ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             ServiceError::Internal(_) => "internal",
         }
     }
@@ -141,9 +148,13 @@ pub struct ServiceSettings {
     pub task_max_attempts: u32,
     /// The grace period of a graceful stop that does not give one.
     pub default_stop_grace: Duration,
-    /// Where template images are stored (`<data_dir>/templates`).
+    /// Where template images were kept before the registry (`<data_dir>/templates`).
     pub template_images_dir: PathBuf,
     pub max_template_image_bytes: u64,
+    /// The size of the chunks pushed files are cut into.
+    pub template_chunk_bytes: u64,
+    /// Garbage collection spares unreferenced chunks younger than this.
+    pub template_gc_grace: Duration,
     /// A session ends after this long unused …
     pub session_idle_timeout: Duration,
     /// … and after this long whatever its use.
@@ -161,6 +172,8 @@ impl ServiceSettings {
             default_stop_grace: Duration::from_secs_f64(config.instances.stop_grace_secs),
             template_images_dir: config.template_images_dir(),
             max_template_image_bytes: config.templates.max_image_gib.saturating_mul(1 << 30),
+            template_chunk_bytes: config.templates.chunk_size_kib.saturating_mul(1024),
+            template_gc_grace: Duration::from_secs_f64(config.templates.gc_grace_secs),
             session_idle_timeout: Duration::from_secs_f64(config.auth.session_idle_timeout_secs),
             session_max_lifetime: Duration::from_secs_f64(config.auth.session_max_lifetime_secs),
         }
@@ -180,21 +193,30 @@ struct Inner {
     settings: ServiceSettings,
     shutdown: CancellationToken,
     login_throttle: identity::LoginThrottle,
+    registry: registry::Registry,
 }
 
 impl Service {
-    pub fn new(store: Store, providers: ProviderRegistry, settings: ServiceSettings) -> Service {
+    /// A service over `store`, driving `providers` and keeping template files in `blobs`.
+    pub fn new(store: Store, providers: ProviderRegistry, blobs: BlobStore, settings: ServiceSettings) -> Service {
         let tasks = TaskEngine::new(store.clone(), settings.task_concurrency, settings.task_max_attempts);
         let login_throttle = identity::LoginThrottle::default();
         let shutdown = CancellationToken::new();
-        Service { inner: Arc::new(Inner { store, tasks, providers, settings, shutdown, login_throttle }) }
+        let registry = registry::Registry {
+            blobs,
+            lock: tokio::sync::RwLock::new(()),
+            chunk_bytes: settings.template_chunk_bytes,
+            gc_min_age: settings.template_gc_grace,
+            max_file_bytes: settings.max_template_image_bytes,
+        };
+        Service { inner: Arc::new(Inner { store, tasks, providers, settings, shutdown, login_throttle, registry }) }
     }
 
     /// Recovers interrupted tasks, takes a first inventory of every provider, then starts the
     /// task dispatcher and the reconciliation loop.
     pub async fn start(&self) -> ServiceResult<()> {
         self.ensure_builtin_roles().await?;
-        self.discard_incomplete_template_images().await?;
+        self.import_legacy_template_images().await?;
         let resumed = self.inner.tasks.recover().await?;
         if resumed > 0 {
             tracing::info!(resumed, "resuming tasks interrupted by the last shutdown");

@@ -10,7 +10,7 @@ use crate::auth::Caller;
 use crate::auth::access::permission;
 use crate::auth::permissions::Resource;
 use crate::model::{Arch, DiskFormat, NewEvent, Template, TemplateVersion};
-use crate::store;
+use crate::store::{self, WriteTx};
 
 /// `POST /v1/templates`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -37,6 +37,14 @@ pub struct NewTemplateVersion {
     /// The expected image size; an uploaded image replaces it with its real size.
     #[serde(default)]
     pub size_bytes: u64,
+}
+
+/// Reads the template as `transaction` left it, then commits.
+pub(super) async fn commit_returning_template(mut transaction: WriteTx, id: Uuid) -> ServiceResult<Template> {
+    let template =
+        store::templates::get(&mut transaction, id).await?.ok_or_else(|| ServiceError::not_found("template", id))?;
+    transaction.commit().await?;
+    Ok(template)
 }
 
 fn check_template_name(field: &str, name: &str) -> ServiceResult<()> {
@@ -158,6 +166,8 @@ impl Service {
             format: DiskFormat::Raw,
             image_sha256: None,
             image_uploaded_at: None,
+            pulled_at: None,
+            files: Vec::new(),
             created_at: store::now(),
         };
         store::templates::insert_version(&mut transaction, template_id, &version).await?;
@@ -168,10 +178,31 @@ impl Service {
                     .data(json!({ "number": version.number, "tag": version.tag })),
             )
             .await?;
-        let template = store::templates::get(&mut transaction, template_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("template", reference))?;
+        commit_returning_template(transaction, template_id).await
+    }
+
+    /// Deletes a template with all its versions and files (their chunks are freed by the next
+    /// garbage collection). Refused while a live instance uses it; terminated instances keep
+    /// their history without the reference.
+    pub async fn delete_template(&self, caller: &Caller, reference: &str) -> ServiceResult<()> {
+        let template = self.authorized_template(caller, reference, "delete_revert").await?;
+        let mut transaction = self.store().begin().await?;
+        let users = store::instances::count_using_template_versions(&mut transaction, template.id, 0).await?;
+        if users > 0 {
+            return Err(ServiceError::Conflict(format!(
+                "{users} instances use template '{}'; delete them first",
+                template.name
+            )));
+        }
+        store::templates::delete(&mut transaction, template.id).await?;
+        transaction
+            .append_event(
+                NewEvent::new("template.deleted", "template", template.id)
+                    .by(caller)
+                    .data(json!({ "name": template.name })),
+            )
+            .await?;
         transaction.commit().await?;
-        Ok(template)
+        Ok(())
     }
 }

@@ -162,6 +162,22 @@ pub async fn live_with_mac(connection: &mut SqliteConnection, mac: &str) -> Stor
     row.map(|(id,)| parse_uuid(&id)).transpose()
 }
 
+/// How many live (not terminated) instances use version `from` or a later one of the template.
+pub async fn count_using_template_versions(
+    connection: &mut SqliteConnection,
+    template_id: Uuid,
+    from: u32,
+) -> StoreResult<u64> {
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM instances WHERE template_id = ? AND template_version >= ? AND state != 'terminated'",
+    )
+    .bind(template_id.to_string())
+    .bind(from)
+    .fetch_one(connection)
+    .await?;
+    Ok(count as u64)
+}
+
 /// Writes every mutable column of the instance.
 pub async fn update(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
     sqlx::query(

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod instances;
 pub mod plugin_state;
 pub mod projects;
+pub mod registry;
 pub mod tasks;
 pub mod templates;
 

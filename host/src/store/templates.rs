@@ -5,7 +5,7 @@ use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{StoreResult, format_time, parse_enum, parse_time, parse_uuid};
-use crate::model::{DiskFormat, Template, TemplateVersion, Timestamp};
+use crate::model::{DiskFormat, Template, TemplateVersion};
 
 fn from_row(row: &SqliteRow) -> StoreResult<Template> {
     Ok(Template {
@@ -26,13 +26,11 @@ fn version_from_row(row: &SqliteRow) -> StoreResult<TemplateVersion> {
         tag: row.try_get("tag")?,
         description: row.try_get("description")?,
         size_bytes: row.try_get::<i64, _>("size_bytes")? as u64,
-        format: parse_enum(row.try_get("format")?)?,
-        image_sha256: row.try_get("image_sha256")?,
-        image_uploaded_at: row
-            .try_get::<Option<String>, _>("image_uploaded_at")?
-            .as_deref()
-            .map(parse_time)
-            .transpose()?,
+        format: DiskFormat::Raw,
+        image_sha256: None,
+        image_uploaded_at: None,
+        pulled_at: row.try_get::<Option<String>, _>("pulled_at")?.as_deref().map(parse_time).transpose()?,
+        files: Vec::new(),
         created_at: parse_time(row.try_get("created_at")?)?,
     })
 }
@@ -40,9 +38,18 @@ fn version_from_row(row: &SqliteRow) -> StoreResult<TemplateVersion> {
 async fn with_versions(connection: &mut SqliteConnection, mut template: Template) -> StoreResult<Template> {
     let rows = sqlx::query("SELECT * FROM template_versions WHERE template_id = ? ORDER BY number")
         .bind(template.id.to_string())
-        .fetch_all(connection)
+        .fetch_all(&mut *connection)
         .await?;
-    template.versions = rows.iter().map(version_from_row).collect::<StoreResult<_>>()?;
+    let mut files = super::registry::files_of_template(connection, template.id).await?;
+    template.versions = rows
+        .iter()
+        .map(|row| {
+            let version = version_from_row(row)?;
+            let (own, others) = files.drain(..).partition(|(number, _)| *number == version.number);
+            files = others;
+            Ok(version.with_files(own.into_iter().map(|(_, file)| file).collect()))
+        })
+        .collect::<StoreResult<_>>()?;
     Ok(template)
 }
 
@@ -97,60 +104,80 @@ pub async fn insert_version(
     version: &TemplateVersion,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO template_versions (template_id, number, tag, description, size_bytes, format, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO template_versions (template_id, number, tag, description, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(template_id.to_string())
     .bind(version.number)
     .bind(&version.tag)
     .bind(&version.description)
     .bind(version.size_bytes as i64)
-    .bind(version.format.as_str())
     .bind(format_time(&version.created_at))
     .execute(&mut *connection)
     .await?;
+    touch(connection, template_id).await
+}
+
+/// Notes that the template changed now.
+async fn touch(connection: &mut SqliteConnection, template_id: Uuid) -> StoreResult<()> {
     sqlx::query("UPDATE templates SET updated_at = ? WHERE id = ?")
-        .bind(format_time(&version.created_at))
+        .bind(format_time(&super::now()))
         .bind(template_id.to_string())
         .execute(connection)
         .await?;
     Ok(())
 }
 
-/// Records a version's uploaded image, unless it has one already. Returns whether it did.
-pub async fn set_version_image(
+/// Deletes a template and its versions; terminated instances forget it.
+pub async fn delete(connection: &mut SqliteConnection, template_id: Uuid) -> StoreResult<()> {
+    sqlx::query("UPDATE instances SET template_id = NULL WHERE template_id = ? AND state = 'terminated'")
+        .bind(template_id.to_string())
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("DELETE FROM templates WHERE id = ?").bind(template_id.to_string()).execute(connection).await?;
+    Ok(())
+}
+
+/// Deletes version `from` and every later version of the template (their files go with them);
+/// returns the numbers deleted.
+pub async fn delete_versions_from(
+    connection: &mut SqliteConnection,
+    template_id: Uuid,
+    from: u32,
+) -> StoreResult<Vec<u32>> {
+    let rows = sqlx::query("DELETE FROM template_versions WHERE template_id = ? AND number >= ? RETURNING number")
+        .bind(template_id.to_string())
+        .bind(from)
+        .fetch_all(&mut *connection)
+        .await?;
+    touch(connection, template_id).await?;
+    let mut numbers = rows.iter().map(|row| row.try_get::<u32, _>("number")).collect::<Result<Vec<_>, _>>()?;
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// Sets the version's size (the sum of its files) and notes when the template changed.
+pub async fn set_version_size(
     connection: &mut SqliteConnection,
     template_id: Uuid,
     number: u32,
-    image: &VersionImage,
-) -> StoreResult<bool> {
-    let updated = sqlx::query(
-        "UPDATE template_versions SET size_bytes = ?, format = ?, image_sha256 = ?, image_uploaded_at = ? \
-         WHERE template_id = ? AND number = ? AND image_sha256 IS NULL",
-    )
-    .bind(image.size_bytes as i64)
-    .bind(image.format.as_str())
-    .bind(&image.sha256)
-    .bind(format_time(&image.uploaded_at))
-    .bind(template_id.to_string())
-    .bind(number)
-    .execute(&mut *connection)
-    .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(false);
-    }
-    sqlx::query("UPDATE templates SET updated_at = ? WHERE id = ?")
-        .bind(format_time(&image.uploaded_at))
+    size_bytes: u64,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE template_versions SET size_bytes = ? WHERE template_id = ? AND number = ?")
+        .bind(size_bytes as i64)
         .bind(template_id.to_string())
-        .execute(connection)
+        .bind(number)
+        .execute(&mut *connection)
         .await?;
-    Ok(true)
+    touch(connection, template_id).await
 }
 
-/// What is recorded about an uploaded image.
-#[derive(Debug, Clone)]
-pub struct VersionImage {
-    pub size_bytes: u64,
-    pub format: DiskFormat,
-    pub sha256: String,
-    pub uploaded_at: Timestamp,
+/// Records that the version was pulled or downloaded now.
+pub async fn mark_version_pulled(connection: &mut SqliteConnection, template_id: Uuid, number: u32) -> StoreResult<()> {
+    sqlx::query("UPDATE template_versions SET pulled_at = ? WHERE template_id = ? AND number = ?")
+        .bind(format_time(&super::now()))
+        .bind(template_id.to_string())
+        .bind(number)
+        .execute(connection)
+        .await?;
+    Ok(())
 }

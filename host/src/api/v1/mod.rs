@@ -7,6 +7,7 @@ mod instance_operations;
 mod instances;
 mod keys;
 mod projects;
+mod registry;
 mod roles;
 mod sessions;
 mod tasks;
@@ -50,15 +51,15 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// Every `/v1` route. Request bodies are limited to `max_body_bytes`, except template image
-/// uploads, which stream to disk under their own limit.
+/// Every `/v1` route. Request bodies are limited to `max_body_bytes`, except template file
+/// pushes, which stream into the registry under their own limit, and chunk uploads.
 pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(hosts::list_providers))
         .routes(routes!(hosts::list_hosts))
         .routes(routes!(hosts::get_host, hosts::update_host))
         .routes(routes!(templates::create_template, templates::list_templates))
-        .routes(routes!(templates::get_template))
+        .routes(routes!(templates::get_template, templates::delete_template))
         .routes(routes!(templates::create_template_version))
         .routes(routes!(templates::remove_template_from_host))
         .routes(routes!(instances::create_instances, instances::list_instances))
@@ -95,8 +96,15 @@ pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::create_session, sessions::list_sessions))
         .routes(routes!(sessions::current_caller, sessions::end_current_session))
         .routes(routes!(sessions::end_session))
+        .routes(routes!(registry::get_manifest, registry::commit_manifest))
+        .routes(routes!(registry::missing_chunks))
+        .routes(routes!(registry::revert))
+        .routes(routes!(registry::collect_garbage))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
-        .routes(routes!(templates::upload_template_image, templates::download_template_image))
+        // Streamed or limited by their handlers.
+        .routes(routes!(registry::upload_image, registry::download_image))
+        .routes(routes!(registry::push_file, registry::download_file))
+        .routes(routes!(registry::upload_chunk, registry::download_chunk))
 }
 
 /// `?wait=<seconds>` on operations that start a task.

@@ -31,6 +31,7 @@ fn store_data_with(endpoints: BTreeMap<String, EndpointAddress>, state_store: Ar
         state_store,
         memory_limit_bytes: 16 * 1024 * 1024,
         auth: None,
+        granted_directory: None,
     }))
 }
 

@@ -1,12 +1,12 @@
 //! Service tests: the real service over a temporary SQLite database and the real driver-sim
 //! component, without HTTP. Reconciliation, cancellation, failures and host settings here;
-//! template images, instance operations and templates cached on hosts in their own modules.
+//! the template registry, instance operations and templates cached on hosts in their own modules.
 
 mod host_templates;
 mod identity;
 mod instance_operations;
 mod projects;
-mod template_images;
+mod registry;
 
 use crate::auth::Caller;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{CreateInstances, HostPatch, NewTemplate, Service, ServiceSettings, load_providers};
+use super::{CreateInstances, HostPatch, NewTemplate, Service, ServiceSettings, load_providers, load_storage};
 use crate::config::Config;
 use crate::model::{Arch, InstanceOrigin, InstanceState, Task, TaskState};
 use crate::plugins::driver_types as driver;
@@ -25,7 +25,7 @@ struct Fixture {
     service: Service,
     settings: ServiceSettings,
     _runtime: PluginRuntime,
-    _directory: tempfile::TempDir,
+    directory: tempfile::TempDir,
 }
 
 impl Drop for Fixture {
@@ -55,9 +55,10 @@ async fn start_with_settings(sim_config: serde_json::Value, adjust: impl FnOnce(
     let providers = load_providers(&config, &runtime, &store).await;
     let mut settings = ServiceSettings::from_config(&config);
     adjust(&mut settings);
-    let service = Service::new(store, providers, settings.clone());
+    let blobs = load_storage(&config, &runtime).await.expect("the storage backend loads");
+    let service = Service::new(store, providers, blobs, settings.clone());
     service.start().await.expect("service starts");
-    Fixture { service, settings, _runtime: runtime, _directory: directory }
+    Fixture { service, settings, _runtime: runtime, directory }
 }
 
 /// JSON object → TOML inline table (enough for the simulator's settings).
