@@ -51,3 +51,7 @@ ALTER TABLE template_versions DROP COLUMN image_sha256;
 ALTER TABLE template_versions DROP COLUMN image_uploaded_at;
 ALTER TABLE template_versions DROP COLUMN format;
 ALTER TABLE template_versions ADD COLUMN pulled_at TEXT;
+
+-- A host's template cache budget (MiB; NULL: no limit). Least recently used templates that no
+-- instance on the host uses are evicted to make room.
+ALTER TABLE hosts ADD COLUMN template_cache_mb INTEGER;

@@ -160,6 +160,7 @@ string_enum!(
         SnapshotRevert => "instance.snapshot_revert",
         SnapshotDelete => "instance.snapshot_delete",
         TemplateRemoveFromHost => "template.remove_from_host",
+        TemplatePullToHost => "template.pull_to_host",
         Batch => "batch",
     }
 );
@@ -246,6 +247,10 @@ pub struct CachedTemplate {
     pub version: u32,
     pub tag: String,
     pub size_bytes: u64,
+    /// When the host last pulled it or created an instance from it (absent: before Hyperplane
+    /// saw it used); what cache eviction goes by.
+    #[serde(default)]
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// Limits an operator sets on a host. In `number` mode only `max_instances` counts; in
@@ -260,6 +265,10 @@ pub struct Capacity {
     pub vcpu: Option<u32>,
     /// RAM limit in MiB (`ram_override`).
     pub ram_mb: Option<u64>,
+    /// Most MiB of templates cached on the host: pulling more first evicts the least recently
+    /// used templates no instance on the host uses. Absent: no limit.
+    #[serde(default)]
+    pub template_cache_mb: Option<u64>,
 }
 
 /// A named group of USB devices attached to a host.

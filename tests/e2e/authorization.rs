@@ -139,7 +139,7 @@ impl Fixture {
                 "size_bytes": qcow2_image().len(), "sha256": image_digest(), "chunk_size": 1024 * 1024,
                 "chunks": [image_digest()],
             }),
-            ("POST", "/v1/templates/{id}/revert") => json!({}),
+            ("POST", "/v1/templates/{id}/revert") | ("POST", "/v1/templates/{id}/distribute") => json!({}),
             ("POST", "/v1/user-groups") => json!({ "name": "matrix-team" }),
             ("POST", "/v1/users") => json!({ "name": "matrix-user", "password": "matrix-password" }),
             ("PATCH", "/v1/users/{name}") => json!({ "display_name": "Changed" }),

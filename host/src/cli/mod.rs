@@ -230,6 +230,9 @@ enum TemplateCommand {
     List,
     Push(registry::PushRequest),
     Pull(registry::PullRequest),
+    /// Pull a tag onto hosts (all active ones, `--host`s or a `--group`), with each host's
+    /// progress.
+    Distribute(registry::DistributeRequest),
     /// Remove the latest tag, or `--tag` and every tag after it.
     Revert {
         template: String,
@@ -395,6 +398,23 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
                 );
             }
             Ok(())
+        }
+        Command::Template(TemplateCommand::Distribute(request)) => {
+            let wait = request.wait;
+            let outcome = registry::distribute(client, request, !json_output).await?;
+            if json_output {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else if wait {
+                output::print(&outcome["pulls"], false, output::tasks_table);
+            } else {
+                output::print(&Value::Array(vec![outcome["batch"].clone()]), false, output::tasks_table);
+            }
+            match outcome["batch"]["state"].as_str() {
+                Some("failed" | "cancelled") if wait => {
+                    bail!("distribution {}: {}", outcome["batch"]["state"], outcome["batch"]["error"]["message"])
+                }
+                _ => Ok(()),
+            }
         }
         Command::Template(TemplateCommand::Revert { template, tag }) => {
             let path = format!("/v1/templates/{}/revert", client::encode_query_value(&template));

@@ -328,3 +328,72 @@ pub async fn pull(client: &Client, request: PullRequest, show_progress: bool) ->
 pub fn human_bytes(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()
 }
+
+/// `template distribute`: pull a tag onto hosts, one progress bar per host.
+#[derive(Debug, clap::Args)]
+pub struct DistributeRequest {
+    /// Template name or id.
+    pub template: String,
+    /// The tag (default: the latest version).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// A host (id, name or `provider/name`); repeat for several. Without `--host` or
+    /// `--group`: every active host.
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// Every host of this node group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Wait until every host has it, showing each host's progress.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Starts the distribution; with `--wait`, follows each host's pull until the batch ends and
+/// answers the batch and its pulls.
+pub async fn distribute(client: &Client, request: DistributeRequest, show_progress: bool) -> anyhow::Result<Value> {
+    let body = json!({ "tag": request.tag, "hosts": request.hosts, "group": request.group });
+    let batch = client.post(&format!("{}/distribute", template_path(&request.template)), &body).await?;
+    let id = batch["id"].as_str().context("the server answered a task without an id")?.to_owned();
+    if !request.wait {
+        return Ok(json!({ "batch": batch }));
+    }
+    let bars = indicatif::MultiProgress::new();
+    if !show_progress {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:24} [{bar:32}] {percent:>3}% {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let mut per_host: HashMap<String, ProgressBar> = HashMap::new();
+    loop {
+        let batch = client.get(&format!("/v1/tasks/{id}?wait=1")).await?;
+        let pulls = client.get(&format!("/v1/tasks?parent_id={id}&limit=1000")).await?;
+        for pull in pulls.as_array().into_iter().flatten() {
+            let key = pull["id"].as_str().unwrap_or_default().to_owned();
+            let bar = per_host.entry(key).or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new(1000));
+                bar.set_style(style.clone());
+                bar.set_prefix(pull["input"]["host"].as_str().unwrap_or("host").to_owned());
+                bar
+            });
+            bar.set_position((pull["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
+            let state = pull["state"].as_str().unwrap_or("");
+            let detail = match state {
+                "failed" => pull["error"]["message"].as_str().unwrap_or("").to_owned(),
+                "succeeded" if pull["result"]["already_cached"] == true => "already cached".to_owned(),
+                _ => pull["message"].as_str().unwrap_or("").to_owned(),
+            };
+            bar.set_message(format!("{state} {detail}"));
+            if state == "succeeded" {
+                bar.set_position(1000);
+            }
+        }
+        if matches!(batch["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            for bar in per_host.values() {
+                bar.abandon();
+            }
+            return Ok(json!({ "batch": batch, "pulls": pulls }));
+        }
+    }
+}

@@ -9,15 +9,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::providers::{
-    cached_templates_from_driver, disk_format_to_driver, instance_state_from_driver, is_conflict, is_not_found,
-    task_error_from_call,
-};
+use super::distribution::template_ref;
+use super::providers::{instance_state_from_driver, is_conflict, is_not_found, task_error_from_call};
 use super::{Service, ServiceError};
 use crate::config::MAX_STOP_GRACE_SECS;
 use crate::model::{ExecOutcome, Host, Instance, InstanceState, NewEvent, Task, TaskError, TaskKind, TaskState};
 use crate::plugins::driver_types as driver;
-use crate::plugins::{ByteSource, CallError, Driver, progress};
+use crate::plugins::{CallError, Driver, progress};
 use crate::store;
 use crate::tasks::{FinalWrite, TaskContext, TaskHandler, TaskOutcome};
 
@@ -50,6 +48,7 @@ impl TaskHandler for LifecycleHandler {
                 TaskKind::SnapshotDelete => self.service.run_delete_snapshot(instance_id, &task).await,
                 TaskKind::InstanceDelete => self.service.run_delete(instance_id, task.id, &context).await,
                 TaskKind::TemplateRemoveFromHost => self.service.run_remove_template_from_host(object_id, &task).await,
+                TaskKind::TemplatePullToHost => self.service.run_pull_to_host(object_id, &task, &context).await,
                 TaskKind::Batch => Err(Step::Failed(failure("invalid_task", "batches do not run"))),
             }
         };
@@ -186,31 +185,26 @@ impl Service {
         let version = template.as_ref().and_then(|template| {
             template.versions.iter().find(|version| Some(version.number) == instance.template_version)
         });
-        let template_ref = driver::TemplateRef {
-            name: template.as_ref().map(|template| template.name.clone()).unwrap_or_default(),
-            version: instance.template_version.unwrap_or(0),
-            tag: version.map(|version| version.tag.clone()).unwrap_or_default(),
-            size_bytes: version.map_or(0, |version| version.size_bytes),
-            format: version.map_or(driver::DiskFormat::Raw, |version| disk_format_to_driver(version.format)),
+        let template_ref = match &template {
+            Some(template) => template_ref(template, version),
+            None => driver::TemplateRef {
+                name: String::new(),
+                version: 0,
+                tag: String::new(),
+                size_bytes: 0,
+                format: driver::DiskFormat::Raw,
+            },
         };
         let id = instance.provider_instance_id();
-
-        let cached = host
-            .cached_templates
-            .iter()
-            .any(|cached| cached.name == template_ref.name && cached.version == template_ref.version);
-        if !cached && driver.capabilities().templates {
-            self.set_state(instance, InstanceState::Pulling, json!({ "host": host.name })).await?;
-            let image = match (&template, version) {
-                (Some(template), Some(version)) => self.template_image_source(template, version).await?,
-                _ => ByteSource::empty(),
-            };
-            let image_bytes = image.delivered();
-            let pulled = driver
-                .pull_template(&host.name, template_ref.clone(), image)
-                .await
-                .map_err(|error| Step::Failed(task_error_from_call("pull-template", &error)))?;
-            self.record_cached_template(host.id, pulled, image_bytes.get()).await?;
+        if let Some(template) = &template {
+            let cached = host
+                .cached_templates
+                .iter()
+                .any(|cached| cached.name == template_ref.name && cached.version == template_ref.version);
+            if !cached && driver.capabilities().templates {
+                self.set_state(instance, InstanceState::Pulling, json!({ "host": host.name })).await?;
+            }
+            self.ensure_cached(&host, &driver, template, version, None).await?;
         }
         check_cancelled(context)?;
 
@@ -306,39 +300,6 @@ impl Service {
     }
 
     /// Records a template the driver pulled, with how many image bytes it read.
-    async fn record_cached_template(
-        &self,
-        host_id: Uuid,
-        pulled: driver::CachedTemplate,
-        image_bytes_read: u64,
-    ) -> StepResult<()> {
-        let mut transaction = self.store().begin().await?;
-        let mut host = store::hosts::get(&mut transaction, host_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("host", host_id))?;
-        let pulled = cached_templates_from_driver(std::slice::from_ref(&pulled));
-        for template in pulled {
-            if !host
-                .cached_templates
-                .iter()
-                .any(|cached| cached.name == template.name && cached.version == template.version)
-            {
-                host.cached_templates.push(template.clone());
-                transaction
-                    .append_event(NewEvent::new("host.template_cached", "host", host_id).data(json!({
-                        "template": template.name,
-                        "version": template.version,
-                        "image_bytes_read": image_bytes_read,
-                    })))
-                    .await?;
-            }
-        }
-        host.updated_at = store::now();
-        store::hosts::update_cached_templates(&mut transaction, &host).await?;
-        transaction.commit().await?;
-        Ok(())
-    }
-
     async fn run_start(&self, id: Uuid) -> StepResult<Value> {
         let mut instance = self.load_instance(id).await?;
         let (_, driver) = self.placement_of(&instance).await?;

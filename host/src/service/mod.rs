@@ -2,6 +2,7 @@
 //! CLI) calls. It validates requests, owns transactions (state change + event together),
 //! creates tasks and runs them through the drivers.
 
+mod distribution;
 mod groups;
 mod host_templates;
 mod hosts;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use distribution::DistributeRequest;
 pub use groups::{GroupPatch, NewGroup};
 pub use hosts::HostPatch;
 pub use identity::{

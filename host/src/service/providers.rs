@@ -233,7 +233,11 @@ pub(super) fn disk_format_to_driver(format: model::DiskFormat) -> driver::DiskFo
     }
 }
 
-pub(super) fn cached_templates_from_driver(templates: &[driver::CachedTemplate]) -> Vec<CachedTemplate> {
+/// What a driver reports cached, keeping when each was last used from `previous`.
+pub(super) fn cached_templates_from_driver(
+    templates: &[driver::CachedTemplate],
+    previous: &[CachedTemplate],
+) -> Vec<CachedTemplate> {
     templates
         .iter()
         .map(|template| CachedTemplate {
@@ -241,6 +245,10 @@ pub(super) fn cached_templates_from_driver(templates: &[driver::CachedTemplate])
             version: template.version,
             tag: template.tag.clone(),
             size_bytes: template.size_bytes,
+            last_used_at: previous
+                .iter()
+                .find(|known| known.name == template.name && known.version == template.version)
+                .and_then(|known| known.last_used_at),
         })
         .collect()
 }

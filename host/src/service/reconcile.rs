@@ -94,7 +94,7 @@ impl Service {
                         labels: Default::default(),
                         groups: Vec::new(),
                         usb_devices: Default::default(),
-                        cached_templates: cached_templates_from_driver(&report.cached_templates),
+                        cached_templates: cached_templates_from_driver(&report.cached_templates, &[]),
                         last_report_at: Some(now),
                         created_at: now,
                         updated_at: now,
@@ -114,7 +114,8 @@ impl Service {
                     host.ram_mb = report.ram_mb;
                     host.disk_gb = report.disk_gb;
                     host.hypervisor = report.hypervisor.clone();
-                    host.cached_templates = cached_templates_from_driver(&report.cached_templates);
+                    host.cached_templates =
+                        cached_templates_from_driver(&report.cached_templates, &existing.cached_templates);
                     host.last_report_at = Some(now);
                     host.updated_at = now;
                     store::hosts::update_report(&mut transaction, &host, reported_state).await?;

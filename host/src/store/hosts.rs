@@ -37,6 +37,7 @@ fn from_row(row: &SqliteRow) -> StoreResult<Host> {
             max_instances: row.try_get("max_instances")?,
             vcpu: row.try_get("vcpu_limit")?,
             ram_mb: row.try_get::<Option<i64>, _>("ram_limit_mb")?.map(|ram| ram as u64),
+            template_cache_mb: row.try_get::<Option<i64>, _>("template_cache_mb")?.map(|mib| mib as u64),
         },
         usage: Usage {
             instances: row.try_get("used_instances")?,
@@ -153,9 +154,9 @@ pub async fn by_provider(connection: &mut SqliteConnection, provider: &str) -> S
 pub async fn insert(connection: &mut SqliteConnection, host: &Host) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO hosts (id, provider, name, arch, cpu, ram_mb, disk_gb, hypervisor, state, draining, maintenance, \
-            capacity_mode, usb_devices, max_instances, vcpu_limit, ram_limit_mb, labels, cached_templates, \
-            last_report_at, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            capacity_mode, usb_devices, max_instances, vcpu_limit, ram_limit_mb, template_cache_mb, labels, \
+            cached_templates, last_report_at, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(host.id.to_string())
     .bind(&host.provider)
@@ -173,6 +174,7 @@ pub async fn insert(connection: &mut SqliteConnection, host: &Host) -> StoreResu
     .bind(host.capacity.max_instances)
     .bind(host.capacity.vcpu)
     .bind(host.capacity.ram_mb.map(|ram| ram as i64))
+    .bind(host.capacity.template_cache_mb.map(|mib| mib as i64))
     .bind(to_json(&host.labels))
     .bind(to_json(&host.cached_templates))
     .bind(host.last_report_at.as_ref().map(format_time))
@@ -213,7 +215,7 @@ pub async fn update_report(
 pub async fn update_settings(connection: &mut SqliteConnection, host: &Host) -> StoreResult<()> {
     sqlx::query(
         "UPDATE hosts SET draining = ?, maintenance = ?, capacity_mode = ?, usb_devices = ?, max_instances = ?, \
-            vcpu_limit = ?, ram_limit_mb = ?, labels = ?, updated_at = ? WHERE id = ?",
+            vcpu_limit = ?, ram_limit_mb = ?, template_cache_mb = ?, labels = ?, updated_at = ? WHERE id = ?",
     )
     .bind(host.draining)
     .bind(host.maintenance)
@@ -222,6 +224,7 @@ pub async fn update_settings(connection: &mut SqliteConnection, host: &Host) -> 
     .bind(host.capacity.max_instances)
     .bind(host.capacity.vcpu)
     .bind(host.capacity.ram_mb.map(|ram| ram as i64))
+    .bind(host.capacity.template_cache_mb.map(|mib| mib as i64))
     .bind(to_json(&host.labels))
     .bind(format_time(&host.updated_at))
     .bind(host.id.to_string())
@@ -278,7 +281,7 @@ mod tests {
             hypervisor: "test".into(),
             state: HostState::Active,
             draining: false,
-            capacity: Capacity { mode, max_instances: Some(2), vcpu: None, ram_mb: None },
+            capacity: Capacity { mode, max_instances: Some(2), vcpu: None, ram_mb: None, template_cache_mb: None },
             usage,
             utilization: 0.0,
             maintenance: false,

@@ -178,6 +178,22 @@ pub async fn count_using_template_versions(
     Ok(count as u64)
 }
 
+/// The templates (name, version) live instances on the host use.
+pub async fn templates_in_use_on_host(
+    connection: &mut SqliteConnection,
+    host_id: Uuid,
+) -> StoreResult<std::collections::HashSet<(String, u32)>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT DISTINCT templates.name, instances.template_version FROM instances \
+         JOIN templates ON templates.id = instances.template_id \
+         WHERE instances.host_id = ? AND instances.state != 'terminated' AND instances.template_version IS NOT NULL",
+    )
+    .bind(host_id.to_string())
+    .fetch_all(connection)
+    .await?;
+    Ok(rows.into_iter().map(|(name, version)| (name, version as u32)).collect())
+}
+
 /// Writes every mutable column of the instance.
 pub async fn update(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
     sqlx::query(

@@ -99,6 +99,7 @@ pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(registry::get_manifest, registry::commit_manifest))
         .routes(routes!(registry::missing_chunks))
         .routes(routes!(registry::revert))
+        .routes(routes!(registry::distribute))
         .routes(routes!(registry::collect_garbage))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         // Streamed or limited by their handlers.

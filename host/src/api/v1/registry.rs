@@ -11,12 +11,16 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::WaitParams;
+use super::instances::respond_after_wait;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::{JsonBody, QueryParams};
 use crate::auth::Caller;
-use crate::model::{DISK_FILE_NAME, FileKind, Template};
-use crate::service::{ChunkQuery, FileDownload, FileManifest, FilePushed, GarbageCollected, RequestedRange};
+use crate::model::{DISK_FILE_NAME, FileKind, Task, Template};
+use crate::service::{
+    ChunkQuery, DistributeRequest, FileDownload, FileManifest, FilePushed, GarbageCollected, RequestedRange,
+};
 
 /// Parses a version number path segment, naming it when it is not one.
 fn parse_version_number(template: &str, text: &str) -> ApiResult<u32> {
@@ -266,6 +270,25 @@ pub(super) async fn revert(
     JsonBody(request): JsonBody<RevertRequest>,
 ) -> ApiResult<Json<Template>> {
     Ok(Json(state.service.revert_template(&caller, &id, request.tag.as_deref()).await?))
+}
+
+/// Pulls a version (default: the latest) onto hosts — `hosts`, a node `group`, or every active
+/// host: a batch task with one `template.pull_to_host` task per host, each with its progress
+/// and error. `DELETE /v1/tasks/{id}` on the batch cancels the pulls.
+#[utoipa::path(post, path = "/v1/templates/{id}/distribute", tag = "registry", request_body = DistributeRequest,
+    params(WaitParams),
+    responses((status = 202, body = Task), (status = 200, body = Task), (status = 404, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn distribute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(params): QueryParams<WaitParams>,
+    JsonBody(request): JsonBody<DistributeRequest>,
+) -> ApiResult<Response> {
+    let wait = params.duration()?;
+    let task = state.service.distribute_template(&caller, &id, request).await?;
+    respond_after_wait(&state, &caller, task, wait).await
 }
 
 /// `POST /v1/registry/gc` parameters.

@@ -2,6 +2,7 @@
 //! component, without HTTP. Reconciliation, cancellation, failures and host settings here;
 //! the template registry, instance operations and templates cached on hosts in their own modules.
 
+mod distribution;
 mod host_templates;
 mod identity;
 mod instance_operations;
