@@ -24,7 +24,7 @@ pub struct Fixture {
 impl Fixture {
     async fn pull(&self, template: &TemplateRef) -> Result<CachedTemplate, CallError> {
         let image = ByteSource::open_file(&self.image, "the conformance image").await.expect("the image opens");
-        self.driver.pull_template(&self.host, template.clone(), image).await
+        self.driver.pull_template(&self.host, template.clone(), image, None).await
     }
 }
 

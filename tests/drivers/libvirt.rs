@@ -161,7 +161,7 @@ async fn one_provider_spans_several_libvirt_hosts_one_endpoint_each() {
 
     // The template reaches the QEMU host through a real upload; the test host has it already.
     let image = hyperplane::plugins::ByteSource::open_file(&crate::scratch_image(), "the image").await.expect("opens");
-    driver.pull_template("qemu-unix", template.clone(), image).await.expect("uploaded to the QEMU host");
+    driver.pull_template("qemu-unix", template.clone(), image, None).await.expect("uploaded to the QEMU host");
     let mut specs = Vec::new();
     for host in ["test-tcp", "qemu-unix"] {
         let spec = conformance::spec_on(host, &template);

@@ -1,15 +1,17 @@
-//! Host bindings of the `hyperplane:driver/driver@0.2.0`, `hyperplane:auth/auth-scheme@0.1.0` and
+//! Host bindings of the `hyperplane:driver/driver@0.3.0`, `hyperplane:auth/auth-scheme@0.1.0` and
 //! `hyperplane:storage/storage@0.1.0` worlds, generated from `wit/`: never edit by hand. The host supports these versions of the
 //! contracts; `version` refuses components that export another one.
 
 wasmtime::component::bindgen!({
-    path: ["../wit/host/0.1.0", "../wit/driver/0.2.0"],
+    path: ["../wit/host/0.1.0", "../wit/driver/0.3.0"],
     world: "hyperplane:driver/driver",
     imports: { default: async | trappable },
     exports: { default: async },
     with: {
         "hyperplane:host/endpoints.connection": super::endpoints::EndpointConnection,
         "hyperplane:driver/transfer.byte-source": super::transfer::ByteSource,
+        "hyperplane:driver/transfer.image-delta": super::transfer::ImageDelta,
+        "hyperplane:driver/transfer.byte-sink": super::storage::StorageSink,
     },
     additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
 });

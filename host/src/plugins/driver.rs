@@ -1,4 +1,4 @@
-//! A loaded driver provider: a pool of component instances of the `driver@0.2.0` world behind
+//! A loaded driver provider: a pool of component instances of the `driver@0.3.0` world behind
 //! typed async calls, each with a deadline, a memory cap and a response-size limit (see
 //! `pool.rs` for how instances are pooled, reused and discarded).
 
@@ -11,8 +11,8 @@ use wasmtime::component::{Instance as ComponentInstance, InstancePre, Linker};
 use super::bindings;
 use super::component_cache::CacheOutcome;
 use super::driver_types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, HostReport, Instance, InstanceSpec,
-    Snapshot, TemplateRef,
+    CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, ExportedDisk, HostReport, Instance,
+    InstanceSpec, Snapshot, TemplateRef,
 };
 use super::errors::{CallError, LoadError};
 use super::http::OutgoingHttpAllowList;
@@ -20,8 +20,9 @@ use super::pool::{GuestExports, InstancePool, PoolSettings, PoolStatistics};
 use super::runtime::{PluginRuntime, RuntimeShared};
 use super::settings::ProviderSettings;
 use super::state::PluginStateStore;
+use super::storage::StorageSink;
 use super::store_data::{ProviderContext, StoreData};
-use super::transfer::ByteSource;
+use super::transfer::{ByteSource, ImageDelta};
 use super::version::check_driver_exports;
 
 impl From<DriverError> for CallError {
@@ -43,7 +44,7 @@ impl GuestExports for bindings::Hypervisor {
     }
 
     fn world() -> &'static str {
-        "hyperplane:driver@0.2.0"
+        "hyperplane:driver@0.3.0"
     }
 
     fn indices(instance_pre: &InstancePre<StoreData>) -> wasmtime::Result<Self::Indices> {
@@ -246,19 +247,48 @@ impl Driver {
             .await
     }
 
-    /// Hands `image` to the driver as a `transfer.byte-source`. The call's deadline is the
+    /// Hands `image` to the driver as a `transfer.byte-source`, and `delta` (the same image as
+    /// changes to a version the driver may have) when there is one. The call's deadline is the
     /// provider's call timeout plus the image's size at [`super::MIN_TRANSFER_BYTES_PER_SEC`].
     pub async fn pull_template(
         &self,
         host: &str,
         template: TemplateRef,
         image: ByteSource,
+        delta: Option<ImageDelta>,
     ) -> Result<CachedTemplate, CallError> {
         let timeout = self.pool.call_timeout.saturating_add(image.transfer_allowance());
         self.pool
             .call_within("pull-template", timeout, move |mut instance| async move {
-                let result = match instance.store.data_mut().table.push(image) {
-                    Ok(image) => instance.exports.call_pull_template(&mut instance.store, host, &template, image).await,
+                let table = &mut instance.store.data_mut().table;
+                let pushed =
+                    table.push(image).and_then(|image| Ok((image, delta.map(|delta| table.push(delta)).transpose()?)));
+                let result = match pushed {
+                    Ok((image, delta)) => {
+                        instance.exports.call_pull_template(&mut instance.store, host, &template, image, delta).await
+                    }
+                    Err(error) => Err(error.into()),
+                };
+                (instance, result)
+            })
+            .await
+    }
+
+    /// Has the driver write the instance's disk into `sink` as one standalone image. The call's
+    /// deadline is the provider's call timeout plus `expected_bytes` at
+    /// [`super::MIN_TRANSFER_BYTES_PER_SEC`].
+    pub async fn export_disk(
+        &self,
+        id: &str,
+        sink: StorageSink,
+        expected_bytes: u64,
+    ) -> Result<ExportedDisk, CallError> {
+        let allowance = Duration::from_secs_f64(expected_bytes as f64 / super::MIN_TRANSFER_BYTES_PER_SEC as f64);
+        let timeout = self.pool.call_timeout.saturating_add(allowance);
+        self.pool
+            .call_within("export-disk", timeout, move |mut instance| async move {
+                let result = match instance.store.data_mut().table.push(sink) {
+                    Ok(sink) => instance.exports.call_export_disk(&mut instance.store, id, sink).await,
                     Err(error) => Err(error.into()),
                 };
                 (instance, result)

@@ -44,15 +44,15 @@ pub use storage::{
     BlobStore, MAX_STREAM_PIECE_BYTES, SinkBuffer, StorageSettings, StorageSink, StorageSource, describe_storage_error,
 };
 pub use store_data::GRANTED_DIRECTORY_GUEST_PATH;
-pub use transfer::{ByteSource, DeliveredBytes, MAX_TRANSFER_READ_BYTES, MIN_TRANSFER_BYTES_PER_SEC};
+pub use transfer::{ByteSource, DeliveredBytes, ImageDelta, MAX_TRANSFER_READ_BYTES, MIN_TRANSFER_BYTES_PER_SEC};
 pub use version::{SUPPORTED_AUTH_VERSION, SUPPORTED_DRIVER_VERSION, SUPPORTED_STORAGE_VERSION};
 
-/// The plain data types of `hyperplane:driver/types@0.2.0`, generated from the WIT.
+/// The plain data types of `hyperplane:driver/types@0.3.0`, generated from the WIT.
 pub mod driver_types {
     pub use super::bindings::hyperplane::driver::types::{
-        Arch, BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, DiskFormat, Error,
-        Error as DriverError, ExecResult, HostReport, HostState, Instance, InstanceSpec, InstanceState, KeyValue,
-        Snapshot, TemplateRef,
+        Arch, BackendError, ByteSpan, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, DiskFormat,
+        Error, Error as DriverError, ExecResult, ExportedDisk, HostReport, HostState, Instance, InstanceSpec,
+        InstanceState, KeyValue, Snapshot, TemplateRef,
     };
 }
 

@@ -50,7 +50,7 @@ pub(crate) trait GuestExports: Sized + Send + 'static {
     /// Refuses a component that does not export this world's interface in the supported
     /// version, before linking it.
     fn check_exports<'a>(label: &str, export_names: impl Iterator<Item = &'a str>) -> Result<(), LoadError>;
-    /// The world, for link errors: `hyperplane:driver@0.2.0`.
+    /// The world, for link errors: `hyperplane:driver@0.3.0`.
     fn world() -> &'static str;
     fn indices(instance_pre: &InstancePre<StoreData>) -> wasmtime::Result<Self::Indices>;
     fn load(indices: &Self::Indices, store: &mut Store<StoreData>, instance: &Instance) -> wasmtime::Result<Self>;

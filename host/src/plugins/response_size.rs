@@ -6,7 +6,8 @@ use std::mem::size_of;
 use super::storage_types::{Error as StorageError, ObjectInfo, ObjectPage, StoreInfo};
 
 use super::driver_types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, DriverError, ExecResult, HostReport, Instance, Snapshot, TemplateRef,
+    CachedTemplate, Capabilities, ConsoleEndpoint, DiskFormat, DriverError, ExecResult, ExportedDisk, HostReport,
+    Instance, Snapshot, TemplateRef,
 };
 
 pub(crate) trait EstimatedSize {
@@ -23,7 +24,7 @@ macro_rules! fixed_size {
     )*};
 }
 
-fixed_size!((), bool, u16, u32, u64, i32, i64, Capabilities);
+fixed_size!((), bool, u16, u32, u64, i32, i64, Capabilities, DiskFormat);
 
 impl EstimatedSize for String {
     fn estimated_size_bytes(&self) -> usize {
@@ -71,6 +72,7 @@ record_size!(
     ExecResult { stdout, stderr, exit_code, timed_out },
     ConsoleEndpoint { host, port, password },
     Snapshot { name, description, created_at },
+    ExportedDisk { format, size_bytes },
 );
 
 record_size!(ObjectInfo { key, size, modified_ms }, ObjectPage { objects, next_cursor }, StoreInfo { location });

@@ -309,7 +309,14 @@ impl StorageSink {
         self.written.clone()
     }
 
-    async fn write_piece(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+    /// Ends the stream for a reader on the other side of a writer sink.
+    pub(super) async fn finish(&mut self) {
+        if let SinkTarget::Writer(writer) = &mut self.target {
+            let _ = writer.shutdown().await;
+        }
+    }
+
+    pub(super) async fn write_piece(&mut self, bytes: Vec<u8>) -> Result<(), String> {
         if bytes.len() > MAX_STREAM_PIECE_BYTES as usize {
             return Err(format!("a write may carry at most {MAX_STREAM_PIECE_BYTES} bytes"));
         }
@@ -353,11 +360,8 @@ impl HostByteSink for StoreData {
     }
 
     async fn drop(&mut self, sink: Resource<StorageSink>) -> wasmtime::Result<()> {
-        let mut sink = self.table.delete(sink)?;
-        if let SinkTarget::Writer(writer) = &mut sink.target {
-            // Ends the stream for the reader on the other side.
-            let _ = writer.shutdown().await;
-        }
+        self.table.get_mut(&sink)?.finish().await;
+        self.table.delete(sink)?;
         Ok(())
     }
 }

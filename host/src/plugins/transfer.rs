@@ -1,5 +1,6 @@
-//! `hyperplane:driver/transfer`: byte streams the host hands to a driver, such as a template's
-//! image in `pull-template`. The host owns the data: a [`ByteSource`] reads a file or any reader
+//! `hyperplane:driver/transfer`: byte streams between the host and a driver — a template's image
+//! (whole, or as an [`ImageDelta`] against a version the driver has) in `pull-template`, and the
+//! sink an instance's disk is written into in `export-disk`. The host owns the data: a [`ByteSource`] reads a file or any reader
 //! (or nothing) asynchronously, at most [`MAX_TRANSFER_READ_BYTES`] per `read`, so one read never
 //! costs the guest more than that much memory; the guest's memory cap bounds the rest.
 
@@ -12,7 +13,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use wasmtime::component::Resource;
 
-use super::bindings::hyperplane::driver::transfer::{Host, HostByteSource};
+use super::bindings::hyperplane::driver::transfer::{Host, HostByteSink, HostByteSource, HostImageDelta};
+use super::bindings::hyperplane::driver::types::{ByteSpan, TemplateRef};
+use super::storage::StorageSink;
 use super::store_data::StoreData;
 
 /// Largest chunk one `read` returns.
@@ -121,7 +124,82 @@ impl ByteSource {
     }
 }
 
+/// A new template image as changes to a base version: the spans that differ and a reader of
+/// their bytes, in order.
+pub struct ImageDelta {
+    base: TemplateRef,
+    size: u64,
+    changes: Vec<ByteSpan>,
+    changed_bytes: ByteSource,
+}
+
+impl std::fmt::Debug for ImageDelta {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ImageDelta")
+            .field("base", &self.base.name)
+            .field("base_version", &self.base.version)
+            .field("size", &self.size)
+            .field("changes", &self.changes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageDelta {
+    /// `changes` (ascending, not overlapping) of an image of `size` bytes built on `base`;
+    /// `changed_bytes` yields exactly the bytes of `changes`, in order.
+    pub fn new(base: TemplateRef, size: u64, changes: Vec<ByteSpan>, changed_bytes: ByteSource) -> ImageDelta {
+        ImageDelta { base, size, changes, changed_bytes }
+    }
+
+    /// Counts the changed bytes the driver reads.
+    pub fn delivered(&self) -> DeliveredBytes {
+        self.changed_bytes.delivered()
+    }
+
+    /// Extra time a call that reads the delta gets on top of its call timeout.
+    pub fn transfer_allowance(&self) -> Duration {
+        self.changed_bytes.transfer_allowance()
+    }
+}
+
 impl Host for StoreData {}
+
+impl HostImageDelta for StoreData {
+    async fn base(&mut self, delta: Resource<ImageDelta>) -> wasmtime::Result<TemplateRef> {
+        Ok(self.table.get(&delta)?.base.clone())
+    }
+
+    async fn size(&mut self, delta: Resource<ImageDelta>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&delta)?.size)
+    }
+
+    async fn changes(&mut self, delta: Resource<ImageDelta>) -> wasmtime::Result<Vec<ByteSpan>> {
+        Ok(self.table.get(&delta)?.changes.clone())
+    }
+
+    async fn read(&mut self, delta: Resource<ImageDelta>, max: u32) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        Ok(self.table.get_mut(&delta)?.changed_bytes.read_chunk(max).await)
+    }
+
+    async fn drop(&mut self, delta: Resource<ImageDelta>) -> wasmtime::Result<()> {
+        self.table.delete(delta)?;
+        Ok(())
+    }
+}
+
+/// A driver writes an instance's disk into the same sink storage plugins read objects into.
+impl HostByteSink for StoreData {
+    async fn write(&mut self, sink: Resource<StorageSink>, bytes: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.table.get_mut(&sink)?.write_piece(bytes).await)
+    }
+
+    async fn drop(&mut self, sink: Resource<StorageSink>) -> wasmtime::Result<()> {
+        self.table.get_mut(&sink)?.finish().await;
+        self.table.delete(sink)?;
+        Ok(())
+    }
+}
 
 impl HostByteSource for StoreData {
     async fn size(&mut self, source: Resource<ByteSource>) -> wasmtime::Result<u64> {

@@ -3,8 +3,8 @@
 
 use super::errors::LoadError;
 
-/// The version of `hyperplane:driver` this host binds (`wit/driver/0.2.0`).
-pub const SUPPORTED_DRIVER_VERSION: &str = "0.2.0";
+/// The version of `hyperplane:driver` this host binds (`wit/driver/0.3.0`).
+pub const SUPPORTED_DRIVER_VERSION: &str = "0.3.0";
 /// Export names of the driver interface start with this, followed by the version.
 const DRIVER_INTERFACE_PREFIX: &str = "hyperplane:driver/hypervisor@";
 
@@ -90,20 +90,20 @@ mod tests {
 
     #[test]
     fn only_the_supported_driver_version_is_accepted() {
-        check(&["hyperplane:driver/hypervisor@0.2.0"], None);
-        check(&["wasi:cli/run@0.2.0", "hyperplane:driver/hypervisor@0.2.0"], None);
+        check(&["hyperplane:driver/hypervisor@0.3.0"], None);
+        check(&["wasi:cli/run@0.2.0", "hyperplane:driver/hypervisor@0.3.0"], None);
         check(
-            &["hyperplane:driver/hypervisor@0.1.0"],
+            &["hyperplane:driver/hypervisor@0.2.0"],
             Some(
-                "component driver.wasm exports hyperplane:driver/hypervisor@0.1.0, but this host supports only \
-                 @0.2.0; rebuild the driver against wit/driver/0.2.0",
+                "component driver.wasm exports hyperplane:driver/hypervisor@0.2.0, but this host supports only \
+                 @0.3.0; rebuild the driver against wit/driver/0.3.0",
             ),
         );
         check(
-            &["hyperplane:driver/hypervisor@0.3.0-rc1"],
+            &["hyperplane:driver/hypervisor@0.4.0-rc1"],
             Some(
-                "component driver.wasm exports hyperplane:driver/hypervisor@0.3.0-rc1, but this host supports \
-                 only @0.2.0; rebuild the driver against wit/driver/0.2.0",
+                "component driver.wasm exports hyperplane:driver/hypervisor@0.4.0-rc1, but this host supports \
+                 only @0.3.0; rebuild the driver against wit/driver/0.3.0",
             ),
         );
         check(

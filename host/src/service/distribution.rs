@@ -196,7 +196,7 @@ impl Service {
         };
         let size = image.size();
         let delivered = image.delivered();
-        let pull = driver.pull_template(&host.name, template_ref, image);
+        let pull = driver.pull_template(&host.name, template_ref, image, None);
         let pulled = match context {
             Some(context) => {
                 let mut pull = std::pin::pin!(pull);

@@ -10,10 +10,10 @@ use std::rc::Rc;
 use hyperplane_guest::Guest;
 use hyperplane_guest::endpoints::{self, Connection, EndpointError};
 use hyperplane_guest::state::HostStore;
-use hyperplane_guest::transfer::ByteSource;
+use hyperplane_guest::transfer::{ByteSink, ByteSource, ImageDelta};
 use hyperplane_guest::types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, HostReport, Instance, InstanceSpec, Snapshot,
-    TemplateRef,
+    CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, ExportedDisk, HostReport, Instance, InstanceSpec,
+    Snapshot, TemplateRef,
 };
 
 use crate::config::Settings;
@@ -164,7 +164,12 @@ impl Guest for LibvirtComponent {
         driver()?.list_templates(&host)
     }
 
-    fn pull_template(host: String, template: TemplateRef, image: ByteSource) -> Result<CachedTemplate, Error> {
+    fn pull_template(
+        host: String,
+        template: TemplateRef,
+        image: ByteSource,
+        _delta: Option<ImageDelta>,
+    ) -> Result<CachedTemplate, Error> {
         driver()?.pull_template(&host, &template, &mut HostImage(&image))
     }
 
@@ -194,6 +199,10 @@ impl Guest for LibvirtComponent {
 
     fn delete_snapshot(id: String, name: String) -> Result<(), Error> {
         driver()?.delete_snapshot(&id, &name)
+    }
+
+    fn export_disk(_id: String, _sink: &ByteSink) -> Result<ExportedDisk, Error> {
+        Err(Error::Unsupported("export-disk is not implemented by driver-libvirt yet".into()))
     }
 }
 

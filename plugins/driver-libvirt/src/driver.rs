@@ -226,7 +226,15 @@ pub struct LibvirtDriver<C: Connector, Store: KeyValueStore> {
 }
 
 pub fn capabilities() -> Capabilities {
-    Capabilities { exec: false, console: true, templates: true, snapshots: true, suspend: true }
+    Capabilities {
+        exec: false,
+        console: true,
+        templates: true,
+        snapshots: true,
+        suspend: true,
+        delta_pull: false,
+        export_disk: false,
+    }
 }
 
 /// Instance ids become domain and file names: letters, digits, `-`, `_`, `.`; at most 128.

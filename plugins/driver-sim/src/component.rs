@@ -5,10 +5,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use hyperplane_guest::Guest;
 use hyperplane_guest::state::HostStore;
-use hyperplane_guest::transfer::ByteSource;
+use hyperplane_guest::transfer::{ByteSink, ByteSource, ImageDelta};
 use hyperplane_guest::types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, HostReport, Instance, InstanceSpec, Snapshot,
-    TemplateRef,
+    CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, ExportedDisk, HostReport, Instance, InstanceSpec,
+    Snapshot, TemplateRef,
 };
 
 use crate::config::Settings;
@@ -84,7 +84,12 @@ impl Guest for SimulatedDriver {
         simulator()?.list_templates(&host)
     }
 
-    fn pull_template(host: String, template: TemplateRef, image: ByteSource) -> Result<CachedTemplate, Error> {
+    fn pull_template(
+        host: String,
+        template: TemplateRef,
+        image: ByteSource,
+        _delta: Option<ImageDelta>,
+    ) -> Result<CachedTemplate, Error> {
         simulator()?.pull_template(&host, &template, &image)
     }
 
@@ -114,6 +119,10 @@ impl Guest for SimulatedDriver {
 
     fn delete_snapshot(id: String, name: String) -> Result<(), Error> {
         simulator()?.delete_snapshot(&id, &name)
+    }
+
+    fn export_disk(_id: String, _sink: &ByteSink) -> Result<ExportedDisk, Error> {
+        Err(Error::Unsupported("export-disk is not simulated yet".into()))
     }
 }
 

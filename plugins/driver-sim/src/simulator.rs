@@ -77,7 +77,15 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
     }
 
     pub fn capabilities() -> Capabilities {
-        Capabilities { exec: true, console: true, templates: true, snapshots: true, suspend: true }
+        Capabilities {
+            exec: true,
+            console: true,
+            templates: true,
+            snapshots: true,
+            suspend: true,
+            delta_pull: false,
+            export_disk: false,
+        }
     }
 
     pub fn list_hosts(&self) -> Result<Vec<HostReport>, Error> {

@@ -32,12 +32,12 @@ pub mod storage;
 
 pub use config::config;
 
-/// Bindings for the `hyperplane:driver/driver@0.2.0` world, generated from `wit/`.
+/// Bindings for the `hyperplane:driver/driver@0.3.0` world, generated from `wit/`.
 #[allow(unsafe_code, clippy::all)]
 pub mod driver_bindings {
     wit_bindgen::generate!({
-        world: "hyperplane:driver/driver@0.2.0",
-        path: ["../../wit/host/0.1.0", "../../wit/driver/0.2.0"],
+        world: "hyperplane:driver/driver@0.3.0",
+        path: ["../../wit/host/0.1.0", "../../wit/driver/0.3.0"],
         generate_all,
         pub_export_macro: true,
         export_macro_name: "export_wasm_driver",
@@ -47,7 +47,7 @@ pub mod driver_bindings {
 
 /// `export_driver!(MyDriver)` exports a type implementing [`Guest`] as the component's
 /// `hyperplane:driver/hypervisor` interface. It expands to nothing on native targets, where
-/// the component's export names (`hyperplane:driver/hypervisor@0.2.0#init`, …) are not valid
+/// the component's export names (`hyperplane:driver/hypervisor@0.3.0#init`, …) are not valid
 /// symbols, so a driver crate still builds and unit-tests natively.
 #[macro_export]
 macro_rules! export_driver {

@@ -51,7 +51,7 @@ fn spec(id: &str, host: &str) -> InstanceSpec {
 /// The first simulated host, with the test template pulled onto it.
 async fn host_with_template(driver: &Driver) -> String {
     let host = driver.list_hosts().await.expect("hosts listed")[0].id.clone();
-    driver.pull_template(&host, template(), ByteSource::empty()).await.expect("template pulled");
+    driver.pull_template(&host, template(), ByteSource::empty(), None).await.expect("template pulled");
     host
 }
 
@@ -74,7 +74,7 @@ async fn lifecycle_round_trip_through_the_component() {
     let host = hosts[0].id.clone();
     let missing_template = driver.create_instance(spec("vm-1", &host)).await;
     assert!(matches!(missing_template, Err(CallError::Driver(DriverError::Conflict(_)))), "{missing_template:?}");
-    let pulled = driver.pull_template(&host, template(), ByteSource::empty()).await.expect("template pulled");
+    let pulled = driver.pull_template(&host, template(), ByteSource::empty(), None).await.expect("template pulled");
     assert_eq!((pulled.name.as_str(), pulled.version), ("ubuntu", 1));
     let cached = driver.list_templates(&host).await.expect("templates listed");
     assert_eq!(cached.iter().map(|template| template.name.as_str()).collect::<Vec<_>>(), vec!["ubuntu"]);
@@ -118,13 +118,13 @@ async fn pull_streams_the_image_file_to_the_driver() {
     let source = ByteSource::open_file(&path, "the image of ubuntu v1").await.expect("opens");
     let delivered = source.delivered();
     let qcow2 = TemplateRef { size_bytes: image.len() as u64, format: DiskFormat::Qcow2, ..template() };
-    let pulled = driver.pull_template(&host, qcow2.clone(), source).await.expect("pulled");
+    let pulled = driver.pull_template(&host, qcow2.clone(), source, None).await.expect("pulled");
     assert_eq!(pulled.size_bytes, image.len() as u64);
     assert_eq!(delivered.get(), image.len() as u64, "the driver read the whole image");
 
     let wrong_size = TemplateRef { version: 2, size_bytes: 5, ..qcow2 };
     let source = ByteSource::open_file(&path, "the image of ubuntu v2").await.expect("opens");
-    let refused = driver.pull_template(&host, wrong_size, source).await;
+    let refused = driver.pull_template(&host, wrong_size, source, None).await;
     assert!(
         matches!(&refused, Err(CallError::Driver(DriverError::Invalid(message))) if message.contains("declares 5 bytes")),
         "{refused:?}"

@@ -140,7 +140,7 @@ async fn a_driver_that_refuses_the_removal_fails_the_task_with_its_message() {
         size_bytes: 0,
         format: driver::DiskFormat::Raw,
     };
-    driver.pull_template("a", template_ref.clone(), ByteSource::empty()).await.expect("cached");
+    driver.pull_template("a", template_ref.clone(), ByteSource::empty(), None).await.expect("cached");
     let spec = driver::InstanceSpec {
         id: "stranger".into(),
         name: "stranger".into(),

@@ -133,7 +133,7 @@ async fn reconciliation_records_instances_gone_changed_or_appeared_behind_our_ba
         size_bytes: 0,
         format: driver::DiskFormat::Raw,
     };
-    driver.pull_template(&host, template_ref.clone(), ByteSource::empty()).await.expect("pulled");
+    driver.pull_template(&host, template_ref.clone(), ByteSource::empty(), None).await.expect("pulled");
     let spec = driver::InstanceSpec {
         id: "rogue-1".into(),
         name: "rogue".into(),
