@@ -1,5 +1,6 @@
 //! The component's export of `hyperplane:driver/hypervisor`: a [`Simulator`] over the host's
-//! state store, configured by `init`.
+//! state store, configured by `init`, and the simulator's transfer traits implemented for the
+//! host's `image-delta` and `byte-sink` resources.
 
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -7,13 +8,14 @@ use hyperplane_guest::Guest;
 use hyperplane_guest::state::HostStore;
 use hyperplane_guest::transfer::{ByteSink, ByteSource, ImageDelta};
 use hyperplane_guest::types::{
-    CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, ExportedDisk, HostReport, Instance, InstanceSpec,
-    Snapshot, TemplateRef,
+    ByteSpan, CachedTemplate, Capabilities, ConsoleEndpoint, Error, ExecResult, ExportedDisk, HostReport, Instance,
+    InstanceSpec, Snapshot, TemplateRef,
 };
 
 use crate::config::Settings;
 use crate::environment::SystemEnvironment;
 use crate::simulator::Simulator;
+use crate::transfer::{ByteWriter, DeltaReader};
 
 type ComponentSimulator = Simulator<HostStore, SystemEnvironment>;
 
@@ -88,9 +90,9 @@ impl Guest for SimulatedDriver {
         host: String,
         template: TemplateRef,
         image: ByteSource,
-        _delta: Option<ImageDelta>,
+        delta: Option<ImageDelta>,
     ) -> Result<CachedTemplate, Error> {
-        simulator()?.pull_template(&host, &template, &image)
+        simulator()?.pull_template(&host, &template, &image, delta.as_ref().map(|delta| delta as &dyn DeltaReader))
     }
 
     fn remove_template(host: String, template: TemplateRef) -> Result<(), Error> {
@@ -121,8 +123,32 @@ impl Guest for SimulatedDriver {
         simulator()?.delete_snapshot(&id, &name)
     }
 
-    fn export_disk(_id: String, _sink: &ByteSink) -> Result<ExportedDisk, Error> {
-        Err(Error::Unsupported("export-disk is not simulated yet".into()))
+    fn export_disk(id: String, sink: &ByteSink) -> Result<ExportedDisk, Error> {
+        simulator()?.export_disk(&id, sink)
+    }
+}
+
+impl DeltaReader for ImageDelta {
+    fn base(&self) -> TemplateRef {
+        ImageDelta::base(self)
+    }
+
+    fn size(&self) -> u64 {
+        ImageDelta::size(self)
+    }
+
+    fn changes(&self) -> Vec<ByteSpan> {
+        ImageDelta::changes(self)
+    }
+
+    fn read(&self, max: u32) -> Result<Vec<u8>, String> {
+        ImageDelta::read(self, max)
+    }
+}
+
+impl ByteWriter for ByteSink {
+    fn write(&self, bytes: &[u8]) -> Result<(), String> {
+        ByteSink::write(self, bytes)
     }
 }
 

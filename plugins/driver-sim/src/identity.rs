@@ -4,7 +4,7 @@
 //! minus network and broadcast octets, so collisions are rare below tens of thousands).
 
 /// FNV-1a: stable across builds and platforms, unlike `std`'s hashers.
-fn stable_hash(text: &str) -> u64 {
+pub(crate) fn stable_hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 

@@ -3,8 +3,9 @@
 //!
 //! It simulates hosts `sim-1`..`sim-N` (or explicit `host_specs`), instances with realistic
 //! power transitions and delays, template caches with size-dependent pull times, capacity
-//! limits, suspend/resume, snapshots, offline hosts and injected backend failures. It speaks
-//! `hyperplane:driver@0.2.0`. All of its state lives in the host's
+//! limits, suspend/resume, snapshots, delta pulls, disk export, offline hosts and injected
+//! backend failures. It speaks `hyperplane:driver@0.3.0` and reports every capability,
+//! `delta-pull` and `export-disk` included. All of its state lives in the host's
 //! key-value store (`hyperplane:host/state`), never in guest memory: the host runs several
 //! instances of the component concurrently and discards instances after failures.
 //!
@@ -43,12 +44,25 @@
 //!   `delete-snapshot` keeps the instance as it is; an unknown name is `not-found`.
 //! - `get-instance`/`list-instances`/`list-hosts`: answered from the inventory, also for
 //!   offline hosts. Every other call that needs an offline host fails `unavailable`.
-//! - `pull-template`: reads the image byte-source to its end (`unavailable` if the host cannot
-//!   read it; `invalid` if a non-empty image differs from the template's size or a qcow2 one
-//!   lacks the qcow2 magic; an empty image is accepted, the simulator makes one up), then
-//!   waits `delays_ms.pull` + size / `pull_bytes_per_sec`; a cached template returns at once,
-//!   unread. `remove-template`: `not-found` if not cached, `conflict` while an
+//! - `pull-template`: a cached template returns at once, reading nothing. With a `delta` whose
+//!   base (name and version) is cached on the host, builds the new version from it without
+//!   reading the image: reads only the changed bytes (`invalid` if their count differs from
+//!   the changed spans' lengths, if the spans are out of order, overlap or pass the delta's
+//!   size, if that size differs from the template's, or if a qcow2 template's start is changed
+//!   to something other than the qcow2 magic; `unavailable` if the host cannot read them),
+//!   then waits `delays_ms.pull` + changed bytes / `pull_bytes_per_sec`. Otherwise (no delta,
+//!   or its base not cached) reads the image byte-source to its end (`unavailable` if the host
+//!   cannot read it; `invalid` if a non-empty image differs from the template's size or a
+//!   qcow2 one lacks the qcow2 magic; an empty image is accepted, the simulator makes one up),
+//!   then waits `delays_ms.pull` + size / `pull_bytes_per_sec`. No image bytes are kept: the
+//!   cache entry records the template (with its format), how many bytes the pull read and the
+//!   delta's base, if any. `remove-template`: `not-found` if not cached, `conflict` while an
 //!   instance on that host uses it. `list-templates`: the host's cache.
+//! - `export-disk`: for a stopped or suspended instance (`conflict` otherwise, `not-found` if
+//!   absent), writes a made-up disk into the sink in writes of at most 1 MiB: its template's
+//!   size (1 MiB if that is 0) in its template's format, a pattern seeded by the instance id
+//!   behind the qcow2 magic for qcow2 (see [`transfer::SimulatedDisk`]), taking size /
+//!   `pull_bytes_per_sec`; `unavailable` when the sink fails.
 //! - `exec`/`console`: `conflict` unless running; see [`script`] for the simulated shell;
 //!   the console is VNC on 127.0.0.1 with a port derived from the id.
 //! - `failure_rate`: each mutating call (create, start, stop, restart, delete, pull, remove
@@ -58,7 +72,7 @@
 //!
 //! Code map: [`config`] (the provider config and its validation), [`records`] (what is
 //! persisted, under which keys), [`simulator`] (the operations, pure Rust over a store and an
-//! environment), [`script`] (simulated `exec`), [`identity`] (derived IP, MAC, console port),
+//! environment), [`transfer`] (delta and sink traits, the simulated disk), [`script`] (simulated `exec`), [`identity`] (derived IP, MAC, console port),
 //! [`environment`] (clock, sleep, progress, randomness) and `component` (the wit-bindgen
 //! export glue). Everything but `component` is unit-tested natively.
 
@@ -68,6 +82,7 @@ pub mod identity;
 pub mod records;
 pub mod script;
 pub mod simulator;
+pub mod transfer;
 
 // Compiled natively too (to keep it checked), but only exported inside a component.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]

@@ -2,7 +2,8 @@
 //!
 //! Keys:
 //! - `instance/<id>`: an [`InstanceRecord`], one per simulated instance;
-//! - `template/<host>/<name>/<version>`: a [`CachedTemplateRecord`], one per cached template;
+//! - `template/<host>/<name>/<version>`: a [`CachedTemplateRecord`], one per cached template,
+//!   with how many bytes its pull read and the base a delta pull built it from;
 //! - `ledger/<host>`: the host's [`HostLedger`], the per-host serialization point for capacity
 //!   and for template usage (see `simulator` for the protocol);
 //! - `snapshots/<instance id>`: the instance's [`SnapshotList`], oldest first.
@@ -13,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use hyperplane_guest::types::{CachedTemplate, InstanceState, TemplateRef};
+use hyperplane_guest::types::{CachedTemplate, DiskFormat, InstanceState, TemplateRef};
 use serde::{Deserialize, Serialize};
 
 pub const INSTANCE_PREFIX: &str = "instance/";
@@ -47,6 +48,36 @@ pub struct TemplateRecord {
     pub version: u32,
     pub tag: String,
     pub size_bytes: u64,
+    /// Absent in records written before formats were kept: raw.
+    #[serde(default)]
+    pub format: ImageFormat,
+}
+
+/// [`DiskFormat`] as persisted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFormat {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+impl From<DiskFormat> for ImageFormat {
+    fn from(format: DiskFormat) -> Self {
+        match format {
+            DiskFormat::Raw => ImageFormat::Raw,
+            DiskFormat::Qcow2 => ImageFormat::Qcow2,
+        }
+    }
+}
+
+impl From<ImageFormat> for DiskFormat {
+    fn from(format: ImageFormat) -> Self {
+        match format {
+            ImageFormat::Raw => DiskFormat::Raw,
+            ImageFormat::Qcow2 => DiskFormat::Qcow2,
+        }
+    }
 }
 
 impl TemplateRecord {
@@ -63,6 +94,7 @@ impl From<&TemplateRef> for TemplateRecord {
             version: template.version,
             tag: template.tag.clone(),
             size_bytes: template.size_bytes,
+            format: template.format.into(),
         }
     }
 }
@@ -73,6 +105,20 @@ pub struct CachedTemplateRecord {
     pub host: String,
     pub template: TemplateRecord,
     pub pulled_at_ms: u64,
+    /// How many bytes the pull read: the whole image, only a delta's changed bytes, or 0 for
+    /// an empty (made-up) image. 0 in records written before it was kept.
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// The cached version a delta pull built this one from; `None` for a full pull.
+    #[serde(default)]
+    pub delta_base: Option<DeltaBase>,
+}
+
+/// The base of a delta pull, as [`CachedTemplateRecord::delta_base`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaBase {
+    pub name: String,
+    pub version: u32,
 }
 
 impl From<&CachedTemplateRecord> for CachedTemplate {

@@ -17,22 +17,23 @@
 
 use std::time::Duration;
 
-use hyperplane_guest::bytes::{ByteReader, read_to_end};
+use hyperplane_guest::bytes::{ByteReader, READ_CHUNK_BYTES, read_to_end};
 use hyperplane_guest::state::{Change, JsonState, KeyValueStore};
 use hyperplane_guest::types::{
     BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, DiskFormat, Error, ExecResult,
-    HostReport, HostState, Instance, InstanceSpec, InstanceState, Snapshot, TemplateRef,
+    ExportedDisk, HostReport, HostState, Instance, InstanceSpec, InstanceState, Snapshot, TemplateRef,
 };
 
 use crate::config::{Settings, SimulatedHost};
 use crate::environment::Environment;
 use crate::identity::{console_port_for, ip_for, mac_for, normalized_mac};
 use crate::records::{
-    CachedTemplateRecord, HostLedger, INSTANCE_PREFIX, InstanceRecord, PendingCreate, PowerState, Resources,
+    CachedTemplateRecord, DeltaBase, HostLedger, INSTANCE_PREFIX, InstanceRecord, PendingCreate, PowerState, Resources,
     SnapshotList, SnapshotRecord, TEMPLATE_PREFIX, TemplateRecord, host_templates_prefix, instance_key, ledger_key,
     snapshots_key, template_key,
 };
 use crate::script::simulate_script;
+use crate::transfer::{ByteWriter, DEFAULT_EXPORT_BYTES, DeltaReader, SimulatedDisk, WRITE_CHUNK_BYTES};
 
 /// The `hypervisor` string every simulated host reports.
 pub const HYPERVISOR_NAME: &str = "driver-sim";
@@ -83,8 +84,8 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
             templates: true,
             snapshots: true,
             suspend: true,
-            delta_pull: false,
-            export_disk: false,
+            delta_pull: true,
+            export_disk: true,
         }
     }
 
@@ -356,15 +357,21 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
         Ok(cached.iter().map(|(_, record)| CachedTemplate::from(record)).collect())
     }
 
-    /// Reads `image` to its end (a non-empty image must have the template's size, and a qcow2
-    /// one must start with the qcow2 magic), then takes `delays.pull` plus the template's size at
-    /// `pull_bytes_per_sec`. An empty image stands for one the simulator makes up. Pulling a
-    /// cached template returns the cached one at once, without reading the image.
+    /// Caches `template` on the host. With a `delta` whose base is cached on the host, builds
+    /// it from the base: reads only the changed bytes (their count must equal the changes'
+    /// lengths, which must be ascending, not overlapping and within the delta's size, itself the
+    /// template's size) and takes `delays.pull` plus the changed bytes at `pull_bytes_per_sec`,
+    /// never touching `image`. Otherwise reads `image` to its end (a non-empty image must have
+    /// the template's size, and a qcow2 one must start with the qcow2 magic), then takes
+    /// `delays.pull` plus the template's size at `pull_bytes_per_sec`. An empty image stands
+    /// for one the simulator makes up. Pulling a cached template returns the cached one at
+    /// once, reading neither. The cache entry records how many bytes were read.
     pub fn pull_template(
         &self,
         host_id: &str,
         template: &TemplateRef,
         image: &impl ByteReader,
+        delta: Option<&dyn DeltaReader>,
     ) -> Result<CachedTemplate, Error> {
         if template.name.is_empty() {
             return Err(Error::Invalid("template name must not be empty".into()));
@@ -374,6 +381,33 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
         if let Some(cached) = self.state.get_json::<CachedTemplateRecord>(&key)? {
             return Ok(CachedTemplate::from(&cached));
         }
+        let mut record = match delta {
+            Some(delta) if self.base_is_cached(&host.id, &delta.base())? => {
+                self.receive_delta(&host.id, template, delta)?
+            }
+            _ => self.receive_image(&host.id, template, image)?,
+        };
+        record.pulled_at_ms = self.environment.now_ms();
+        if self.state.insert_json_if_absent(&key, &record)? {
+            return Ok(CachedTemplate::from(&record));
+        }
+        // A concurrent pull finished first.
+        let cached = self.state.get_json::<CachedTemplateRecord>(&key)?.unwrap_or(record);
+        Ok(CachedTemplate::from(&cached))
+    }
+
+    fn base_is_cached(&self, host_id: &str, base: &TemplateRef) -> Result<bool, Error> {
+        let base_key = template_key(host_id, &base.name, base.version);
+        Ok(self.state.get_json::<CachedTemplateRecord>(&base_key)?.is_some())
+    }
+
+    /// The full pull: reads and checks `image`, then waits for its simulated transfer.
+    fn receive_image(
+        &self,
+        host_id: &str,
+        template: &TemplateRef,
+        image: &impl ByteReader,
+    ) -> Result<CachedTemplateRecord, Error> {
         let image_size = image.size();
         if image_size > 0 && image_size != template.size_bytes {
             return Err(Error::Invalid(format!(
@@ -383,7 +417,7 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
         }
         self.inject_failure("pull-template")?;
         let mut image_start = Vec::with_capacity(QCOW2_MAGIC.len());
-        read_to_end(image, |chunk| {
+        let bytes_received = read_to_end(image, |chunk| {
             let missing = QCOW2_MAGIC.len().saturating_sub(image_start.len());
             image_start.extend_from_slice(&chunk[..missing.min(chunk.len())]);
         })
@@ -399,28 +433,126 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
                 template.name, template.version
             )));
         }
-        let transfer = match self.settings.pull_bytes_per_sec {
-            0 => Duration::ZERO,
-            bytes_per_sec => Duration::from_secs_f64(template.size_bytes as f64 / bytes_per_sec as f64),
-        };
-        self.wait_with_progress(
-            self.settings.delays.pull.saturating_add(transfer),
+        self.wait_for_transfer(
+            template.size_bytes,
             &format!(
-                "pulling template {} v{} ({} bytes) to {}",
-                template.name, template.version, template.size_bytes, host.id
+                "pulling template {} v{} ({} bytes) to {host_id}",
+                template.name, template.version, template.size_bytes
             ),
         );
-        let record = CachedTemplateRecord {
-            host: host.id.clone(),
+        Ok(CachedTemplateRecord {
+            host: host_id.to_owned(),
             template: TemplateRecord::from(template),
-            pulled_at_ms: self.environment.now_ms(),
+            pulled_at_ms: 0,
+            bytes_received,
+            delta_base: None,
+        })
+    }
+
+    /// The delta pull from a cached base: reads only the changed bytes, checks them against the
+    /// changed spans, then waits for their simulated transfer.
+    fn receive_delta(
+        &self,
+        host_id: &str,
+        template: &TemplateRef,
+        delta: &dyn DeltaReader,
+    ) -> Result<CachedTemplateRecord, Error> {
+        let base = delta.base();
+        let describe = || {
+            format!(
+                "the delta of template {} v{} (from v{} of {})",
+                template.name, template.version, base.version, base.name
+            )
         };
-        if self.state.insert_json_if_absent(&key, &record)? {
-            return Ok(CachedTemplate::from(&record));
+        let size = delta.size();
+        if size != template.size_bytes {
+            return Err(Error::Invalid(format!(
+                "template {} v{} declares {} bytes but {} builds {size}",
+                template.name,
+                template.version,
+                template.size_bytes,
+                describe()
+            )));
         }
-        // A concurrent pull finished first.
-        let cached = self.state.get_json::<CachedTemplateRecord>(&key)?.unwrap_or(record);
-        Ok(CachedTemplate::from(&cached))
+        let changes = delta.changes();
+        let mut changed_bytes: u64 = 0;
+        let mut covered_to: u64 = 0;
+        for span in &changes {
+            let span_end = span.offset.checked_add(span.length).filter(|end| *end <= size);
+            let Some(span_end) = span_end.filter(|_| span.offset >= covered_to) else {
+                return Err(Error::Invalid(format!(
+                    "{}: span of {} bytes at {} is out of order, overlapping or beyond its size {size}",
+                    describe(),
+                    span.length,
+                    span.offset
+                )));
+            };
+            covered_to = span_end;
+            changed_bytes = changed_bytes.saturating_add(span.length);
+        }
+        self.inject_failure("pull-template")?;
+        // The bytes of the image's start that the changes carry, to check a qcow2 image's magic.
+        let magic_carried = changes.first().filter(|span| span.offset == 0).map_or(0, |span| span.length);
+        let magic_carried = usize::try_from(magic_carried).unwrap_or(usize::MAX).min(QCOW2_MAGIC.len());
+        let mut image_start = Vec::with_capacity(magic_carried);
+        let mut bytes_received: u64 = 0;
+        loop {
+            let chunk = delta.read(READ_CHUNK_BYTES).map_err(|error| {
+                Error::Unavailable(format!("reading {}: the host could not read it: {error}", describe()))
+            })?;
+            if chunk.is_empty() {
+                break;
+            }
+            bytes_received = bytes_received.saturating_add(chunk.len() as u64);
+            if bytes_received > changed_bytes {
+                break;
+            }
+            let missing = magic_carried.saturating_sub(image_start.len());
+            image_start.extend_from_slice(&chunk[..missing.min(chunk.len())]);
+        }
+        if bytes_received != changed_bytes {
+            return Err(Error::Invalid(format!(
+                "{}: its {} changed spans cover {changed_bytes} bytes but it delivered {}{bytes_received}",
+                describe(),
+                changes.len(),
+                if bytes_received > changed_bytes { "at least " } else { "" }
+            )));
+        }
+        if template.format == DiskFormat::Qcow2 && image_start[..] != QCOW2_MAGIC[..magic_carried] {
+            return Err(Error::Invalid(format!(
+                "template {} v{} is declared qcow2 but {} changes its start to something other than the qcow2 magic",
+                template.name,
+                template.version,
+                describe()
+            )));
+        }
+        self.wait_for_transfer(
+            changed_bytes,
+            &format!(
+                "pulling template {} v{} ({changed_bytes} changed of {size} bytes, from v{}) to {host_id}",
+                template.name, template.version, base.version
+            ),
+        );
+        Ok(CachedTemplateRecord {
+            host: host_id.to_owned(),
+            template: TemplateRecord::from(template),
+            pulled_at_ms: 0,
+            bytes_received,
+            delta_base: Some(DeltaBase { name: base.name, version: base.version }),
+        })
+    }
+
+    /// Waits `delays.pull` plus `bytes` at `pull_bytes_per_sec`.
+    fn wait_for_transfer(&self, bytes: u64, message: &str) {
+        self.wait_with_progress(self.settings.delays.pull.saturating_add(self.transfer_time(bytes)), message);
+    }
+
+    /// `bytes` at `pull_bytes_per_sec` (zero when that is 0).
+    fn transfer_time(&self, bytes: u64) -> Duration {
+        match self.settings.pull_bytes_per_sec {
+            0 => Duration::ZERO,
+            bytes_per_sec => Duration::from_secs_f64(bytes as f64 / bytes_per_sec as f64),
+        }
     }
 
     /// Fails with `conflict` while an instance on the host uses the template.
@@ -591,6 +723,61 @@ impl<Store: KeyValueStore, Env: Environment> Simulator<Store, Env> {
             Ok(if list.snapshots.is_empty() { Change::Remove } else { Change::Put(list) })
         })?;
         Ok(())
+    }
+
+    /// Writes the instance's simulated disk ([`SimulatedDisk`]) into `sink` in pieces of at most
+    /// [`WRITE_CHUNK_BYTES`]: the size of its template, or [`DEFAULT_EXPORT_BYTES`] when that
+    /// has no recorded size, in the template's format, taking that size at
+    /// `pull_bytes_per_sec`. Only a stopped or suspended instance (`conflict` otherwise); a
+    /// sink that stops taking bytes makes it `unavailable`.
+    pub fn export_disk(&self, instance_id: &str, sink: &impl ByteWriter) -> Result<ExportedDisk, Error> {
+        let record = self.load_instance(instance_id)?;
+        self.online_host(&record.host)?;
+        match record.power.observed_at(self.environment.now_ms()) {
+            InstanceState::Stopped | InstanceState::Suspended => {}
+            other => {
+                return Err(Error::Conflict(format!(
+                    "instance {instance_id} is {}; export-disk needs it stopped or suspended",
+                    activity(record.power, other)
+                )));
+            }
+        }
+        let size_bytes = match record.template.size_bytes {
+            0 => DEFAULT_EXPORT_BYTES,
+            size_bytes => size_bytes,
+        };
+        let disk = SimulatedDisk::new(instance_id, record.template.format.into(), size_bytes);
+        let message = format!("exporting the disk of instance {instance_id} ({size_bytes} bytes)");
+        let duration = self.transfer_time(size_bytes);
+        // Written in steps (one when nothing is waited for), each followed by its share of the
+        // simulated transfer time.
+        let steps = if duration.is_zero() {
+            1
+        } else {
+            (duration.as_millis() / PROGRESS_INTERVAL.as_millis()).clamp(1, 10) as u32
+        };
+        if !duration.is_zero() {
+            self.environment.report_progress(0.0, &message);
+        }
+        let mut written: u64 = 0;
+        for step in 1..=steps {
+            let step_end =
+                u64::try_from(u128::from(size_bytes) * u128::from(step) / u128::from(steps)).unwrap_or(size_bytes);
+            while written < step_end {
+                let piece_end = written.saturating_add(WRITE_CHUNK_BYTES as u64).min(step_end);
+                sink.write(&disk.bytes(written, piece_end)).map_err(|error| {
+                    Error::Unavailable(format!(
+                        "writing the disk of instance {instance_id} at byte {written}: the host stopped receiving: {error}"
+                    ))
+                })?;
+                written = piece_end;
+            }
+            if !duration.is_zero() {
+                self.environment.sleep(duration / steps);
+                self.environment.report_progress(step as f32 / steps as f32, &message);
+            }
+        }
+        Ok(ExportedDisk { format: disk.format(), size_bytes })
     }
 
     fn remove_snapshots(&self, instance_id: &str) -> Result<(), Error> {

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use hyperplane_guest::bytes::MemoryBytes;
 use hyperplane_guest::state::{JsonState, KeyValueStore, MemoryStore};
-use hyperplane_guest::types::{Arch, KeyValue};
+use hyperplane_guest::types::{Arch, ByteSpan, KeyValue};
 
 use super::*;
-use crate::records::{HostLedger, InstanceRecord};
+use crate::records::{CachedTemplateRecord, DeltaBase, HostLedger, ImageFormat, InstanceRecord};
+use crate::transfer::{ByteWriter, DeltaReader, SimulatedDisk};
 
 const START_MS: u64 = 1_000_000;
 
@@ -95,7 +96,7 @@ impl Fixture {
 
     /// Pulls `ubuntu` v1 to the host and creates a stopped instance on it.
     fn stopped_instance(&self, instance_id: &str, host_id: &str) -> Result<Instance, Error> {
-        self.simulator.pull_template(host_id, &ubuntu(), &no_image())?;
+        self.simulator.pull_template(host_id, &ubuntu(), &no_image(), None)?;
         self.simulator.create_instance(spec(instance_id, host_id, 2, 2048))
     }
 
@@ -215,7 +216,7 @@ fn invalid_configs_name_the_problem() {
 #[test]
 fn list_hosts_reports_state_sizes_and_cached_templates() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"hosts": 2, "offline_hosts": ["sim-2"], "delays_ms": {"pull": 0}}"#);
-    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
     let hosts = fixture.simulator.list_hosts()?;
     assert_eq!(hosts.len(), 2);
     assert_eq!(
@@ -231,7 +232,7 @@ fn list_hosts_reports_state_sizes_and_cached_templates() -> Result<(), Error> {
 #[test]
 fn create_defines_a_stopped_instance_with_derived_addresses() -> Result<(), Error> {
     let fixture = Fixture::new("{}");
-    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
     fixture.environment.take_slept_ms();
     let instance = fixture.simulator.create_instance(spec("vm-1", "sim-1", 2, 2048))?;
     assert_eq!(fixture.environment.take_slept_ms(), 200);
@@ -264,7 +265,7 @@ fn create_refuses_bad_requests() -> Result<(), Error> {
         "conflict",
         "not cached on host sim-1; pull it first",
     );
-    simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+    simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
     simulator.create_instance(spec("vm-1", "sim-1", 1, 512))?;
     check_error(simulator.create_instance(spec("vm-1", "sim-1", 1, 512)), "conflict", "vm-1 already exists");
     check_error(simulator.create_instance(spec("vm-2", "sim-9", 1, 512)), "not-found", "host sim-9");
@@ -284,7 +285,7 @@ fn create_refuses_bad_requests() -> Result<(), Error> {
 #[test]
 fn capacity_is_respected_and_freed_by_delete() -> Result<(), Error> {
     let fixture = Fixture::new(ZERO_DELAYS);
-    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
     for number in 1..=4 {
         fixture.simulator.create_instance(spec(&format!("vm-{number}"), "sim-1", 4, 1024))?;
     }
@@ -297,7 +298,7 @@ fn capacity_is_respected_and_freed_by_delete() -> Result<(), Error> {
     fixture.simulator.create_instance(spec("vm-5", "sim-1", 4, 1024))?;
 
     let ram_bound = Fixture::new(r#"{"hosts": 1, "ram_mb": 4096, "delays_ms": {"create": 0, "pull": 0}}"#);
-    ram_bound.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+    ram_bound.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
     ram_bound.simulator.create_instance(spec("a", "sim-1", 1, 3072))?;
     check_error(ram_bound.simulator.create_instance(spec("b", "sim-1", 1, 2048)), "conflict", "3072 of 4096 MB ram");
     Ok(())
@@ -468,21 +469,21 @@ fn delete_removes_the_instance_and_frees_the_template() -> Result<(), Error> {
 #[test]
 fn pull_takes_time_by_size_and_is_idempotent() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"offline_hosts": ["sim-2"], "pull_bytes_per_sec": 1073741824}"#);
-    let cached = fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+    let cached = fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
     assert_eq!(
         (cached.name.as_str(), cached.version, cached.tag.as_str(), cached.size_bytes),
         ("ubuntu", 1, "24.04", 2 << 30)
     );
     assert_eq!(fixture.environment.take_slept_ms(), 500 + 2000);
-    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
     assert_eq!(fixture.environment.take_slept_ms(), 0);
     assert_eq!(fixture.simulator.list_templates("sim-1")?.len(), 1);
     assert!(fixture.simulator.list_templates("sim-3")?.is_empty());
-    check_error(fixture.simulator.pull_template("sim-2", &ubuntu(), &no_image()), "unavailable", "offline");
-    check_error(fixture.simulator.pull_template("sim-9", &ubuntu(), &no_image()), "not-found", "sim-9");
+    check_error(fixture.simulator.pull_template("sim-2", &ubuntu(), &no_image(), None), "unavailable", "offline");
+    check_error(fixture.simulator.pull_template("sim-9", &ubuntu(), &no_image(), None), "not-found", "sim-9");
     check_error(fixture.simulator.list_templates("sim-2"), "unavailable", "offline");
     let nameless = TemplateRef { name: String::new(), ..ubuntu() };
-    check_error(fixture.simulator.pull_template("sim-1", &nameless, &no_image()), "invalid", "name");
+    check_error(fixture.simulator.pull_template("sim-1", &nameless, &no_image(), None), "invalid", "name");
     Ok(())
 }
 
@@ -522,7 +523,7 @@ fn injected_failures_are_backend_errors_that_change_nothing() -> Result<(), Erro
     assert_eq!(fixture.simulator.start_instance("vm-1")?.state, InstanceState::Running);
 
     let always = Fixture::new(r#"{"failure_rate": 1.0}"#);
-    check_error(always.simulator.pull_template("sim-1", &ubuntu(), &no_image()), "backend", "pull-template");
+    check_error(always.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None), "backend", "pull-template");
     assert!(always.simulator.list_templates("sim-1")?.is_empty());
     assert_eq!(always.environment.take_slept_ms(), 0);
     Ok(())
@@ -565,7 +566,7 @@ fn zero_delay_mode_never_sleeps_or_reports_progress() -> Result<(), Error> {
 #[test]
 fn stale_reservations_are_reclaimed() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"hosts": 1, "cpu": 4, "delays_ms": {"create": 0, "pull": 0}}"#);
-    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
     // A create that died after reserving 4 vcpus.
     let mut ledger = HostLedger::default();
     ledger.reserve(
@@ -604,7 +605,7 @@ fn stale_reservations_are_reclaimed() -> Result<(), Error> {
 #[test]
 fn concurrent_creates_never_overcommit_a_host() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"hosts": 1, "cpu": 16, "delays_ms": {"create": 0, "pull": 0}}"#);
-    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+    fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
     let simulators: Vec<_> = (0..8).map(|_| fixture.another_instance()).collect();
     let outcomes: Vec<Result<Instance, Error>> = std::thread::scope(|scope| {
         let workers: Vec<_> = simulators
@@ -634,7 +635,7 @@ fn concurrent_creates_never_overcommit_a_host() -> Result<(), Error> {
 fn concurrent_creates_of_one_id_make_one_instance() -> Result<(), Error> {
     let fixture = Fixture::new(r#"{"delays_ms": {"create": 0, "pull": 0}}"#);
     for host in ["sim-1", "sim-2"] {
-        fixture.simulator.pull_template(host, &ubuntu(), &no_image())?;
+        fixture.simulator.pull_template(host, &ubuntu(), &no_image(), None)?;
     }
     let simulators: Vec<_> = (0..8).map(|_| fixture.another_instance()).collect();
     let created = std::thread::scope(|scope| {
@@ -658,7 +659,7 @@ fn concurrent_creates_of_one_id_make_one_instance() -> Result<(), Error> {
 fn template_removal_racing_creates_never_orphans_an_instance() -> Result<(), Error> {
     let fixture = Fixture::new(ZERO_DELAYS);
     for round in 0..50 {
-        fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image())?;
+        fixture.simulator.pull_template("sim-1", &ubuntu(), &no_image(), None)?;
         let creator = fixture.another_instance();
         let remover = fixture.another_instance();
         let instance_id = format!("vm-{round}");
@@ -843,29 +844,293 @@ fn pull_reads_the_whole_image_and_checks_it() -> Result<(), Error> {
     qcow2_bytes.resize(3 << 20, 7);
     let qcow2 = TemplateRef { size_bytes: 3 << 20, format: DiskFormat::Qcow2, ..ubuntu() };
     let image = CountingImage::new(qcow2_bytes.clone());
-    assert_eq!(fixture.simulator.pull_template("sim-1", &qcow2, &image)?.size_bytes, 3 << 20);
+    assert_eq!(fixture.simulator.pull_template("sim-1", &qcow2, &image, None)?.size_bytes, 3 << 20);
     assert_eq!(image.bytes_read.load(Ordering::SeqCst), 3 << 20);
     let again = CountingImage::new(qcow2_bytes);
-    fixture.simulator.pull_template("sim-1", &qcow2, &again)?;
+    fixture.simulator.pull_template("sim-1", &qcow2, &again, None)?;
     assert_eq!(again.bytes_read.load(Ordering::SeqCst), 0, "a cached template is not read again");
 
     let wrong_size = TemplateRef { size_bytes: 10, ..qcow2.clone() };
     check_error(
-        fixture.simulator.pull_template("sim-2", &wrong_size, &CountingImage::new(vec![0; 11])),
+        fixture.simulator.pull_template("sim-2", &wrong_size, &CountingImage::new(vec![0; 11]), None),
         "invalid",
         "declares 10 bytes but its image has 11",
     );
     let not_qcow2 = TemplateRef { size_bytes: 8, ..qcow2.clone() };
     check_error(
-        fixture.simulator.pull_template("sim-2", &not_qcow2, &CountingImage::new(vec![0; 8])),
+        fixture.simulator.pull_template("sim-2", &not_qcow2, &CountingImage::new(vec![0; 8]), None),
         "invalid",
         "does not start with the qcow2 magic",
     );
     let raw = TemplateRef { size_bytes: 8, format: DiskFormat::Raw, ..ubuntu() };
     let failing = CountingImage { fail_at_end: true, ..CountingImage::new(vec![1; 8]) };
-    check_error(fixture.simulator.pull_template("sim-2", &raw, &failing), "unavailable", "disk read error");
+    check_error(fixture.simulator.pull_template("sim-2", &raw, &failing, None), "unavailable", "disk read error");
     assert!(fixture.simulator.list_templates("sim-2")?.is_empty(), "a failed pull caches nothing");
-    fixture.simulator.pull_template("sim-2", &raw, &CountingImage::new(vec![1; 8]))?;
+    fixture.simulator.pull_template("sim-2", &raw, &CountingImage::new(vec![1; 8]), None)?;
     assert_eq!(fixture.simulator.list_templates("sim-2")?.len(), 1);
     Ok(())
+}
+
+/// An image that must not be read: every read fails and is counted.
+#[derive(Default)]
+struct UnreadableImage {
+    size: u64,
+    reads: AtomicU64,
+}
+
+impl ByteReader for UnreadableImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&self, _max: u32) -> Result<Vec<u8>, String> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        Err("the image must not be read".into())
+    }
+}
+
+/// A delta in memory that counts the changed bytes read and can fail on read.
+struct MemoryDelta {
+    base: TemplateRef,
+    size: u64,
+    changes: Vec<ByteSpan>,
+    data: CountingImage,
+}
+
+impl MemoryDelta {
+    fn new(base: TemplateRef, size: u64, changes: &[(u64, u64)], data: Vec<u8>) -> Self {
+        MemoryDelta {
+            base,
+            size,
+            changes: changes.iter().map(|&(offset, length)| ByteSpan { offset, length }).collect(),
+            data: CountingImage::new(data),
+        }
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.data.bytes_read.load(Ordering::SeqCst)
+    }
+}
+
+impl DeltaReader for MemoryDelta {
+    fn base(&self) -> TemplateRef {
+        self.base.clone()
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn changes(&self) -> Vec<ByteSpan> {
+        self.changes.clone()
+    }
+
+    fn read(&self, max: u32) -> Result<Vec<u8>, String> {
+        self.data.read(max)
+    }
+}
+
+/// A sink in memory that keeps every write, and fails once it holds `fail_after` bytes.
+#[derive(Default)]
+struct MemorySink {
+    writes: Mutex<Vec<Vec<u8>>>,
+    fail_after: Option<usize>,
+}
+
+impl MemorySink {
+    fn bytes(&self) -> Vec<u8> {
+        self.writes.lock().expect("sink lock").concat()
+    }
+
+    fn largest_write(&self) -> usize {
+        self.writes.lock().expect("sink lock").iter().map(Vec::len).max().unwrap_or(0)
+    }
+}
+
+impl ByteWriter for MemorySink {
+    fn write(&self, bytes: &[u8]) -> Result<(), String> {
+        let mut writes = self.writes.lock().expect("sink lock");
+        if self.fail_after.is_some_and(|limit| writes.iter().map(Vec::len).sum::<usize>() >= limit) {
+            return Err("the client went away".into());
+        }
+        writes.push(bytes.to_vec());
+        Ok(())
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+fn qcow2_template(version: u32, size_bytes: u64) -> TemplateRef {
+    TemplateRef { version, tag: format!("v{version}"), size_bytes, format: DiskFormat::Qcow2, ..ubuntu() }
+}
+
+impl Fixture {
+    fn cached_record(&self, host_id: &str, template: &TemplateRef) -> Option<CachedTemplateRecord> {
+        JsonState::new(Arc::clone(&self.store))
+            .get_json(&template_key(host_id, &template.name, template.version))
+            .expect("readable template record")
+    }
+
+    /// Pulls `template` to `sim-1` and creates a stopped instance from it there.
+    fn stopped_instance_of(&self, instance_id: &str, template: &TemplateRef) -> Result<Instance, Error> {
+        self.simulator.pull_template("sim-1", template, &no_image(), None)?;
+        self.simulator
+            .create_instance(InstanceSpec { template: template.clone(), ..spec(instance_id, "sim-1", 1, 512) })
+    }
+}
+
+#[test]
+fn delta_pull_from_a_cached_base_reads_only_the_changes() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"pull_bytes_per_sec": 1048576, "delays_ms": {"pull": 100}}"#);
+    let base = qcow2_template(1, 8 * MIB);
+    fixture.simulator.pull_template("sim-1", &base, &no_image(), None)?;
+    fixture.environment.take_slept_ms();
+
+    let new = qcow2_template(2, 10 * MIB);
+    let mut changed = QCOW2_MAGIC.to_vec();
+    changed.resize(4 + 2 * MIB as usize, 9);
+    let delta = MemoryDelta::new(base.clone(), 10 * MIB, &[(0, 4), (4 * MIB, 2 * MIB)], changed);
+    let image = UnreadableImage { size: 10 * MIB, ..UnreadableImage::default() };
+    let cached = fixture.simulator.pull_template("sim-1", &new, &image, Some(&delta))?;
+    assert_eq!((cached.version, cached.size_bytes), (2, 10 * MIB));
+    assert_eq!(image.reads.load(Ordering::SeqCst), 0, "a delta pull does not touch the image");
+    assert_eq!(delta.bytes_read(), 2 * MIB + 4);
+    assert_eq!(fixture.environment.take_slept_ms(), 100 + 2000, "time by the changed bytes only");
+    let record = fixture.cached_record("sim-1", &new).expect("cached");
+    assert_eq!(record.bytes_received, 2 * MIB + 4);
+    assert_eq!(record.delta_base, Some(DeltaBase { name: "ubuntu".into(), version: 1 }));
+    assert_eq!(record.template.format, ImageFormat::Qcow2);
+    assert_eq!(fixture.cached_record("sim-1", &base).map(|record| record.delta_base), Some(None));
+    assert_eq!(fixture.simulator.list_templates("sim-1")?.len(), 2);
+
+    let again = MemoryDelta::new(base, 10 * MIB, &[(0, 4)], QCOW2_MAGIC.to_vec());
+    fixture.simulator.pull_template("sim-1", &new, &image, Some(&again))?;
+    assert_eq!((again.bytes_read(), image.reads.load(Ordering::SeqCst)), (0, 0), "cached: nothing read");
+    Ok(())
+}
+
+#[test]
+fn delta_pull_without_the_base_cached_reads_the_full_image() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    let base = qcow2_template(1, 4 * MIB);
+    fixture.simulator.pull_template("sim-1", &base, &no_image(), None)?;
+    let new = qcow2_template(2, 3 * MIB);
+    let mut full = QCOW2_MAGIC.to_vec();
+    full.resize(3 * MIB as usize, 5);
+    for (host_id, delta_base) in [("sim-3", base.clone()), ("sim-1", TemplateRef { version: 7, ..base.clone() })] {
+        let delta = MemoryDelta::new(delta_base, 3 * MIB, &[(0, 4)], QCOW2_MAGIC.to_vec());
+        let image = CountingImage::new(full.clone());
+        fixture.simulator.pull_template(host_id, &new, &image, Some(&delta))?;
+        assert_eq!((delta.bytes_read(), image.bytes_read.load(Ordering::SeqCst)), (0, 3 * MIB), "{host_id}");
+        let record = fixture.cached_record(host_id, &new).expect("cached");
+        assert_eq!((record.bytes_received, record.delta_base), (3 * MIB, None), "{host_id}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_deltas_are_refused_and_cache_nothing() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    let base = qcow2_template(1, 4 * MIB);
+    fixture.simulator.pull_template("sim-1", &base, &no_image(), None)?;
+    let new = qcow2_template(2, 4 * MIB);
+    let check = |delta: MemoryDelta, expected_kind: &str, fragment: &str| {
+        let image = UnreadableImage::default();
+        check_error(fixture.simulator.pull_template("sim-1", &new, &image, Some(&delta)), expected_kind, fragment);
+        assert_eq!(image.reads.load(Ordering::SeqCst), 0, "{fragment}");
+        assert!(fixture.cached_record("sim-1", &new).is_none(), "{fragment}: nothing cached");
+    };
+    let delta = |size: u64, changes: &[(u64, u64)], data_length: usize| {
+        MemoryDelta::new(base.clone(), size, changes, vec![1; data_length])
+    };
+    check(delta(4 * MIB, &[(8, 16), (MIB, 10)], 20), "invalid", "2 changed spans cover 26 bytes but it delivered 20");
+    check(delta(4 * MIB, &[(8, 16)], 17), "invalid", "cover 16 bytes but it delivered at least 17");
+    check(delta(4 * MIB, &[(8, 16), (20, 4)], 20), "invalid", "span of 4 bytes at 20 is out of order, overlapping");
+    check(delta(4 * MIB, &[(MIB, 1), (8, 1)], 2), "invalid", "span of 1 bytes at 8 is out of order");
+    check(delta(4 * MIB, &[(4 * MIB - 1, 2)], 2), "invalid", "beyond its size 4194304");
+    check(delta(5 * MIB, &[(8, 1)], 1), "invalid", "declares 4194304 bytes but the delta of template ubuntu v2");
+    check(delta(4 * MIB, &[(0, 8)], 8), "invalid", "other than the qcow2 magic");
+    let unreadable = MemoryDelta {
+        data: CountingImage { fail_at_end: true, ..CountingImage::new(vec![1; 4]) },
+        ..delta(4 * MIB, &[(8, 4)], 0)
+    };
+    check(unreadable, "unavailable", "disk read error");
+    Ok(())
+}
+
+#[test]
+fn records_written_before_deltas_and_exports_still_load() -> Result<(), serde_json::Error> {
+    let old = r#"{"host": "sim-1", "template": {"name": "ubuntu", "version": 1, "tag": "24.04",
+        "size_bytes": 8}, "pulled_at_ms": 5}"#;
+    let record: CachedTemplateRecord = serde_json::from_str(old)?;
+    assert_eq!((record.template.format, record.bytes_received, record.delta_base), (ImageFormat::Raw, 0, None));
+    Ok(())
+}
+
+#[test]
+fn export_disk_writes_the_simulated_disk_of_a_stopped_or_suspended_instance() -> Result<(), Error> {
+    let fixture = Fixture::new(r#"{"pull_bytes_per_sec": 1048576, "delays_ms": {"pull": 0, "create": 0}}"#);
+    let template = qcow2_template(1, 3 * MIB + 5);
+    fixture.stopped_instance_of("vm-1", &template)?;
+    fixture.environment.take_slept_ms();
+    let sink = MemorySink::default();
+    let exported = fixture.simulator.export_disk("vm-1", &sink)?;
+    assert_eq!((exported.format, exported.size_bytes), (DiskFormat::Qcow2, 3 * MIB + 5));
+    let bytes = sink.bytes();
+    assert_eq!(bytes.len() as u64, 3 * MIB + 5);
+    assert_eq!(&bytes[..4], QCOW2_MAGIC);
+    assert_eq!(bytes, SimulatedDisk::new("vm-1", DiskFormat::Qcow2, 3 * MIB + 5).bytes(0, 3 * MIB + 5));
+    assert!(sink.largest_write() as u64 <= MIB);
+    assert_eq!(fixture.environment.take_slept_ms(), 3000, "the size at pull_bytes_per_sec");
+    let again = MemorySink::default();
+    fixture.simulator.export_disk("vm-1", &again)?;
+    assert_eq!(again.bytes(), bytes, "deterministic");
+
+    // Suspended works too; another id gives other bytes; no recorded size gives 1 MiB.
+    let raw_unsized = TemplateRef { name: "scratch".into(), size_bytes: 0, format: DiskFormat::Raw, ..ubuntu() };
+    fixture.stopped_instance_of("vm-2", &raw_unsized)?;
+    fixture.simulator.start_instance("vm-2")?;
+    fixture.simulator.suspend_instance("vm-2")?;
+    let sink = MemorySink::default();
+    let exported = fixture.simulator.export_disk("vm-2", &sink)?;
+    assert_eq!((exported.format, exported.size_bytes), (DiskFormat::Raw, MIB));
+    let other = sink.bytes();
+    assert_eq!(other, SimulatedDisk::new("vm-2", DiskFormat::Raw, MIB).bytes(0, MIB));
+    assert_ne!(&other[..4], QCOW2_MAGIC);
+    assert_ne!(other[4..4096], bytes[4..4096]);
+    Ok(())
+}
+
+#[test]
+fn export_disk_refuses_running_and_unknown_instances_and_stops_on_a_failing_sink() -> Result<(), Error> {
+    let fixture = Fixture::new(ZERO_DELAYS);
+    fixture.stopped_instance_of("vm-1", &qcow2_template(1, 3 * MIB))?;
+    fixture.simulator.start_instance("vm-1")?;
+    let sink = MemorySink::default();
+    check_error(
+        fixture.simulator.export_disk("vm-1", &sink),
+        "conflict",
+        "vm-1 is running; export-disk needs it stopped",
+    );
+    check_error(fixture.simulator.export_disk("vm-9", &sink), "not-found", "vm-9");
+    assert!(sink.bytes().is_empty());
+
+    fixture.simulator.stop_instance("vm-1", true, GRACE_MS)?;
+    let failing = MemorySink { fail_after: Some(MIB as usize), ..MemorySink::default() };
+    check_error(fixture.simulator.export_disk("vm-1", &failing), "unavailable", "the client went away");
+    assert_eq!(failing.bytes().len() as u64, MIB, "writing stops at the first failure");
+    Ok(())
+}
+
+#[test]
+fn the_simulated_disk_is_the_same_however_it_is_cut() {
+    let disk = SimulatedDisk::new("vm-1", DiskFormat::Qcow2, 10_000);
+    let whole = disk.bytes(0, 10_000);
+    let pieces: Vec<u8> = [(0, 2), (2, 4097), (4097, 9_000), (9_000, 20_000)]
+        .iter()
+        .flat_map(|&(start, end)| disk.bytes(start, end))
+        .collect();
+    assert_eq!(pieces, whole);
+    assert_eq!(&whole[..4], QCOW2_MAGIC);
+    assert!(disk.bytes(10_000, 10_005).is_empty());
 }
