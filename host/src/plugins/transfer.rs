@@ -157,6 +157,11 @@ impl ImageDelta {
         self.changed_bytes.delivered()
     }
 
+    /// How many bytes the changes hold.
+    pub fn changed_size(&self) -> u64 {
+        self.changed_bytes.size()
+    }
+
     /// Extra time a call that reads the delta gets on top of its call timeout.
     pub fn transfer_allowance(&self) -> Duration {
         self.changed_bytes.transfer_allowance()

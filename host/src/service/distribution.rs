@@ -22,7 +22,7 @@ use crate::auth::Caller;
 use crate::auth::permissions::Resource;
 use crate::model::{CachedTemplate, Host, HostState, NewEvent, Task, TaskKind, Template, TemplateVersion};
 use crate::plugins::driver_types as driver;
-use crate::plugins::{ByteSource, Driver};
+use crate::plugins::{ByteSource, Driver, ImageDelta};
 use crate::store;
 use crate::tasks::{NewTask, TaskContext};
 
@@ -187,16 +187,23 @@ impl Service {
             self.mark_template_used(host.id, &template.name, template_ref.version).await?;
             return Ok(Pulled { already_cached: true, bytes_read: 0 });
         }
-        let image = match version {
+        let (image, delta) = match version {
             Some(version) => {
                 self.make_room(host, driver, template, version).await?;
-                self.template_image_source(template, version).await?
+                let delta = match self.delta_base(host, driver, template, version) {
+                    Some(base) => self.template_image_delta(template, base, version).await?,
+                    None => None,
+                };
+                (self.template_image_source(template, version).await?, delta)
             }
-            None => ByteSource::empty(),
+            None => (ByteSource::empty(), None),
         };
+        // The driver reads one or the other; progress counts whichever it reads.
         let size = image.size();
-        let delivered = image.delivered();
-        let pull = driver.pull_template(&host.name, template_ref, image, None);
+        let (delivered, delta_delivered) = (image.delivered(), delta.as_ref().map(ImageDelta::delivered));
+        let delta_size = delta.as_ref().map_or(0, ImageDelta::changed_size);
+        let read = move || delivered.get() + delta_delivered.as_ref().map_or(0, |bytes| bytes.get());
+        let pull = driver.pull_template(&host.name, template_ref, image, delta);
         let pulled = match context {
             Some(context) => {
                 let mut pull = std::pin::pin!(pull);
@@ -204,9 +211,11 @@ impl Service {
                     tokio::select! {
                         pulled = &mut pull => break pulled,
                         () = tokio::time::sleep(PROGRESS_INTERVAL) => {
-                            let read = delivered.get();
-                            let fraction = if size == 0 { 0.0 } else { read as f32 / size as f32 };
-                            context.report_progress(fraction, &format!("{:.1} of {:.1} MiB", mib(read), mib(size)));
+                            let read = read();
+                            // A delta pull reads the changes only.
+                            let total = if delta_size > 0 && read <= delta_size && size > delta_size { delta_size } else { size };
+                            let fraction = if total == 0 { 0.0 } else { read as f32 / total as f32 };
+                            context.report_progress(fraction, &format!("{:.1} of {:.1} MiB", mib(read), mib(total)));
                         }
                         () = context.cancel.cancelled() => return Err(Step::Cancelled),
                     }
@@ -215,8 +224,33 @@ impl Service {
             None => pull.await,
         }
         .map_err(|error| Step::Failed(task_error_from_call("pull-template", &error)))?;
-        self.record_cached_template(host.id, pulled, delivered.get()).await?;
-        Ok(Pulled { already_cached: false, bytes_read: delivered.get() })
+        let bytes_read = read();
+        self.record_cached_template(host.id, pulled, bytes_read).await?;
+        Ok(Pulled { already_cached: false, bytes_read })
+    }
+
+    /// The version a delta pull of `version` builds on: the newest other version of the
+    /// template the host has cached, when its driver does delta pulls.
+    fn delta_base<'a>(
+        &self,
+        host: &Host,
+        driver: &Driver,
+        template: &'a Template,
+        version: &TemplateVersion,
+    ) -> Option<&'a TemplateVersion> {
+        if !driver.capabilities().delta_pull {
+            return None;
+        }
+        template
+            .versions
+            .iter()
+            .filter(|candidate| candidate.number != version.number && candidate.disk().is_some())
+            .filter(|candidate| {
+                host.cached_templates
+                    .iter()
+                    .any(|cached| cached.name == template.name && cached.version == candidate.number)
+            })
+            .max_by_key(|candidate| candidate.number)
     }
 
     /// Evicts least recently used templates no live instance on the host uses until `version`

@@ -183,3 +183,28 @@ async fn a_cache_budget_evicts_the_least_recently_used_template_no_instance_uses
     assert!(pull.error.as_ref().expect("an error").message.contains("in use"), "{pull:?}");
     assert_eq!(cached_on(service, "sim-1").await, ["first", "third"]);
 }
+
+#[tokio::test]
+async fn a_new_tag_pulled_onto_a_host_with_the_previous_one_moves_only_the_changed_chunks() {
+    let fixture = start(fast(json!({ "hosts": 1 }))).await;
+    let service = &fixture.service;
+    template_of_size(service, "base", 16).await;
+    distribute(service, "base", &[]).await;
+
+    // v2 differs from v1 in two chunks, one of them the last.
+    let mut image = vec![b"base".len() as u8; 16 * MIB];
+    image[3 * MIB..4 * MIB].fill(0xaa);
+    image[15 * MIB + 10] = 0xbb;
+    let version = NewTemplateVersion { tag: "v2".into(), description: String::new(), size_bytes: 0 };
+    service.create_template_version(&Caller::system(), "base", version).await.expect("v2");
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(image))]);
+    service.push_template_file(&Caller::system(), "base", 2, "disk", None, body).await.expect("pushed");
+
+    let batch = distribute(service, "base", &["sim-1"]).await;
+    let pull = &pulls_of(service, batch.id).await[0];
+    assert_eq!(pull.state, TaskState::Succeeded, "{pull:?}");
+    let result = pull.result.as_ref().expect("a result");
+    assert_eq!(result["bytes_read"].as_u64(), Some(2 * MIB as u64), "only the two changed chunks: {result}");
+    let cached = events_of_type(service, "host.template_cached").await;
+    assert_eq!(cached.last().expect("cached").data["image_bytes_read"], json!(2 * MIB), "{cached:?}");
+}

@@ -213,10 +213,13 @@ async fn a_new_tag_pushed_by_chunks_uploads_only_what_changed() {
     bad.chunks[0] = foreign;
     let refused = service.commit_template_file(&Caller::system(), "base", 4, "disk", bad).await;
     assert!(matches!(&refused, Err(ServiceError::Invalid(message)) if message.contains("not uploaded")), "{refused:?}");
-    let mut wrong_sum = manifest;
-    wrong_sum.sha256 = sha256_hex(b"another file");
-    let refused = service.commit_template_file(&Caller::system(), "base", 4, "disk", wrong_sum).await;
-    assert!(matches!(&refused, Err(ServiceError::Invalid(message)) if message.contains("SHA-256")), "{refused:?}");
+    let mut short = manifest;
+    short.size_bytes += MIB as u64;
+    let refused = service.commit_template_file(&Caller::system(), "base", 4, "disk", short).await;
+    assert!(
+        matches!(&refused, Err(ServiceError::Invalid(message)) if message.contains("has 17 chunks")),
+        "{refused:?}"
+    );
     let lying = service
         .upload_template_chunk(&Caller::system(), "base", &sha256_hex(b"claimed"), Bytes::from_static(b"actual"))
         .await;
