@@ -190,7 +190,52 @@ impl<Transport: Read + Write> Client<Transport> {
         read_chunk: impl FnMut(&mut Vec<u8>) -> Result<(), String>,
         on_progress: impl FnMut(u64),
     ) -> CallResult<u64> {
-        self.upload(Procedure::StorageVolUpload, &(volume, 0_u64, length, 0_u32), read_chunk, on_progress)
+        self.storage_vol_upload_at(volume, 0, length, read_chunk, on_progress)
+    }
+
+    /// Uploads `length` bytes from `read_chunk` into `volume` at `offset`, leaving the rest of
+    /// the volume as it is (libvirt opens the file without truncating it).
+    pub fn storage_vol_upload_at(
+        &mut self,
+        volume: &StorageVolume,
+        offset: u64,
+        length: u64,
+        read_chunk: impl FnMut(&mut Vec<u8>) -> Result<(), String>,
+        on_progress: impl FnMut(u64),
+    ) -> CallResult<u64> {
+        self.upload(Procedure::StorageVolUpload, &(volume, offset, length, 0_u32), read_chunk, on_progress)
+    }
+
+    /// Streams `length` bytes of `volume` from `offset` (0 and 0: all of it) to `on_data` (see
+    /// [`Client::download`]).
+    pub fn storage_vol_download(
+        &mut self,
+        volume: &StorageVolume,
+        offset: u64,
+        length: u64,
+        on_data: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> CallResult<u64> {
+        self.download(Procedure::StorageVolDownload, &(volume, offset, length, 0_u32), on_data)
+    }
+
+    /// Creates a volume in `pool` from `xml` with the content of `source` (libvirt's storage
+    /// driver copies the bytes, or runs `qemu-img convert` when either side is not raw).
+    pub fn storage_vol_create_xml_from(
+        &mut self,
+        pool: &StoragePool,
+        xml: &str,
+        source: &StorageVolume,
+        flags: u32,
+    ) -> CallResult<StorageVolume> {
+        self.call(Procedure::StorageVolCreateXmlFrom, &(pool, xml, source, flags))
+    }
+
+    pub fn storage_vol_get_xml_desc(&mut self, volume: &StorageVolume) -> CallResult<String> {
+        self.call(Procedure::StorageVolGetXmlDesc, &(volume, 0_u32))
+    }
+
+    pub fn storage_vol_resize(&mut self, volume: &StorageVolume, capacity: u64, flags: u32) -> CallResult<()> {
+        self.call(Procedure::StorageVolResize, &(volume, capacity, flags))
     }
 }
 

@@ -6,6 +6,9 @@
 //! any), event MESSAGEs are skipped (the client registers for none). Volume uploads use a
 //! libvirt stream: the call and its reply, the data as STREAM packets with status CONTINUE, an
 //! empty STREAM packet with status OK to finish, and libvirtd's STREAM OK (or ERROR) answer.
+//! Volume downloads mirror that: the call and its reply, libvirtd's STREAM packets with status
+//! CONTINUE carrying the data, an empty one at the end of the data, then the client's
+//! empty STREAM OK (finish) and libvirtd's STREAM OK confirming it.
 
 use std::io::{self, Read, Write};
 
@@ -37,6 +40,9 @@ pub enum ClientError {
     /// Reading the data to upload failed; the stream was aborted (the connection stays usable).
     #[error("reading the data for {} failed: {message}", procedure.name())]
     Source { procedure: Procedure, message: String },
+    /// Taking the downloaded data failed; the stream was aborted (the connection stays usable).
+    #[error("passing on the data of {} failed: {message}", procedure.name())]
+    Sink { procedure: Procedure, message: String },
 }
 
 impl ClientError {
@@ -161,6 +167,78 @@ impl<Transport: Read + Write> Client<Transport> {
         }
         self.end_stream(procedure, serial, MessageStatus::Ok)?;
         Ok(sent)
+    }
+
+    /// Calls a procedure that opens a download stream (`storage_vol_download`) and hands every
+    /// piece of data libvirtd sends (at most one packet's worth, 256 KiB from libvirtd) to
+    /// `on_data`, until libvirtd's end of data; then finishes the stream and waits for libvirtd
+    /// to confirm it. Returns the bytes received. A failing `on_data` aborts the stream (see
+    /// [`ClientError::Sink`]); the connection stays usable.
+    pub fn download(
+        &mut self,
+        procedure: Procedure,
+        arguments: &impl XdrEncode,
+        mut on_data: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<u64, ClientError> {
+        let serial = self.send_call(procedure, arguments)?;
+        let payload = self.receive_reply(procedure, serial)?;
+        decode_payload::<()>(procedure, &payload)?;
+        let mut received: u64 = 0;
+        loop {
+            let packet = self.receive_packet(procedure, true)?;
+            if !self.is_for_call(procedure, &packet, serial)? {
+                continue;
+            }
+            match (packet.header.message_type, packet.header.status) {
+                // An empty data packet is libvirtd's end of data (what its own client reads as
+                // EOF); finish as libvirt's client does (virStreamFinish).
+                (MessageType::Stream, MessageStatus::Continue) if packet.payload.is_empty() => {
+                    self.end_stream(procedure, serial, MessageStatus::Ok)?;
+                    return Ok(received);
+                }
+                (MessageType::Stream, MessageStatus::Continue) => {
+                    received += packet.payload.len() as u64;
+                    if let Err(message) = on_data(&packet.payload) {
+                        self.abort_download(procedure, serial)?;
+                        return Err(ClientError::Sink { procedure, message });
+                    }
+                }
+                (MessageType::Stream | MessageType::Reply, MessageStatus::Error) => {
+                    return Err(remote_error(procedure, &packet.payload));
+                }
+                (message_type, status) => {
+                    return Err(protocol_error(
+                        procedure,
+                        format!("unexpected {message_type:?} packet with status {status:?} in a download"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Aborts download `serial` (an empty STREAM packet with status ERROR) and waits for
+    /// libvirtd's answer (STREAM OK, or an error), skipping data still in flight, its end of
+    /// data (an empty CONTINUE packet) included.
+    fn abort_download(&mut self, procedure: Procedure, serial: u32) -> Result<(), ClientError> {
+        self.send_packet(procedure, MessageType::Stream, serial, MessageStatus::Error, |_| {})
+            .map_err(|source| ClientError::Transport { procedure, reply_started: true, source })?;
+        loop {
+            let packet = self.receive_packet(procedure, true)?;
+            if !self.is_for_call(procedure, &packet, serial)? {
+                continue;
+            }
+            match (packet.header.message_type, packet.header.status) {
+                (MessageType::Stream, MessageStatus::Continue) => continue,
+                (MessageType::Stream, MessageStatus::Ok)
+                | (MessageType::Stream | MessageType::Reply, MessageStatus::Error) => return Ok(()),
+                (message_type, status) => {
+                    return Err(protocol_error(
+                        procedure,
+                        format!("unexpected {message_type:?} packet with status {status:?} after an abort"),
+                    ));
+                }
+            }
+        }
     }
 
     /// Ends stream `serial` with an empty STREAM packet: status OK finishes it, status ERROR
@@ -548,6 +626,73 @@ mod tests {
             },
             |_| {},
         );
+        assert!(matches!(&result, Err(ClientError::Remote { error, .. }) if error.code == 38), "{result:?}");
+    }
+
+    #[test]
+    fn download_passes_data_on_until_the_empty_packet_then_finishes() -> Result<(), ClientError> {
+        let procedure = Procedure::StorageVolDownload;
+        let number = procedure.number();
+        let mut server = packet(REMOTE_PROGRAM, number, MessageType::Reply, 1, MessageStatus::Ok, &[]);
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Continue, &[1; 5]));
+        server.extend(packet(
+            KEEPALIVE_PROGRAM,
+            KEEPALIVE_PROCEDURE_PING,
+            MessageType::Message,
+            0,
+            MessageStatus::Ok,
+            &[],
+        ));
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Continue, &[2; 3]));
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Continue, &[]));
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Ok, &[]));
+        server.extend(packet(REMOTE_PROGRAM, 157, MessageType::Reply, 2, MessageStatus::Ok, &7_u64.to_be_bytes()));
+        let mut client = client_over(server);
+        let mut data = Vec::new();
+        let received = client.download(procedure, &(), |piece| {
+            data.extend_from_slice(piece);
+            Ok(())
+        })?;
+        assert_eq!((received, data), (8, vec![1, 1, 1, 1, 1, 2, 2, 2]));
+        // The call, the pong, then the finish: an empty STREAM packet with status OK.
+        let written = &client.transport.written;
+        assert_eq!(written.len(), 3 * 28);
+        assert_eq!(&written[56 + 16..56 + 28], &[0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0][..]);
+        let version: u64 = client.call(Procedure::ConnectGetLibVersion, &())?;
+        assert_eq!(version, 7);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failing_sink_aborts_the_download_and_keeps_the_connection() {
+        let procedure = Procedure::StorageVolDownload;
+        let number = procedure.number();
+        let mut server = packet(REMOTE_PROGRAM, number, MessageType::Reply, 1, MessageStatus::Ok, &[]);
+        for _ in 0..2 {
+            server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Continue, &[1; 4]));
+        }
+        // Data in flight and the end of data arrive before libvirtd's answer to the abort.
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Continue, &[]));
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Ok, &[]));
+        server.extend(packet(REMOTE_PROGRAM, 157, MessageType::Reply, 2, MessageStatus::Ok, &7_u64.to_be_bytes()));
+        let mut client = client_over(server);
+        let result = client.download(procedure, &(), |_| Err("receiver gone".into()));
+        assert!(matches!(&result, Err(ClientError::Sink { message, .. }) if message == "receiver gone"), "{result:?}");
+        assert!(result.as_ref().err().is_some_and(|error| !error.breaks_connection()));
+        let written = &client.transport.written;
+        assert_eq!(&written[28 + 16..28 + 28], &[0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 1][..]);
+        let version: Result<u64, _> = client.call(Procedure::ConnectGetLibVersion, &());
+        assert_eq!(version.ok(), Some(7));
+    }
+
+    #[test]
+    fn a_download_error_from_libvirt_is_a_remote_error() {
+        let procedure = Procedure::StorageVolDownload;
+        let number = procedure.number();
+        let mut server = packet(REMOTE_PROGRAM, number, MessageType::Reply, 1, MessageStatus::Ok, &[]);
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Error, &encoded_error(38)));
+        let mut client = client_over(server);
+        let result = client.download(procedure, &(), |_| Ok(()));
         assert!(matches!(&result, Err(ClientError::Remote { error, .. }) if error.code == 38), "{result:?}");
     }
 

@@ -1,4 +1,4 @@
-//! The component's export of `hyperplane:driver/hypervisor@0.2.0`: a [`LibvirtDriver`] over the
+//! The component's export of `hyperplane:driver/hypervisor@0.3.0`: a [`LibvirtDriver`] over the
 //! host's endpoints, state store and byte streams, created by `init` and kept per component
 //! instance (wasm is single-threaded: a `thread_local`), so its libvirt connections are reused
 //! across calls.
@@ -17,7 +17,7 @@ use hyperplane_guest::types::{
 };
 
 use crate::config::Settings;
-use crate::driver::{Connector, ImageSource, LibvirtDriver, capabilities};
+use crate::driver::{Connector, DeltaSource, DiskSink, ImageSource, LibvirtDriver, capabilities};
 
 type ComponentDriver = LibvirtDriver<HostEndpoints, HostStore>;
 
@@ -109,6 +109,36 @@ impl ImageSource for HostImage<'_> {
     }
 }
 
+/// A template image as changes to a cached version, streamed by the host.
+struct HostDelta<'delta>(&'delta ImageDelta);
+
+impl DeltaSource for HostDelta<'_> {
+    fn base(&self) -> TemplateRef {
+        self.0.base()
+    }
+
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn changes(&self) -> Vec<(u64, u64)> {
+        self.0.changes().into_iter().map(|span| (span.offset, span.length)).collect()
+    }
+
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, String> {
+        self.0.read(max)
+    }
+}
+
+/// The host's receiving end of an export.
+struct HostSink<'sink>(&'sink ByteSink);
+
+impl DiskSink for HostSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.0.write(bytes)
+    }
+}
+
 /// The exported driver.
 pub struct LibvirtComponent;
 
@@ -168,9 +198,15 @@ impl Guest for LibvirtComponent {
         host: String,
         template: TemplateRef,
         image: ByteSource,
-        _delta: Option<ImageDelta>,
+        delta: Option<ImageDelta>,
     ) -> Result<CachedTemplate, Error> {
-        driver()?.pull_template(&host, &template, &mut HostImage(&image))
+        let mut host_delta = delta.as_ref().map(HostDelta);
+        driver()?.pull_template_with_delta(
+            &host,
+            &template,
+            &mut HostImage(&image),
+            host_delta.as_mut().map(|delta| delta as &mut dyn DeltaSource),
+        )
     }
 
     fn remove_template(host: String, template: TemplateRef) -> Result<(), Error> {
@@ -201,8 +237,8 @@ impl Guest for LibvirtComponent {
         driver()?.delete_snapshot(&id, &name)
     }
 
-    fn export_disk(_id: String, _sink: &ByteSink) -> Result<ExportedDisk, Error> {
-        Err(Error::Unsupported("export-disk is not implemented by driver-libvirt yet".into()))
+    fn export_disk(id: String, sink: &ByteSink) -> Result<ExportedDisk, Error> {
+        driver()?.export_disk(&id, &mut HostSink(sink))
     }
 }
 

@@ -179,6 +179,57 @@ pub fn overlay_volume_xml(volume_name: &str, capacity_bytes: u64, backing_path: 
     )
 }
 
+/// The XML of a standalone volume of `format` (`raw` or `qcow2`, no backing store): the target
+/// of a clone (`storage_vol_create_xml_from`), which flattens a qcow2 chain into it.
+pub fn standalone_volume_xml(volume_name: &str, capacity_bytes: u64, format: &str) -> String {
+    format!(
+        "<volume>\n  <name>{}</name>\n  <capacity unit='bytes'>{capacity_bytes}</capacity>\n  \
+         <target><format type='{}'/></target>\n</volume>\n",
+        escape(volume_name),
+        escape(format)
+    )
+}
+
+/// What a volume's XML (`storage_vol_get_xml_desc`) says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeFacts {
+    /// `target/format/@type` as libvirt sees it (for dir pools: probed from the file).
+    pub format: Option<String>,
+    /// Bytes.
+    pub capacity: u64,
+    /// Whether it has a backing store.
+    pub backed: bool,
+}
+
+pub fn volume_facts(xml: &str) -> Result<VolumeFacts, Error> {
+    let document = parse(xml, "volume")?;
+    let root = document.root_element();
+    let format = child(root, "target")
+        .and_then(|target| child(target, "format"))
+        .and_then(|format| format.attribute("type"))
+        .map(str::to_owned);
+    let capacity_node = child(root, "capacity");
+    let unit_factor: u64 = match capacity_node.and_then(|node| node.attribute("unit")).unwrap_or("bytes") {
+        "bytes" | "B" | "b" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" | "m" => 1 << 20,
+        "GiB" | "G" | "g" => 1 << 30,
+        other => {
+            return Err(Error::Backend(hyperplane_guest::types::BackendError {
+                code: -1,
+                message: format!("libvirt volume xml has a capacity in unknown unit `{other}`"),
+            }));
+        }
+    };
+    let capacity = capacity_node
+        .and_then(|node| node.text())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(|value| value.saturating_mul(unit_factor))
+        .unwrap_or(0);
+    let backed = child(root, "backingStore").is_some_and(|backing| child(backing, "path").is_some());
+    Ok(VolumeFacts { format, capacity, backed })
+}
+
 /// The XML of a new snapshot.
 pub fn snapshot_xml(name: &str, description: &str) -> String {
     format!(
@@ -425,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn volume_and_snapshot_xml_are_escaped() {
+    fn volume_and_snapshot_xml_are_escaped() -> Result<(), Error> {
         let overlay = overlay_volume_xml("hp-1.qcow2", 10 << 30, "/var/lib/libvirt/images/t&1", "qcow2");
         assert!(overlay.contains("<capacity unit='bytes'>10737418240</capacity>"));
         assert!(overlay.contains("<path>/var/lib/libvirt/images/t&amp;1</path>"));
@@ -434,8 +485,21 @@ mod tests {
         assert!(
             template.contains("<capacity unit='bytes'>1234</capacity>") && template.contains("<format type='raw'/>")
         );
+        let standalone = standalone_volume_xml("hp-1.export-ab.qcow2", 5, "qcow2");
+        assert!(standalone.contains("<format type='qcow2'/>") && !standalone.contains("backingStore"));
+        let facts = volume_facts(
+            "<volume type='file'><name>t</name><capacity unit='bytes'>4194304</capacity>\
+             <target><path>/p/t</path><format type='raw'/></target></volume>",
+        )?;
+        assert_eq!(facts, VolumeFacts { format: Some("raw".into()), capacity: 4 << 20, backed: false });
+        let facts = volume_facts(
+            "<volume><capacity unit='GiB'>1</capacity><target><format type='qcow2'/></target>\
+             <backingStore><path>/p/t</path><format type='raw'/></backingStore></volume>",
+        )?;
+        assert_eq!(facts, VolumeFacts { format: Some("qcow2".into()), capacity: 1 << 30, backed: true });
         let snapshot = snapshot_xml("before <upgrade>", "it's");
         assert!(snapshot.contains("<name>before &lt;upgrade&gt;</name>") && snapshot.contains("it&apos;s"));
+        Ok(())
     }
 
     #[test]

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use hyperplane_guest::state::{JsonState, KeyValueStore};
 use hyperplane_guest::types::{
-    Arch, BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, DiskFormat, Error, HostReport,
-    HostState, Instance, InstanceSpec, InstanceState, Snapshot, TemplateRef,
+    Arch, BackendError, CachedTemplate, Capabilities, ConsoleEndpoint, ConsoleProtocol, DiskFormat, Error,
+    ExportedDisk, HostReport, HostState, Instance, InstanceSpec, InstanceState, Snapshot, TemplateRef,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,8 @@ const STOP_POLL_FIRST: Duration = Duration::from_millis(50);
 const STOP_POLL_MAX: Duration = Duration::from_millis(500);
 /// Bytes the driver asks its image source for at once.
 const IMAGE_READ_SIZE: u32 = 1024 * 1024;
+/// Largest piece the driver writes into an export's sink at once.
+const EXPORT_PIECE_SIZE: usize = 1024 * 1024;
 
 /// Opens byte streams to libvirt hosts by endpoint name.
 pub trait Connector {
@@ -58,6 +60,48 @@ pub trait ImageSource {
     fn size(&self) -> u64;
     /// Up to `max` bytes; empty at the end.
     fn read(&mut self, max: u32) -> Result<Vec<u8>, String>;
+}
+
+/// A new template image as the changes to a cached version (`transfer.image-delta`).
+pub trait DeltaSource {
+    /// The cached version the changes apply to.
+    fn base(&self) -> TemplateRef;
+    /// Size of the new image in bytes.
+    fn size(&self) -> u64;
+    /// `(offset, length)` of the changed spans, ascending and not overlapping.
+    fn changes(&self) -> Vec<(u64, u64)>;
+    /// Up to `max` bytes of the changed data, in the order of the spans; empty at the end.
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, String>;
+}
+
+/// Where an exported disk goes (`transfer.byte-sink`).
+pub trait DiskSink {
+    /// Takes all of `bytes`; fails when the receiver stopped.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), String>;
+}
+
+/// The spans of a delta checked (ascending, not overlapping, inside `size`) and merged where
+/// one ends where the next starts: one upload stream per run. Empty spans are dropped.
+fn delta_runs(spans: &[(u64, u64)], size: u64) -> Result<Vec<(u64, u64)>, Error> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut end_of_previous = 0_u64;
+    for &(offset, length) in spans {
+        let end = offset.checked_add(length).filter(|end| *end <= size).ok_or_else(|| {
+            Error::Invalid(format!("delta span {offset}+{length} lies outside the new image of {size} bytes"))
+        })?;
+        if offset < end_of_previous {
+            return Err(Error::Invalid(format!("delta span at {offset} overlaps or precedes the one before")));
+        }
+        end_of_previous = end;
+        if length == 0 {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((run_offset, run_length)) if *run_offset + *run_length == offset => *run_length += length,
+            _ => runs.push((offset, length)),
+        }
+    }
+    Ok(runs)
 }
 
 /// An in-memory image, for tests and small templates.
@@ -171,7 +215,7 @@ pub fn map_client_error(host: &HostSettings, error: ClientError) -> Error {
         ClientError::AuthenticationUnsupported { .. } => {
             Error::Unsupported(format!("libvirt endpoint '{}': {error}", host.endpoint))
         }
-        ClientError::Source { .. } => Error::Unavailable(error.to_string()),
+        ClientError::Source { .. } | ClientError::Sink { .. } => Error::Unavailable(error.to_string()),
         ClientError::Remote { procedure, error } => {
             let message = format!(
                 "libvirt {} on host '{}': {} (libvirt error {})",
@@ -232,8 +276,8 @@ pub fn capabilities() -> Capabilities {
         templates: true,
         snapshots: true,
         suspend: true,
-        delta_pull: false,
-        export_disk: false,
+        delta_pull: true,
+        export_disk: true,
     }
 }
 
@@ -294,6 +338,15 @@ pub fn domain_name(instance_id: &str) -> String {
 
 fn overlay_volume_name(instance_id: &str) -> String {
     format!("{}.qcow2", domain_name(instance_id))
+}
+
+/// The temporary volume of an export: `hp-<id>.export-<random>.qcow2` (random: two exports
+/// of one instance never share it).
+fn export_volume_name(instance_id: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(instance_id.as_bytes());
+    format!("{}.export-{:016x}.qcow2", domain_name(instance_id), hasher.finish())
 }
 
 pub fn template_volume_name(name: &str, version: u32) -> String {
@@ -1078,6 +1131,21 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         template: &TemplateRef,
         image: &mut dyn ImageSource,
     ) -> Result<CachedTemplate, Error> {
+        self.pull_template_with_delta(host_name, template, image, None)
+    }
+
+    /// Caches `template` on the host. With `delta` whose base is cached there as a raw volume,
+    /// the new volume is a clone of the base with the changed spans uploaded into it, and
+    /// `image` is not read; when the base is missing or not raw, or the delta path fails
+    /// before the volume is complete, the partial volume is removed and the full `image` is
+    /// uploaded instead (see `docs/drivers/libvirt.md`).
+    pub fn pull_template_with_delta(
+        &self,
+        host_name: &str,
+        template: &TemplateRef,
+        image: &mut dyn ImageSource,
+        delta: Option<&mut dyn DeltaSource>,
+    ) -> Result<CachedTemplate, Error> {
         validate_identifier("template name", &template.name)?;
         let host = self.host(host_name)?;
         let volume_name = template_volume_name(&template.name, template.version);
@@ -1100,6 +1168,31 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             self.state.set_json(&template_key(&host.name, &template.name, template.version), &record)?;
             return Ok(cached);
         }
+        if let Some(delta) = delta {
+            match self.pull_delta(host, template, &volume_name, delta) {
+                Ok(()) => {
+                    self.state.set_json(&template_key(&host.name, &template.name, template.version), &record)?;
+                    return Ok(cached);
+                }
+                Err(reason) => hyperplane_guest::log::info(
+                    "delta pull not possible; uploading the full image",
+                    &[("template", &volume_name), ("host", &host.name), ("reason", &format!("{reason:?}"))],
+                ),
+            }
+        }
+        self.pull_full(host, template, &volume_name, image)?;
+        self.state.set_json(&template_key(&host.name, &template.name, template.version), &record)?;
+        Ok(cached)
+    }
+
+    /// Uploads the whole image into a new volume `volume_name`.
+    fn pull_full(
+        &self,
+        host: &HostSettings,
+        template: &TemplateRef,
+        volume_name: &str,
+        image: &mut dyn ImageSource,
+    ) -> Result<(), Error> {
         let size = image.size();
         if size == 0 || template.size_bytes == 0 {
             return Err(Error::Invalid(format!(
@@ -1109,7 +1202,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         }
         let pool_and_volume = self.with_session(host, |session| {
             let pool = session.pool(&host.pool)?;
-            Ok(session.client.storage_vol_create_xml(&pool, &domain_xml::template_volume_xml(&volume_name, size), 0)?)
+            Ok(session.client.storage_vol_create_xml(&pool, &domain_xml::template_volume_xml(volume_name, size), 0)?)
         })?;
         let label = format!("uploading template {} v{} to {}", template.name, template.version, host.name);
         let mut last_reported_percent = u64::MAX;
@@ -1141,19 +1234,114 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             }
         });
         if let Err(error) = uploaded {
-            // A half-written template must not look cached: remove it (on a fresh connection
-            // when the upload broke the old one).
-            let removed = self.with_session(host, |session| Ok(session.client.storage_vol_delete(&pool_and_volume)?));
-            if let Err(removal_error) = removed {
-                hyperplane_guest::log::warn(
-                    "cannot remove a partial template volume",
-                    &[("volume", &pool_and_volume.name), ("error", &format!("{removal_error:?}"))],
-                );
-            }
+            // A half-written template must not look cached.
+            self.remove_volume_quietly(host, &pool_and_volume, "cannot remove a partial template volume");
             return Err(error);
         }
-        self.state.set_json(&template_key(&host.name, &template.name, template.version), &record)?;
-        Ok(cached)
+        Ok(())
+    }
+
+    /// Removes `volume` (on a fresh connection when the failure broke the old one), logging a
+    /// failure instead of returning it.
+    fn remove_volume_quietly(&self, host: &HostSettings, volume: &StorageVolume, what: &str) {
+        let removed = self.with_session(host, |session| match session.client.storage_vol_delete(volume) {
+            Ok(()) => Ok(()),
+            Err(error) if error.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => Ok(()),
+            Err(error) => Err(error.into()),
+        });
+        if let Err(removal_error) = removed {
+            hyperplane_guest::log::warn(what, &[("volume", &volume.name), ("error", &format!("{removal_error:?}"))]);
+        }
+    }
+
+    /// Builds volume `volume_name` from the cached base of `delta`: a server-side clone of the
+    /// base volume (a byte copy: both raw), a resize when the size changed, then one upload
+    /// stream per run of adjacent changed spans, at its offset. Fails (leaving nothing behind)
+    /// when the base is not cached or not raw, or anything goes wrong before the volume is
+    /// complete; the caller then uploads the full image.
+    fn pull_delta(
+        &self,
+        host: &HostSettings,
+        template: &TemplateRef,
+        volume_name: &str,
+        delta: &mut dyn DeltaSource,
+    ) -> Result<(), Error> {
+        let base = delta.base();
+        validate_identifier("template name", &base.name)?;
+        let base_volume_name = template_volume_name(&base.name, base.version);
+        if base_volume_name == volume_name {
+            return Err(Error::Invalid("a delta against the template itself".into()));
+        }
+        let size = delta.size();
+        let runs = delta_runs(&delta.changes(), size)?;
+        let changed_bytes: u64 = runs.iter().map(|(_, length)| length).sum();
+        let (pool, base_facts) = self.with_session(host, |session| {
+            let pool = session.pool(&host.pool)?;
+            let xml = session.client.storage_vol_get_xml_desc(&volume_handle(&pool, base_volume_name.clone()))?;
+            Ok((pool, domain_xml::volume_facts(&xml)?))
+        })?;
+        // libvirt copies bytes only between raw volumes; a qcow2 base would go through
+        // `qemu-img convert`, whose output differs byte for byte from the base file.
+        if base_facts.format.as_deref() != Some("raw") || base_facts.backed {
+            return Err(Error::Unsupported(format!(
+                "base volume `{base_volume_name}` is {} for libvirt, not a plain raw file",
+                base_facts.format.as_deref().unwrap_or("of unknown format")
+            )));
+        }
+        let base_handle = volume_handle(&pool, base_volume_name.clone());
+        let clone_xml = domain_xml::standalone_volume_xml(volume_name, base_facts.capacity, "raw");
+        let volume = self.with_session(host, |session| {
+            Ok(session.client.storage_vol_create_xml_from(&pool, &clone_xml, &base_handle, 0)?)
+        })?;
+        let label = format!("applying the delta of template {} v{} on {}", template.name, template.version, host.name);
+        let completed = self.with_session(host, |session| {
+            if size != base_facts.capacity {
+                let shrink = if size < base_facts.capacity { flags::STORAGE_VOL_RESIZE_SHRINK } else { 0 };
+                session.client.storage_vol_resize(&volume, size, shrink)?;
+            }
+            let mut uploaded: u64 = 0;
+            for &(offset, length) in &runs {
+                let mut remaining = length;
+                let sent = session.client.storage_vol_upload_at(
+                    &volume,
+                    offset,
+                    length,
+                    |chunk| {
+                        if remaining == 0 {
+                            return Ok(());
+                        }
+                        let max = u32::try_from(remaining.min(u64::from(IMAGE_READ_SIZE))).unwrap_or(IMAGE_READ_SIZE);
+                        let bytes = delta.read(max)?;
+                        if bytes.is_empty() {
+                            return Err(format!("the delta data ended with {remaining} bytes of a span missing"));
+                        }
+                        if bytes.len() as u64 > remaining {
+                            return Err(format!("the delta data returned {} bytes for {max} asked", bytes.len()));
+                        }
+                        remaining -= bytes.len() as u64;
+                        chunk.extend_from_slice(&bytes);
+                        Ok(())
+                    },
+                    |_| {},
+                )?;
+                if sent != length {
+                    return Err(
+                        Error::Unavailable(format!("uploaded {sent} of {length} changed bytes at {offset}")).into()
+                    );
+                }
+                uploaded += sent;
+                hyperplane_guest::progress::report(
+                    uploaded as f32 / changed_bytes.max(1) as f32,
+                    &format!("{label}: {uploaded} of {changed_bytes} changed bytes"),
+                );
+            }
+            Ok(())
+        });
+        if let Err(error) = completed {
+            self.remove_volume_quietly(host, &volume, "cannot remove a partial delta template volume");
+            return Err(error);
+        }
+        Ok(())
     }
 
     pub fn remove_template(&self, host_name: &str, template: &TemplateRef) -> Result<(), Error> {
@@ -1269,6 +1457,91 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         })
     }
 
+    // ----- export -----------------------------------------------------------------------
+
+    /// Writes the instance's disk into `sink` as one standalone qcow2 image: a temporary
+    /// flattened copy of the overlay in the pool (`storage_vol_create_xml_from` into a qcow2
+    /// volume without backing store, which libvirt does with `qemu-img convert`), streamed out
+    /// with `storage_vol_download` in pieces of at most 1 MiB, then removed (also on failure).
+    /// A running instance is refused with `conflict`.
+    pub fn export_disk(&self, instance_id: &str, sink: &mut dyn DiskSink) -> Result<ExportedDisk, Error> {
+        let host = self.host_of_instance(instance_id)?;
+        let temporary_name = export_volume_name(instance_id);
+        let (temporary, estimated_size) = self.with_session(host, |session| {
+            let domain = Self::domain_handle(session, instance_id)?;
+            let state = session.client.domain_get_state(&domain)?;
+            if matches!(
+                instance_state(state),
+                InstanceState::Running | InstanceState::Starting | InstanceState::Stopping
+            ) {
+                return Err(Error::Conflict(format!(
+                    "instance `{instance_id}` is running; stop or suspend it before exporting its disk"
+                ))
+                .into());
+            }
+            let pool = session.pool(&host.pool)?;
+            let overlay = volume_handle(&pool, overlay_volume_name(instance_id));
+            let overlay_facts = domain_xml::volume_facts(&session.client.storage_vol_get_xml_desc(&overlay)?)?;
+            let xml = domain_xml::standalone_volume_xml(&temporary_name, overlay_facts.capacity, "qcow2");
+            let temporary = match session.client.storage_vol_create_xml_from(&pool, &xml, &overlay, 0) {
+                Ok(temporary) => temporary,
+                // A suspended QEMU keeps its write lock on the overlay, and libvirt's
+                // `qemu-img convert` (no `-U`) cannot open it.
+                Err(ClientError::Remote { error, .. })
+                    if instance_state(state) == InstanceState::Suspended
+                        && error.code == error_code::INTERNAL_ERROR
+                        && error.message_or_default().contains("lock") =>
+                {
+                    return Err(Error::Conflict(format!(
+                        "instance `{instance_id}` is suspended and QEMU holds the lock on its disk, so libvirt \
+                         cannot copy it; stop the instance to export its disk ({})",
+                        error.message_or_default()
+                    ))
+                    .into());
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let estimated_size = match session.client.storage_vol_get_info(&temporary) {
+                Ok(info) => info.allocation,
+                Err(_) => 0,
+            };
+            Ok((temporary, estimated_size))
+        })?;
+        let label = format!("exporting the disk of instance {instance_id}");
+        let mut pending: Vec<u8> = Vec::with_capacity(EXPORT_PIECE_SIZE);
+        let mut written: u64 = 0;
+        let downloaded = self.with_session(host, |session| {
+            let received = session.client.storage_vol_download(&temporary, 0, 0, |data| {
+                pending.extend_from_slice(data);
+                if pending.len() >= EXPORT_PIECE_SIZE {
+                    sink.write(&pending)?;
+                    written += pending.len() as u64;
+                    pending.clear();
+                    let fraction =
+                        if estimated_size > 0 { (written as f32 / estimated_size as f32).min(1.0) } else { 0.0 };
+                    hyperplane_guest::progress::report(fraction, &format!("{label}: {} MiB", written >> 20));
+                }
+                Ok(())
+            })?;
+            if !pending.is_empty() {
+                sink.write(&pending)
+                    .map_err(|message| Error::Unavailable(format!("the export's receiver failed: {message}")))?;
+                written += pending.len() as u64;
+                pending.clear();
+            }
+            Ok(received)
+        });
+        self.remove_volume_quietly(host, &temporary, "cannot remove the temporary export volume");
+        let received = downloaded?;
+        if received != written {
+            return Err(Error::Backend(BackendError {
+                code: -1,
+                message: format!("downloaded {received} bytes but passed on {written}"),
+            }));
+        }
+        Ok(ExportedDisk { format: DiskFormat::Qcow2, size_bytes: written })
+    }
+
     pub fn exec(&self, _instance_id: &str) -> Result<hyperplane_guest::types::ExecResult, Error> {
         Err(Error::Unsupported("the libvirt driver has no exec; use the console".into()))
     }
@@ -1287,6 +1560,20 @@ mod tests {
         assert_eq!(parse_template_volume_name("hyperplane-template--v3"), None);
         assert_eq!(parse_template_volume_name("hyperplane-template-x-vx"), None);
         assert_eq!(parse_template_volume_name("other.qcow2"), None);
+    }
+
+    #[test]
+    fn delta_spans_are_checked_and_adjacent_ones_merged() {
+        assert_eq!(delta_runs(&[(0, 10), (10, 5), (20, 0), (30, 10)], 40).ok(), Some(vec![(0, 15), (30, 10)]));
+        assert_eq!(delta_runs(&[], 0).ok(), Some(vec![]));
+        assert!(matches!(delta_runs(&[(0, 10), (5, 10)], 40), Err(Error::Invalid(_))), "overlap");
+        assert!(matches!(delta_runs(&[(20, 1), (10, 1)], 40), Err(Error::Invalid(_))), "descending");
+        assert!(matches!(delta_runs(&[(35, 10)], 40), Err(Error::Invalid(_))), "past the end");
+        assert!(matches!(delta_runs(&[(u64::MAX, 2)], u64::MAX), Err(Error::Invalid(_))), "overflow");
+        assert!(
+            export_volume_name("abc").starts_with("hp-abc.export-") && export_volume_name("abc").ends_with(".qcow2")
+        );
+        assert_eq!(parse_template_volume_name(&export_volume_name("abc")), None);
     }
 
     #[test]

@@ -70,7 +70,9 @@ pub enum Procedure {
     StorageVolDelete = 94,
     StorageVolLookupByName = 95,
     StorageVolGetInfo = 98,
+    StorageVolGetXmlDesc = 99,
     StorageVolGetPath = 100,
+    StorageVolCreateXmlFrom = 125,
     ConnectGetLibVersion = 157,
     DomainSnapshotCreateXml = 185,
     DomainSnapshotGetXmlDesc = 186,
@@ -79,9 +81,11 @@ pub enum Procedure {
     DomainRevertToSnapshot = 192,
     DomainSnapshotDelete = 193,
     StorageVolUpload = 208,
+    StorageVolDownload = 209,
     DomainGetState = 212,
     DomainUndefineFlags = 231,
     DomainShutdownFlags = 258,
+    StorageVolResize = 260,
     DomainSnapshotIsCurrent = 271,
     ConnectListAllDomains = 273,
     DomainListAllSnapshots = 274,
@@ -123,7 +127,9 @@ impl Procedure {
             Procedure::StorageVolDelete => "storage_vol_delete",
             Procedure::StorageVolLookupByName => "storage_vol_lookup_by_name",
             Procedure::StorageVolGetInfo => "storage_vol_get_info",
+            Procedure::StorageVolGetXmlDesc => "storage_vol_get_xml_desc",
             Procedure::StorageVolGetPath => "storage_vol_get_path",
+            Procedure::StorageVolCreateXmlFrom => "storage_vol_create_xml_from",
             Procedure::ConnectGetLibVersion => "connect_get_lib_version",
             Procedure::DomainSnapshotCreateXml => "domain_snapshot_create_xml",
             Procedure::DomainSnapshotGetXmlDesc => "domain_snapshot_get_xml_desc",
@@ -132,9 +138,11 @@ impl Procedure {
             Procedure::DomainRevertToSnapshot => "domain_revert_to_snapshot",
             Procedure::DomainSnapshotDelete => "domain_snapshot_delete",
             Procedure::StorageVolUpload => "storage_vol_upload",
+            Procedure::StorageVolDownload => "storage_vol_download",
             Procedure::DomainGetState => "domain_get_state",
             Procedure::DomainUndefineFlags => "domain_undefine_flags",
             Procedure::DomainShutdownFlags => "domain_shutdown_flags",
+            Procedure::StorageVolResize => "storage_vol_resize",
             Procedure::DomainSnapshotIsCurrent => "domain_snapshot_is_current",
             Procedure::ConnectListAllDomains => "connect_list_all_domains",
             Procedure::DomainListAllSnapshots => "domain_list_all_snapshots",
@@ -163,6 +171,7 @@ impl Procedure {
                 | Procedure::StorageVolLookupByName
                 | Procedure::StorageVolGetInfo
                 | Procedure::StorageVolGetPath
+                | Procedure::StorageVolGetXmlDesc
                 | Procedure::ConnectGetLibVersion
                 | Procedure::DomainSnapshotGetXmlDesc
                 | Procedure::DomainSnapshotLookupByName
@@ -501,6 +510,8 @@ pub mod flags {
     pub const DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL: u32 = 1024;
     pub const DOMAIN_INTERFACE_ADDRESSES_SOURCE_LEASE: u32 = 0;
     pub const DOMAIN_INTERFACE_ADDRESSES_SOURCE_AGENT: u32 = 1;
+    /// `VIR_STORAGE_VOL_RESIZE_SHRINK`: allow a smaller capacity.
+    pub const STORAGE_VOL_RESIZE_SHRINK: u32 = 4;
     /// `VIR_CONNECT_LIST_DOMAINS_*`: 0 lists every domain.
     pub const CONNECT_LIST_DOMAINS_ALL: u32 = 0;
 }

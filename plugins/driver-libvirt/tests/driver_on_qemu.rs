@@ -5,55 +5,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{QEMU_DRIVER_URI, connect, driver, instance_id, unique_name};
+use common::{QEMU_DRIVER_URI, ScratchPool, driver, instance_id};
 use driver_libvirt::driver::{BytesImage, ImageSource, template_volume_name};
 use hyperplane_guest::types::{ConsoleProtocol, DiskFormat, Error, InstanceSpec, InstanceState, TemplateRef};
-
-/// A transient dir pool and its directory, removed (with any domain left behind) on drop.
-struct ScratchPool {
-    name: String,
-    directory: PathBuf,
-    domains: Vec<String>,
-}
-
-impl ScratchPool {
-    fn create() -> ScratchPool {
-        let name = unique_name("hp-test-pool");
-        let base = std::env::var("LIBVIRT_STATE_DIR").unwrap_or_else(|_| "/tmp".into());
-        let directory = PathBuf::from(base).join(&name);
-        std::fs::create_dir_all(&directory).expect("pool directory");
-        let xml =
-            format!("<pool type='dir'><name>{name}</name><target><path>{}</path></target></pool>", directory.display());
-        connect(QEMU_DRIVER_URI).storage_pool_create_xml(&xml).expect("transient pool");
-        ScratchPool { name, directory, domains: Vec::new() }
-    }
-}
-
-impl Drop for ScratchPool {
-    fn drop(&mut self) {
-        // Best effort, and never a panic while a failed test unwinds.
-        let Ok(mut client) = driver_libvirt::client::Client::connect(common::tcp_stream(), QEMU_DRIVER_URI) else {
-            return;
-        };
-        for domain_name in &self.domains {
-            if let Ok(domain) = client.domain_lookup_by_name(domain_name) {
-                client.domain_destroy(&domain).ok();
-                client.domain_undefine_flags(&domain, 2).ok();
-            }
-        }
-        if let Ok(pool) = client.storage_pool_lookup_by_name(&self.name) {
-            if let Ok(volumes) = client.storage_pool_list_all_volumes(&pool) {
-                for volume in volumes {
-                    client.storage_vol_delete(&volume).ok();
-                }
-            }
-            client.storage_pool_destroy(&pool).ok();
-        }
-        std::fs::remove_dir_all(&self.directory).ok();
-    }
-}
 
 fn image_bytes(length: usize) -> Vec<u8> {
     (0..length).map(|index| (index.wrapping_mul(31) % 251) as u8).collect()

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use driver_libvirt::client::Client;
@@ -74,4 +75,53 @@ pub fn instance_id() -> String {
         .unwrap_or(0);
     let counter = COUNTER.fetch_add(1, Ordering::SeqCst);
     format!("{:08x}-{:04x}-4000-8000-{:012x}", std::process::id(), counter & 0xffff, nanos & 0xffff_ffff_ffff)
+}
+
+/// A transient dir pool and its directory, removed (with any domain left behind) on drop.
+pub struct ScratchPool {
+    pub name: String,
+    pub directory: PathBuf,
+    pub domains: Vec<String>,
+}
+
+impl ScratchPool {
+    pub fn create() -> ScratchPool {
+        let name = unique_name("hp-test-pool");
+        let base = std::env::var("LIBVIRT_STATE_DIR").unwrap_or_else(|_| "/tmp".into());
+        let directory = PathBuf::from(base).join(&name);
+        std::fs::create_dir_all(&directory).expect("pool directory");
+        let xml =
+            format!("<pool type='dir'><name>{name}</name><target><path>{}</path></target></pool>", directory.display());
+        connect(QEMU_DRIVER_URI).storage_pool_create_xml(&xml).expect("transient pool");
+        ScratchPool { name, directory, domains: Vec::new() }
+    }
+}
+
+impl Drop for ScratchPool {
+    fn drop(&mut self) {
+        // Best effort, and never a panic while a failed test unwinds.
+        let Ok(mut client) = driver_libvirt::client::Client::connect(tcp_stream(), QEMU_DRIVER_URI) else {
+            return;
+        };
+        for domain_name in &self.domains {
+            if let Ok(domain) = client.domain_lookup_by_name(domain_name) {
+                client.domain_destroy(&domain).ok();
+                client.domain_undefine_flags(&domain, 2).ok();
+            }
+        }
+        if let Ok(pool) = client.storage_pool_lookup_by_name(&self.name) {
+            if let Ok(volumes) = client.storage_pool_list_all_volumes(&pool) {
+                for volume in volumes {
+                    client.storage_vol_delete(&volume).ok();
+                }
+            }
+            client.storage_pool_destroy(&pool).ok();
+        }
+        std::fs::remove_dir_all(&self.directory).ok();
+    }
+}
+
+/// The bootable qcow2 guest image of the test bed (built on first use).
+pub fn guest_boot_qcow2() -> PathBuf {
+    libvirt_bed::guest_image().boot_qcow2.clone()
 }
