@@ -161,6 +161,7 @@ string_enum!(
         SnapshotDelete => "instance.snapshot_delete",
         TemplateRemoveFromHost => "template.remove_from_host",
         TemplatePullToHost => "template.pull_to_host",
+        InstanceSaveImage => "instance.save_image",
         Batch => "batch",
     }
 );

@@ -123,6 +123,7 @@ impl Fixture {
             }
             ("PATCH", "/v1/instances/{id}") => json!({ "name": "renamed" }),
             ("POST", "/v1/instances/{id}/snapshots") => json!({ "name": "matrix-snapshot" }),
+            ("POST", "/v1/instances/{id}/save") => json!({ "template": TEMPLATE, "tag": "matrix-saved" }),
             ("POST", "/v1/keys") => json!({ "id": "matrix-key", "user": KEYHOLDER }),
             ("PATCH", "/v1/keys/{id}") => json!({ "description": "changed" }),
             ("POST", "/v1/projects") => json!({ "name": "matrix-project" }),

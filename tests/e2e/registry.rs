@@ -252,6 +252,30 @@ async fn the_cli_distributes_a_tag_to_every_host_and_shows_each_host() {
 }
 
 #[tokio::test]
+async fn the_cli_saves_a_running_instance_as_a_new_template() {
+    let server = Server::start(&fast_sim_config()).await;
+    server.create_template("origin").await;
+    let work = tempfile::tempdir().expect("temporary directory");
+    let image = work.path().join("disk.img");
+    std::fs::write(&image, vec![3_u8; 2 * 1024 * 1024]).expect("image");
+    hyperplane(&server, &["template", "push", "origin", image.to_str().expect("path"), "--tag", "v1"]);
+    let (status, task) = server.post("/v1/instances?wait=60", json!({ "template": "origin" })).await;
+    assert_eq!((status, task["state"].as_str()), (StatusCode::OK, Some("succeeded")), "{task}");
+    let id = task["object_id"].as_str().expect("the instance").to_owned();
+
+    let saved = hyperplane(&server, &["instance", "save", &id, "--new-template", "golden", "--tag", "v1", "--wait"]);
+    assert_eq!(saved[0]["state"], "succeeded", "{saved}");
+    assert_eq!(saved[0]["result"]["size_bytes"].as_u64(), Some(2 * 1024 * 1024), "{saved}");
+    let golden = server.get("/v1/templates/golden").await;
+    assert_eq!(golden["versions"][0]["tag"], "v1", "{golden}");
+    let instance = server.get(&format!("/v1/instances/{id}")).await;
+    assert_eq!(instance["state"], "terminated", "{instance}");
+    let pulled = work.path().join("golden.img");
+    hyperplane(&server, &["template", "pull", "golden", pulled.to_str().expect("path")]);
+    assert_eq!(std::fs::metadata(&pulled).expect("pulled").len(), 2 * 1024 * 1024);
+}
+
+#[tokio::test]
 async fn images_convert_between_raw_and_qcow2_on_push_and_pull() {
     // qemu-img comes with this kind of machine; the libvirt test bed installs it where it does not.
     crate::libvirt_bed::bed();

@@ -164,6 +164,32 @@ enum InstanceCommand {
     Console {
         id: String,
     },
+    /// Save the instance's disk as a new tag of a template (`--template`) or as a new template
+    /// (`--new-template`); the instance is deleted afterwards unless `--keep`.
+    Save {
+        id: String,
+        #[arg(long, conflicts_with = "new_template", required_unless_present = "new_template")]
+        template: Option<String>,
+        #[arg(long)]
+        new_template: Option<String>,
+        #[arg(long)]
+        tag: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Stop the instance before the capture instead of suspending it.
+        #[arg(long)]
+        stop: bool,
+        /// First revert the template's latest tag (or `--revert-tag`).
+        #[arg(long)]
+        revert_before_push: bool,
+        #[arg(long)]
+        revert_tag: Option<String>,
+        /// Keep the instance afterwards.
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Snapshots of an instance.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -560,6 +586,26 @@ async fn instance_command(client: &Client, command: InstanceCommand, json_output
             let console = client.get(&format!("/v1/instances/{id}/console")).await?;
             output::print(&Value::Array(vec![console]), json_output, output::consoles_table);
             Ok(())
+        }
+        InstanceCommand::Save {
+            id,
+            template,
+            new_template,
+            tag,
+            description,
+            stop,
+            revert_before_push,
+            revert_tag,
+            keep,
+            wait,
+        } => {
+            let body = json!({
+                "template": template, "new_template": new_template, "tag": tag, "description": description,
+                "suspend": !stop, "revert_before_push": revert_before_push, "revert_tag": revert_tag,
+                "keep_instance": keep,
+            });
+            let task = client.post(&format!("/v1/instances/{id}/save"), &body).await?;
+            after_task(client, task, wait, json_output).await
         }
         InstanceCommand::Snapshot(command) => snapshot_command(client, command, json_output).await,
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::Store;
-use wasmtime::component::{Instance as ComponentInstance, InstancePre, Linker};
+use wasmtime::component::{Instance as ComponentInstance, InstancePre, Linker, Resource};
 
 use super::bindings;
 use super::component_cache::CacheOutcome;
@@ -288,7 +288,12 @@ impl Driver {
         self.pool
             .call_within("export-disk", timeout, move |mut instance| async move {
                 let result = match instance.store.data_mut().table.push(sink) {
-                    Ok(sink) => instance.exports.call_export_disk(&mut instance.store, id, sink).await,
+                    Ok(sink) => {
+                        let lent = Resource::new_borrow(sink.rep());
+                        let result = instance.exports.call_export_disk(&mut instance.store, id, lent).await;
+                        instance.store.data_mut().take_back_sink(sink).await;
+                        result
+                    }
                     Err(error) => Err(error.into()),
                 };
                 (instance, result)

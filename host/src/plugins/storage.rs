@@ -120,8 +120,14 @@ impl BlobStore {
         let timeout = self.transfer_timeout(source.size.unwrap_or(0));
         self.pool
             .call_within("put", timeout, move |mut instance| async move {
+                // `data` is a borrow: the host keeps the source and drops it after the call.
                 let result = match instance.store.data_mut().table.push(source) {
-                    Ok(source) => instance.exports.call_put(&mut instance.store, key, source).await,
+                    Ok(source) => {
+                        let lent = Resource::new_borrow(source.rep());
+                        let result = instance.exports.call_put(&mut instance.store, key, lent).await;
+                        let _ = instance.store.data_mut().table.delete(source);
+                        result
+                    }
                     Err(error) => Err(error.into()),
                 };
                 (instance, result)
@@ -135,7 +141,12 @@ impl BlobStore {
         self.pool
             .call_within("get", timeout, move |mut instance| async move {
                 let result = match instance.store.data_mut().table.push(sink) {
-                    Ok(sink) => instance.exports.call_get(&mut instance.store, key, range, sink).await,
+                    Ok(sink) => {
+                        let lent = Resource::new_borrow(sink.rep());
+                        let result = instance.exports.call_get(&mut instance.store, key, range, lent).await;
+                        instance.store.data_mut().take_back_sink(sink).await;
+                        result
+                    }
                     Err(error) => Err(error.into()),
                 };
                 (instance, result)
@@ -338,6 +349,15 @@ impl StorageSink {
 }
 
 impl Host for StoreData {}
+
+impl StoreData {
+    /// Takes back a sink lent to the guest for one call and ends its stream.
+    pub(super) async fn take_back_sink(&mut self, sink: Resource<StorageSink>) {
+        if let Ok(mut sink) = self.table.delete(sink) {
+            sink.finish().await;
+        }
+    }
+}
 
 impl HostByteSource for StoreData {
     async fn size(&mut self, source: Resource<StorageSource>) -> wasmtime::Result<Option<u64>> {

@@ -49,6 +49,7 @@ impl TaskHandler for LifecycleHandler {
                 TaskKind::InstanceDelete => self.service.run_delete(instance_id, task.id, &context).await,
                 TaskKind::TemplateRemoveFromHost => self.service.run_remove_template_from_host(object_id, &task).await,
                 TaskKind::TemplatePullToHost => self.service.run_pull_to_host(object_id, &task, &context).await,
+                TaskKind::InstanceSaveImage => self.service.run_save_image(instance_id, &task, &context).await,
                 TaskKind::Batch => Err(Step::Failed(failure("invalid_task", "batches do not run"))),
             }
         };
@@ -316,7 +317,7 @@ impl Service {
         }
     }
 
-    async fn run_stop(&self, id: Uuid, task: &Task) -> StepResult<Value> {
+    pub(super) async fn run_stop(&self, id: Uuid, task: &Task) -> StepResult<Value> {
         let force = task.input.get("force").and_then(Value::as_bool).unwrap_or(false);
         let grace = match task.input.get("grace_secs").and_then(Value::as_f64) {
             Some(seconds) => Duration::from_secs_f64(seconds.clamp(0.0, MAX_STOP_GRACE_SECS)),
@@ -339,7 +340,7 @@ impl Service {
         }
     }
 
-    async fn run_suspend(&self, id: Uuid) -> StepResult<Value> {
+    pub(super) async fn run_suspend(&self, id: Uuid) -> StepResult<Value> {
         self.pause_or_continue(id, "suspend-instance", driver::InstanceState::Suspended).await
     }
 
@@ -411,7 +412,7 @@ impl Service {
         Err(Step::Failed(error))
     }
 
-    async fn run_delete(&self, id: Uuid, own_task: Uuid, context: &TaskContext) -> StepResult<Value> {
+    pub(super) async fn run_delete(&self, id: Uuid, own_task: Uuid, context: &TaskContext) -> StepResult<Value> {
         self.cancel_other_tasks(id, own_task).await?;
         let mut instance = self.load_instance(id).await?;
         if instance.state == InstanceState::Terminated {

@@ -15,6 +15,7 @@ mod projects;
 mod providers;
 mod reconcile;
 mod registry;
+mod save_image;
 mod templates;
 #[cfg(test)]
 mod tests;
@@ -41,6 +42,7 @@ pub use providers::{ProviderRegistry, load_providers};
 pub use registry::{
     ChunkQuery, FileDownload, FileManifest, FilePushed, GarbageCollected, MAX_CHUNK_BYTES, RequestedRange, load_storage,
 };
+pub use save_image::SaveImageRequest;
 pub use templates::{NewTemplate, NewTemplateVersion};
 
 use crate::auth::Caller;

@@ -1,4 +1,4 @@
-//! Snapshots and the console of an instance.
+//! Snapshots, the console and save-image of an instance.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -11,7 +11,7 @@ use crate::api::error::{ApiResult, ErrorBody};
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
 use crate::auth::Caller;
 use crate::model::{ConsoleEndpoint, Snapshot, Task};
-use crate::service::NewSnapshot;
+use crate::service::{NewSnapshot, SaveImageRequest};
 
 /// The instance's snapshots, oldest first, live from its driver.
 #[utoipa::path(get, path = "/v1/instances/{id}/snapshots", tag = "instances",
@@ -78,4 +78,23 @@ pub(super) async fn get_console(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ConsoleEndpoint>> {
     Ok(Json(state.service.instance_console(&caller, parse_id("instance", &id)?).await?))
+}
+
+/// Saves the instance's disk as a new tag of an existing template (`template`) or as the first
+/// tag of a new one (`new_template`): suspends (or stops) it, optionally reverts the target's
+/// latest tag first, streams the disk from the driver into the registry, then deletes the
+/// instance unless `keep_instance`. Answers the `instance.save_image` task.
+#[utoipa::path(post, path = "/v1/instances/{id}/save", tag = "instances", request_body = SaveImageRequest,
+    params(WaitParams),
+    responses((status = 202, body = Task), (status = 200, body = Task), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn save_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(wait): QueryParams<WaitParams>,
+    JsonBody(request): JsonBody<SaveImageRequest>,
+) -> ApiResult<Response> {
+    let task = state.service.save_instance_image(&caller, parse_id("instance", &id)?, request).await?;
+    respond_after_wait(&state, &caller, task, wait.duration()?).await
 }

@@ -69,6 +69,7 @@ pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(instance_operations::revert_snapshot))
         .routes(routes!(instance_operations::delete_snapshot))
         .routes(routes!(instance_operations::get_console))
+        .routes(routes!(instance_operations::save_image))
         .routes(routes!(tasks::list_tasks))
         .routes(routes!(tasks::get_task, tasks::cancel_task))
         .routes(routes!(events::list_events))

@@ -8,6 +8,7 @@ mod identity;
 mod instance_operations;
 mod projects;
 mod registry;
+mod save_image;
 
 use crate::auth::Caller;
 use std::time::Duration;
