@@ -275,6 +275,15 @@ enum TemplateCommand {
         #[arg(long)]
         min_age_secs: Option<f64>,
     },
+    /// Remove a template from every host that caches it (every version, or `--version`); hosts
+    /// where an instance uses it are skipped.
+    RmFromHosts {
+        template: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Remove a template from a host's cache (every cached version, or `--version`).
     RmFromHost {
         /// Template name or id.
@@ -472,6 +481,14 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
                 );
             }
             Ok(())
+        }
+        Command::Template(TemplateCommand::RmFromHosts { template, version, wait }) => {
+            let mut path = format!("/v1/templates/{}/hosts", client::encode_query_value(&template));
+            if let Some(version) = version {
+                path.push_str(&format!("?version={version}"));
+            }
+            let task = client.delete(&path).await?;
+            after_task(client, task, wait, json_output).await
         }
         Command::Template(TemplateCommand::RmFromHost { template, host, version, wait }) => {
             let host_id = client.resolve_host(&host).await?;

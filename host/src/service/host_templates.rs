@@ -69,6 +69,74 @@ impl Service {
         Ok(task)
     }
 
+    /// Removes template `reference` (`version` only, or every version) from every host that
+    /// caches it: a batch with one removal task per host. Hosts where an instance uses it are
+    /// left alone and named in the batch's input (`skipped`).
+    pub async fn remove_template_from_all_hosts(
+        &self,
+        caller: &Caller,
+        reference: &str,
+        version: Option<u32>,
+    ) -> ServiceResult<Task> {
+        let template = self.resolve_template(caller, reference).await?;
+        let mut transaction = self.store().begin().await?;
+        let hosts = store::hosts::list(&mut transaction).await?;
+        let mut targets = Vec::new();
+        let mut skipped = Vec::new();
+        for host in hosts {
+            let versions = cached_versions(&host, &template, version);
+            if versions.is_empty() {
+                continue;
+            }
+            self.require_global(caller, Resource::Node, "delete_template", Some(&host.id.to_string())).await?;
+            match check_not_in_use(&mut transaction, &template, &versions, &host).await {
+                Ok(()) => targets.push((host, versions)),
+                Err(error) => {
+                    skipped.push(json!({ "host_id": host.id, "host": host.name, "reason": error.to_string() }))
+                }
+            }
+        }
+        if targets.is_empty() && skipped.is_empty() {
+            return Err(ServiceError::not_found("cached template", &template.name));
+        }
+        if targets.is_empty() {
+            return Err(ServiceError::Conflict(format!(
+                "template '{}' is in use on every host that caches it",
+                template.name
+            )));
+        }
+        let batch = self
+            .task_engine()
+            .create(
+                &mut transaction,
+                NewTask {
+                    kind: TaskKind::Batch,
+                    object_id: Some(template.id),
+                    parent_id: None,
+                    input: json!({
+                        "operation": "template.remove_from_hosts", "template": template.name,
+                        "hosts": targets.iter().map(|(host, _)| host.id).collect::<Vec<_>>(), "skipped": skipped,
+                    }),
+                    idempotency_key: None,
+                    request_digest: None,
+                    requested_by: caller.clone(),
+                },
+            )
+            .await?;
+        for (host, versions) in targets {
+            let input = json!({
+                "host_id": host.id, "host": host.name, "template_id": template.id, "template": template.name,
+                "versions": versions,
+            });
+            let mut removal = NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller);
+            removal.parent_id = Some(batch.id);
+            self.task_engine().create(&mut transaction, removal).await?;
+        }
+        transaction.commit().await?;
+        self.task_engine().wake();
+        Ok(batch)
+    }
+
     // ----- what the task does -----
 
     /// Removes each requested version still cached on the host through its driver, then

@@ -62,6 +62,7 @@ pub(super) fn routes(max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(templates::get_template, templates::delete_template))
         .routes(routes!(templates::create_template_version))
         .routes(routes!(templates::remove_template_from_host))
+        .routes(routes!(templates::remove_template_from_all_hosts))
         .routes(routes!(instances::create_instances, instances::list_instances))
         .routes(routes!(instances::get_instance, instances::update_instance, instances::delete_instance))
         .routes(routes!(instances::instance_action))

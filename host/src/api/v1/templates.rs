@@ -65,6 +65,34 @@ pub(super) async fn create_template_version(
     Ok((StatusCode::CREATED, Json(state.service.create_template_version(&caller, &id, request).await?)))
 }
 
+/// `DELETE /v1/templates/{id}/hosts` parameters.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RemoveFromAllHostsParams {
+    /// Remove only this version (default: every version).
+    version: Option<u32>,
+    /// Seconds to wait for the batch to end before answering (at most 3600).
+    wait: Option<f64>,
+}
+
+/// Removes the template (every cached version, or `?version=`) from every host that caches it:
+/// a batch with one `template.remove_from_host` task per host; hosts where an instance uses it
+/// are skipped and listed in the batch's input. `404` when no host caches it.
+#[utoipa::path(delete, path = "/v1/templates/{id}/hosts", tag = "templates", params(RemoveFromAllHostsParams),
+    responses((status = 202, body = Task), (status = 200, body = Task), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub(super) async fn remove_template_from_all_hosts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(params): QueryParams<RemoveFromAllHostsParams>,
+) -> ApiResult<Response> {
+    let wait = parse_wait(params.wait)?;
+    let task = state.service.remove_template_from_all_hosts(&caller, &id, params.version).await?;
+    respond_after_wait(&state, &caller, task, wait).await
+}
+
 /// `DELETE /v1/templates/{id}/hosts/{host_id}` parameters.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

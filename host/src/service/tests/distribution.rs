@@ -208,3 +208,27 @@ async fn a_new_tag_pulled_onto_a_host_with_the_previous_one_moves_only_the_chang
     let cached = events_of_type(service, "host.template_cached").await;
     assert_eq!(cached.last().expect("cached").data["image_bytes_read"], json!(2 * MIB), "{cached:?}");
 }
+
+#[tokio::test]
+async fn a_template_is_removed_from_every_host_that_caches_it_but_not_where_it_is_used() {
+    let fixture = start(fast(json!({ "hosts": 3 }))).await;
+    let service = &fixture.service;
+    template_of_size(service, "base", 1).await;
+    distribute(service, "base", &[]).await;
+    let mut request = create_request("base");
+    request.host_id = Some(host_id(service, "sim-2").await);
+    let (task, _) = create_and_wait(service, request).await;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+
+    let batch = service.remove_template_from_all_hosts(&Caller::system(), "base", None).await.expect("starts");
+    assert_eq!(batch.input["skipped"][0]["host"], "sim-2", "{:?}", batch.input);
+    let batch = service.wait_task(&Caller::system(), batch.id, Duration::from_secs(60)).await.expect("ends");
+    assert_eq!(batch.state, TaskState::Succeeded, "{batch:?}");
+    assert_eq!(pulls_of(service, batch.id).await.len(), 2);
+    assert!(cached_on(service, "sim-1").await.is_empty());
+    assert_eq!(cached_on(service, "sim-2").await, ["base"]);
+    assert!(cached_on(service, "sim-3").await.is_empty());
+
+    let again = service.remove_template_from_all_hosts(&Caller::system(), "base", None).await;
+    assert!(matches!(&again, Err(ServiceError::Conflict(message)) if message.contains("in use")), "{again:?}");
+}
