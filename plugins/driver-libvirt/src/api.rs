@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, DownloadStream};
 use crate::protocol::{
     AllDomains, DOMAIN_STATS_STATE, Domain, DomainInterfaces, DomainSnapshot, DomainState, DomainStatsRecords,
     HandleList, NodeInfo, Procedure, StoragePool, StoragePoolInfo, StorageVolume, StorageVolumeInfo, Uuid,
@@ -216,6 +216,17 @@ impl<Transport: Read + Write> Client<Transport> {
         on_data: impl FnMut(&[u8]) -> Result<(), String>,
     ) -> CallResult<u64> {
         self.download(Procedure::StorageVolDownload, &(volume, offset, length, 0_u32), on_data)
+    }
+
+    /// Opens a download of `volume` from `offset` (`length` 0: to its end), to be read piece by
+    /// piece (see [`Client::start_download`]).
+    pub fn storage_vol_start_download(
+        &mut self,
+        volume: &StorageVolume,
+        offset: u64,
+        length: u64,
+    ) -> CallResult<DownloadStream> {
+        self.start_download(Procedure::StorageVolDownload, &(volume, offset, length, 0_u32))
     }
 
     /// Creates a volume in `pool` from `xml` with the content of `source` (libvirt's storage

@@ -70,6 +70,13 @@ fn protocol_error(procedure: Procedure, error: impl std::fmt::Display) -> Client
     ClientError::Protocol { procedure, message: error.to_string() }
 }
 
+/// An open download stream (see [`Client::start_download`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DownloadStream {
+    procedure: Procedure,
+    serial: u32,
+}
+
 /// One received packet: its header and payload.
 struct Packet {
     header: Header,
@@ -180,46 +187,65 @@ impl<Transport: Read + Write> Client<Transport> {
         arguments: &impl XdrEncode,
         mut on_data: impl FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<u64, ClientError> {
+        let stream = self.start_download(procedure, arguments)?;
+        let mut received: u64 = 0;
+        while let Some(piece) = self.download_piece(&stream)? {
+            received += piece.len() as u64;
+            if let Err(message) = on_data(&piece) {
+                self.abort_download(&stream)?;
+                return Err(ClientError::Sink { procedure, message });
+            }
+        }
+        Ok(received)
+    }
+
+    /// Calls a procedure that opens a download stream; read it with
+    /// [`Client::download_piece`] until the end, or stop with [`Client::abort_download`].
+    /// Nothing else may be called on this connection meanwhile.
+    pub fn start_download(
+        &mut self,
+        procedure: Procedure,
+        arguments: &impl XdrEncode,
+    ) -> Result<DownloadStream, ClientError> {
         let serial = self.send_call(procedure, arguments)?;
         let payload = self.receive_reply(procedure, serial)?;
         decode_payload::<()>(procedure, &payload)?;
-        let mut received: u64 = 0;
+        Ok(DownloadStream { procedure, serial })
+    }
+
+    /// The next piece of data of `stream` (one packet's worth); `None` at the end of the data,
+    /// when the stream has been finished (the connection is then free again).
+    pub fn download_piece(&mut self, stream: &DownloadStream) -> Result<Option<Vec<u8>>, ClientError> {
+        let DownloadStream { procedure, serial } = *stream;
         loop {
             let packet = self.receive_packet(procedure, true)?;
             if !self.is_for_call(procedure, &packet, serial)? {
                 continue;
             }
-            match (packet.header.message_type, packet.header.status) {
+            return match (packet.header.message_type, packet.header.status) {
                 // An empty data packet is libvirtd's end of data (what its own client reads as
                 // EOF); finish as libvirt's client does (virStreamFinish).
                 (MessageType::Stream, MessageStatus::Continue) if packet.payload.is_empty() => {
                     self.end_stream(procedure, serial, MessageStatus::Ok)?;
-                    return Ok(received);
+                    Ok(None)
                 }
-                (MessageType::Stream, MessageStatus::Continue) => {
-                    received += packet.payload.len() as u64;
-                    if let Err(message) = on_data(&packet.payload) {
-                        self.abort_download(procedure, serial)?;
-                        return Err(ClientError::Sink { procedure, message });
-                    }
-                }
+                (MessageType::Stream, MessageStatus::Continue) => Ok(Some(packet.payload)),
                 (MessageType::Stream | MessageType::Reply, MessageStatus::Error) => {
-                    return Err(remote_error(procedure, &packet.payload));
+                    Err(remote_error(procedure, &packet.payload))
                 }
-                (message_type, status) => {
-                    return Err(protocol_error(
-                        procedure,
-                        format!("unexpected {message_type:?} packet with status {status:?} in a download"),
-                    ));
-                }
-            }
+                (message_type, status) => Err(protocol_error(
+                    procedure,
+                    format!("unexpected {message_type:?} packet with status {status:?} in a download"),
+                )),
+            };
         }
     }
 
-    /// Aborts download `serial` (an empty STREAM packet with status ERROR) and waits for
-    /// libvirtd's answer (STREAM OK, or an error), skipping data still in flight, its end of
-    /// data (an empty CONTINUE packet) included.
-    fn abort_download(&mut self, procedure: Procedure, serial: u32) -> Result<(), ClientError> {
+    /// Aborts a download before its end (an empty STREAM packet with status ERROR) and waits
+    /// for libvirtd's answer (STREAM OK, or an error), skipping data still in flight, its end
+    /// of data (an empty CONTINUE packet) included. The connection stays usable.
+    pub fn abort_download(&mut self, stream: &DownloadStream) -> Result<(), ClientError> {
+        let DownloadStream { procedure, serial } = *stream;
         self.send_packet(procedure, MessageType::Stream, serial, MessageStatus::Error, |_| {})
             .map_err(|source| ClientError::Transport { procedure, reply_started: true, source })?;
         loop {

@@ -30,7 +30,7 @@ use hyperplane_guest::types::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, DownloadStream};
 use crate::config::{DomainTypeChoice, HostSettings, NetworkAttachment, Settings};
 use crate::domain_xml::{self, DomainDefinition, HostCapabilities, TemplateMetadata};
 use crate::protocol::{Domain, DomainSnapshot, DomainState, StoragePool, StorageVolume, error_code, flags};
@@ -102,6 +102,86 @@ fn delta_runs(spans: &[(u64, u64)], size: u64) -> Result<Vec<(u64, u64)>, Error>
         }
     }
     Ok(runs)
+}
+
+/// The bytes of a new image merged from a base volume's download and a delta's changed spans.
+struct DeltaMerge<'merge, Stream> {
+    base: &'merge mut Client<Stream>,
+    stream: DownloadStream,
+    /// Downloaded base bytes, `base_consumed` of them already used.
+    base_buffer: Vec<u8>,
+    base_consumed: usize,
+    base_ended: bool,
+    delta: &'merge mut dyn DeltaSource,
+    runs: &'merge [(u64, u64)],
+    next_run: usize,
+    position: u64,
+    size: u64,
+}
+
+impl<Stream: Read + Write> DeltaMerge<'_, Stream> {
+    /// `count` bytes of the base from the current position; zeros past its end.
+    fn take_base(&mut self, count: usize) -> Result<Vec<u8>, String> {
+        while self.base_buffer.len() - self.base_consumed < count && !self.base_ended {
+            match self.base.download_piece(&self.stream).map_err(|error| format!("reading the base: {error}"))? {
+                Some(piece) => {
+                    self.base_buffer.drain(..self.base_consumed);
+                    self.base_consumed = 0;
+                    self.base_buffer.extend_from_slice(&piece);
+                }
+                None => self.base_ended = true,
+            }
+        }
+        let available = (self.base_buffer.len() - self.base_consumed).min(count);
+        let mut bytes = self.base_buffer[self.base_consumed..self.base_consumed + available].to_vec();
+        self.base_consumed += available;
+        bytes.resize(count, 0);
+        Ok(bytes)
+    }
+
+    /// Exactly `count` bytes of the changed data.
+    fn take_delta(&mut self, count: usize) -> Result<Vec<u8>, String> {
+        let mut bytes = Vec::with_capacity(count);
+        while bytes.len() < count {
+            let max = u32::try_from(count - bytes.len()).unwrap_or(u32::MAX);
+            let piece = self.delta.read(max)?;
+            if piece.is_empty() {
+                return Err(format!("the delta data ended with {} bytes of a span missing", count - bytes.len()));
+            }
+            if piece.len() > count - bytes.len() {
+                return Err(format!("the delta data returned {} bytes for {max} asked", piece.len()));
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        Ok(bytes)
+    }
+
+    /// The next piece of the new image (at most [`IMAGE_READ_SIZE`] bytes, never crossing a
+    /// span boundary); nothing at its end.
+    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> Result<(), String> {
+        if self.position >= self.size {
+            return Ok(());
+        }
+        let mut limit = (self.size - self.position).min(u64::from(IMAGE_READ_SIZE));
+        if let Some(&(offset, length)) = self.runs.get(self.next_run) {
+            if self.position >= offset {
+                let count = limit.min(offset + length - self.position) as usize;
+                let bytes = self.take_delta(count)?;
+                self.take_base(count)?;
+                self.position += count as u64;
+                if self.position == offset + length {
+                    self.next_run += 1;
+                }
+                chunk.extend_from_slice(&bytes);
+                return Ok(());
+            }
+            limit = limit.min(offset - self.position);
+        }
+        let bytes = self.take_base(limit as usize)?;
+        self.position += limit;
+        chunk.extend_from_slice(&bytes);
+        Ok(())
+    }
 }
 
 /// An in-memory image, for tests and small templates.
@@ -1254,11 +1334,12 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         }
     }
 
-    /// Builds volume `volume_name` from the cached base of `delta`: a server-side clone of the
-    /// base volume (a byte copy: both raw), a resize when the size changed, then one upload
-    /// stream per run of adjacent changed spans, at its offset. Fails (leaving nothing behind)
-    /// when the base is not cached or not raw, or anything goes wrong before the volume is
-    /// complete; the caller then uploads the full image.
+    /// Builds volume `volume_name` from the cached base of `delta`. A raw base: a server-side
+    /// clone of the base volume (a byte copy), a resize when the image grew, then one upload
+    /// stream per run of adjacent changed spans, at its offset. Any other base: see
+    /// [`Self::pull_delta_by_merge`]. Fails (leaving nothing behind) when the base is not
+    /// cached, or anything goes wrong before the volume is complete; the caller then uploads
+    /// the full image.
     fn pull_delta(
         &self,
         host: &HostSettings,
@@ -1280,24 +1361,23 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             let xml = session.client.storage_vol_get_xml_desc(&volume_handle(&pool, base_volume_name.clone()))?;
             Ok((pool, domain_xml::volume_facts(&xml)?))
         })?;
-        // libvirt copies bytes only between raw volumes; a qcow2 base would go through
-        // `qemu-img convert`, whose output differs byte for byte from the base file.
-        if base_facts.format.as_deref() != Some("raw") || base_facts.backed {
-            return Err(Error::Unsupported(format!(
-                "base volume `{base_volume_name}` is {} for libvirt, not a plain raw file",
-                base_facts.format.as_deref().unwrap_or("of unknown format")
-            )));
-        }
         let base_handle = volume_handle(&pool, base_volume_name.clone());
+        // libvirt copies bytes only between raw volumes; for any other base (a qcow2 template:
+        // libvirt probes dir pool files) it would run `qemu-img convert`, whose output differs
+        // byte for byte from the base file, so the bytes are merged through the driver.
+        // A smaller image would need a shrinking resize, which libvirt refuses below the
+        // file's allocation (a preallocated template's whole size): merged as well.
+        if base_facts.format.as_deref() != Some("raw") || base_facts.backed || size < base_facts.capacity {
+            return self.pull_delta_by_merge(host, template, volume_name, &pool, &base_handle, size, &runs, delta);
+        }
         let clone_xml = domain_xml::standalone_volume_xml(volume_name, base_facts.capacity, "raw");
         let volume = self.with_session(host, |session| {
             Ok(session.client.storage_vol_create_xml_from(&pool, &clone_xml, &base_handle, 0)?)
         })?;
         let label = format!("applying the delta of template {} v{} on {}", template.name, template.version, host.name);
         let completed = self.with_session(host, |session| {
-            if size != base_facts.capacity {
-                let shrink = if size < base_facts.capacity { flags::STORAGE_VOL_RESIZE_SHRINK } else { 0 };
-                session.client.storage_vol_resize(&volume, size, shrink)?;
+            if size > base_facts.capacity {
+                session.client.storage_vol_resize(&volume, size, 0)?;
             }
             let mut uploaded: u64 = 0;
             for &(offset, length) in &runs {
@@ -1455,6 +1535,75 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             session.client.domain_snapshot_delete(&snapshot, 0)?;
             Ok(())
         })
+    }
+
+    /// Builds volume `volume_name` as the base volume's bytes with the changed spans replaced,
+    /// cut or zero-extended to `size`: the base is downloaded on a second connection while the
+    /// merged bytes are uploaded on the host's session, so only the changed bytes are read from
+    /// `delta` but the whole image crosses the libvirt connection twice.
+    #[allow(clippy::too_many_arguments)]
+    fn pull_delta_by_merge(
+        &self,
+        host: &HostSettings,
+        template: &TemplateRef,
+        volume_name: &str,
+        pool: &StoragePool,
+        base: &StorageVolume,
+        size: u64,
+        runs: &[(u64, u64)],
+        delta: &mut dyn DeltaSource,
+    ) -> Result<(), Error> {
+        if size == 0 {
+            return Err(Error::Invalid(format!(
+                "template `{}` v{} has an empty image",
+                template.name, template.version
+            )));
+        }
+        let mut reader = self.open_session(host)?;
+        let stream =
+            reader.client.storage_vol_start_download(base, 0, 0).map_err(|error| map_client_error(host, error))?;
+        let volume = self.with_session(host, |session| {
+            Ok(session.client.storage_vol_create_xml(pool, &domain_xml::template_volume_xml(volume_name, size), 0)?)
+        })?;
+        let label = format!("merging the delta of template {} v{} on {}", template.name, template.version, host.name);
+        let mut merge = DeltaMerge {
+            base: &mut reader.client,
+            stream,
+            base_buffer: Vec::new(),
+            base_consumed: 0,
+            base_ended: false,
+            delta,
+            runs,
+            next_run: 0,
+            position: 0,
+            size,
+        };
+        let mut last_reported_percent = u64::MAX;
+        let uploaded = self.with_session(host, |session| {
+            let sent = session.client.storage_vol_upload(
+                &volume,
+                size,
+                |chunk| merge.next_chunk(chunk),
+                |sent| {
+                    let percent = sent.saturating_mul(100) / size;
+                    if percent != last_reported_percent {
+                        last_reported_percent = percent;
+                        hyperplane_guest::progress::report(sent as f32 / size as f32, &format!("{label}: {percent}%"));
+                    }
+                },
+            )?;
+            if sent == size { Ok(()) } else { Err(Error::Unavailable(format!("merged {sent} of {size} bytes")).into()) }
+        });
+        // The base may be longer than the new image: stop its download (the reader connection
+        // is closed right after either way).
+        if !merge.base_ended {
+            merge.base.abort_download(&merge.stream).ok();
+        }
+        if let Err(error) = uploaded {
+            self.remove_volume_quietly(host, &volume, "cannot remove a partial delta template volume");
+            return Err(error);
+        }
+        Ok(())
     }
 
     // ----- export -----------------------------------------------------------------------

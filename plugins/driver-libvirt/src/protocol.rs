@@ -510,8 +510,6 @@ pub mod flags {
     pub const DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL: u32 = 1024;
     pub const DOMAIN_INTERFACE_ADDRESSES_SOURCE_LEASE: u32 = 0;
     pub const DOMAIN_INTERFACE_ADDRESSES_SOURCE_AGENT: u32 = 1;
-    /// `VIR_STORAGE_VOL_RESIZE_SHRINK`: allow a smaller capacity.
-    pub const STORAGE_VOL_RESIZE_SHRINK: u32 = 4;
     /// `VIR_CONNECT_LIST_DOMAINS_*`: 0 lists every domain.
     pub const CONNECT_LIST_DOMAINS_ALL: u32 = 0;
 }
