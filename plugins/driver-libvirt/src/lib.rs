@@ -1,4 +1,4 @@
-//! `driver-libvirt`: a Hyperplane driver (`hyperplane:driver@0.2.0`) for libvirt hosts. It
+//! `driver-libvirt`: a Hyperplane driver (`hyperplane:driver@0.3.0`) for libvirt hosts. It
 //! speaks libvirt's remote RPC protocol (program `0x20008086`, version 1, XDR) itself over a
 //! byte stream the host opens for it (`hyperplane:host/endpoints`: libvirtd's TCP or unix
 //! socket, auth `none`); no C libvirt. One provider can span several libvirt hosts, one
@@ -62,7 +62,16 @@
 //!   creates it with the image's size and uploads the image through a libvirt stream, with
 //!   progress; a failed upload removes the volume. An empty image is `invalid`. Tag and size are
 //!   kept in the provider's state store. `remove-template`: `conflict` while an `hp-` domain's
-//!   metadata names it.
+//!   metadata names it. With an `image-delta` whose base is cached (`delta-pull`): a raw base
+//!   is cloned on the libvirt host (`storage_vol_create_xml_from`), grown if needed
+//!   (`storage_vol_resize`), and the changed spans uploaded at their offsets; a qcow2 base (or
+//!   a smaller image) is merged byte for byte through the driver (base downloaded on a second
+//!   connection while the new image is uploaded); a missing base or a failure before the
+//!   volume is complete removes it and uploads the full image instead.
+//! - `export-disk`: `conflict` while running (and while suspended: QEMU holds the disk's lock);
+//!   a flattened qcow2 copy of the overlay (`storage_vol_create_xml_from`, i.e. `qemu-img
+//!   convert`) streamed out with `storage_vol_download` in pieces of at most 1 MiB, then
+//!   deleted (also on failure).
 //! - `console`: VNC port from the live XML (`conflict` when not running), host = `address`.
 //! - Snapshots: libvirt snapshots (internal for qcow2 with QEMU), oldest first, `current` from
 //!   `domain_snapshot_current`. `exec` is `unsupported`.
