@@ -183,3 +183,103 @@ async fn one_provider_spans_several_libvirt_hosts_one_endpoint_each() {
     assert!(volumes.trim().is_empty(), "nothing left in the QEMU host's pool: {volumes}");
     libvirt_bed::virsh_ok(&bed.qemu_uri, &["pool-destroy", &pool_name]);
 }
+
+/// The bytes `spans` of `bytes` replaced by a pattern.
+fn with_changed_spans(bytes: &[u8], spans: &[(u64, u64)]) -> Vec<u8> {
+    let mut changed = bytes.to_vec();
+    for &(offset, length) in spans {
+        for (index, byte) in changed[offset as usize..(offset + length) as usize].iter_mut().enumerate() {
+            *byte = (index as u8).wrapping_mul(13) ^ 0xa5;
+        }
+    }
+    changed
+}
+
+/// Through the runtime and the real component against QEMU (unix socket, scratch pool): a
+/// delta pull reads only the changed bytes and never the full image, and export-disk streams a
+/// standalone qcow2 with the template's content into the host's sink (refused while running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_pull_and_export_disk_on_qemu_through_the_runtime() {
+    use hyperplane::plugins::driver_types::ByteSpan;
+    use hyperplane::plugins::{ByteSource, ImageDelta, StorageSink};
+
+    let bed = libvirt_bed::bed();
+    let pool_name = format!("hp-delta-{}", &Uuid::new_v4().to_string()[..8]);
+    let pool_directory = tempfile::tempdir().expect("pool directory");
+    let pool_path = pool_directory.path().to_str().expect("UTF-8 path");
+    libvirt_bed::virsh_ok(&bed.qemu_uri, &["pool-create-as", &pool_name, "dir", "--target", pool_path]);
+    let settings = ProviderSettings {
+        name: "libvirt-delta-export".into(),
+        component: ComponentSource::File(env!("BUNDLED_DRIVER_LIBVIRT_WASM").into()),
+        config_json: json!({
+            "hosts": [{ "name": "qemu", "endpoint": "unix", "uri": "qemu:///system", "pool": pool_name, "domain_type": "qemu" }],
+        })
+        .to_string(),
+        call_timeout: Duration::from_secs(60),
+        memory_limit_bytes: 64 << 20,
+        endpoints: BTreeMap::from([("unix".to_owned(), EndpointAddress::Unix(bed.socket_path.clone()))]),
+        allowed_http_hosts: Vec::new(),
+        max_response_bytes: 4 << 20,
+    };
+    let driver = Driver::load(crate::shared_runtime(), settings, Arc::new(MemoryStateStore::new()))
+        .await
+        .expect("driver-libvirt loads");
+
+    let v1_bytes: Vec<u8> = (0..4 << 20).map(|index: usize| (index.wrapping_mul(31) % 251) as u8).collect();
+    let v1 =
+        TemplateRef { name: "delta".into(), version: 1, tag: "1".into(), size_bytes: 4 << 20, format: DiskFormat::Raw };
+    let image = ByteSource::from_reader(std::io::Cursor::new(v1_bytes.clone()), v1.size_bytes, "v1");
+    driver.pull_template("qemu", v1.clone(), image, None).await.expect("v1 pulled in full");
+
+    let spans = [(1 << 20, 64 << 10), (3 << 20, 64 << 10)];
+    let v2_bytes = with_changed_spans(&v1_bytes, &spans);
+    let changed: Vec<u8> = spans
+        .iter()
+        .flat_map(|&(offset, length)| v2_bytes[offset as usize..(offset + length) as usize].to_vec())
+        .collect();
+    let v2 = TemplateRef { version: 2, tag: "2".into(), ..v1.clone() };
+    let image = ByteSource::from_reader(std::io::Cursor::new(v2_bytes.clone()), v2.size_bytes, "v2");
+    let image_read = image.delivered();
+    let changed_source = ByteSource::from_reader(std::io::Cursor::new(changed), 128 << 10, "v2 changes");
+    let changes = spans.iter().map(|&(offset, length)| ByteSpan { offset, length }).collect();
+    let delta = ImageDelta::new(v1.clone(), v2.size_bytes, changes, changed_source);
+    let delta_read = delta.delivered();
+    driver.pull_template("qemu", v2.clone(), image, Some(delta)).await.expect("v2 pulled as a delta");
+    assert_eq!((image_read.get(), delta_read.get()), (0, 128 << 10), "only the changed bytes were read");
+    let on_disk = std::fs::read(pool_directory.path().join("hyperplane-template-delta-v2")).expect("v2 volume");
+    assert!(on_disk == v2_bytes, "v2 is v1 with the changed spans");
+
+    let spec = conformance::spec_on("qemu", &v2);
+    driver.create_instance(spec.clone()).await.expect("created");
+    let (sink, buffer) = StorageSink::buffer(64 << 20);
+    let exported = driver.export_disk(&spec.id, sink, 8 << 20).await.expect("exported");
+    let exported_bytes = buffer.take();
+    assert_eq!((exported.format, exported.size_bytes), (DiskFormat::Qcow2, exported_bytes.len() as u64));
+    assert_eq!(&exported_bytes[..4], b"QFI\xfb");
+    assert_eq!(&exported_bytes[8..16], &[0; 8], "no backing file");
+    let exported_file = pool_directory.path().with_extension("exported.qcow2");
+    std::fs::write(&exported_file, &exported_bytes).expect("export written");
+    let template_file = pool_directory.path().with_extension("v2.raw");
+    std::fs::write(&template_file, &v2_bytes).expect("template written");
+    let compared = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .args([&template_file, &exported_file])
+        .output()
+        .expect("qemu-img runs");
+    assert!(compared.status.success(), "same content: {}", String::from_utf8_lossy(&compared.stdout));
+    std::fs::remove_file(&exported_file).ok();
+    std::fs::remove_file(&template_file).ok();
+
+    driver.start_instance(&spec.id).await.expect("started");
+    let (sink, _buffer) = StorageSink::buffer(64 << 20);
+    let refused = driver.export_disk(&spec.id, sink, 8 << 20).await;
+    assert!(matches!(refused, Err(CallError::Driver(DriverError::Conflict(_)))), "{refused:?}");
+
+    driver.delete_instance(&spec.id).await.expect("deleted");
+    for template in [v1, v2] {
+        driver.remove_template("qemu", template).await.expect("template removed");
+    }
+    let volumes = libvirt_bed::virsh_ok(&bed.qemu_uri, &["vol-list", &pool_name]);
+    assert!(!volumes.contains("hp-") && !volumes.contains("hyperplane-"), "nothing left in the pool: {volumes}");
+    libvirt_bed::virsh_ok(&bed.qemu_uri, &["pool-destroy", &pool_name]);
+}
