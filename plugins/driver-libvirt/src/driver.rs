@@ -1559,12 +1559,23 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 template.name, template.version
             )));
         }
-        let mut reader = self.open_session(host)?;
-        let stream =
-            reader.client.storage_vol_start_download(base, 0, 0).map_err(|error| map_client_error(host, error))?;
         let volume = self.with_session(host, |session| {
             Ok(session.client.storage_vol_create_xml(pool, &domain_xml::template_volume_xml(volume_name, size), 0)?)
         })?;
+        // The base's download on a connection of its own, opened after the volume so that no
+        // failure leaves a stream open.
+        let opened =
+            self.open_session(host).and_then(|mut reader| match reader.client.storage_vol_start_download(base, 0, 0) {
+                Ok(stream) => Ok((reader, stream)),
+                Err(error) => Err(map_client_error(host, error)),
+            });
+        let (mut reader, stream) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                self.remove_volume_quietly(host, &volume, "cannot remove a partial delta template volume");
+                return Err(error);
+            }
+        };
         let label = format!("merging the delta of template {} v{} on {}", template.name, template.version, host.name);
         let mut merge = DeltaMerge {
             base: &mut reader.client,
