@@ -1,7 +1,7 @@
 //! A real guest on a real libvirtd (QEMU, software emulation), driven only through the API:
-//! template upload, create, boot to the guest's ready line, snapshot and revert, ACPI stop,
-//! delete, removal of the cached template from the host — and nothing of it left in libvirtd
-//! afterwards.
+//! template upload, create, boot to the guest's ready line, snapshot and revert, save image
+//! (suspend, then ACPI stop, the disk flattened into a new template), delete, removal of the
+//! cached template from the host — and nothing of it left in libvirtd afterwards.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -66,7 +66,7 @@ async fn succeeded(server: &Server, method: Method, path: &str, body: Option<Val
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_guest_boots_snapshots_stops_by_acpi_and_leaves_nothing_behind() {
+async fn a_real_guest_boots_snapshots_is_saved_as_a_template_and_leaves_nothing_behind() {
     let bed = libvirt_bed::bed();
     let guest = libvirt_bed::guest_image();
     let qemu_uri = &bed.qemu_uri;
@@ -142,10 +142,37 @@ config = {{ hosts = [{{ name = "hv1", endpoint = "libvirtd", uri = "qemu:///syst
     succeeded(&server, Method::POST, &format!("/v1/instances/{id}/snapshots/booted/revert?wait=120"), None).await;
     assert_eq!(server.get(&format!("/v1/instances/{id}")).await["state"], "running");
 
-    // Stop by ACPI: the guest's power-button handler says so before it powers off.
-    succeeded(&server, Method::POST, &format!("/v1/instances/{id}/actions/stop?grace=60&wait=120"), None).await;
+    // Save image of the running instance as a new template, keeping the instance: suspended
+    // first; QEMU cannot hand out a paused disk, so it is resumed and stopped by ACPI (the
+    // guest's power-button handler says so before it powers off), then its disk is flattened
+    // by libvirt and streamed into the registry.
+    let saved = succeeded(
+        &server,
+        Method::POST,
+        &format!("/v1/instances/{id}/save?wait=180"),
+        Some(json!({ "new_template": "tiny-saved", "tag": "v1", "keep_instance": true })),
+    )
+    .await;
     assert_eq!(server.get(&format!("/v1/instances/{id}")).await["state"], "stopped");
     wait_for_text(&console_log, "HYPERPLANE-GUEST-POWEROFF", Duration::from_secs(5)).await;
+    let saved_template = server.get("/v1/templates/tiny-saved").await;
+    let disk = &saved_template["versions"][0]["files"][0];
+    assert_eq!((disk["name"].as_str(), disk["format"].as_str()), (Some("disk"), Some("qcow2")), "{saved_template}");
+    assert_eq!(disk["size_bytes"], saved["result"]["size_bytes"], "{saved}");
+    // The saved image is standalone: qemu-img sees no backing file in it.
+    let (status, _, saved_image) = server.get_bytes("/v1/templates/tiny-saved/versions/1/image").await;
+    assert_eq!(status, StatusCode::OK);
+    let saved_path = std::env::temp_dir().join(format!("hyperplane-saved-{id}.qcow2"));
+    std::fs::write(&saved_path, &saved_image).expect("write the saved image");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&saved_path)
+        .output()
+        .expect("qemu-img info");
+    let _ = std::fs::remove_file(&saved_path);
+    let info: Value = serde_json::from_slice(&info.stdout).expect("qemu-img info answers JSON");
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert!(info.get("backing-filename").is_none(), "no backing file: {info}");
 
     succeeded(&server, Method::DELETE, &format!("/v1/instances/{id}?wait=120"), None).await;
     assert_eq!(server.get(&format!("/v1/instances/{id}")).await["state"], "terminated");

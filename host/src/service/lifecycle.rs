@@ -344,7 +344,7 @@ impl Service {
         self.pause_or_continue(id, "suspend-instance", driver::InstanceState::Suspended).await
     }
 
-    async fn run_resume(&self, id: Uuid) -> StepResult<Value> {
+    pub(super) async fn run_resume(&self, id: Uuid) -> StepResult<Value> {
         self.pause_or_continue(id, "resume-instance", driver::InstanceState::Running).await
     }
 

@@ -12,12 +12,14 @@ use uuid::Uuid;
 
 use super::lifecycle::{Step, StepResult, failure};
 use super::providers::task_error_from_call;
+use super::registry::FilePushed;
 use super::templates::NewTemplateVersion;
 use super::{NewTemplate, Service, ServiceError, ServiceResult, check_name};
 use crate::auth::Caller;
 use crate::auth::permissions::Resource;
-use crate::model::{DISK_FILE_NAME, FileKind, InstanceState, Task, TaskKind};
+use crate::model::{DISK_FILE_NAME, FileKind, Instance, InstanceState, Task, TaskKind};
 use crate::plugins::StorageSink;
+use crate::plugins::driver_types::ExportedDisk;
 use crate::store;
 use crate::tasks::{NewTask, TaskContext};
 
@@ -156,6 +158,26 @@ impl Service {
         Ok(task)
     }
 
+    /// The driver writes the instance's disk into one end of a pipe; a registry push of the
+    /// version's disk file reads the other.
+    async fn export_into_registry(
+        &self,
+        instance: &Instance,
+        template: &str,
+        version: u32,
+    ) -> StepResult<(ExportedDisk, FilePushed)> {
+        let (_, driver) = self.placement_of(instance).await?;
+        let (writer, reader) = tokio::io::duplex(SAVE_PIPE_BYTES);
+        let sink = StorageSink::writer(writer, None);
+        let body = tokio_util::io::ReaderStream::new(reader);
+        let (system, provider_id) = (Caller::system(), instance.provider_instance_id());
+        let push = self.push_template_file(&system, template, version, DISK_FILE_NAME, Some(FileKind::Disk), body);
+        let export = driver.export_disk(&provider_id, sink, instance.disk_gb.saturating_mul(1 << 30));
+        let (exported, pushed) = tokio::join!(export, push);
+        let exported = exported.map_err(|error| Step::Failed(task_error_from_call("export-disk", &error)))?;
+        Ok((exported, pushed?))
+    }
+
     /// What the `instance.save_image` task does.
     pub(super) async fn run_save_image(&self, id: Uuid, task: &Task, context: &TaskContext) -> StepResult<Value> {
         let request: SaveImageRequest = task
@@ -217,19 +239,19 @@ impl Service {
             }
         };
 
-        // The driver writes the disk into one end of a pipe; the registry push reads the other.
         let instance = self.load_instance(id).await?;
-        let (_, driver) = self.placement_of(&instance).await?;
-        let (writer, reader) = tokio::io::duplex(SAVE_PIPE_BYTES);
-        let sink = StorageSink::writer(writer, None);
-        let body = tokio_util::io::ReaderStream::new(reader);
-        let (system, provider_id) = (Caller::system(), instance.provider_instance_id());
-        let push =
-            self.push_template_file(&system, &template.name, version, DISK_FILE_NAME, Some(FileKind::Disk), body);
-        let export = driver.export_disk(&provider_id, sink, instance.disk_gb.saturating_mul(1 << 30));
-        let (exported, pushed) = tokio::join!(export, push);
-        let exported = exported.map_err(|error| Step::Failed(task_error_from_call("export-disk", &error)))?;
-        let pushed = pushed?;
+        let (exported, pushed) = match self.export_into_registry(&instance, &template.name, version).await {
+            // Some hypervisors cannot read a paused instance's disk (QEMU keeps its write lock):
+            // stop it cleanly instead and capture again.
+            Err(Step::Failed(error)) if error.code == "conflict" && instance.state == InstanceState::Suspended => {
+                tracing::info!(instance = %id, reason = %error.message, "cannot export a suspended disk; stopping");
+                self.run_resume(id).await?;
+                self.run_stop(id, task).await?;
+                let instance = self.load_instance(id).await?;
+                self.export_into_registry(&instance, &template.name, version).await?
+            }
+            outcome => outcome?,
+        };
         if pushed.file.size_bytes != exported.size_bytes {
             return Err(Step::Failed(failure(
                 "export_incomplete",
