@@ -10,6 +10,7 @@
 //! CONTINUE carrying the data, an empty one at the end of the data, then the client's
 //! empty STREAM OK (finish) and libvirtd's STREAM OK confirming it.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 
 use thiserror::Error;
@@ -89,13 +90,21 @@ pub struct Client<Transport> {
     last_serial: u32,
     replies_received: u64,
     calls_sent: u64,
+    /// Data of a download that arrived before libvirtd's reply to the call opening it.
+    early_stream_packets: VecDeque<Packet>,
 }
 
 impl<Transport: Read + Write> Client<Transport> {
     /// Performs the handshake on a fresh transport: `auth_list` (only `none` is supported), then
     /// `connect_open(uri)`.
     pub fn connect(transport: Transport, uri: &str) -> Result<Client<Transport>, ClientError> {
-        let mut client = Client { transport, last_serial: 0, replies_received: 0, calls_sent: 0 };
+        let mut client = Client {
+            transport,
+            last_serial: 0,
+            replies_received: 0,
+            calls_sent: 0,
+            early_stream_packets: VecDeque::new(),
+        };
         let AuthTypes(offered) = client.call(Procedure::AuthList, &())?;
         if !offered.is_empty() && !offered.contains(&AUTH_NONE) {
             return Err(ClientError::AuthenticationUnsupported { offered });
@@ -208,9 +217,35 @@ impl<Transport: Read + Write> Client<Transport> {
         arguments: &impl XdrEncode,
     ) -> Result<DownloadStream, ClientError> {
         let serial = self.send_call(procedure, arguments)?;
-        let payload = self.receive_reply(procedure, serial)?;
-        decode_payload::<()>(procedure, &payload)?;
-        Ok(DownloadStream { procedure, serial })
+        self.early_stream_packets.clear();
+        let mut reply_started = false;
+        loop {
+            let packet = self.receive_packet(procedure, reply_started)?;
+            reply_started = true;
+            if !self.is_for_call(procedure, &packet, serial)? {
+                continue;
+            }
+            match (packet.header.message_type, packet.header.status) {
+                // libvirtd may start sending the data before its reply to the call: keep it for
+                // `download_piece`.
+                (MessageType::Stream, MessageStatus::Continue) => self.early_stream_packets.push_back(packet),
+                (MessageType::Reply, MessageStatus::Ok) => {
+                    self.replies_received += 1;
+                    decode_payload::<()>(procedure, &packet.payload)?;
+                    return Ok(DownloadStream { procedure, serial });
+                }
+                (MessageType::Reply | MessageType::Stream, MessageStatus::Error) => {
+                    self.early_stream_packets.clear();
+                    return Err(remote_error(procedure, &packet.payload));
+                }
+                (message_type, status) => {
+                    return Err(protocol_error(
+                        procedure,
+                        format!("expected a reply, got a {message_type:?} packet with status {status:?}"),
+                    ));
+                }
+            }
+        }
     }
 
     /// The next piece of data of `stream` (one packet's worth); `None` at the end of the data,
@@ -218,10 +253,16 @@ impl<Transport: Read + Write> Client<Transport> {
     pub fn download_piece(&mut self, stream: &DownloadStream) -> Result<Option<Vec<u8>>, ClientError> {
         let DownloadStream { procedure, serial } = *stream;
         loop {
-            let packet = self.receive_packet(procedure, true)?;
-            if !self.is_for_call(procedure, &packet, serial)? {
-                continue;
-            }
+            let packet = match self.early_stream_packets.pop_front() {
+                Some(packet) => packet,
+                None => {
+                    let packet = self.receive_packet(procedure, true)?;
+                    if !self.is_for_call(procedure, &packet, serial)? {
+                        continue;
+                    }
+                    packet
+                }
+            };
             return match (packet.header.message_type, packet.header.status) {
                 // An empty data packet is libvirtd's end of data (what its own client reads as
                 // EOF); finish as libvirt's client does (virStreamFinish).
@@ -246,6 +287,7 @@ impl<Transport: Read + Write> Client<Transport> {
     /// of data (an empty CONTINUE packet) included. The connection stays usable.
     pub fn abort_download(&mut self, stream: &DownloadStream) -> Result<(), ClientError> {
         let DownloadStream { procedure, serial } = *stream;
+        self.early_stream_packets.clear();
         self.send_packet(procedure, MessageType::Stream, serial, MessageStatus::Error, |_| {})
             .map_err(|source| ClientError::Transport { procedure, reply_started: true, source })?;
         loop {
@@ -518,6 +560,7 @@ mod tests {
             last_serial: 0,
             replies_received: 0,
             calls_sent: 0,
+            early_stream_packets: VecDeque::new(),
         }
     }
 
@@ -653,6 +696,26 @@ mod tests {
             |_| {},
         );
         assert!(matches!(&result, Err(ClientError::Remote { error, .. }) if error.code == 38), "{result:?}");
+    }
+
+    #[test]
+    fn download_data_that_arrives_before_the_reply_is_kept_in_order() -> Result<(), ClientError> {
+        let procedure = Procedure::StorageVolDownload;
+        let number = procedure.number();
+        let mut server = packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Continue, &[1; 4]);
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Continue, &[2; 2]));
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Reply, 1, MessageStatus::Ok, &[]));
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Continue, &[3; 1]));
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Continue, &[]));
+        server.extend(packet(REMOTE_PROGRAM, number, MessageType::Stream, 1, MessageStatus::Ok, &[]));
+        let mut client = client_over(server);
+        let mut data = Vec::new();
+        let received = client.download(procedure, &(), |piece| {
+            data.extend_from_slice(piece);
+            Ok(())
+        })?;
+        assert_eq!((received, data), (7, vec![1, 1, 1, 1, 2, 2, 3]));
+        Ok(())
     }
 
     #[test]
