@@ -98,6 +98,23 @@ async fn bad_image_requests_name_the_problem() {
         let message = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(expected_fragment), "{method} {path}: {answer}");
     }
+    // A body that does not hash to the digest it was sent with is refused and leaves nothing.
+    for (header, value) in [
+        ("x-content-sha256", "00".repeat(32)),
+        ("repr-digest", "sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:".to_owned()),
+    ] {
+        let refused = reqwest::Client::new()
+            .put(format!("{}/v1/templates/{id}/versions/1/image", server.url))
+            .bearer_auth(crate::harness::TOKEN)
+            .header(header, value)
+            .body(vec![1_u8; 100])
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY, "{header}");
+        let body: Value = refused.json().await.expect("json");
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains("SHA-256"), "{body}");
+    }
     // Images are not bound by the 4 MiB limit of JSON bodies.
     let image = vec![0x33; 6 * 1024 * 1024];
     let (status, template) =

@@ -40,7 +40,8 @@ pub use placement::PlacementExplanation;
 pub use projects::{NewProject, ProjectPatch};
 pub use providers::{ProviderRegistry, load_providers};
 pub use registry::{
-    ChunkQuery, FileDownload, FileManifest, FilePushed, GarbageCollected, MAX_CHUNK_BYTES, RequestedRange, load_storage,
+    ChunkQuery, FileDownload, FileManifest, FilePushed, GarbageCollected, MAX_CHUNK_BYTES, PushOptions, RequestedRange,
+    load_storage,
 };
 pub use save_image::SaveImageRequest;
 pub use templates::{NewTemplate, NewTemplateVersion};

@@ -66,6 +66,22 @@ pub struct FilePushed {
     pub chunks_stored: u64,
 }
 
+/// What a client says about a file it pushes as a stream.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// What the file holds; by default from its name.
+    pub kind: Option<FileKind>,
+    /// The SHA-256 (hex) the file must have; a push whose bytes hash otherwise is refused and
+    /// leaves no file.
+    pub sha256: Option<String>,
+}
+
+impl PushOptions {
+    pub fn disk() -> PushOptions {
+        PushOptions { kind: Some(FileKind::Disk), sha256: None }
+    }
+}
+
 /// A file as a list of chunks: what a client commits after uploading the chunks the template
 /// lacked, and what it reads to pull only the chunks it lacks.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -269,7 +285,7 @@ impl Service {
         reference: &str,
         number: u32,
         name: &str,
-        kind: Option<FileKind>,
+        options: PushOptions,
         body: Body,
     ) -> ServiceResult<FilePushed>
     where
@@ -277,6 +293,9 @@ impl Service {
         BodyError: std::fmt::Display,
     {
         check_name("file name", name, 128)?;
+        if let Some(expected) = &options.sha256 {
+            check_digest("sha256", expected)?;
+        }
         let template = self.authorized_template(caller, reference, "push_tag").await?;
         if find_version(&template, number)?.files.iter().any(|file| file.name == name) {
             return Err(file_exists(&template, number, name));
@@ -307,14 +326,20 @@ impl Service {
         if size_bytes == 0 {
             return Err(ServiceError::Invalid("the file is empty; send its bytes as the request body".into()));
         }
-        let kind = kind.unwrap_or_else(|| default_kind(name));
+        let sha256 = hex::encode(whole_file.finalize());
+        if let Some(expected) = options.sha256.filter(|expected| *expected != sha256) {
+            return Err(ServiceError::Invalid(format!(
+                "the upload's SHA-256 is {sha256}, not the {expected} it was sent with; it was not stored"
+            )));
+        }
+        let kind = options.kind.unwrap_or_else(|| default_kind(name));
         let format = if kind == FileKind::Disk { DiskFormat::detect(&first_bytes) } else { DiskFormat::Raw };
         let file = TemplateFile {
             name: name.to_owned(),
             kind,
             format,
             size_bytes,
-            sha256: hex::encode(whole_file.finalize()),
+            sha256,
             chunk_size: chunk_bytes,
             chunk_count: stored.len() as u64,
             pushed_at: store::now(),

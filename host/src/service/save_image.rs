@@ -12,12 +12,12 @@ use uuid::Uuid;
 
 use super::lifecycle::{Step, StepResult, failure};
 use super::providers::task_error_from_call;
-use super::registry::FilePushed;
+use super::registry::{FilePushed, PushOptions};
 use super::templates::NewTemplateVersion;
 use super::{NewTemplate, Service, ServiceError, ServiceResult, check_name};
 use crate::auth::Caller;
 use crate::auth::permissions::Resource;
-use crate::model::{DISK_FILE_NAME, FileKind, Instance, InstanceState, Task, TaskKind};
+use crate::model::{DISK_FILE_NAME, Instance, InstanceState, Task, TaskKind};
 use crate::plugins::StorageSink;
 use crate::plugins::driver_types::ExportedDisk;
 use crate::store;
@@ -171,7 +171,7 @@ impl Service {
         let sink = StorageSink::writer(writer, None);
         let body = tokio_util::io::ReaderStream::new(reader);
         let (system, provider_id) = (Caller::system(), instance.provider_instance_id());
-        let push = self.push_template_file(&system, template, version, DISK_FILE_NAME, Some(FileKind::Disk), body);
+        let push = self.push_template_file(&system, template, version, DISK_FILE_NAME, PushOptions::disk(), body);
         let export = driver.export_disk(&provider_id, sink, instance.disk_gb.saturating_mul(1 << 30));
         let (exported, pushed) = tokio::join!(export, push);
         let exported = exported.map_err(|error| Step::Failed(task_error_from_call("export-disk", &error)))?;

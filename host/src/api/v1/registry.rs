@@ -19,7 +19,8 @@ use crate::api::extract::{JsonBody, QueryParams};
 use crate::auth::Caller;
 use crate::model::{DISK_FILE_NAME, FileKind, Task, Template};
 use crate::service::{
-    ChunkQuery, DistributeRequest, FileDownload, FileManifest, FilePushed, GarbageCollected, RequestedRange,
+    ChunkQuery, DistributeRequest, FileDownload, FileManifest, FilePushed, GarbageCollected, PushOptions,
+    RequestedRange,
 };
 
 /// Parses a version number path segment, naming it when it is not one.
@@ -78,6 +79,27 @@ fn file_response(download: FileDownload, ranged: bool) -> Response {
     response
 }
 
+/// The SHA-256 the client sent the body with, if any: `X-Content-SHA256: <hex>`, or RFC 9530's
+/// `Repr-Digest: sha-256=:<base64>:`.
+fn declared_sha256(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    if let Some(value) = headers.get("x-content-sha256") {
+        let hex = value.to_str().map_err(|_| ApiError::invalid("X-Content-SHA256 must be 64 hex digits"))?;
+        return Ok(Some(hex.trim().to_ascii_lowercase()));
+    }
+    let Some(value) = headers.get("repr-digest") else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::invalid("Repr-Digest is not ASCII"))?;
+    for member in text.split(',') {
+        if let Some(encoded) = member.trim().strip_prefix("sha-256=:").and_then(|rest| rest.strip_suffix(':')) {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|_| ApiError::invalid("Repr-Digest sha-256 is not base64"))?;
+            return Ok(Some(hex::encode(bytes)));
+        }
+    }
+    Ok(None)
+}
+
 /// `PUT …/files/{name}` parameters.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -90,7 +112,8 @@ pub(super) struct PushParams {
 
 /// Pushes a file of the version as the raw request body, streamed: the host cuts it into
 /// chunks, stores those it does not have, and records the file once complete (an interrupted
-/// push leaves no file). Files cannot be replaced: a second push is `409`.
+/// push leaves no file). With `X-Content-SHA256` (or `Repr-Digest: sha-256=…`) the bytes must
+/// hash to it. Files cannot be replaced: a second push is `409`.
 #[utoipa::path(put, path = "/v1/templates/{id}/versions/{number}/files/{name}", tag = "registry",
     params(PushParams),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file"),
@@ -101,11 +124,13 @@ pub(super) async fn push_file(
     caller: Caller,
     Path((id, number, name)): Path<(String, String, String)>,
     QueryParams(params): QueryParams<PushParams>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<FilePushed>)> {
     let number = parse_version_number(&id, &number)?;
+    let options = PushOptions { kind: params.kind, sha256: declared_sha256(&headers)? };
     let pushed =
-        state.service.push_template_file(&caller, &id, number, &name, params.kind, body.into_data_stream()).await?;
+        state.service.push_template_file(&caller, &id, number, &name, options, body.into_data_stream()).await?;
     Ok((StatusCode::CREATED, Json(pushed)))
 }
 
@@ -126,7 +151,8 @@ pub(super) async fn download_file(
     Ok(file_response(download, range.is_some()))
 }
 
-/// Pushes the version's disk image (the file `disk`); answers the template.
+/// Pushes the version's disk image (the file `disk`), checked against `X-Content-SHA256` or
+/// `Repr-Digest` when sent; answers the template.
 #[utoipa::path(put, path = "/v1/templates/{id}/versions/{number}/image", tag = "registry",
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the disk image"),
     responses((status = 201, body = Template), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -135,12 +161,14 @@ pub(super) async fn upload_image(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, number)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Template>)> {
     let number = parse_version_number(&id, &number)?;
+    let options = PushOptions { sha256: declared_sha256(&headers)?, ..PushOptions::disk() };
     let pushed = state
         .service
-        .push_template_file(&caller, &id, number, DISK_FILE_NAME, Some(FileKind::Disk), body.into_data_stream())
+        .push_template_file(&caller, &id, number, DISK_FILE_NAME, options, body.into_data_stream())
         .await?;
     Ok((StatusCode::CREATED, Json(pushed.template)))
 }

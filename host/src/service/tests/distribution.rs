@@ -11,7 +11,9 @@ use uuid::Uuid;
 use super::{create_and_wait, create_request, events_of_type, fast, start, template};
 use crate::auth::Caller;
 use crate::model::{Capacity, Task, TaskKind, TaskState};
-use crate::service::{DistributeRequest, HostPatch, NewGroup, NewTemplateVersion, Service, ServiceError, TaskQuery};
+use crate::service::{
+    DistributeRequest, HostPatch, NewGroup, NewTemplateVersion, PushOptions, Service, ServiceError, TaskQuery,
+};
 
 const MIB: usize = 1024 * 1024;
 
@@ -22,7 +24,7 @@ async fn template_of_size(service: &Service, name: &str, mib: usize) {
     service.create_template_version(&Caller::system(), name, version).await.expect("version");
     let image = vec![name.len() as u8; mib * MIB];
     let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(image))]);
-    service.push_template_file(&Caller::system(), name, 1, "disk", None, body).await.expect("pushed");
+    service.push_template_file(&Caller::system(), name, 1, "disk", PushOptions::default(), body).await.expect("pushed");
 }
 
 async fn distribute(service: &Service, name: &str, hosts: &[&str]) -> Task {
@@ -198,7 +200,10 @@ async fn a_new_tag_pulled_onto_a_host_with_the_previous_one_moves_only_the_chang
     let version = NewTemplateVersion { tag: "v2".into(), description: String::new(), size_bytes: 0 };
     service.create_template_version(&Caller::system(), "base", version).await.expect("v2");
     let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(image))]);
-    service.push_template_file(&Caller::system(), "base", 2, "disk", None, body).await.expect("pushed");
+    service
+        .push_template_file(&Caller::system(), "base", 2, "disk", PushOptions::default(), body)
+        .await
+        .expect("pushed");
 
     let batch = distribute(service, "base", &["sim-1"]).await;
     let pull = &pulls_of(service, batch.id).await[0];

@@ -13,7 +13,9 @@ use sha2::{Digest, Sha256};
 use super::{Fixture, create_and_wait, create_request, events_of_type, fast, start, start_with_settings, template};
 use crate::auth::Caller;
 use crate::model::{DiskFormat, FileKind, TaskState, Template};
-use crate::service::{ChunkQuery, FileManifest, FilePushed, NewTemplateVersion, RequestedRange, Service, ServiceError};
+use crate::service::{
+    ChunkQuery, FileManifest, FilePushed, NewTemplateVersion, PushOptions, RequestedRange, Service, ServiceError,
+};
 
 const MIB: usize = 1024 * 1024;
 
@@ -43,7 +45,16 @@ async fn push(
     file: &str,
     bytes: &[u8],
 ) -> Result<FilePushed, ServiceError> {
-    service.push_template_file(&Caller::system(), name, number, file, None, body_of(vec![bytes.to_vec()])).await
+    service
+        .push_template_file(
+            &Caller::system(),
+            name,
+            number,
+            file,
+            PushOptions::default(),
+            body_of(vec![bytes.to_vec()]),
+        )
+        .await
 }
 
 async fn download(service: &Service, name: &str, number: u32, file: &str, range: Option<RequestedRange>) -> Vec<u8> {
@@ -81,8 +92,10 @@ async fn a_pushed_file_is_chunked_deduplicated_and_read_back_unchanged() {
     let image = qcow2_image(3 * MIB + 5);
     // The magic arrives split over two pieces.
     let pieces = vec![image[..2].to_vec(), image[2..300_000].to_vec(), image[300_000..].to_vec()];
-    let pushed =
-        service.push_template_file(&Caller::system(), "base", 1, "disk", None, body_of(pieces)).await.expect("pushed");
+    let pushed = service
+        .push_template_file(&Caller::system(), "base", 1, "disk", PushOptions::default(), body_of(pieces))
+        .await
+        .expect("pushed");
     assert_eq!((pushed.bytes_received, pushed.bytes_stored), (image.len() as u64, image.len() as u64));
     assert_eq!((pushed.chunks, pushed.chunks_stored), (4, 4));
     let version = &pushed.template.versions[0];
@@ -135,7 +148,14 @@ async fn bad_pushes_are_refused_and_leave_no_file() {
     check(push(service, "base", 1, "../disk", &[0; 10]).await, "file name '../disk'");
     check(push(service, "base", 1, "disk", &[]).await, "the file is empty");
     let too_large = service
-        .push_template_file(&Caller::system(), "base", 1, "disk", None, body_of(vec![vec![0; 600], vec![0; 600]]))
+        .push_template_file(
+            &Caller::system(),
+            "base",
+            1,
+            "disk",
+            PushOptions::default(),
+            body_of(vec![vec![0; 600], vec![0; 600]]),
+        )
         .await;
     assert!(matches!(&too_large, Err(ServiceError::TooLarge(message)) if message.contains("1000 bytes")));
     let broken = futures::stream::iter(vec![
@@ -143,15 +163,25 @@ async fn bad_pushes_are_refused_and_leave_no_file() {
         Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away")),
     ]);
     check(
-        service.push_template_file(&Caller::system(), "base", 1, "disk", None, broken).await,
+        service.push_template_file(&Caller::system(), "base", 1, "disk", PushOptions::default(), broken).await,
         "broke off after 10 bytes: client went away",
+    );
+
+    let declared = PushOptions { kind: None, sha256: Some(sha256_hex(b"other bytes")) };
+    check(
+        service.push_template_file(&Caller::system(), "base", 1, "disk", declared, body_of(vec![vec![1; 10]])).await,
+        "not the",
     );
 
     let version = service.resolve_template(&Caller::system(), "base").await.expect("template").versions[0].clone();
     assert!(version.files.is_empty() && !version.has_image(), "{version:?}");
     let download = service.download_template_file(&Caller::system(), "base", 1, "disk", None).await;
     assert!(matches!(download, Err(ServiceError::NotFound { kind: "template file", .. })), "{download:?}");
-    let raw = push(service, "base", 1, "disk", &[7; 10]).await.expect("pushed");
+    let matching = PushOptions { kind: None, sha256: Some(sha256_hex(&[7; 10])) };
+    let raw = service
+        .push_template_file(&Caller::system(), "base", 1, "disk", matching, body_of(vec![vec![7; 10]]))
+        .await
+        .expect("pushed with the right digest");
     assert_eq!(raw.template.versions[0].format, DiskFormat::Raw);
 }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{create_and_wait, create_request, events_of_type, fast, start};
 use crate::auth::Caller;
 use crate::model::{DiskFormat, InstanceState, TaskState};
-use crate::service::{NewTemplateVersion, SaveImageRequest, Service, ServiceError};
+use crate::service::{NewTemplateVersion, PushOptions, SaveImageRequest, Service, ServiceError};
 
 fn save(template: Option<&str>, new_template: Option<&str>, tag: &str) -> SaveImageRequest {
     SaveImageRequest {
@@ -31,7 +31,7 @@ async fn template_with_image(service: &Service, name: &str, mib: usize) {
     let mut image = vec![7_u8; mib << 20];
     image[..4].copy_from_slice(b"QFI\xfb");
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(image))]);
-    service.push_template_file(&Caller::system(), name, 1, "disk", None, body).await.expect("pushed");
+    service.push_template_file(&Caller::system(), name, 1, "disk", PushOptions::default(), body).await.expect("pushed");
 }
 
 async fn run(service: &Service, id: uuid::Uuid, request: SaveImageRequest) -> crate::model::Task {
