@@ -4,7 +4,7 @@
 //! that a store's logic runs natively in unit tests against [`MemorySource`] and
 //! [`MemorySink`]; inside a component the host's resources implement them.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 pub use crate::storage_bindings::exports::hyperplane::storage::blob_store::Guest;
 pub use crate::storage_bindings::hyperplane::storage::streams::{ByteSink, ByteSource};
@@ -13,6 +13,39 @@ pub use crate::storage_bindings::hyperplane::storage::types::{ByteRange, Error, 
 /// The size of the pieces a store should ask a source for (the host serves at most 1 MiB per
 /// read) and hand to a sink.
 pub const PIECE_BYTES: u32 = 1024 * 1024;
+
+/// The store `init` configured on this component instance, for the exported functions to use:
+/// `static STORE: ConfiguredStore<MyStore> = ConfiguredStore::new();`.
+#[derive(Debug)]
+pub struct ConfiguredStore<Store> {
+    store: RwLock<Option<Arc<Store>>>,
+}
+
+impl<Store> ConfiguredStore<Store> {
+    pub const fn new() -> Self {
+        ConfiguredStore { store: RwLock::new(None) }
+    }
+
+    /// Replaces the configured store (`init` may run again on the same instance).
+    pub fn configure(&self, store: Store) {
+        *self.store.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(store));
+    }
+
+    /// The configured store; [`Error::Internal`] before `init`.
+    pub fn get(&self) -> Result<Arc<Store>, Error> {
+        self.store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| Error::Internal("the store was called before `init` on this instance".into()))
+    }
+}
+
+impl<Store> Default for ConfiguredStore<Store> {
+    fn default() -> Self {
+        ConfiguredStore::new()
+    }
+}
 
 /// The operations of `streams.byte-source`, with the host's semantics.
 pub trait ObjectSource {
@@ -114,6 +147,14 @@ impl ObjectSink for MemorySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_is_there_only_once_configured() {
+        let store: ConfiguredStore<u32> = ConfiguredStore::new();
+        assert!(matches!(store.get(), Err(Error::Internal(_))));
+        store.configure(7);
+        assert_eq!(store.get().map(|store| *store).ok(), Some(7));
+    }
 
     #[test]
     fn memory_source_reads_in_pieces_and_can_break_off() {
