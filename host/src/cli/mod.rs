@@ -440,7 +440,7 @@ async fn run_client(client: &Client, command: Command, json_output: bool) -> any
             if json_output {
                 println!("{}", serde_json::to_string_pretty(&outcome)?);
             } else if wait {
-                output::print(&outcome["pulls"], false, output::tasks_table);
+                output::print(&outcome["pulls"], false, output::pulls_table);
             } else {
                 output::print(&Value::Array(vec![outcome["batch"].clone()]), false, output::tasks_table);
             }

@@ -105,6 +105,21 @@ pub fn tasks_table(tasks: &[Value]) -> Table {
     table
 }
 
+/// The per-host pulls of a distribution: where, how it ended, what it read or why it failed.
+pub fn pulls_table(pulls: &[Value]) -> Table {
+    let mut table = new_table(&["HOST", "STATE", "READ", "DETAIL"]);
+    for pull in pulls {
+        let read = pull["result"]["bytes_read"].as_u64().map(|bytes| indicatif::HumanBytes(bytes).to_string());
+        let detail = match pull["state"].as_str() {
+            Some("succeeded") if pull["result"]["already_cached"] == true => "already cached".to_owned(),
+            Some("failed") => text(&pull["error"]["message"]),
+            _ => text(&pull["message"]),
+        };
+        table.add_row(vec![text(&pull["input"]["host"]), text(&pull["state"]), read.unwrap_or_default(), detail]);
+    }
+    table
+}
+
 /// One event as a line: `seq time type object data`.
 pub fn event_line(event: &Value) -> String {
     format!(
