@@ -89,31 +89,17 @@ impl Service {
             }
         }
         let mut transaction = self.store().begin().await?;
-        let batch = self
-            .task_engine()
-            .create(
-                &mut transaction,
-                NewTask {
-                    kind: TaskKind::Batch,
-                    object_id: Some(template.id),
-                    parent_id: None,
-                    input: json!({
-                        "operation": "template.distribute", "template": template.name, "version": version.number,
-                        "hosts": hosts.iter().map(|host| host.id).collect::<Vec<_>>(),
-                    }),
-                    idempotency_key: None,
-                    request_digest: None,
-                    requested_by: caller.clone(),
-                },
-            )
-            .await?;
+        let input = json!({
+            "operation": "template.distribute", "template": template.name, "version": version.number,
+            "hosts": hosts.iter().map(|host| host.id).collect::<Vec<_>>(),
+        });
+        let batch = self.task_engine().create(&mut transaction, NewTask::batch(template.id, input, caller)).await?;
         for host in &hosts {
             let input = json!({
                 "host_id": host.id, "host": host.name, "template_id": template.id, "template": template.name,
                 "version": version.number,
             });
-            let mut pull = NewTask::on_object(TaskKind::TemplatePullToHost, host.id, input, caller);
-            pull.parent_id = Some(batch.id);
+            let pull = NewTask::on_object(TaskKind::TemplatePullToHost, host.id, input, caller).in_batch(batch.id);
             self.task_engine().create(&mut transaction, pull).await?;
         }
         transaction.commit().await?;
@@ -297,20 +283,8 @@ impl Service {
                     ),
                 )));
             };
-            let format = self
-                .load_template(&victim.name)
-                .await
-                .ok()
-                .and_then(|owner| owner.versions.into_iter().find(|owned| owned.number == victim.version))
-                .map_or(driver::DiskFormat::Raw, |owned| disk_format_to_driver(owned.format));
-            let victim_ref = driver::TemplateRef {
-                name: victim.name.clone(),
-                version: victim.version,
-                tag: victim.tag.clone(),
-                size_bytes: victim.size_bytes,
-                format,
-            };
-            match driver.remove_template(&host.name, victim_ref).await {
+            let owner = self.load_template(&victim.name).await.ok();
+            match driver.remove_template(&host.name, cached_template_ref(owner.as_ref(), victim)).await {
                 Ok(()) => {}
                 Err(error) if is_not_found(&error) => {}
                 Err(error) => return Err(Step::Failed(task_error_from_call("remove-template", &error))),
@@ -388,6 +362,19 @@ impl Service {
         store::hosts::update_cached_templates(&mut transaction, &host).await?;
         transaction.commit().await?;
         Ok(())
+    }
+}
+
+/// A template cached on a host as drivers know it; the format comes from the template's version
+/// when the template still has it (raw otherwise).
+pub(super) fn cached_template_ref(owner: Option<&Template>, cached: &CachedTemplate) -> driver::TemplateRef {
+    let version = owner.and_then(|owner| owner.versions.iter().find(|version| version.number == cached.version));
+    driver::TemplateRef {
+        name: cached.name.clone(),
+        version: cached.version,
+        tag: cached.tag.clone(),
+        size_bytes: cached.size_bytes,
+        format: version.map_or(driver::DiskFormat::Raw, |version| disk_format_to_driver(version.format)),
     }
 }
 

@@ -8,13 +8,13 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::distribution::cached_template_ref;
 use super::lifecycle::{Step, StepResult, failure};
-use super::providers::{disk_format_to_driver, is_not_found, task_error_from_call};
+use super::providers::{is_not_found, task_error_from_call};
 use super::{Service, ServiceError, ServiceResult};
 use crate::auth::Caller;
 use crate::auth::permissions::Resource;
 use crate::model::{CachedTemplate, Host, InstanceState, NewEvent, Task, TaskKind, TaskState, Template};
-use crate::plugins::driver_types as driver;
 use crate::store;
 use crate::tasks::NewTask;
 
@@ -105,31 +105,18 @@ impl Service {
                 template.name
             )));
         }
-        let batch = self
-            .task_engine()
-            .create(
-                &mut transaction,
-                NewTask {
-                    kind: TaskKind::Batch,
-                    object_id: Some(template.id),
-                    parent_id: None,
-                    input: json!({
-                        "operation": "template.remove_from_hosts", "template": template.name,
-                        "hosts": targets.iter().map(|(host, _)| host.id).collect::<Vec<_>>(), "skipped": skipped,
-                    }),
-                    idempotency_key: None,
-                    request_digest: None,
-                    requested_by: caller.clone(),
-                },
-            )
-            .await?;
+        let input = json!({
+            "operation": "template.remove_from_hosts", "template": template.name,
+            "hosts": targets.iter().map(|(host, _)| host.id).collect::<Vec<_>>(), "skipped": skipped,
+        });
+        let batch = self.task_engine().create(&mut transaction, NewTask::batch(template.id, input, caller)).await?;
         for (host, versions) in targets {
             let input = json!({
                 "host_id": host.id, "host": host.name, "template_id": template.id, "template": template.name,
                 "versions": versions,
             });
-            let mut removal = NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller);
-            removal.parent_id = Some(batch.id);
+            let removal =
+                NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller).in_batch(batch.id);
             self.task_engine().create(&mut transaction, removal).await?;
         }
         transaction.commit().await?;
@@ -170,19 +157,7 @@ impl Service {
         let mut removed = Vec::new();
         let mut failed = None;
         for cached in &cached {
-            let format = template
-                .versions
-                .iter()
-                .find(|version| version.number == cached.version)
-                .map_or(driver::DiskFormat::Raw, |version| disk_format_to_driver(version.format));
-            let template_ref = driver::TemplateRef {
-                name: cached.name.clone(),
-                version: cached.version,
-                tag: cached.tag.clone(),
-                size_bytes: cached.size_bytes,
-                format,
-            };
-            match driver.remove_template(&host.name, template_ref).await {
+            match driver.remove_template(&host.name, cached_template_ref(Some(&template), cached)).await {
                 Ok(()) => removed.push(cached.version),
                 Err(error) if is_not_found(&error) => removed.push(cached.version),
                 Err(error) => {

@@ -125,6 +125,17 @@ impl NewTask {
             requested_by: requested_by.clone(),
         }
     }
+
+    /// A batch about `object_id` (a template, say): its children are created with
+    /// [`NewTask::in_batch`] and it ends when they all have.
+    pub fn batch(object_id: Uuid, input: Value, requested_by: &Caller) -> Self {
+        NewTask::on_object(TaskKind::Batch, object_id, input, requested_by)
+    }
+
+    /// This task as a child of batch `parent_id`.
+    pub fn in_batch(self, parent_id: Uuid) -> Self {
+        NewTask { parent_id: Some(parent_id), ..self }
+    }
 }
 
 /// At most this many tasks are claimed in one write transaction.
