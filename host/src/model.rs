@@ -248,8 +248,8 @@ pub struct CachedTemplate {
     pub version: u32,
     pub tag: String,
     pub size_bytes: u64,
-    /// When the host last pulled it or created an instance from it (absent: before Hyperplane
-    /// saw it used); what cache eviction goes by.
+    /// When the host last pulled it or created an instance from it, to the minute (absent:
+    /// before Hyperplane saw it used); what cache eviction goes by.
     #[serde(default)]
     pub last_used_at: Option<DateTime<Utc>>,
 }

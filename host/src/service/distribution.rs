@@ -26,6 +26,8 @@ use crate::plugins::{ByteSource, Driver, ImageDelta};
 use crate::store;
 use crate::tasks::{NewTask, TaskContext};
 
+/// How precisely a cached template's last use is recorded.
+const LAST_USE_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 /// How often a running pull reports the bytes delivered.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -170,7 +172,15 @@ impl Service {
             .iter()
             .any(|cached| cached.name == template.name && cached.version == template_ref.version);
         if cached || !driver.capabilities().templates {
-            self.mark_template_used(host.id, &template.name, template_ref.version).await?;
+            // Recorded to the minute: a burst of creations from one template costs one write.
+            let recently_used = host.cached_templates.iter().any(|cached| {
+                cached.name == template.name
+                    && cached.version == template_ref.version
+                    && cached.last_used_at.is_some_and(|used| store::now() - used < LAST_USE_RESOLUTION)
+            });
+            if cached && !recently_used {
+                self.mark_template_used(host.id, &template.name, template_ref.version).await?;
+            }
             return Ok(Pulled { already_cached: true, bytes_read: 0 });
         }
         let (image, delta) = match version {
