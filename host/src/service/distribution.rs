@@ -319,12 +319,10 @@ impl Service {
         host.cached_templates.retain(|other| !(other.name == cached.name && other.version == cached.version));
         host.updated_at = store::now();
         store::hosts::update_cached_templates(&mut transaction, &host).await?;
-        transaction
-            .append_event(NewEvent::new(kind, "host", host_id).data(json!({
-                "template": cached.name, "version": cached.version, "size_bytes": cached.size_bytes,
-                "last_used_at": cached.last_used_at,
-            })))
-            .await?;
+        transaction.append_event(NewEvent::new(kind, "host", host_id).data(json!({
+            "template": cached.name, "version": cached.version, "size_bytes": cached.size_bytes,
+            "last_used_at": cached.last_used_at,
+        })));
         transaction.commit().await?;
         Ok(())
     }
@@ -344,13 +342,11 @@ impl Service {
             template.last_used_at = Some(store::now());
             host.cached_templates
                 .retain(|cached| !(cached.name == template.name && cached.version == template.version));
-            transaction
-                .append_event(NewEvent::new("host.template_cached", "host", host_id).data(json!({
-                    "template": template.name,
-                    "version": template.version,
-                    "image_bytes_read": image_bytes_read,
-                })))
-                .await?;
+            transaction.append_event(NewEvent::new("host.template_cached", "host", host_id).data(json!({
+                "template": template.name,
+                "version": template.version,
+                "image_bytes_read": image_bytes_read,
+            })));
             host.cached_templates.push(template);
         }
         host.updated_at = store::now();

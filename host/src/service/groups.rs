@@ -112,11 +112,9 @@ impl Service {
             updated_at: now,
         };
         store::groups::insert(&mut transaction, &group).await?;
-        transaction
-            .append_event(
-                NewEvent::new("group.created", "group", group.id).by(caller).data(json!({ "name": group.name })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("group.created", "group", group.id).by(caller).data(json!({ "name": group.name })),
+        );
         transaction.commit().await?;
         Ok(group)
     }
@@ -164,13 +162,11 @@ impl Service {
         }
         group.updated_at = store::now();
         store::groups::update(&mut transaction, &group).await?;
-        transaction
-            .append_event(
-                NewEvent::new("group.updated", "group", id)
-                    .by(caller)
-                    .data(serde_json::to_value(&patch).unwrap_or_default()),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("group.updated", "group", id)
+                .by(caller)
+                .data(serde_json::to_value(&patch).unwrap_or_default()),
+        );
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(group)
@@ -180,11 +176,9 @@ impl Service {
         let group = self.authorized_group(caller, reference, "delete").await?;
         let mut transaction = self.store().begin().await?;
         store::groups::delete(&mut transaction, group.id).await?;
-        transaction
-            .append_event(
-                NewEvent::new("group.deleted", "group", group.id).by(caller).data(json!({ "name": group.name })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("group.deleted", "group", group.id).by(caller).data(json!({ "name": group.name })),
+        );
         transaction.commit().await?;
         Ok(())
     }
@@ -209,13 +203,11 @@ impl Service {
                 groups.push(group.id);
             }
             store::hosts::set_groups(&mut transaction, host.id, &groups).await?;
-            transaction
-                .append_event(
-                    NewEvent::new(if member { "group.host_added" } else { "group.host_removed" }, "group", group.id)
-                        .by(caller)
-                        .data(json!({ "host_id": host.id })),
-                )
-                .await?;
+            transaction.append_event(
+                NewEvent::new(if member { "group.host_added" } else { "group.host_removed" }, "group", group.id)
+                    .by(caller)
+                    .data(json!({ "host_id": host.id })),
+            );
         }
         let group = store::groups::get(&mut transaction, group.id)
             .await?

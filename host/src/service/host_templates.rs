@@ -187,13 +187,11 @@ impl Service {
             let before = host.cached_templates.len();
             host.cached_templates.retain(|cached| !(cached.name == template.name && cached.version == version));
             if host.cached_templates.len() != before {
-                transaction
-                    .append_event(NewEvent::new("host.template_removed", "host", host_id).data(json!({
-                        "template": template.name,
-                        "template_id": template.id,
-                        "version": version,
-                    })))
-                    .await?;
+                transaction.append_event(NewEvent::new("host.template_removed", "host", host_id).data(json!({
+                    "template": template.name,
+                    "template_id": template.id,
+                    "version": version,
+                })));
             }
         }
         host.updated_at = store::now();

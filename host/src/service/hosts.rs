@@ -157,22 +157,16 @@ impl Service {
         }
         host.updated_at = store::now();
         store::hosts::update_settings(&mut transaction, &host).await?;
-        transaction
-            .append_event(
-                NewEvent::new("host.updated", "host", id)
-                    .by(caller)
-                    .data(serde_json::to_value(&patch).unwrap_or_default()),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("host.updated", "host", id).by(caller).data(serde_json::to_value(&patch).unwrap_or_default()),
+        );
         let host = store::hosts::get(&mut transaction, id).await?.ok_or_else(|| ServiceError::not_found("host", id))?;
         if host.state != previous_state {
-            transaction
-                .append_event(
-                    NewEvent::new("host.state_changed", "host", id)
-                        .actor(caller.actor())
-                        .data(json!({ "from": previous_state, "to": host.state })),
-                )
-                .await?;
+            transaction.append_event(
+                NewEvent::new("host.state_changed", "host", id)
+                    .actor(caller.actor())
+                    .data(json!({ "from": previous_state, "to": host.state })),
+            );
         }
         transaction.commit().await?;
         self.task_engine().wake();

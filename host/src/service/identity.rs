@@ -324,7 +324,7 @@ impl Service {
     /// Appends an audit event that goes with no state change, in a transaction of its own.
     async fn record_audit_event(&self, event: NewEvent) -> store::StoreResult<()> {
         let mut transaction = self.store().begin().await?;
-        transaction.append_event(event).await?;
+        transaction.append_event(event);
         transaction.commit().await
     }
 
@@ -416,8 +416,7 @@ impl Service {
             identity_store::add_member(&mut transaction, group_id, user.id).await?;
         }
         transaction
-            .append_event(NewEvent::new("user.created", "user", user.id).by(caller).data(json!({ "name": user.name })))
-            .await?;
+            .append_event(NewEvent::new("user.created", "user", user.id).by(caller).data(json!({ "name": user.name })));
         let user = identity_store::get_user(&mut transaction, user.id)
             .await?
             .ok_or_else(|| ServiceError::not_found("user", &user.name))?;
@@ -453,11 +452,9 @@ impl Service {
         if ends_sessions {
             identity_store::revoke_sessions_of_user(&mut transaction, user.id, &user.updated_at).await?;
         }
-        transaction
-            .append_event(NewEvent::new("user.updated", "user", user.id).by(caller).data(json!({
-                "name": user.name, "password_changed": ends_sessions && user.has_password, "disabled": user.disabled
-            })))
-            .await?;
+        transaction.append_event(NewEvent::new("user.updated", "user", user.id).by(caller).data(json!({
+            "name": user.name, "password_changed": ends_sessions && user.has_password, "disabled": user.disabled
+        })));
         transaction.commit().await?;
         Ok(user)
     }
@@ -468,8 +465,7 @@ impl Service {
         let mut transaction = self.store().begin().await?;
         identity_store::delete_user(&mut transaction, user.id).await?;
         transaction
-            .append_event(NewEvent::new("user.deleted", "user", user.id).by(caller).data(json!({ "name": user.name })))
-            .await?;
+            .append_event(NewEvent::new("user.deleted", "user", user.id).by(caller).data(json!({ "name": user.name })));
         transaction.commit().await?;
         Ok(())
     }
@@ -504,13 +500,9 @@ impl Service {
             updated_at: now,
         };
         identity_store::insert_user_group(&mut transaction, &group).await?;
-        transaction
-            .append_event(
-                NewEvent::new("user_group.created", "user_group", group.id)
-                    .by(caller)
-                    .data(json!({ "name": group.name })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("user_group.created", "user_group", group.id).by(caller).data(json!({ "name": group.name })),
+        );
         transaction.commit().await?;
         Ok(group)
     }
@@ -520,13 +512,9 @@ impl Service {
         self.require(caller, Resource::User, "delete", None, None).await?;
         let mut transaction = self.store().begin().await?;
         identity_store::delete_user_group(&mut transaction, group.id).await?;
-        transaction
-            .append_event(
-                NewEvent::new("user_group.deleted", "user_group", group.id)
-                    .by(caller)
-                    .data(json!({ "name": group.name })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("user_group.deleted", "user_group", group.id).by(caller).data(json!({ "name": group.name })),
+        );
         transaction.commit().await?;
         Ok(())
     }
@@ -550,8 +538,7 @@ impl Service {
         }
         let kind = if member { "user_group.member_added" } else { "user_group.member_removed" };
         transaction
-            .append_event(NewEvent::new(kind, "user_group", group.id).by(caller).data(json!({ "user": user.name })))
-            .await?;
+            .append_event(NewEvent::new(kind, "user_group", group.id).by(caller).data(json!({ "user": user.name })));
         transaction.commit().await?;
         self.find_user_group(group_name).await
     }
@@ -582,11 +569,9 @@ impl Service {
             updated_at: now,
         };
         identity_store::save_role(&mut transaction, &role).await?;
-        transaction
-            .append_event(NewEvent::new("role.created", "role", role.id).by(caller).data(json!({
-                "name": role.name, "permissions": role.permissions
-            })))
-            .await?;
+        transaction.append_event(NewEvent::new("role.created", "role", role.id).by(caller).data(json!({
+            "name": role.name, "permissions": role.permissions
+        })));
         transaction.commit().await?;
         Ok(role)
     }
@@ -602,8 +587,7 @@ impl Service {
         }
         identity_store::delete_role(&mut transaction, role.id).await?;
         transaction
-            .append_event(NewEvent::new("role.deleted", "role", role.id).by(caller).data(json!({ "name": role.name })))
-            .await?;
+            .append_event(NewEvent::new("role.deleted", "role", role.id).by(caller).data(json!({ "name": role.name })));
         transaction.commit().await?;
         Ok(())
     }
@@ -655,12 +639,10 @@ impl Service {
             created_at: store::now(),
         };
         identity_store::insert_binding(&mut transaction, &binding).await?;
-        transaction
-            .append_event(NewEvent::new("role.granted", "role_binding", binding.id).by(caller).data(json!({
-                "role": request.role, "user": request.user, "group": request.group,
-                "project": request.project, "resource_ids": request.resource_ids
-            })))
-            .await?;
+        transaction.append_event(NewEvent::new("role.granted", "role_binding", binding.id).by(caller).data(json!({
+            "role": request.role, "user": request.user, "group": request.group,
+            "project": request.project, "resource_ids": request.resource_ids
+        })));
         transaction.commit().await?;
         let bindings = identity_store::list_bindings(&mut *self.store().reader().await?).await?;
         bindings
@@ -675,7 +657,7 @@ impl Service {
         if !identity_store::delete_binding(&mut transaction, id).await? {
             return Err(ServiceError::not_found("role binding", id));
         }
-        transaction.append_event(NewEvent::new("role.revoked", "role_binding", id).by(caller)).await?;
+        transaction.append_event(NewEvent::new("role.revoked", "role_binding", id).by(caller));
         transaction.commit().await?;
         Ok(())
     }
@@ -747,11 +729,9 @@ impl Service {
             return Err(ServiceError::Conflict(format!("API key '{}' already exists", key.id)));
         }
         identity_store::save_api_key(&mut transaction, &key).await?;
-        transaction
-            .append_event(NewEvent::new("key.created", "key", &key.id).by(caller).data(json!({
-                "user": key.user, "groups": key.groups, "expires_at": key.expires_at
-            })))
-            .await?;
+        transaction.append_event(NewEvent::new("key.created", "key", &key.id).by(caller).data(json!({
+            "user": key.user, "groups": key.groups, "expires_at": key.expires_at
+        })));
         transaction.commit().await?;
         let token = format!("{}:{secret}", key.id);
         Ok(CreatedApiKey { key, token })
@@ -779,11 +759,9 @@ impl Service {
         }
         let mut transaction = self.store().begin().await?;
         identity_store::save_api_key(&mut transaction, &key).await?;
-        transaction
-            .append_event(NewEvent::new("key.updated", "key", &key.id).by(caller).data(json!({
-                "groups": key.groups, "expires_at": key.expires_at
-            })))
-            .await?;
+        transaction.append_event(NewEvent::new("key.updated", "key", &key.id).by(caller).data(json!({
+            "groups": key.groups, "expires_at": key.expires_at
+        })));
         transaction.commit().await?;
         Ok(key)
     }
@@ -798,7 +776,7 @@ impl Service {
             key.revoked_at = Some(store::now());
             let mut transaction = self.store().begin().await?;
             identity_store::save_api_key(&mut transaction, &key).await?;
-            transaction.append_event(NewEvent::new("key.revoked", "key", &key.id).by(caller)).await?;
+            transaction.append_event(NewEvent::new("key.revoked", "key", &key.id).by(caller));
             transaction.commit().await?;
         }
         Ok(key)
@@ -850,7 +828,7 @@ impl Service {
             .outcome("succeeded");
         event.scheme = how.into();
         event.source = source.into();
-        transaction.append_event(event).await?;
+        transaction.append_event(event);
         transaction.commit().await?;
         Ok(StartedSession { session, token })
     }
@@ -892,7 +870,7 @@ impl Service {
         if !identity_store::revoke_session(&mut transaction, id, &store::now()).await? {
             return Err(ServiceError::not_found("session", id));
         }
-        transaction.append_event(NewEvent::new("session.ended", "session", id).by(caller)).await?;
+        transaction.append_event(NewEvent::new("session.ended", "session", id).by(caller));
         transaction.commit().await?;
         Ok(())
     }
@@ -1044,11 +1022,9 @@ impl Service {
                     password_hash: None,
                 };
                 identity_store::save_user(&mut transaction, &user).await?;
-                transaction
-                    .append_event(NewEvent::new("user.created", "user", user.id).actor(username).data(json!({
-                        "name": user.name, "issuer": issuer
-                    })))
-                    .await?;
+                transaction.append_event(NewEvent::new("user.created", "user", user.id).actor(username).data(json!({
+                    "name": user.name, "issuer": issuer
+                })));
                 user
             }
         };
@@ -1070,7 +1046,7 @@ impl Service {
 
     async fn read_credentials<T, F, Fut>(&self, read: F) -> Result<T, CredentialError>
     where
-        F: FnOnce(sqlx::pool::PoolConnection<sqlx::Sqlite>) -> Fut,
+        F: FnOnce(store::Connection) -> Fut,
         Fut: Future<Output = store::StoreResult<T>>,
     {
         let reader = self.store().reader().await.map_err(|error| CredentialError::Unavailable(error.to_string()))?;

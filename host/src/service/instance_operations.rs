@@ -183,7 +183,7 @@ impl Service {
     /// Appends an event that comes with no state change.
     async fn record_event(&self, event: NewEvent) -> StepResult<()> {
         let mut transaction = self.store().begin().await?;
-        transaction.append_event(event).await?;
+        transaction.append_event(event);
         transaction.commit().await?;
         Ok(())
     }

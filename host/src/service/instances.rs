@@ -258,13 +258,11 @@ impl Service {
         let mut single = None;
         for instance in &instances {
             store::instances::insert(&mut transaction, instance).await?;
-            transaction
-                .append_event(
-                    NewEvent::new("instance.created", "instance", instance.id)
-                        .by(caller)
-                        .data(json!({ "name": instance.name, "template": template.name, "state": instance.state })),
-                )
-                .await?;
+            transaction.append_event(
+                NewEvent::new("instance.created", "instance", instance.id)
+                    .by(caller)
+                    .data(json!({ "name": instance.name, "template": template.name, "state": instance.state })),
+            );
             let task = tasks
                 .create(
                     &mut transaction,
@@ -520,13 +518,11 @@ impl Service {
         }
         instance.updated_at = store::now();
         store::instances::update(&mut transaction, &instance).await?;
-        transaction
-            .append_event(
-                NewEvent::new("instance.updated", "instance", id)
-                    .by(caller)
-                    .data(serde_json::to_value(&patch).unwrap_or_default()),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("instance.updated", "instance", id)
+                .by(caller)
+                .data(serde_json::to_value(&patch).unwrap_or_default()),
+        );
         transaction.commit().await?;
         Ok(instance)
     }

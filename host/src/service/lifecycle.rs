@@ -2,7 +2,6 @@
 //! recording every state change with its event. Every step is idempotent, so a task resumed
 //! after a restart simply runs again from the top.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,13 +124,13 @@ impl Service {
         also: Option<NewEvent>,
     ) -> StepResult<()> {
         let event = change_state(instance, state, data);
-        let mut transaction = self.store().begin().await?;
-        store::instances::update(&mut transaction, instance).await?;
-        transaction.append_event(event).await?;
+        let mut batch = self.store().batch();
+        store::instances::defer_update(batch.writes(), instance);
+        batch.append_event(event);
         if let Some(also) = also {
-            transaction.append_event(also).await?;
+            batch.append_event(also);
         }
-        transaction.commit().await?;
+        batch.commit().await?;
         Ok(())
     }
 
@@ -272,12 +271,10 @@ impl Service {
         instance.updated_at = store::now();
         let mut transaction = self.store().begin().await?;
         store::instances::update(&mut transaction, instance).await?;
-        transaction
-            .append_event(
-                NewEvent::new("instance.startup_script_finished", "instance", instance.id)
-                    .data(json!({ "exit_code": outcome.exit_code, "timed_out": outcome.timed_out })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("instance.startup_script_finished", "instance", instance.id)
+                .data(json!({ "exit_code": outcome.exit_code, "timed_out": outcome.timed_out })),
+        );
         transaction.commit().await?;
         Ok(())
     }
@@ -477,15 +474,10 @@ struct InstanceStateWrite {
 }
 
 impl FinalWrite for InstanceStateWrite {
-    fn write<'a>(
-        &'a self,
-        transaction: &'a mut store::WriteTx,
-    ) -> Pin<Box<dyn Future<Output = Result<(), store::StoreError>> + Send + 'a>> {
-        Box::pin(async move {
-            store::instances::update(transaction, &self.instance).await?;
-            transaction.append_event(self.event.clone()).await?;
-            Ok(())
-        })
+    fn write(&self, writes: &mut store::PendingWrites) -> Result<(), store::StoreError> {
+        store::instances::defer_update(writes, &self.instance);
+        writes.append_event(self.event.clone());
+        Ok(())
     }
 }
 

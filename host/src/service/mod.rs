@@ -274,8 +274,9 @@ impl Service {
 
     /// Waits up to `wait` for the task to end; answers the task as it is then.
     pub async fn wait_task(&self, caller: &Caller, id: Uuid, wait: Duration) -> ServiceResult<Task> {
-        self.get_task(caller, id).await?;
-        Ok(self.inner.tasks.wait(id, wait).await?)
+        let ended = self.inner.tasks.subscribe_ended();
+        let task = self.get_task(caller, id).await?;
+        Ok(self.inner.tasks.wait_from(task, ended, wait).await?)
     }
 
     /// Whether the caller has `task:<action>` for the task: everywhere, or in the project of

@@ -62,11 +62,9 @@ impl Service {
                     instance.provider = Some(host.provider.clone());
                     instance.updated_at = store::now();
                     store::instances::update(&mut transaction, &instance).await?;
-                    transaction
-                        .append_event(NewEvent::new("instance.placed", "instance", instance.id).data(json!({
-                            "host_id": host.id, "host": host.name, "provider": host.provider, "group_id": decision.group_id,
-                        })))
-                        .await?;
+                    transaction.append_event(NewEvent::new("instance.placed", "instance", instance.id).data(json!({
+                        "host_id": host.id, "host": host.name, "provider": host.provider, "group_id": decision.group_id,
+                    })));
                 }
                 None => {
                     let message = format!("waiting for capacity: {}", decision.explain());

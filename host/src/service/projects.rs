@@ -102,11 +102,9 @@ impl Service {
             updated_at: now,
         };
         store::projects::save(&mut transaction, &project).await?;
-        transaction
-            .append_event(NewEvent::new("project.created", "project", project.id).by(caller).data(json!({
-                "name": project.name, "quota": project.quota
-            })))
-            .await?;
+        transaction.append_event(NewEvent::new("project.created", "project", project.id).by(caller).data(json!({
+            "name": project.name, "quota": project.quota
+        })));
         transaction.commit().await?;
         Ok(project)
     }
@@ -128,11 +126,9 @@ impl Service {
         project.updated_at = store::now();
         let mut transaction = self.store().begin().await?;
         store::projects::save(&mut transaction, &project).await?;
-        transaction
-            .append_event(NewEvent::new("project.updated", "project", project.id).by(caller).data(json!({
-                "name": project.name, "quota": project.quota
-            })))
-            .await?;
+        transaction.append_event(NewEvent::new("project.updated", "project", project.id).by(caller).data(json!({
+            "name": project.name, "quota": project.quota
+        })));
         transaction.commit().await?;
         Ok(project)
     }
@@ -152,11 +148,9 @@ impl Service {
             )));
         }
         store::projects::delete(&mut transaction, project.id).await?;
-        transaction
-            .append_event(NewEvent::new("project.deleted", "project", project.id).by(caller).data(json!({
-                "name": project.name
-            })))
-            .await?;
+        transaction.append_event(NewEvent::new("project.deleted", "project", project.id).by(caller).data(json!({
+            "name": project.name
+        })));
         transaction.commit().await?;
         Ok(())
     }

@@ -100,12 +100,10 @@ impl Service {
                         updated_at: now,
                     };
                     store::hosts::insert(&mut transaction, &host).await?;
-                    transaction
-                        .append_event(
-                            NewEvent::new("host.discovered", "host", host.id)
-                                .data(json!({ "provider": provider, "name": host.name, "state": host.state })),
-                        )
-                        .await?;
+                    transaction.append_event(
+                        NewEvent::new("host.discovered", "host", host.id)
+                            .data(json!({ "provider": provider, "name": host.name, "state": host.state })),
+                    );
                 }
                 Some(existing) => {
                     let mut host = existing.clone();
@@ -122,12 +120,10 @@ impl Service {
                     let effective =
                         store::hosts::get(&mut transaction, host.id).await?.map_or(reported_state, |host| host.state);
                     if effective != existing.state {
-                        transaction
-                            .append_event(
-                                NewEvent::new("host.state_changed", "host", host.id)
-                                    .data(json!({ "from": existing.state, "to": effective })),
-                            )
-                            .await?;
+                        transaction.append_event(
+                            NewEvent::new("host.state_changed", "host", host.id)
+                                .data(json!({ "from": existing.state, "to": effective })),
+                        );
                     }
                 }
             }
@@ -150,11 +146,9 @@ impl Service {
                 continue;
             }
             store::hosts::update_report(&mut transaction, &host, HostState::Offline).await?;
-            transaction
-                .append_event(NewEvent::new("host.state_changed", "host", host.id).data(
-                    json!({ "from": host.state, "to": HostState::Offline, "reason": "no report from its provider" }),
-                ))
-                .await?;
+            transaction.append_event(NewEvent::new("host.state_changed", "host", host.id).data(
+                json!({ "from": host.state, "to": HostState::Offline, "reason": "no report from its provider" }),
+            ));
         }
         transaction.commit().await?;
         Ok(())
@@ -249,7 +243,7 @@ impl Service {
         }
         instance.updated_at = store::now();
         store::instances::update(&mut transaction, &instance).await?;
-        transaction.append_event(NewEvent::new("instance.drift", "instance", instance.id).data(data)).await?;
+        transaction.append_event(NewEvent::new("instance.drift", "instance", instance.id).data(data));
         transaction.commit().await?;
         Ok(())
     }
@@ -298,11 +292,9 @@ impl Service {
             updated_at: now,
         };
         store::instances::insert(&mut transaction, &instance).await?;
-        transaction
-            .append_event(NewEvent::new("instance.drift", "instance", id).data(
-                json!({ "kind": "appeared", "provider": provider, "provider_id": report.id, "state": instance.state }),
-            ))
-            .await?;
+        transaction.append_event(NewEvent::new("instance.drift", "instance", id).data(
+            json!({ "kind": "appeared", "provider": provider, "provider_id": report.id, "state": instance.state }),
+        ));
         transaction.commit().await?;
         tracing::warn!(instance = %id, provider, "instance appeared on its provider behind our back");
         Ok(())

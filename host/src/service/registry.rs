@@ -382,12 +382,12 @@ impl Service {
         self.check_quota(&mut transaction, template.project_id, demand).await?;
         store::registry::insert_file(&mut transaction, template.id, number, file, digests).await?;
         store::templates::set_version_size(&mut transaction, template.id, number, files_bytes).await?;
-        transaction
-            .append_event(NewEvent::new("template.file_pushed", "template", template.id).by(caller).data(json!({
+        transaction.append_event(NewEvent::new("template.file_pushed", "template", template.id).by(caller).data(
+            json!({
                 "number": number, "file": file.name, "kind": file.kind, "size_bytes": file.size_bytes,
                 "sha256": file.sha256, "format": file.format, "chunks": digests.len(), "bytes_stored": bytes_stored,
-            })))
-            .await?;
+            }),
+        ));
         commit_returning_template(transaction, template.id).await
     }
 
@@ -712,13 +712,11 @@ impl Service {
             )));
         }
         let removed = store::templates::delete_versions_from(&mut transaction, template.id, from).await?;
-        transaction
-            .append_event(
-                NewEvent::new("template.reverted", "template", template.id)
-                    .by(caller)
-                    .data(json!({ "removed_versions": removed })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("template.reverted", "template", template.id)
+                .by(caller)
+                .data(json!({ "removed_versions": removed })),
+        );
         commit_returning_template(transaction, template.id).await
     }
 
@@ -784,13 +782,11 @@ impl Service {
             }
         }
         let mut transaction = self.store().begin().await?;
-        transaction
-            .append_event(
-                NewEvent::new("registry.garbage_collected", "registry", Uuid::nil())
-                    .by(caller)
-                    .data(serde_json::to_value(&collected).unwrap_or_default()),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("registry.garbage_collected", "registry", Uuid::nil())
+                .by(caller)
+                .data(serde_json::to_value(&collected).unwrap_or_default()),
+        );
         transaction.commit().await?;
         Ok(collected)
     }

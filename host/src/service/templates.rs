@@ -75,13 +75,11 @@ impl Service {
             updated_at: now,
         };
         store::templates::insert(&mut transaction, &template).await?;
-        transaction
-            .append_event(
-                NewEvent::new("template.created", "template", template.id)
-                    .by(caller)
-                    .data(json!({ "name": template.name, "arch": template.arch })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("template.created", "template", template.id)
+                .by(caller)
+                .data(json!({ "name": template.name, "arch": template.arch })),
+        );
         transaction.commit().await?;
         Ok(template)
     }
@@ -171,13 +169,11 @@ impl Service {
             created_at: store::now(),
         };
         store::templates::insert_version(&mut transaction, template_id, &version).await?;
-        transaction
-            .append_event(
-                NewEvent::new("template.version_created", "template", template_id)
-                    .by(caller)
-                    .data(json!({ "number": version.number, "tag": version.tag })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("template.version_created", "template", template_id)
+                .by(caller)
+                .data(json!({ "number": version.number, "tag": version.tag })),
+        );
         commit_returning_template(transaction, template_id).await
     }
 
@@ -195,13 +191,11 @@ impl Service {
             )));
         }
         store::templates::delete(&mut transaction, template.id).await?;
-        transaction
-            .append_event(
-                NewEvent::new("template.deleted", "template", template.id)
-                    .by(caller)
-                    .data(json!({ "name": template.name })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("template.deleted", "template", template.id)
+                .by(caller)
+                .data(json!({ "name": template.name })),
+        );
         transaction.commit().await?;
         Ok(())
     }

@@ -1,27 +1,31 @@
 //! The append-only event log.
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{StoreResult, format_time, now, parse_json, parse_time};
-use crate::model::{Event, NewEvent};
+use super::{StoreResult, format_time, parse_json, parse_time};
+use crate::model::{Event, NewEvent, Timestamp};
 
-pub(super) async fn append(connection: &mut SqliteConnection, event: &NewEvent) -> StoreResult<i64> {
-    let row = sqlx::query(
-        "INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-    )
-    .bind(format_time(&now()))
-    .bind(&event.kind)
-    .bind(event.object_kind)
-    .bind(&event.object_id)
-    .bind(&event.actor)
-    .bind(&event.scheme)
-    .bind(&event.source)
-    .bind(&event.outcome)
-    .bind(event.data.to_string())
-    .fetch_one(connection)
-    .await?;
-    Ok(row.try_get("seq")?)
+/// Events per `INSERT`: nine bound values each, far below SQLite's limit of 32,766.
+const EVENTS_PER_STATEMENT: usize = 500;
+
+/// Pushes the `INSERT`s appending `events` (with the time each was appended), each answering
+/// the sequence numbers it assigned.
+pub(super) fn push_appends(query: &mut QueryBuilder<'static, Sqlite>, events: &[(Timestamp, NewEvent)]) {
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        query.push("INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) ");
+        query.push_values(chunk, |mut row, (time, event)| {
+            row.push_bind(format_time(time))
+                .push_bind(event.kind.clone())
+                .push_bind(event.object_kind)
+                .push_bind(event.object_id.clone())
+                .push_bind(event.actor.clone())
+                .push_bind(event.scheme.clone())
+                .push_bind(event.source.clone())
+                .push_bind(event.outcome.clone())
+                .push_bind(event.data.to_string());
+        });
+        query.push(" RETURNING seq; ");
+    }
 }
 
 pub(super) async fn latest_seq(connection: &mut SqliteConnection) -> StoreResult<i64> {
@@ -64,17 +68,34 @@ mod tests {
         let (store, _directory) = open_temporary().await;
         let mut subscriber = store.subscribe_events();
         let mut transaction = store.begin().await.expect("begin");
-        let first = transaction.append_event(NewEvent::new("test.one", "test", "a")).await.expect("append");
-        let second = transaction.append_event(NewEvent::new("test.two", "test", "b")).await.expect("append");
-        assert!(second > first);
+        transaction.append_event(NewEvent::new("test.one", "test", "a"));
+        transaction.append_event(NewEvent::new("test.two", "test", "b"));
         assert!(!subscriber.has_changed().expect("open"), "no wake-up before commit");
         transaction.commit().await.expect("commit");
         assert!(subscriber.has_changed().expect("open"));
-        assert_eq!(*subscriber.borrow_and_update(), second);
+        let latest = *subscriber.borrow_and_update();
 
-        let events = list_after(&mut store.reader().await.expect("reader"), first, 10).await.expect("list");
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, "test.two");
+        let events = list_after(&mut store.reader().await.expect("reader"), 0, 10).await.expect("list");
+        let kinds: Vec<_> = events.iter().map(|event| event.kind.as_str()).collect();
+        assert_eq!(kinds, ["test.one", "test.two"]);
+        assert!(events[1].seq > events[0].seq);
+        assert_eq!(latest, events[1].seq, "subscribers see the last event committed");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_appends_more_events_than_one_statement_holds() {
+        let (store, _directory) = open_temporary().await;
+        let count = EVENTS_PER_STATEMENT * 2 + 7;
+        let mut transaction = store.begin().await.expect("begin");
+        for index in 0..count {
+            transaction.append_event(NewEvent::new("test.many", "test", index.to_string()));
+        }
+        transaction.commit().await.expect("commit");
+        let events = list_after(&mut store.reader().await.expect("reader"), 0, 5000).await.expect("list");
+        assert_eq!(events.len(), count);
+        let in_order = events.iter().enumerate().all(|(index, event)| event.object_id == index.to_string());
+        assert!(in_order, "events keep the order they were appended in");
+        assert_eq!(*store.subscribe_events().borrow(), events[count - 1].seq);
     }
 
     #[tokio::test]
@@ -82,7 +103,7 @@ mod tests {
         let (store, _directory) = open_temporary().await;
         {
             let mut transaction = store.begin().await.expect("begin");
-            transaction.append_event(NewEvent::new("test.lost", "test", "a")).await.expect("append");
+            transaction.append_event(NewEvent::new("test.lost", "test", "a"));
         }
         let transaction = store.begin().await.expect("begin after rollback");
         transaction.commit().await.expect("commit");

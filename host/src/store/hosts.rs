@@ -9,9 +9,17 @@ use uuid::Uuid;
 use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_time, parse_uuid, to_json};
 use crate::model::{Capacity, CapacityMode, Host, HostState, Usage, UsbDeviceGroup};
 
+/// Hosts with what other tables know of them, in one statement: usage, groups (a JSON array)
+/// and busy USB devices (a JSON object of device → instances using one).
 const SELECT_WITH_USAGE: &str = "SELECT h.*, \
         COALESCE(u.instances, 0) AS used_instances, COALESCE(u.running, 0) AS used_running, \
-        COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb, COALESCE(u.disk_gb, 0) AS used_disk_gb \
+        COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb, COALESCE(u.disk_gb, 0) AS used_disk_gb, \
+        (SELECT json_group_array(group_id) FROM \
+            (SELECT group_id FROM host_groups WHERE host_id = h.id ORDER BY group_id)) AS group_ids, \
+        (SELECT json_group_object(device, busy) FROM \
+            (SELECT json_extract(placement, '$.usb_device') AS device, COUNT(*) AS busy FROM instances \
+             WHERE host_id = h.id AND state != 'terminated' \
+               AND json_extract(placement, '$.usb_device') IS NOT NULL GROUP BY device)) AS busy_usb \
     FROM hosts h LEFT JOIN ( \
         SELECT host_id, COUNT(*) AS instances, SUM(state = 'running') AS running, \
             SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb, SUM(disk_gb) AS disk_gb \
@@ -49,11 +57,11 @@ fn from_row(row: &SqliteRow) -> StoreResult<Host> {
         utilization: 0.0,
         maintenance: row.try_get("maintenance")?,
         labels: parse_json(row.try_get("labels")?)?,
-        groups: Vec::new(),
-        usb_devices: parse_json::<BTreeMap<String, u32>>(row.try_get("usb_devices")?)?
-            .into_iter()
-            .map(|(name, total)| (name, UsbDeviceGroup::new(total, 0)))
-            .collect(),
+        groups: parse_json::<Vec<String>>(row.try_get("group_ids")?)?
+            .iter()
+            .map(|id| parse_uuid(id))
+            .collect::<StoreResult<_>>()?,
+        usb_devices: usb_devices(row)?,
         cached_templates: parse_json(row.try_get("cached_templates")?)?,
         last_report_at: parse_optional_time(row.try_get("last_report_at")?)?,
         created_at: parse_time(row.try_get("created_at")?)?,
@@ -62,6 +70,23 @@ fn from_row(row: &SqliteRow) -> StoreResult<Host> {
     host.state = effective_state(&host, reported);
     host.utilization = utilization(&host);
     Ok(host)
+}
+
+/// The host's USB devices by name: how many it has (the operator's setting) and how many
+/// instances use one.
+fn usb_devices(row: &SqliteRow) -> StoreResult<BTreeMap<String, UsbDeviceGroup>> {
+    let mut busy = parse_json::<HashMap<String, u32>>(row.try_get("busy_usb")?)?;
+    let mut devices: BTreeMap<String, UsbDeviceGroup> =
+        parse_json::<BTreeMap<String, u32>>(row.try_get("usb_devices")?)?
+            .into_iter()
+            .map(|(name, total)| {
+                let used = busy.remove(&name).unwrap_or(0);
+                (name, UsbDeviceGroup::new(total, used))
+            })
+            .collect();
+    // Devices in use that the host no longer lists stay visible, with none available.
+    devices.extend(busy.into_iter().map(|(name, used)| (name, UsbDeviceGroup::new(0, used))));
+    Ok(devices)
 }
 
 /// The state placement sees: the reported one, unless the operator drains the host, or it is
@@ -94,61 +119,24 @@ fn utilization(host: &Host) -> f64 {
     (tightest * 1000.0).round() / 1000.0
 }
 
-/// Fills in what other tables know of the hosts: their groups and busy USB devices.
-async fn complete(connection: &mut SqliteConnection, hosts: &mut [Host]) -> StoreResult<()> {
-    let memberships =
-        sqlx::query("SELECT host_id, group_id FROM host_groups ORDER BY group_id").fetch_all(&mut *connection).await?;
-    let busy = sqlx::query(
-        "SELECT host_id, json_extract(placement, '$.usb_device') AS device, COUNT(*) AS busy FROM instances \
-         WHERE host_id IS NOT NULL AND state != 'terminated' AND json_extract(placement, '$.usb_device') IS NOT NULL \
-         GROUP BY host_id, device",
-    )
-    .fetch_all(connection)
-    .await?;
-    let position: HashMap<Uuid, usize> = hosts.iter().enumerate().map(|(index, host)| (host.id, index)).collect();
-    for row in &memberships {
-        if let Some(index) = position.get(&parse_uuid(row.try_get("host_id")?)?) {
-            hosts[*index].groups.push(parse_uuid(row.try_get("group_id")?)?);
-        }
-    }
-    for row in &busy {
-        if let Some(index) = position.get(&parse_uuid(row.try_get("host_id")?)?) {
-            let device: String = row.try_get("device")?;
-            let group = hosts[*index].usb_devices.entry(device).or_default();
-            *group = UsbDeviceGroup::new(group.total, row.try_get("busy")?);
-        }
-    }
-    Ok(())
-}
-
 pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Host>> {
-    let rows =
-        sqlx::query(&format!("{SELECT_WITH_USAGE} ORDER BY h.provider, h.name")).fetch_all(&mut *connection).await?;
-    let mut hosts = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
-    complete(connection, &mut hosts).await?;
-    Ok(hosts)
+    let rows = sqlx::query(&format!("{SELECT_WITH_USAGE} ORDER BY h.provider, h.name")).fetch_all(connection).await?;
+    rows.iter().map(from_row).collect()
 }
 
 pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Host>> {
     let row = sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.id = ?"))
         .bind(id.to_string())
-        .fetch_optional(&mut *connection)
+        .fetch_optional(connection)
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    let mut hosts = vec![from_row(&row)?];
-    complete(connection, &mut hosts).await?;
-    Ok(hosts.pop())
+    row.as_ref().map(from_row).transpose()
 }
 
 /// Hosts of one provider keyed by their name within it.
 pub async fn by_provider(connection: &mut SqliteConnection, provider: &str) -> StoreResult<HashMap<String, Host>> {
-    let rows = sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.provider = ?"))
-        .bind(provider)
-        .fetch_all(&mut *connection)
-        .await?;
-    let mut hosts = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
-    complete(connection, &mut hosts).await?;
-    Ok(hosts.into_iter().map(|host| (host.name.clone(), host)).collect())
+    let rows =
+        sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.provider = ?")).bind(provider).fetch_all(connection).await?;
+    rows.iter().map(|row| from_row(row).map(|host| (host.name.clone(), host))).collect()
 }
 
 pub async fn insert(connection: &mut SqliteConnection, host: &Host) -> StoreResult<()> {

@@ -5,7 +5,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid, parse_time, parse_uuid, push_page, to_json,
+    PendingWrites, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid, parse_time, parse_uuid,
+    push_page, to_json,
 };
 use crate::model::{Instance, InstanceState};
 
@@ -196,25 +197,45 @@ pub async fn templates_in_use_on_host(
 
 /// Writes every mutable column of the instance.
 pub async fn update(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE instances SET name = ?, external_id = ?, state = ?, provider = ?, host_id = ?, ip = ?, mac = ?, \
-            metadata = ?, startup_result = ?, error = ?, updated_at = ? WHERE id = ?",
-    )
-    .bind(&instance.name)
-    .bind(&instance.external_id)
-    .bind(instance.state.as_str())
-    .bind(&instance.provider)
-    .bind(instance.host_id.map(|id| id.to_string()))
-    .bind(&instance.ip)
-    .bind(&instance.mac)
-    .bind(to_json(&instance.metadata))
-    .bind(instance.startup_result.as_ref().map(to_json))
-    .bind(&instance.error)
-    .bind(format_time(&instance.updated_at))
-    .bind(instance.id.to_string())
-    .execute(connection)
-    .await?;
+    let mut query = QueryBuilder::new("");
+    push_update(&mut query, instance);
+    query.build().execute(connection).await?;
     Ok(())
+}
+
+/// [`update`], sent with the commit.
+pub fn defer_update(writes: &mut PendingWrites, instance: &Instance) {
+    push_update(writes.statements(), instance);
+}
+
+/// The instance's mutable columns as they are in `instance`.
+fn push_update(query: &mut QueryBuilder<'static, Sqlite>, instance: &Instance) {
+    query
+        .push("UPDATE instances SET name = ")
+        .push_bind(instance.name.clone())
+        .push(", external_id = ")
+        .push_bind(instance.external_id.clone())
+        .push(", state = ")
+        .push_bind(instance.state.as_str())
+        .push(", provider = ")
+        .push_bind(instance.provider.clone())
+        .push(", host_id = ")
+        .push_bind(instance.host_id.map(|id| id.to_string()))
+        .push(", ip = ")
+        .push_bind(instance.ip.clone())
+        .push(", mac = ")
+        .push_bind(instance.mac.clone())
+        .push(", metadata = ")
+        .push_bind(to_json(&instance.metadata))
+        .push(", startup_result = ")
+        .push_bind(instance.startup_result.as_ref().map(to_json))
+        .push(", error = ")
+        .push_bind(instance.error.clone())
+        .push(", updated_at = ")
+        .push_bind(format_time(&instance.updated_at))
+        .push(" WHERE id = ")
+        .push_bind(instance.id.to_string())
+        .push("; ");
 }
 
 /// Per host, how many live instances carry each affinity key (`affinity_key`, else

@@ -18,14 +18,14 @@ pub mod templates;
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::watch;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::model::{NewEvent, Timestamp};
 
@@ -45,10 +45,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// number for anyone waiting on new events.
 #[derive(Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    readers: SqlitePool,
+    writer: Arc<ConnectionPool>,
+    readers: Arc<ConnectionPool>,
     latest_event: watch::Sender<i64>,
 }
+
+const READER_CONNECTIONS: usize = 8;
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and applies migrations.
@@ -59,25 +61,20 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.read_only(true))
-            .await?;
-        let latest = events::latest_seq(&mut *writer.acquire().await?).await?;
+        let writer = ConnectionPool::new(options.clone(), 1);
+        let latest = {
+            let mut connection = writer.acquire().await?;
+            sqlx::migrate!("./migrations").run(&mut *connection).await?;
+            events::latest_seq(&mut connection).await?
+        };
+        let readers = ConnectionPool::new(options.read_only(true), READER_CONNECTIONS);
         let (latest_event, _) = watch::channel(latest);
         Ok(Store { writer, readers, latest_event })
     }
 
     /// A connection for reads.
-    pub async fn reader(&self) -> StoreResult<PoolConnection<Sqlite>> {
-        Ok(self.readers.acquire().await?)
+    pub async fn reader(&self) -> StoreResult<Connection> {
+        self.readers.acquire().await
     }
 
     /// Starts a write transaction (`BEGIN IMMEDIATE` on the single writer, so transactions
@@ -97,10 +94,22 @@ impl Store {
         Ok(WriteTx {
             connection: Some(connection),
             latest_event: self.latest_event.clone(),
-            appended_up_to: None,
+            writes: PendingWrites::new(""),
             acquired,
             caller,
         })
+    }
+
+    /// A write transaction that only writes: its statements and events are collected and sent
+    /// to the writer in one round trip by [`WriteBatch::commit`], which holds the writer only
+    /// for that (a [`WriteTx`] holds it from `BEGIN` on, a round trip per statement).
+    #[track_caller]
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch {
+            store: self.clone(),
+            writes: PendingWrites::new("BEGIN IMMEDIATE; "),
+            caller: std::panic::Location::caller(),
+        }
     }
 
     /// The writer connection outside a transaction, for one write statement that carries no
@@ -128,6 +137,89 @@ impl Store {
     pub async fn close(&self) {
         self.readers.close().await;
         self.writer.close().await;
+    }
+}
+
+/// Connections opened on demand up to a limit and handed out one at a time, in the order they
+/// were asked for. Unlike sqlx's pool, a connection given back is idle at once: no health
+/// check, which on SQLite is one more round trip to the connection's thread per use.
+struct ConnectionPool {
+    options: SqliteConnectOptions,
+    idle: std::sync::Mutex<Vec<SqliteConnection>>,
+    slots: Arc<Semaphore>,
+}
+
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl ConnectionPool {
+    fn new(options: SqliteConnectOptions, size: usize) -> Arc<ConnectionPool> {
+        Arc::new(ConnectionPool {
+            options,
+            idle: std::sync::Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(size)),
+        })
+    }
+
+    async fn acquire(self: &Arc<Self>) -> StoreResult<Connection> {
+        let slot = match tokio::time::timeout(ACQUIRE_TIMEOUT, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_closed)) => return Err(sqlx::Error::PoolClosed.into()),
+            Err(_elapsed) => return Err(sqlx::Error::PoolTimedOut.into()),
+        };
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let connection = match idle {
+            Some(connection) => connection,
+            None => self.options.connect().await?,
+        };
+        Ok(Connection { connection: Some(connection), pool: self.clone(), _slot: slot })
+    }
+
+    /// Refuses new acquisitions and closes the idle connections.
+    async fn close(&self) {
+        self.slots.close();
+        let idle = self.idle.lock().map(|mut idle| std::mem::take(&mut *idle)).unwrap_or_default();
+        for connection in idle {
+            let _ = connection.close().await;
+        }
+    }
+}
+
+/// A connection lent by the store; given back when dropped.
+pub struct Connection {
+    connection: Option<SqliteConnection>,
+    pool: Arc<ConnectionPool>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Drops the connection instead of giving it back (its state is unknown); the pool opens a
+    /// new one when needed.
+    fn discard(mut self) {
+        self.connection = None;
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take()
+            && !self.pool.slots.is_closed()
+            && let Ok(mut idle) = self.pool.idle.lock()
+        {
+            idle.push(connection);
+        }
+    }
+}
+
+impl Deref for Connection {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.connection.as_ref().expect("a lent connection is present until dropped")
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.connection.as_mut().expect("a lent connection is present until dropped")
     }
 }
 
@@ -188,7 +280,7 @@ fn record_write(acquired: Instant, caller: &'static std::panic::Location<'static
 /// The writer connection held for single statements outside a transaction
 /// ([`Store::write_statement`]).
 pub struct SingleWrite {
-    connection: PoolConnection<Sqlite>,
+    connection: Connection,
     acquired: Instant,
     caller: &'static std::panic::Location<'static>,
 }
@@ -212,40 +304,123 @@ impl DerefMut for SingleWrite {
     }
 }
 
+/// Writes that need no answer, sent to the writer with the commit: write statements (pushed
+/// by the store's `defer_*` functions) and then events, in the order they were added.
+pub struct PendingWrites {
+    statements: QueryBuilder<'static, Sqlite>,
+    events: Vec<(Timestamp, NewEvent)>,
+}
+
+impl PendingWrites {
+    fn new(prefix: &str) -> PendingWrites {
+        PendingWrites { statements: QueryBuilder::new(prefix), events: Vec::new() }
+    }
+
+    /// Appends an event: written with the commit, in the order appended.
+    pub fn append_event(&mut self, event: NewEvent) {
+        self.events.push((now(), event));
+    }
+
+    /// Where a store function pushes one complete statement, ending with `; `.
+    pub(crate) fn statements(&mut self) -> &mut QueryBuilder<'static, Sqlite> {
+        &mut self.statements
+    }
+
+    /// Sends the writes and `COMMIT` on `connection` in one round trip; answers the sequence
+    /// number of the last event appended. On an error the transaction is still open.
+    async fn commit_on(mut self, connection: &mut SqliteConnection) -> StoreResult<Option<i64>> {
+        events::push_appends(&mut self.statements, &self.events);
+        self.statements.push("COMMIT");
+        let rows = self.statements.build().fetch_all(connection).await?;
+        let mut last = None;
+        for row in rows {
+            last = last.max(Some(row.try_get::<i64, _>("seq")?));
+        }
+        Ok(last)
+    }
+}
+
+/// See [`Store::batch`]. Dropping it without [`WriteBatch::commit`] writes nothing.
+pub struct WriteBatch {
+    store: Store,
+    writes: PendingWrites,
+    caller: &'static std::panic::Location<'static>,
+}
+
+impl WriteBatch {
+    pub fn writes(&mut self) -> &mut PendingWrites {
+        &mut self.writes
+    }
+
+    pub fn append_event(&mut self, event: NewEvent) {
+        self.writes.append_event(event);
+    }
+
+    /// `BEGIN IMMEDIATE`, the writes and `COMMIT`, in one round trip on the writer.
+    pub async fn commit(self) -> StoreResult<()> {
+        let asked = Instant::now();
+        let connection = self.store.writer.acquire().await?;
+        let acquired = Instant::now();
+        WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
+        commit_writes(connection, self.writes, &self.store.latest_event, acquired, self.caller).await
+    }
+}
+
+/// Commits `writes` on the writer `connection`, wakes event subscribers, and records the
+/// writer's use. A failed commit is rolled back before the connection is given back.
+async fn commit_writes(
+    mut connection: Connection,
+    writes: PendingWrites,
+    latest_event: &watch::Sender<i64>,
+    acquired: Instant,
+    caller: &'static std::panic::Location<'static>,
+) -> StoreResult<()> {
+    let committed = writes.commit_on(&mut connection).await;
+    if committed.is_err() && sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
+        // No transaction was open (`BEGIN` failed), or the connection is broken: start afresh.
+        connection.discard();
+    } else {
+        drop(connection);
+    }
+    record_write(acquired, caller);
+    if let Some(seq) = committed? {
+        latest_event.send_if_modified(|latest| {
+            let newer = seq > *latest;
+            if newer {
+                *latest = seq;
+            }
+            newer
+        });
+    }
+    Ok(())
+}
+
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls back.
 pub struct WriteTx {
-    connection: Option<PoolConnection<Sqlite>>,
+    connection: Option<Connection>,
     latest_event: watch::Sender<i64>,
-    appended_up_to: Option<i64>,
+    /// Sent with the commit.
+    writes: PendingWrites,
     acquired: Instant,
     caller: &'static std::panic::Location<'static>,
 }
 
 impl WriteTx {
-    /// Appends an event in this transaction; returns its sequence number.
-    pub async fn append_event(&mut self, event: NewEvent) -> StoreResult<i64> {
-        let seq = events::append(self, &event).await?;
-        self.appended_up_to = Some(seq);
-        Ok(seq)
+    /// Appends an event in this transaction: written with the commit, in the order appended.
+    pub fn append_event(&mut self, event: NewEvent) {
+        self.writes.append_event(event);
+    }
+
+    /// Writes sent with the commit. Statements deferred here are not seen by reads in this
+    /// transaction: defer only writes that nothing later in it reads.
+    pub fn writes(&mut self) -> &mut PendingWrites {
+        &mut self.writes
     }
 
     pub async fn commit(mut self) -> StoreResult<()> {
-        if let Some(mut connection) = self.connection.take() {
-            let committed = sqlx::query("COMMIT").execute(&mut *connection).await;
-            drop(connection);
-            record_write(self.acquired, self.caller);
-            committed?;
-        }
-        if let Some(seq) = self.appended_up_to {
-            self.latest_event.send_if_modified(|latest| {
-                let newer = seq > *latest;
-                if newer {
-                    *latest = seq;
-                }
-                newer
-            });
-        }
-        Ok(())
+        let Some(connection) = self.connection.take() else { return Ok(()) };
+        let writes = std::mem::replace(&mut self.writes, PendingWrites::new(""));
+        commit_writes(connection, writes, &self.latest_event, self.acquired, self.caller).await
     }
 }
 
@@ -253,13 +428,16 @@ impl Drop for WriteTx {
     fn drop(&mut self) {
         if let Some(mut connection) = self.connection.take() {
             record_write(self.acquired, self.caller);
-            // Roll back on the runtime; the writer connection returns to the pool afterwards.
+            // Roll back on the runtime; the writer connection is given back afterwards, or
+            // dropped if the rollback failed (or there is no runtime to run it on).
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+                    if sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
+                        connection.discard();
+                    }
                 });
             } else {
-                connection.close_on_drop();
+                connection.discard();
             }
         }
     }

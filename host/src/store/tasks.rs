@@ -5,8 +5,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_optional_uuid, parse_time, parse_uuid,
-    push_page, to_json,
+    PendingWrites, StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_optional_uuid,
+    parse_time, parse_uuid, push_page, to_json,
 };
 use crate::model::{Task, TaskError, TaskKind, TaskState};
 
@@ -77,23 +77,41 @@ pub async fn insert(connection: &mut SqliteConnection, task: &Task, request_dige
 
 /// Writes the task's progress and outcome columns.
 pub async fn update(connection: &mut SqliteConnection, task: &Task) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE tasks SET state = ?, progress = ?, message = ?, result = ?, error_code = ?, error_message = ?, \
-            attempts = ?, started_at = ?, ended_at = ? WHERE id = ?",
-    )
-    .bind(task.state.as_str())
-    .bind(f64::from(task.progress))
-    .bind(&task.message)
-    .bind(task.result.as_ref().map(to_json))
-    .bind(task.error.as_ref().map(|error| error.code.clone()))
-    .bind(task.error.as_ref().map(|error| error.message.clone()))
-    .bind(task.attempts)
-    .bind(task.started_at.as_ref().map(format_time))
-    .bind(task.ended_at.as_ref().map(format_time))
-    .bind(task.id.to_string())
-    .execute(connection)
-    .await?;
+    let mut query = QueryBuilder::new("");
+    push_update(&mut query, task);
+    query.build().execute(connection).await?;
     Ok(())
+}
+
+/// [`update`], sent with the commit.
+pub fn defer_update(writes: &mut PendingWrites, task: &Task) {
+    push_update(writes.statements(), task);
+}
+
+/// The task's state, progress and outcome as they are in `task`.
+fn push_update(query: &mut QueryBuilder<'static, Sqlite>, task: &Task) {
+    query
+        .push("UPDATE tasks SET state = ")
+        .push_bind(task.state.as_str())
+        .push(", progress = ")
+        .push_bind(f64::from(task.progress))
+        .push(", message = ")
+        .push_bind(task.message.clone())
+        .push(", result = ")
+        .push_bind(task.result.as_ref().map(to_json))
+        .push(", error_code = ")
+        .push_bind(task.error.as_ref().map(|error| error.code.clone()))
+        .push(", error_message = ")
+        .push_bind(task.error.as_ref().map(|error| error.message.clone()))
+        .push(", attempts = ")
+        .push_bind(task.attempts)
+        .push(", started_at = ")
+        .push_bind(task.started_at.as_ref().map(format_time))
+        .push(", ended_at = ")
+        .push_bind(task.ended_at.as_ref().map(format_time))
+        .push(" WHERE id = ")
+        .push_bind(task.id.to_string())
+        .push("; ");
 }
 
 /// Claims a task for running: writes its state, attempts and start time only if it is still

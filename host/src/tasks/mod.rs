@@ -5,7 +5,6 @@
 //! (the service layer). The engine owns task state transitions and their events.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::model::{NewEvent, Task, TaskError, TaskKind, TaskState};
-use crate::store::{self, Store, StoreError, WriteTx};
+use crate::store::{self, PendingWrites, Store, StoreError, WriteTx};
 
 /// How a task ended, as decided by its handler.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,12 +28,9 @@ pub enum TaskOutcome {
 /// A write a handler leaves to the engine: it is committed in the transaction that records the
 /// task's outcome (see [`TaskContext::finish_with`]), so a task's last state change and its
 /// completion are one transaction. It may run more than once if that transaction has to be
-/// retried, so it must write the same thing every time.
+/// retried, so it must write the same thing every time. It only writes (sent with the commit).
 pub trait FinalWrite: Send + Sync + 'static {
-    fn write<'a>(
-        &'a self,
-        transaction: &'a mut WriteTx,
-    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+    fn write(&self, writes: &mut PendingWrites) -> Result<(), StoreError>;
 }
 
 type FinalWriteSlot = Arc<Mutex<Option<Box<dyn FinalWrite>>>>;
@@ -151,9 +147,20 @@ struct Shared {
     permits: Arc<Semaphore>,
     wake: Notify,
     running: Mutex<HashMap<Uuid, CancellationToken>>,
-    finished: broadcast::Sender<Uuid>,
+    ended: broadcast::Sender<TaskEnded>,
     shutdown: CancellationToken,
 }
+
+/// Told to waiters when a task ended (with the task as recorded), or when a batch's progress
+/// changed because one of its children ended (without: read it again).
+#[derive(Clone)]
+struct TaskEnded {
+    id: Uuid,
+    task: Option<Arc<Task>>,
+}
+
+/// Task endings from the moment [`TaskEngine::subscribe_ended`] was called.
+pub struct EndedTasks(broadcast::Receiver<TaskEnded>);
 
 #[derive(Clone)]
 pub struct TaskEngine {
@@ -162,7 +169,7 @@ pub struct TaskEngine {
 
 impl TaskEngine {
     pub fn new(store: Store, concurrency: usize, max_attempts: u32) -> Self {
-        let (finished, _) = broadcast::channel(4096);
+        let (ended, _) = broadcast::channel(4096);
         TaskEngine {
             shared: Arc::new(Shared {
                 store,
@@ -170,7 +177,7 @@ impl TaskEngine {
                 permits: Arc::new(Semaphore::new(concurrency)),
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
-                finished,
+                ended,
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -197,13 +204,11 @@ impl TaskEngine {
             ended_at: None,
         };
         store::tasks::insert(transaction, &task, new.request_digest.as_deref()).await?;
-        transaction
-            .append_event(
-                NewEvent::new("task.created", "task", task.id)
-                    .by(&new.requested_by)
-                    .data(json!({ "kind": task.kind, "object_id": task.object_id, "parent_id": task.parent_id })),
-            )
-            .await?;
+        transaction.append_event(
+            NewEvent::new("task.created", "task", task.id)
+                .by(&new.requested_by)
+                .data(json!({ "kind": task.kind, "object_id": task.object_id, "parent_id": task.parent_id })),
+        );
         Ok(task)
     }
 
@@ -234,7 +239,7 @@ impl TaskEngine {
                 task.state = TaskState::Pending;
                 task.message = Some("resumed after a server restart".into());
                 store::tasks::update(&mut transaction, &task).await?;
-                transaction.append_event(NewEvent::new("task.resumed", "task", task.id)).await?;
+                transaction.append_event(NewEvent::new("task.resumed", "task", task.id));
             }
             transaction.commit().await?;
         }
@@ -314,11 +319,9 @@ impl TaskEngine {
                 task.started_at.get_or_insert_with(store::now);
                 // Only a task still pending is claimed: it may have been cancelled meanwhile.
                 let Some(cancel_requested) = store::tasks::claim(&mut transaction, &task).await? else { continue };
-                transaction
-                    .append_event(
-                        NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })),
-                    )
-                    .await?;
+                transaction.append_event(
+                    NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })),
+                );
                 claimed.push((task, cancel_requested, permit));
             }
             transaction.commit().await?;
@@ -380,13 +383,23 @@ impl TaskEngine {
         let mut failures = 0;
         loop {
             let result: Result<(), StoreError> = async {
-                let mut transaction = self.shared.store.begin().await?;
-                if let Some(write) = &final_write {
-                    write.write(&mut transaction).await?;
-                }
                 let mut ended = task.clone();
-                finish_in(&mut transaction, &mut ended, outcome.clone()).await?;
-                transaction.commit().await?;
+                if ended.parent_id.is_none() {
+                    // Nothing to read: one round trip on the writer.
+                    let mut batch = self.shared.store.batch();
+                    if let Some(write) = &final_write {
+                        write.write(batch.writes())?;
+                    }
+                    write_outcome(batch.writes(), &mut ended, outcome.clone());
+                    batch.commit().await?;
+                } else {
+                    let mut transaction = self.shared.store.begin().await?;
+                    if let Some(write) = &final_write {
+                        write.write(transaction.writes())?;
+                    }
+                    finish_in(&mut transaction, &mut ended, outcome.clone()).await?;
+                    transaction.commit().await?;
+                }
                 task = ended;
                 Ok(())
             }
@@ -409,9 +422,9 @@ impl TaskEngine {
         if let Ok(mut running) = self.shared.running.lock() {
             running.remove(&id);
         }
-        let _ = self.shared.finished.send(id);
+        let _ = self.shared.ended.send(TaskEnded { id, task: Some(Arc::new(task.clone())) });
         if let Some(parent) = task.parent_id {
-            let _ = self.shared.finished.send(parent);
+            let _ = self.shared.ended.send(TaskEnded { id: parent, task: None });
         }
         task.state
     }
@@ -437,7 +450,7 @@ impl TaskEngine {
         let mut transaction = store.begin().await?;
         for target in std::iter::once(&task).chain(children.iter().filter(|child| !child.state.is_final())) {
             store::tasks::request_cancel(&mut transaction, target.id).await?;
-            transaction.append_event(NewEvent::new("task.cancel_requested", "task", target.id)).await?;
+            transaction.append_event(NewEvent::new("task.cancel_requested", "task", target.id));
         }
         transaction.commit().await?;
         if let Ok(running) = self.shared.running.lock() {
@@ -453,30 +466,47 @@ impl TaskEngine {
 
     /// Waits until the task has ended or `timeout` passed; returns the task as it is then.
     pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<Task, TaskEngineError> {
+        let ended = self.subscribe_ended();
+        let task = self.read(id).await?;
+        self.wait_from(task, ended, timeout).await
+    }
+
+    /// Endings from now on, for [`TaskEngine::wait_from`]: subscribe before reading the task
+    /// so that an ending in between is not missed.
+    pub fn subscribe_ended(&self) -> EndedTasks {
+        EndedTasks(self.shared.ended.subscribe())
+    }
+
+    /// Waits until `task` (as read after `ended` was subscribed) has ended or `timeout`
+    /// passed. Its ending carries the task as recorded: no read unless time runs out.
+    pub async fn wait_from(
+        &self,
+        mut task: Task,
+        ended: EndedTasks,
+        timeout: Duration,
+    ) -> Result<Task, TaskEngineError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut finished = self.shared.finished.subscribe();
-        loop {
-            let task = store::tasks::get(&mut *self.shared.store.reader().await?, id)
-                .await?
-                .ok_or(TaskEngineError::NotFound(id))?;
-            if task.state.is_final() || tokio::time::Instant::now() >= deadline {
-                return Ok(task);
-            }
-            loop {
-                match tokio::time::timeout_at(deadline, finished.recv()).await {
-                    // Time is up: answer the task as it is now (progress, message), not as it was.
-                    Err(_) => break,
-                    Ok(Ok(finished_id)) if finished_id != id => continue,
-                    // Ours finished, or we lagged behind and must re-read.
-                    Ok(_) => break,
-                }
+        let EndedTasks(mut ended) = ended;
+        while !task.state.is_final() {
+            match tokio::time::timeout_at(deadline, ended.recv()).await {
+                Ok(Ok(TaskEnded { id, .. })) if id != task.id => continue,
+                Ok(Ok(TaskEnded { task: Some(recorded), .. })) => return Ok(Arc::unwrap_or_clone(recorded)),
+                // A batch that moved on, or endings missed while lagging behind: read it again.
+                Ok(_) => task = self.read(task.id).await?,
+                // Time is up: answer the task as it is now (progress, message), not as it was.
+                Err(_) => return self.read(task.id).await,
             }
         }
+        Ok(task)
+    }
+
+    async fn read(&self, id: Uuid) -> Result<Task, TaskEngineError> {
+        store::tasks::get(&mut *self.shared.store.reader().await?, id).await?.ok_or(TaskEngineError::NotFound(id))
     }
 }
 
-/// Writes the final state of `task` and its event; ends its batch when it was the last child.
-async fn finish_in(transaction: &mut WriteTx, task: &mut Task, outcome: TaskOutcome) -> Result<(), StoreError> {
+/// Sets the final state of `task` from `outcome`.
+fn record_outcome(task: &mut Task, outcome: TaskOutcome) {
     task.ended_at = Some(store::now());
     match outcome {
         TaskOutcome::Succeeded(result) => {
@@ -497,17 +527,31 @@ async fn finish_in(transaction: &mut WriteTx, task: &mut Task, outcome: TaskOutc
             task.message = Some(reason);
         }
     }
+}
+
+/// Ends `task` with `outcome`: its row and its `task.<state>` event, sent with the commit.
+fn write_outcome(writes: &mut PendingWrites, task: &mut Task, outcome: TaskOutcome) {
+    record_outcome(task, outcome);
+    store::tasks::defer_update(writes, task);
+    writes.append_event(outcome_event(task));
+}
+
+fn outcome_event(task: &Task) -> NewEvent {
+    NewEvent::new(format!("task.{}", task.state), "task", task.id)
+        .data(json!({ "kind": task.kind, "object_id": task.object_id, "error": task.error }))
+}
+
+/// Writes the final state of `task` and its event; ends its batch when it was the last child.
+async fn finish_in(transaction: &mut WriteTx, task: &mut Task, outcome: TaskOutcome) -> Result<(), StoreError> {
+    let Some(parent) = task.parent_id else {
+        write_outcome(transaction.writes(), task, outcome);
+        return Ok(());
+    };
+    // The batch counts its children's states: this one's is written before.
+    record_outcome(task, outcome);
     store::tasks::update(transaction, task).await?;
-    transaction
-        .append_event(
-            NewEvent::new(format!("task.{}", task.state), "task", task.id)
-                .data(json!({ "kind": task.kind, "object_id": task.object_id, "error": task.error })),
-        )
-        .await?;
-    if let Some(parent) = task.parent_id {
-        finish_batch_if_done(transaction, parent).await?;
-    }
-    Ok(())
+    transaction.append_event(outcome_event(task));
+    finish_batch_if_done(transaction, parent).await
 }
 
 /// A batch ends when all its children have: succeeded if all did, else failed (or cancelled
@@ -565,17 +609,12 @@ mod tests {
     struct FinalEvent(Option<String>);
 
     impl FinalWrite for FinalEvent {
-        fn write<'a>(
-            &'a self,
-            transaction: &'a mut WriteTx,
-        ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
-            Box::pin(async move {
-                if let Some(error) = &self.0 {
-                    return Err(StoreError::Corrupt(error.clone()));
-                }
-                transaction.append_event(NewEvent::new("test.final", "test", "x")).await?;
-                Ok(())
-            })
+        fn write(&self, writes: &mut PendingWrites) -> Result<(), StoreError> {
+            if let Some(error) = &self.0 {
+                return Err(StoreError::Corrupt(error.clone()));
+            }
+            writes.append_event(NewEvent::new("test.final", "test", "x"));
+            Ok(())
         }
     }
 
