@@ -180,7 +180,8 @@ pub async fn file_chunks(
     rows.iter().map(|row| Ok((row.try_get("digest")?, row.try_get::<i64, _>("size_bytes")? as u64))).collect()
 }
 
-fn file_from_row(row: &SqliteRow) -> StoreResult<(u32, TemplateFile)> {
+/// A file from a row of `template_files` (plus its `chunk_count`), with its version number.
+pub(super) fn file_from_row(row: &SqliteRow) -> StoreResult<(u32, TemplateFile)> {
     Ok((
         row.try_get("number")?,
         TemplateFile {
@@ -194,22 +195,6 @@ fn file_from_row(row: &SqliteRow) -> StoreResult<(u32, TemplateFile)> {
             pushed_at: parse_time(row.try_get("pushed_at")?)?,
         },
     ))
-}
-
-/// Every file of the template's versions, with the version number, ordered by number and name.
-pub async fn files_of_template(
-    connection: &mut SqliteConnection,
-    template_id: Uuid,
-) -> StoreResult<Vec<(u32, TemplateFile)>> {
-    let rows = sqlx::query(
-        "SELECT f.*, (SELECT count(*) FROM file_chunks c WHERE c.template_id = f.template_id \
-           AND c.number = f.number AND c.name = f.name) AS chunk_count \
-         FROM template_files f WHERE f.template_id = ? ORDER BY f.number, f.name",
-    )
-    .bind(template_id.to_string())
-    .fetch_all(connection)
-    .await?;
-    rows.iter().map(file_from_row).collect()
 }
 
 /// Files recorded before the registry whose bytes are still in the data directory.

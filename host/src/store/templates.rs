@@ -1,11 +1,13 @@
 //! Templates and their versions.
 
+use std::collections::HashMap;
+
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{StoreResult, format_time, parse_enum, parse_time, parse_uuid};
-use crate::model::{DiskFormat, Template, TemplateVersion};
+use crate::model::{DiskFormat, Template, TemplateFile, TemplateVersion};
 
 fn from_row(row: &SqliteRow) -> StoreResult<Template> {
     Ok(Template {
@@ -20,12 +22,13 @@ fn from_row(row: &SqliteRow) -> StoreResult<Template> {
     })
 }
 
+/// A version from a row of [`VERSIONS_WITH_FILES`], without its files.
 fn version_from_row(row: &SqliteRow) -> StoreResult<TemplateVersion> {
     Ok(TemplateVersion {
         number: row.try_get("number")?,
         tag: row.try_get("tag")?,
         description: row.try_get("description")?,
-        size_bytes: row.try_get::<i64, _>("size_bytes")? as u64,
+        size_bytes: row.try_get::<i64, _>("version_size_bytes")? as u64,
         format: DiskFormat::Raw,
         image_sha256: None,
         image_uploaded_at: None,
@@ -35,30 +38,47 @@ fn version_from_row(row: &SqliteRow) -> StoreResult<TemplateVersion> {
     })
 }
 
-async fn with_versions(connection: &mut SqliteConnection, mut template: Template) -> StoreResult<Template> {
-    let rows = sqlx::query("SELECT * FROM template_versions WHERE template_id = ? ORDER BY number")
-        .bind(template.id.to_string())
-        .fetch_all(&mut *connection)
-        .await?;
-    let mut files = super::registry::files_of_template(connection, template.id).await?;
-    template.versions = rows
-        .iter()
-        .map(|row| {
-            let version = version_from_row(row)?;
-            let (own, others) = files.drain(..).partition(|(number, _)| *number == version.number);
-            files = others;
-            Ok(version.with_files(own.into_iter().map(|(_, file)| file).collect()))
-        })
-        .collect::<StoreResult<_>>()?;
-    Ok(template)
+/// Every version of a template with its files (one row per file, or one without a file for a
+/// version that has none), in version then file name order.
+const VERSIONS_WITH_FILES: &str = "SELECT v.template_id, v.number, v.tag, v.description, \
+        v.size_bytes AS version_size_bytes, v.pulled_at, v.created_at, \
+        f.name, f.kind, f.format, f.size_bytes, f.sha256, f.chunk_size, f.pushed_at, \
+        (SELECT count(*) FROM file_chunks c WHERE c.template_id = f.template_id \
+            AND c.number = f.number AND c.name = f.name) AS chunk_count \
+    FROM template_versions v \
+    LEFT JOIN template_files f ON f.template_id = v.template_id AND f.number = v.number";
+
+/// Gives each template its versions from rows of [`VERSIONS_WITH_FILES`].
+fn attach_versions(templates: &mut [Template], rows: &[SqliteRow]) -> StoreResult<()> {
+    let position: HashMap<Uuid, usize> =
+        templates.iter().enumerate().map(|(index, template)| (template.id, index)).collect();
+    let mut versions: HashMap<(Uuid, u32), (TemplateVersion, Vec<TemplateFile>)> = HashMap::new();
+    let mut order = Vec::new();
+    for row in rows {
+        let key = (parse_uuid(row.try_get("template_id")?)?, row.try_get("number")?);
+        if let std::collections::hash_map::Entry::Vacant(entry) = versions.entry(key) {
+            entry.insert((version_from_row(row)?, Vec::new()));
+            order.push(key);
+        }
+        if row.try_get::<Option<String>, _>("name")?.is_some()
+            && let Some((_, files)) = versions.get_mut(&key)
+        {
+            files.push(super::registry::file_from_row(row)?.1);
+        }
+    }
+    for key in order {
+        let (Some(index), Some((version, files))) = (position.get(&key.0), versions.remove(&key)) else { continue };
+        templates[*index].versions.push(version.with_files(files));
+    }
+    Ok(())
 }
 
+/// Every template with its versions and files: two statements, whatever the number of templates.
 pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Template>> {
     let rows = sqlx::query("SELECT * FROM templates ORDER BY name").fetch_all(&mut *connection).await?;
-    let mut templates = Vec::with_capacity(rows.len());
-    for row in &rows {
-        templates.push(with_versions(connection, from_row(row)?).await?);
-    }
+    let mut templates = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
+    let rows = sqlx::query(&format!("{VERSIONS_WITH_FILES} ORDER BY v.number, f.name")).fetch_all(connection).await?;
+    attach_versions(&mut templates, &rows)?;
     Ok(templates)
 }
 
@@ -67,18 +87,25 @@ pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Opt
         .bind(id.to_string())
         .fetch_optional(&mut *connection)
         .await?;
-    match row {
-        Some(row) => Ok(Some(with_versions(connection, from_row(&row)?).await?)),
-        None => Ok(None),
-    }
+    with_versions(connection, row).await
 }
 
 pub async fn get_by_name(connection: &mut SqliteConnection, name: &str) -> StoreResult<Option<Template>> {
     let row = sqlx::query("SELECT * FROM templates WHERE name = ?").bind(name).fetch_optional(&mut *connection).await?;
-    match row {
-        Some(row) => Ok(Some(with_versions(connection, from_row(&row)?).await?)),
-        None => Ok(None),
-    }
+    with_versions(connection, row).await
+}
+
+/// The template of `row`, if any, with its versions and files.
+async fn with_versions(connection: &mut SqliteConnection, row: Option<SqliteRow>) -> StoreResult<Option<Template>> {
+    let Some(row) = row else { return Ok(None) };
+    let mut templates = [from_row(&row)?];
+    let rows = sqlx::query(&format!("{VERSIONS_WITH_FILES} WHERE v.template_id = ? ORDER BY v.number, f.name"))
+        .bind(templates[0].id.to_string())
+        .fetch_all(connection)
+        .await?;
+    attach_versions(&mut templates, &rows)?;
+    let [template] = templates;
+    Ok(Some(template))
 }
 
 pub async fn insert(connection: &mut SqliteConnection, template: &Template) -> StoreResult<()> {
