@@ -57,10 +57,19 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(response.status().is_success(), "PATCH host: {}", response.text().await?);
 
+    let libvirtd = libvirtd_pid()?;
     for round in 1..=ROUNDS {
+        let before = CpuUse::now(libvirtd)?;
         let ours = hyperplane_lifecycles(&http, &base).await?;
+        let after_ours = CpuUse::now(libvirtd)?;
         let python = python_lifecycles(&bed.python, &bed.test_uri, &[])?;
+        let after_python = CpuUse::now(libvirtd)?;
         let python_with_disk = python_lifecycles(&bed.python, &bed.test_uri, &[TEST_DRIVER_POOL, template_volume])?;
+        println!(
+            "  per lifecycle: Hyperplane {}; libvirt-python {}",
+            after_ours.since(&before),
+            after_python.since(&after_ours)
+        );
         println!(
             "round {round}: {LIFECYCLES} lifecycles (define, start, destroy, undefine), test driver over TCP: \
              Hyperplane API {ours:.3} s ({:.0}/s); libvirt-python {python:.3} s ({:.0}/s), ratio {:.2}; \
@@ -145,7 +154,77 @@ async fn hyperplane_lifecycles(http: &reqwest::Client, base: &str) -> anyhow::Re
         held.as_secs_f64() * 1e6 / transactions.max(1) as f64,
         held.as_secs_f64()
     );
+    for (at, count, held) in hyperplane::store::write_statistics_by_caller().iter().take(6) {
+        println!("    {at}: {count} since start, {:.0} µs each", held.as_secs_f64() * 1e6 / *count as f64);
+    }
     Ok(elapsed)
+}
+
+/// CPU time used so far by this process, its waited-for children (the python runs) and
+/// libvirtd, and this process's context switches.
+struct CpuUse {
+    this_process: f64,
+    children: f64,
+    libvirtd: f64,
+    context_switches: u64,
+}
+
+impl CpuUse {
+    fn now(libvirtd: u32) -> anyhow::Result<CpuUse> {
+        let (this_process, children) = process_cpu_seconds("self")?;
+        Ok(CpuUse {
+            this_process,
+            children,
+            libvirtd: process_cpu_seconds(&libvirtd.to_string())?.0,
+            context_switches: context_switches(),
+        })
+    }
+
+    /// What each lifecycle cost between `earlier` and now.
+    fn since(&self, earlier: &CpuUse) -> String {
+        let per_lifecycle = |seconds: f64| seconds * 1e3 / LIFECYCLES as f64;
+        format!(
+            "CPU {:.2} ms in this process ({:.0} context switches), {:.2} ms in python, {:.2} ms in libvirtd",
+            per_lifecycle(self.this_process - earlier.this_process),
+            (self.context_switches - earlier.context_switches) as f64 / LIFECYCLES as f64,
+            per_lifecycle(self.children - earlier.children),
+            per_lifecycle(self.libvirtd - earlier.libvirtd)
+        )
+    }
+}
+
+/// User + system seconds of `/proc/<pid>/stat`: (the process, its waited-for children).
+fn process_cpu_seconds(pid: &str) -> anyhow::Result<(f64, f64)> {
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // utime stime cutime cstime: the 12th to 15th fields after the command name.
+    let (_, fields) = stat.rsplit_once(')').context("/proc/<pid>/stat names a command")?;
+    let ticks: Vec<f64> =
+        fields.split_whitespace().skip(11).take(4).map(|field| field.parse().unwrap_or(0.0)).collect();
+    anyhow::ensure!(ticks.len() == 4, "/proc/{pid}/stat is short");
+    Ok(((ticks[0] + ticks[1]) / USER_HZ, (ticks[2] + ticks[3]) / USER_HZ))
+}
+
+/// Voluntary and involuntary context switches of every thread of this process.
+fn context_switches() -> u64 {
+    let threads = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
+    threads
+        .filter_map(|thread| std::fs::read_to_string(thread.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|line| line.split_once(':'))
+                .filter(|(key, _)| key.ends_with("ctxt_switches"))
+                .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+fn libvirtd_pid() -> anyhow::Result<u32> {
+    let state = std::env::var("LIBVIRT_STATE_DIR").unwrap_or_else(|_| "/tmp/hyperplane-libvirt".into());
+    let pid = std::fs::read_to_string(format!("{state}/libvirtd.pid")).context("reading libvirtd.pid")?;
+    pid.trim().parse().context("libvirtd.pid holds a pid")
 }
 
 /// `tests/libvirt/lifecycle-python.py`: the same lifecycles through libvirt-python; with
