@@ -513,3 +513,63 @@ pub(crate) async fn open_temporary() -> (Store, tempfile::TempDir) {
     let url = format!("sqlite://{}", directory.path().join("test.db").display());
     (Store::open(&url).await.expect("open store"), directory)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A statement that fails when the commit sends it.
+    fn defer_failing_statement(writes: &mut PendingWrites) {
+        writes.statements().push("INSERT INTO no_such_table VALUES (1); ");
+    }
+
+    async fn event_kinds(store: &Store) -> Vec<String> {
+        let events = events::list_after(&mut store.reader().await.expect("reader"), 0, 100).await.expect("list");
+        events.into_iter().map(|event| event.kind).collect()
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_writes_nothing_and_the_writer_goes_on() {
+        let (store, _directory) = open_temporary().await;
+        let mut batch = store.batch();
+        batch.append_event(NewEvent::new("test.lost", "test", "a"));
+        defer_failing_statement(batch.writes());
+        assert!(batch.commit().await.is_err(), "the failing statement fails the commit");
+
+        let mut batch = store.batch();
+        batch.append_event(NewEvent::new("test.kept", "test", "b"));
+        batch.commit().await.expect("the next batch commits");
+        assert_eq!(event_kinds(&store).await, ["test.kept"]);
+        assert_eq!(*store.subscribe_events().borrow(), 1, "subscribers see the kept event only");
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_rolls_back_what_the_transaction_wrote_before() {
+        let (store, _directory) = open_temporary().await;
+        let mut transaction = store.begin().await.expect("begin");
+        plugin_state::set(&mut transaction, "provider", "key", b"value").await.expect("written in the transaction");
+        transaction.append_event(NewEvent::new("test.lost", "test", "a"));
+        defer_failing_statement(transaction.writes());
+        assert!(transaction.commit().await.is_err());
+
+        let stored = plugin_state::get(&mut store.reader().await.expect("reader"), "provider", "key").await;
+        assert_eq!(stored.expect("read"), None, "the direct write was rolled back");
+        assert!(event_kinds(&store).await.is_empty());
+        let transaction = store.begin().await.expect("the writer is free again");
+        transaction.commit().await.expect("commit");
+    }
+
+    #[tokio::test]
+    async fn readers_beyond_the_pool_size_wait_their_turn() {
+        let (store, _directory) = open_temporary().await;
+        let reads = (0..READER_CONNECTIONS * 3).map(|_| {
+            let store = store.clone();
+            async move {
+                let mut reader = store.reader().await?;
+                events::latest_seq(&mut reader).await
+            }
+        });
+        let results = futures::future::join_all(reads).await;
+        assert!(results.iter().all(|result| matches!(result, Ok(0))), "every read answered: {results:?}");
+    }
+}
