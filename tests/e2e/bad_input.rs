@@ -152,6 +152,24 @@ async fn bad_requests_are_refused_with_a_message_naming_the_problem_and_change_n
     assert_eq!(audited.len(), audited_changes, "each failed change is in the audit trail: {audited:?}");
 }
 
+/// A bad `?wait=` is refused before the operation starts: the instance is left as it was.
+#[tokio::test]
+async fn a_bad_wait_starts_nothing() {
+    let server = Server::start(&fast_sim_config()).await;
+    server.create_template("good").await;
+    let (status, task) = server.post("/v1/instances?wait=30", serde_json::json!({ "template": "good" })).await;
+    assert_eq!((status.as_u16(), task["state"].as_str()), (200, Some("succeeded")), "{task}");
+    let instance = format!("/v1/instances/{}", task["object_id"].as_str().expect("instance id"));
+    for path in [format!("{instance}?wait=-1"), format!("{instance}/actions/stop?wait=-1")] {
+        let method = if path.contains("actions") { Method::POST } else { Method::DELETE };
+        let (status, answer) = server.raw(method.clone(), &path, "{}", Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {answer}");
+    }
+    assert_eq!(server.get(&instance).await["state"], "running");
+    let tasks = server.get("/v1/tasks").await;
+    assert_eq!(tasks.as_array().map(Vec::len), Some(1), "only the create task: {tasks}");
+}
+
 #[tokio::test]
 async fn every_route_but_health_needs_the_token() {
     let server = Server::start(&fast_sim_config()).await;

@@ -53,7 +53,7 @@ use crate::config::Config;
 use crate::model::{Event, Task, TaskState};
 use crate::plugins::BlobStore;
 use crate::store::{self, Store, StoreError};
-use crate::tasks::{TaskEngine, TaskEngineError};
+use crate::tasks::{EndedTasks, TaskEngine, TaskEngineError};
 
 /// Every way a service call can fail. Front-ends map these to their own status codes in one
 /// place each (see `api::error`).
@@ -270,6 +270,17 @@ impl Service {
             return Err(ServiceError::not_found("task", id));
         }
         Ok(task)
+    }
+
+    /// Task endings from now on, for [`Service::wait_started_task`].
+    pub fn subscribe_task_endings(&self) -> EndedTasks {
+        self.inner.tasks.subscribe_ended()
+    }
+
+    /// Waits up to `wait` for a task the caller has just started (and so may see) to end,
+    /// listening to `ended` subscribed before the start; answers the task as it is then.
+    pub async fn wait_started_task(&self, task: Task, ended: EndedTasks, wait: Duration) -> ServiceResult<Task> {
+        Ok(self.inner.tasks.wait_from(task, ended, wait).await?)
     }
 
     /// Waits up to `wait` for the task to end; answers the task as it is then.

@@ -36,8 +36,8 @@ pub(super) async fn create_snapshot(
     QueryParams(wait): QueryParams<WaitParams>,
     JsonBody(request): JsonBody<NewSnapshot>,
 ) -> ApiResult<Response> {
-    let task = state.service.create_snapshot(&caller, parse_id("instance", &id)?, request).await?;
-    respond_after_wait(&state, &caller, task, wait.duration()?).await
+    let wait = wait.duration()?;
+    respond_after_wait(&state, wait, state.service.create_snapshot(&caller, parse_id("instance", &id)?, request)).await
 }
 
 /// Returns the instance to the snapshot, in the state the snapshot holds: answers the task.
@@ -50,8 +50,8 @@ pub(super) async fn revert_snapshot(
     Path((id, name)): Path<(String, String)>,
     QueryParams(wait): QueryParams<WaitParams>,
 ) -> ApiResult<Response> {
-    let task = state.service.revert_snapshot(&caller, parse_id("instance", &id)?, &name).await?;
-    respond_after_wait(&state, &caller, task, wait.duration()?).await
+    let wait = wait.duration()?;
+    respond_after_wait(&state, wait, state.service.revert_snapshot(&caller, parse_id("instance", &id)?, &name)).await
 }
 
 /// Deletes the snapshot; the instance stays as it is: answers the task.
@@ -64,8 +64,8 @@ pub(super) async fn delete_snapshot(
     Path((id, name)): Path<(String, String)>,
     QueryParams(wait): QueryParams<WaitParams>,
 ) -> ApiResult<Response> {
-    let task = state.service.delete_snapshot(&caller, parse_id("instance", &id)?, &name).await?;
-    respond_after_wait(&state, &caller, task, wait.duration()?).await
+    let wait = wait.duration()?;
+    respond_after_wait(&state, wait, state.service.delete_snapshot(&caller, parse_id("instance", &id)?, &name)).await
 }
 
 /// Where the instance's console answers (protocol, host, port, password), live from its driver.
@@ -95,6 +95,7 @@ pub(super) async fn save_image(
     QueryParams(wait): QueryParams<WaitParams>,
     JsonBody(request): JsonBody<SaveImageRequest>,
 ) -> ApiResult<Response> {
-    let task = state.service.save_instance_image(&caller, parse_id("instance", &id)?, request).await?;
-    respond_after_wait(&state, &caller, task, wait.duration()?).await
+    let wait = wait.duration()?;
+    respond_after_wait(&state, wait, state.service.save_instance_image(&caller, parse_id("instance", &id)?, request))
+        .await
 }

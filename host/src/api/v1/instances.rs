@@ -13,7 +13,7 @@ use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
 use crate::auth::Caller;
 use crate::model::{Instance, InstanceAction, Task};
-use crate::service::{ActionOptions, CreateInstances, InstanceList, InstancePatch, InstanceQuery};
+use crate::service::{ActionOptions, CreateInstances, InstanceList, InstancePatch, InstanceQuery, ServiceResult};
 
 /// Creates instances: answers the task (`202`, or `200` when `wait` saw it end).
 /// An `Idempotency-Key` header makes retries return the original task.
@@ -35,18 +35,21 @@ pub(super) async fn create_instances(
         }
         None => None,
     };
-    let task = state.service.create_instances(&caller, request, idempotency_key).await?;
-    respond_after_wait(&state, &caller, task, wait).await
+    respond_after_wait(&state, wait, state.service.create_instances(&caller, request, idempotency_key)).await
 }
 
+/// Starts a task with `start` and answers it, after waiting up to `wait` for it to end. The
+/// wait listens for task endings from before the start: the ending cannot be missed, and the
+/// task needs no reading again.
 pub(super) async fn respond_after_wait(
     state: &AppState,
-    caller: &Caller,
-    task: Task,
     wait: Option<std::time::Duration>,
+    start: impl Future<Output = ServiceResult<Task>>,
 ) -> ApiResult<Response> {
-    let task = match wait {
-        Some(wait) if !task.state.is_final() => state.service.wait_task(caller, task.id, wait).await?,
+    let ended = wait.map(|_| state.service.subscribe_task_endings());
+    let task = start.await?;
+    let task = match (wait, ended) {
+        (Some(wait), Some(ended)) => state.service.wait_started_task(task, ended, wait).await?,
         _ => task,
     };
     Ok(task_response(task))
@@ -153,8 +156,8 @@ pub(super) async fn delete_instance(
     Path(id): Path<String>,
     QueryParams(wait): QueryParams<WaitParams>,
 ) -> ApiResult<Response> {
-    let task = state.service.delete_instance(&caller, parse_id("instance", &id)?).await?;
-    respond_after_wait(&state, &caller, task, wait.duration()?).await
+    let wait = wait.duration()?;
+    respond_after_wait(&state, wait, state.service.delete_instance(&caller, parse_id("instance", &id)?)).await
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -186,6 +189,6 @@ pub(super) async fn instance_action(
     let action: InstanceAction =
         action.parse().map_err(|message: String| ApiError::new(StatusCode::NOT_FOUND, "not_found", message))?;
     let options = ActionOptions { force: params.force, grace_secs: params.grace };
-    let task = state.service.instance_action(&caller, id, action, options).await?;
-    respond_after_wait(&state, &caller, task, super::parse_wait(params.wait)?).await
+    let wait = super::parse_wait(params.wait)?;
+    respond_after_wait(&state, wait, state.service.instance_action(&caller, id, action, options)).await
 }

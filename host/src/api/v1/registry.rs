@@ -315,8 +315,7 @@ pub(super) async fn distribute(
     JsonBody(request): JsonBody<DistributeRequest>,
 ) -> ApiResult<Response> {
     let wait = params.duration()?;
-    let task = state.service.distribute_template(&caller, &id, request).await?;
-    respond_after_wait(&state, &caller, task, wait).await
+    respond_after_wait(&state, wait, state.service.distribute_template(&caller, &id, request)).await
 }
 
 /// `POST /v1/registry/gc` parameters.

@@ -89,8 +89,7 @@ pub(super) async fn remove_template_from_all_hosts(
     QueryParams(params): QueryParams<RemoveFromAllHostsParams>,
 ) -> ApiResult<Response> {
     let wait = parse_wait(params.wait)?;
-    let task = state.service.remove_template_from_all_hosts(&caller, &id, params.version).await?;
-    respond_after_wait(&state, &caller, task, wait).await
+    respond_after_wait(&state, wait, state.service.remove_template_from_all_hosts(&caller, &id, params.version)).await
 }
 
 /// `DELETE /v1/templates/{id}/hosts/{host_id}` parameters.
@@ -119,6 +118,6 @@ pub(super) async fn remove_template_from_host(
     QueryParams(params): QueryParams<RemoveFromHostParams>,
 ) -> ApiResult<Response> {
     let wait = parse_wait(params.wait)?;
-    let task = state.service.remove_template_from_host(&caller, &id, &host_id, params.version).await?;
-    respond_after_wait(&state, &caller, task, wait).await
+    respond_after_wait(&state, wait, state.service.remove_template_from_host(&caller, &id, &host_id, params.version))
+        .await
 }
