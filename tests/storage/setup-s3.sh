@@ -177,7 +177,26 @@ if [ -z "$bucket_ok" ]; then
     log "creating bucket $S3_BUCKET failed (last status $status)"; exit 1
 fi
 
-# 6. Signatures are checked: a wrong secret and an anonymous request are refused.
+# 6. The first write into a bucket makes SeaweedFS grow volumes for it; a client whose upload
+# arrives meanwhile can see its connection closed. Write (and remove) one object until that
+# works, so the tests start on a server that takes writes.
+probe="$STATE_DIR/probe.bin"
+head -c 2097152 /dev/zero >"$probe"
+wrote=
+for _ in $(seq 1 120); do
+    status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X PUT --data-binary "@$probe" \
+        -H 'Content-Type: application/octet-stream' -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' \
+        --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_ACCESS_KEY_ID:$S3_SECRET_ACCESS_KEY" \
+        "$S3_ENDPOINT/$S3_BUCKET/.setup-probe" 2>/dev/null || true)
+    if [ "$status" = 200 ]; then wrote=1; break; fi
+    sleep 0.5
+done
+rm -f "$probe"
+if [ -z "$wrote" ]; then
+    log "writing a first object into $S3_BUCKET failed (last status $status)"; exit 1
+fi
+signed_status DELETE "/$S3_BUCKET/.setup-probe" >/dev/null
+# 7. Signatures are checked: a wrong secret and an anonymous request are refused.
 wrong=$(signed_status HEAD "/$S3_BUCKET" not-the-secret)
 anonymous=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$S3_ENDPOINT/$S3_BUCKET" || true)
 if [ "$wrong" != 403 ] || [ "$anonymous" != 403 ]; then
