@@ -19,7 +19,7 @@ pub mod templates;
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -86,10 +86,7 @@ impl Store {
     }
 
     async fn begin_at(&self, caller: &'static std::panic::Location<'static>) -> StoreResult<WriteTx> {
-        let asked = Instant::now();
-        let mut connection = self.writer.acquire().await?;
-        let acquired = Instant::now();
-        WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
+        let (mut connection, acquired) = self.acquire_writer().await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
         Ok(WriteTx {
             connection: Some(connection),
@@ -122,11 +119,22 @@ impl Store {
     }
 
     async fn write_statement_at(&self, caller: &'static std::panic::Location<'static>) -> StoreResult<SingleWrite> {
+        let (connection, acquired) = self.acquire_writer().await?;
+        Ok(SingleWrite { connection, acquired, caller })
+    }
+
+    /// The writer connection, outside any transaction, and when it was acquired.
+    async fn acquire_writer(&self) -> StoreResult<(Connection, Instant)> {
         let asked = Instant::now();
-        let connection = self.writer.acquire().await?;
+        let mut connection = self.writer.acquire().await?;
         let acquired = Instant::now();
         WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
-        Ok(SingleWrite { connection, acquired, caller })
+        if self.writer.interrupted_commit.swap(false, Ordering::AcqRel) {
+            // Ends the transaction a commit cancelled half-way may have left open; an error
+            // only means there was none.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+        }
+        Ok((connection, acquired))
     }
 
     /// Sequence number of the newest committed event; changes after every commit that appended.
@@ -147,6 +155,9 @@ struct ConnectionPool {
     options: SqliteConnectOptions,
     idle: std::sync::Mutex<Vec<SqliteConnection>>,
     slots: Arc<Semaphore>,
+    /// Set when a commit was cancelled half-way (see [`CommitInFlight`]): the next user of the
+    /// writer rolls back first.
+    interrupted_commit: AtomicBool,
 }
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -157,6 +168,7 @@ impl ConnectionPool {
             options,
             idle: std::sync::Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(size)),
+            interrupted_commit: AtomicBool::new(false),
         })
     }
 
@@ -358,10 +370,7 @@ impl WriteBatch {
 
     /// `BEGIN IMMEDIATE`, the writes and `COMMIT`, in one round trip on the writer.
     pub async fn commit(self) -> StoreResult<()> {
-        let asked = Instant::now();
-        let connection = self.store.writer.acquire().await?;
-        let acquired = Instant::now();
-        WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
+        let (connection, acquired) = self.store.acquire_writer().await?;
         commit_writes(connection, self.writes, &self.store.latest_event, acquired, self.caller).await
     }
 }
@@ -375,7 +384,9 @@ async fn commit_writes(
     acquired: Instant,
     caller: &'static std::panic::Location<'static>,
 ) -> StoreResult<()> {
+    let in_flight = CommitInFlight(Some(connection.pool.clone()));
     let committed = writes.commit_on(&mut connection).await;
+    in_flight.finished();
     if committed.is_err() && sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
         // No transaction was open (`BEGIN` failed), or the connection is broken: start afresh.
         connection.discard();
@@ -393,6 +404,25 @@ async fn commit_writes(
         });
     }
     Ok(())
+}
+
+/// Armed while a commit runs: when its caller is cancelled (a client hung up), the future is
+/// dropped at the `await` and a failed commit's transaction may still be open on the writer.
+/// Dropped armed, it tells the writer's next user to roll back first.
+struct CommitInFlight(Option<Arc<ConnectionPool>>);
+
+impl CommitInFlight {
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CommitInFlight {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            pool.interrupted_commit.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls back.
@@ -557,6 +587,25 @@ mod tests {
         assert!(event_kinds(&store).await.is_empty());
         let transaction = store.begin().await.expect("the writer is free again");
         transaction.commit().await.expect("commit");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_left_open_by_a_cancelled_commit_is_ended_before_the_writer_is_used_again() {
+        let (store, _directory) = open_temporary().await;
+        {
+            // What a commit cancelled after its `BEGIN` leaves behind: an open transaction on
+            // the writer, and its guard dropped armed.
+            let mut writer = store.write_statement().await.expect("writer");
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *writer).await.expect("begin");
+            plugin_state::set(&mut writer, "provider", "key", b"lost").await.expect("written in it");
+            drop(CommitInFlight(Some(writer.connection.pool.clone())));
+        }
+        let mut transaction = store.begin().await.expect("the writer begins again");
+        transaction.append_event(NewEvent::new("test.kept", "test", "b"));
+        transaction.commit().await.expect("commit");
+        assert_eq!(event_kinds(&store).await, ["test.kept"]);
+        let stored = plugin_state::get(&mut store.reader().await.expect("reader"), "provider", "key").await;
+        assert_eq!(stored.expect("read"), None, "the open transaction was rolled back, not committed");
     }
 
     #[tokio::test]
