@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::lifecycle::{Step, StepResult, failure};
+use super::lifecycle::{Step, StepResult, failure, input_uuid};
 use super::providers::{cached_templates_from_driver, disk_format_to_driver, is_not_found, task_error_from_call};
 use super::{Service, ServiceError, ServiceResult};
 use crate::auth::Caller;
@@ -134,12 +134,7 @@ impl Service {
         task: &Task,
         context: &TaskContext,
     ) -> StepResult<Value> {
-        let template_id = task
-            .input
-            .get("template_id")
-            .and_then(Value::as_str)
-            .and_then(|text| Uuid::parse_str(text).ok())
-            .ok_or_else(|| Step::Failed(failure("invalid_task", "task has no template id")))?;
+        let template_id = input_uuid(task, "template_id")?;
         let number = task.input.get("version").and_then(Value::as_u64).unwrap_or(0) as u32;
         let template = self.load_template(&template_id.to_string()).await?;
         let version =

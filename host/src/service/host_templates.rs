@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::distribution::cached_template_ref;
-use super::lifecycle::{Step, StepResult, failure};
+use super::lifecycle::{Step, StepResult, input_uuid};
 use super::providers::{is_not_found, task_error_from_call};
 use super::{Service, ServiceError, ServiceResult};
 use crate::auth::Caller;
@@ -130,12 +130,7 @@ impl Service {
     /// records what was removed. A version the driver no longer has counts as removed (an
     /// earlier attempt of this task, or the hypervisor lost it).
     pub(super) async fn run_remove_template_from_host(&self, host_id: Uuid, task: &Task) -> StepResult<Value> {
-        let template_id = task
-            .input
-            .get("template_id")
-            .and_then(Value::as_str)
-            .and_then(|text| Uuid::parse_str(text).ok())
-            .ok_or_else(|| Step::Failed(failure("invalid_task", "task has no template id")))?;
+        let template_id = input_uuid(task, "template_id")?;
         let requested: Vec<u32> = task
             .input
             .get("versions")

@@ -95,6 +95,15 @@ pub(super) fn failure(code: &str, message: &str) -> TaskError {
 
 pub(super) type StepResult<T> = Result<T, Step>;
 
+/// The id under `key` in the task's input; a task without one fails as `invalid_task`.
+pub(super) fn input_uuid(task: &Task, key: &str) -> StepResult<Uuid> {
+    task.input
+        .get(key)
+        .and_then(Value::as_str)
+        .and_then(|text| Uuid::parse_str(text).ok())
+        .ok_or_else(|| Step::Failed(failure("invalid_task", &format!("task has no {}", key.replace('_', " ")))))
+}
+
 impl Service {
     pub(super) async fn load_instance(&self, id: Uuid) -> StepResult<Instance> {
         Ok(store::instances::get(&mut *self.store().reader().await?, id)
