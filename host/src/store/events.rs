@@ -10,7 +10,7 @@ const EVENTS_PER_STATEMENT: usize = 500;
 
 /// Pushes the `INSERT`s appending `events` (with the time each was appended), each answering
 /// the sequence numbers it assigned.
-pub(super) fn push_appends(query: &mut QueryBuilder<'static, Sqlite>, events: &[(Timestamp, NewEvent)]) {
+pub(super) fn push_appends(query: &mut QueryBuilder<'static, Sqlite>, events: &[&(Timestamp, NewEvent)]) {
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
         query.push("INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) ");
         query.push_values(chunk, |mut row, (time, event)| {

@@ -205,7 +205,8 @@ pub async fn update(connection: &mut SqliteConnection, instance: &Instance) -> S
 
 /// [`update`], sent with the commit.
 pub fn defer_update(writes: &mut PendingWrites, instance: &Instance) {
-    push_update(writes.statements(), instance);
+    let instance = instance.clone();
+    writes.defer(move |query| push_update(query, &instance));
 }
 
 /// The instance's mutable columns as they are in `instance`.

@@ -1,9 +1,11 @@
 //! Persistence: sqlx on SQLite (WAL) with embedded migrations, and one repository module per
 //! table. The only module that knows SQL.
 //!
-//! Writes go through [`WriteTx`], a transaction on the single writer connection: every state
-//! change and the events describing it commit together, and readers are woken only after
-//! the commit. Reads use a separate pool and never block behind writers (WAL).
+//! Writes go through [`WriteTx`], a transaction on the single writer connection, or
+//! [`WriteBatch`], writes committed by the store's batch committer together with the other
+//! batches waiting at that moment (group commit): every state change and the events
+//! describing it commit together, and readers are woken only after the commit. Reads use a
+//! separate pool and never block behind writers (WAL).
 
 pub mod events;
 pub mod groups;
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::model::{NewEvent, Timestamp};
 
@@ -48,6 +50,7 @@ pub struct Store {
     writer: Arc<ConnectionPool>,
     readers: Arc<ConnectionPool>,
     latest_event: watch::Sender<i64>,
+    batches: mpsc::UnboundedSender<QueuedBatch>,
 }
 
 const READER_CONNECTIONS: usize = 8;
@@ -69,7 +72,9 @@ impl Store {
         };
         let readers = ConnectionPool::new(options.read_only(true), READER_CONNECTIONS);
         let (latest_event, _) = watch::channel(latest);
-        Ok(Store { writer, readers, latest_event })
+        let (batches, queued) = mpsc::unbounded_channel();
+        tokio::spawn(commit_batches(writer.clone(), latest_event.clone(), queued));
+        Ok(Store { writer, readers, latest_event, batches })
     }
 
     /// A connection for reads.
@@ -86,25 +91,26 @@ impl Store {
     }
 
     async fn begin_at(&self, caller: &'static std::panic::Location<'static>) -> StoreResult<WriteTx> {
-        let (mut connection, acquired) = self.acquire_writer().await?;
+        let (mut connection, acquired) = acquire_writer(&self.writer).await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
         Ok(WriteTx {
             connection: Some(connection),
             latest_event: self.latest_event.clone(),
-            writes: PendingWrites::new(""),
+            writes: PendingWrites::default(),
             acquired,
             caller,
         })
     }
 
-    /// A write transaction that only writes: its statements and events are collected and sent
-    /// to the writer in one round trip by [`WriteBatch::commit`], which holds the writer only
-    /// for that (a [`WriteTx`] holds it from `BEGIN` on, a round trip per statement).
+    /// A write transaction that only writes: its statements and events are collected, and
+    /// [`WriteBatch::commit`] hands them to the batch committer, which commits every batch
+    /// waiting at that moment in one transaction and one round trip (a [`WriteTx`] holds the
+    /// writer from `BEGIN` on, a round trip per statement).
     #[track_caller]
     pub fn batch(&self) -> WriteBatch {
         WriteBatch {
-            store: self.clone(),
-            writes: PendingWrites::new("BEGIN IMMEDIATE; "),
+            queue: self.batches.clone(),
+            writes: PendingWrites::default(),
             caller: std::panic::Location::caller(),
         }
     }
@@ -119,22 +125,8 @@ impl Store {
     }
 
     async fn write_statement_at(&self, caller: &'static std::panic::Location<'static>) -> StoreResult<SingleWrite> {
-        let (connection, acquired) = self.acquire_writer().await?;
+        let (connection, acquired) = acquire_writer(&self.writer).await?;
         Ok(SingleWrite { connection, acquired, caller })
-    }
-
-    /// The writer connection, outside any transaction, and when it was acquired.
-    async fn acquire_writer(&self) -> StoreResult<(Connection, Instant)> {
-        let asked = Instant::now();
-        let mut connection = self.writer.acquire().await?;
-        let acquired = Instant::now();
-        WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
-        if self.writer.interrupted_commit.swap(false, Ordering::AcqRel) {
-            // Ends the transaction a commit cancelled half-way may have left open; an error
-            // only means there was none.
-            let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
-        }
-        Ok((connection, acquired))
     }
 
     /// Sequence number of the newest committed event; changes after every commit that appended.
@@ -146,6 +138,20 @@ impl Store {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
+
+/// The writer connection, outside any transaction, and when it was acquired.
+async fn acquire_writer(writer: &Arc<ConnectionPool>) -> StoreResult<(Connection, Instant)> {
+    let asked = Instant::now();
+    let mut connection = writer.acquire().await?;
+    let acquired = Instant::now();
+    WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
+    if writer.interrupted_commit.swap(false, Ordering::AcqRel) {
+        // Ends the transaction a commit cancelled half-way may have left open; an error only
+        // means there was none.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+    }
+    Ok((connection, acquired))
 }
 
 /// Connections opened on demand up to a limit and handed out one at a time, in the order they
@@ -278,14 +284,19 @@ pub fn write_statistics_by_caller() -> Vec<(String, u64, Duration)> {
     lines
 }
 
-fn record_write(acquired: Instant, caller: &'static std::panic::Location<'static>) {
+/// One use of the writer since `acquired`, by the writes begun at `callers` (a group commit
+/// charges each batch its share).
+fn record_write(acquired: Instant, callers: &[&'static std::panic::Location<'static>]) {
     let held = acquired.elapsed();
     WRITE_STATISTICS.transactions.fetch_add(1, Ordering::Relaxed);
     WRITE_STATISTICS.held_nanos.fetch_add(held.as_nanos() as u64, Ordering::Relaxed);
     if let Ok(mut counts) = BY_CALLER.lock() {
-        let entry = counts.get_or_insert_default().entry(caller).or_default();
-        entry.0 += 1;
-        entry.1 += held;
+        let share = held / callers.len().max(1) as u32;
+        for caller in callers {
+            let entry = counts.get_or_insert_default().entry(caller).or_default();
+            entry.0 += 1;
+            entry.1 += share;
+        }
     }
 }
 
@@ -299,7 +310,7 @@ pub struct SingleWrite {
 
 impl Drop for SingleWrite {
     fn drop(&mut self) {
-        record_write(self.acquired, self.caller);
+        record_write(self.acquired, &[self.caller]);
     }
 }
 
@@ -316,45 +327,57 @@ impl DerefMut for SingleWrite {
     }
 }
 
-/// Writes that need no answer, sent to the writer with the commit: write statements (pushed
+/// Writes that need no answer, sent to the writer with the commit: write statements (deferred
 /// by the store's `defer_*` functions) and then events, in the order they were added.
+#[derive(Default)]
 pub struct PendingWrites {
-    statements: QueryBuilder<'static, Sqlite>,
+    statements: Vec<DeferredStatement>,
     events: Vec<(Timestamp, NewEvent)>,
 }
 
-impl PendingWrites {
-    fn new(prefix: &str) -> PendingWrites {
-        PendingWrites { statements: QueryBuilder::new(prefix), events: Vec::new() }
-    }
+/// Pushes one complete statement, ending with `; `, onto the query a commit sends.
+type DeferredStatement = Box<dyn Fn(&mut QueryBuilder<'static, Sqlite>) + Send + Sync>;
 
+impl PendingWrites {
     /// Appends an event: written with the commit, in the order appended.
     pub fn append_event(&mut self, event: NewEvent) {
         self.events.push((now(), event));
     }
 
-    /// Where a store function pushes one complete statement, ending with `; `.
-    pub(crate) fn statements(&mut self) -> &mut QueryBuilder<'static, Sqlite> {
-        &mut self.statements
+    /// Adds a statement: `push` pushes it (ending with `; `) onto the query the commit sends,
+    /// again if a failed group commit retries this batch alone.
+    pub(crate) fn defer(&mut self, push: impl Fn(&mut QueryBuilder<'static, Sqlite>) + Send + Sync + 'static) {
+        self.statements.push(Box::new(push));
     }
+}
 
-    /// Sends the writes and `COMMIT` on `connection` in one round trip; answers the sequence
-    /// number of the last event appended. On an error the transaction is still open.
-    async fn commit_on(mut self, connection: &mut SqliteConnection) -> StoreResult<Option<i64>> {
-        events::push_appends(&mut self.statements, &self.events);
-        self.statements.push("COMMIT");
-        let rows = self.statements.build().fetch_all(connection).await?;
-        let mut last = None;
-        for row in rows {
-            last = last.max(Some(row.try_get::<i64, _>("seq")?));
-        }
-        Ok(last)
+/// Sends `BEGIN IMMEDIATE` (when `begin`), every statement and event of `writes` and `COMMIT`
+/// on `connection` in one round trip; answers the sequence number of the last event
+/// appended. On an error the transaction is still open.
+async fn commit_on(
+    connection: &mut SqliteConnection,
+    begin: bool,
+    writes: &[&PendingWrites],
+) -> StoreResult<Option<i64>> {
+    let mut query = QueryBuilder::new(if begin { "BEGIN IMMEDIATE; " } else { "" });
+    for statement in writes.iter().flat_map(|writes| &writes.statements) {
+        statement(&mut query);
     }
+    let events: Vec<_> = writes.iter().flat_map(|writes| &writes.events).collect();
+    events::push_appends(&mut query, &events);
+    query.push("COMMIT");
+    // Not kept in the connection's statement cache: its text differs with every commit.
+    let rows = query.build().persistent(false).fetch_all(connection).await?;
+    let mut last = None;
+    for row in rows {
+        last = last.max(Some(row.try_get::<i64, _>("seq")?));
+    }
+    Ok(last)
 }
 
 /// See [`Store::batch`]. Dropping it without [`WriteBatch::commit`] writes nothing.
 pub struct WriteBatch {
-    store: Store,
+    queue: mpsc::UnboundedSender<QueuedBatch>,
     writes: PendingWrites,
     caller: &'static std::panic::Location<'static>,
 }
@@ -368,24 +391,93 @@ impl WriteBatch {
         self.writes.append_event(event);
     }
 
-    /// `BEGIN IMMEDIATE`, the writes and `COMMIT`, in one round trip on the writer.
+    /// Commits the writes, together with the other batches waiting for the writer: answers
+    /// once they are committed (or failed: then nothing of this batch is written). A caller
+    /// cancelled while waiting leaves the batch to be committed all the same.
     pub async fn commit(self) -> StoreResult<()> {
-        let (connection, acquired) = self.store.acquire_writer().await?;
-        commit_writes(connection, self.writes, &self.store.latest_event, acquired, self.caller).await
+        let (done, outcome) = oneshot::channel();
+        let batch = QueuedBatch { writes: self.writes, caller: self.caller, done };
+        self.queue.send(batch).map_err(|_| sqlx::Error::PoolClosed)?;
+        outcome.await.map_err(|_| sqlx::Error::PoolClosed)?
     }
 }
 
-/// Commits `writes` on the writer `connection`, wakes event subscribers, and records the
-/// writer's use. A failed commit is rolled back before the connection is given back.
+struct QueuedBatch {
+    writes: PendingWrites,
+    caller: &'static std::panic::Location<'static>,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// At most this many batches share one transaction.
+const BATCHES_PER_COMMIT: usize = 64;
+
+/// The batch committer, one task per store (group commit): takes the next batch, waits for the
+/// writer, and commits it with every batch that arrived meanwhile in one transaction. Should
+/// that transaction fail, each of its batches is committed alone, so one bad batch fails only
+/// itself. Runs until the store is dropped.
+async fn commit_batches(
+    writer: Arc<ConnectionPool>,
+    latest_event: watch::Sender<i64>,
+    mut queue: mpsc::UnboundedReceiver<QueuedBatch>,
+) {
+    while let Some(first) = queue.recv().await {
+        let acquired = acquire_writer(&writer).await;
+        let mut group = vec![first];
+        while group.len() < BATCHES_PER_COMMIT
+            && let Ok(next) = queue.try_recv()
+        {
+            group.push(next);
+        }
+        let (connection, acquired) = match acquired {
+            Ok(writer) => writer,
+            Err(_) => {
+                for batch in group {
+                    let _ = batch.done.send(Err(sqlx::Error::PoolClosed.into()));
+                }
+                continue;
+            }
+        };
+        let writes: Vec<_> = group.iter().map(|batch| &batch.writes).collect();
+        let callers: Vec<_> = group.iter().map(|batch| batch.caller).collect();
+        let committed = commit_writes(connection, true, &writes, &latest_event, acquired, &callers).await;
+        match committed {
+            Ok(()) => {
+                for batch in group {
+                    let _ = batch.done.send(Ok(()));
+                }
+            }
+            Err(error) if group.len() == 1 => {
+                let _ = group.remove(0).done.send(Err(error));
+            }
+            Err(_) => {
+                for batch in group {
+                    let outcome = match acquire_writer(&writer).await {
+                        Ok((connection, acquired)) => {
+                            let (writes, callers) = ([&batch.writes], [batch.caller]);
+                            commit_writes(connection, true, &writes, &latest_event, acquired, &callers).await
+                        }
+                        Err(error) => Err(error),
+                    };
+                    let _ = batch.done.send(outcome);
+                }
+            }
+        }
+    }
+}
+
+/// Commits `writes` on the writer `connection` (after `BEGIN IMMEDIATE` when `begin`), wakes
+/// event subscribers, and records the writer's use. A failed commit is rolled back before the
+/// connection is given back.
 async fn commit_writes(
     mut connection: Connection,
-    writes: PendingWrites,
+    begin: bool,
+    writes: &[&PendingWrites],
     latest_event: &watch::Sender<i64>,
     acquired: Instant,
-    caller: &'static std::panic::Location<'static>,
+    callers: &[&'static std::panic::Location<'static>],
 ) -> StoreResult<()> {
     let in_flight = CommitInFlight(Some(connection.pool.clone()));
-    let committed = writes.commit_on(&mut connection).await;
+    let committed = commit_on(&mut connection, begin, writes).await;
     in_flight.finished();
     if committed.is_err() && sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
         // No transaction was open (`BEGIN` failed), or the connection is broken: start afresh.
@@ -393,7 +485,7 @@ async fn commit_writes(
     } else {
         drop(connection);
     }
-    record_write(acquired, caller);
+    record_write(acquired, callers);
     if let Some(seq) = committed? {
         latest_event.send_if_modified(|latest| {
             let newer = seq > *latest;
@@ -449,15 +541,14 @@ impl WriteTx {
 
     pub async fn commit(mut self) -> StoreResult<()> {
         let Some(connection) = self.connection.take() else { return Ok(()) };
-        let writes = std::mem::replace(&mut self.writes, PendingWrites::new(""));
-        commit_writes(connection, writes, &self.latest_event, self.acquired, self.caller).await
+        commit_writes(connection, false, &[&self.writes], &self.latest_event, self.acquired, &[self.caller]).await
     }
 }
 
 impl Drop for WriteTx {
     fn drop(&mut self) {
         if let Some(mut connection) = self.connection.take() {
-            record_write(self.acquired, self.caller);
+            record_write(self.acquired, &[self.caller]);
             // Roll back on the runtime; the writer connection is given back afterwards, or
             // dropped if the rollback failed (or there is no runtime to run it on).
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -550,7 +641,9 @@ mod tests {
 
     /// A statement that fails when the commit sends it.
     fn defer_failing_statement(writes: &mut PendingWrites) {
-        writes.statements().push("INSERT INTO no_such_table VALUES (1); ");
+        writes.defer(|query| {
+            query.push("INSERT INTO no_such_table VALUES (1); ");
+        });
     }
 
     async fn event_kinds(store: &Store) -> Vec<String> {
@@ -571,6 +664,33 @@ mod tests {
         batch.commit().await.expect("the next batch commits");
         assert_eq!(event_kinds(&store).await, ["test.kept"]);
         assert_eq!(*store.subscribe_events().borrow(), 1, "subscribers see the kept event only");
+    }
+
+    #[tokio::test]
+    async fn batches_waiting_together_commit_together_and_a_bad_one_fails_alone() {
+        let (store, _directory) = open_temporary().await;
+        // Holding the writer makes the batches queue up: the committer takes them as one group.
+        let transaction = store.begin().await.expect("begin");
+        let commits: Vec<_> = ["test.first", "test.bad", "test.third"]
+            .into_iter()
+            .map(|kind| {
+                let mut batch = store.batch();
+                batch.append_event(NewEvent::new(kind, "test", "a"));
+                if kind == "test.bad" {
+                    defer_failing_statement(batch.writes());
+                }
+                tokio::spawn(batch.commit())
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        transaction.commit().await.expect("commit");
+        let mut outcomes = Vec::new();
+        for commit in commits {
+            outcomes.push(commit.await.expect("joined").is_ok());
+        }
+        assert_eq!(outcomes, [true, false, true], "only the bad batch failed");
+        assert_eq!(event_kinds(&store).await, ["test.first", "test.third"]);
+        assert_eq!(*store.subscribe_events().borrow(), 2, "subscribers see the committed events");
     }
 
     #[tokio::test]

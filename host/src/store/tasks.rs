@@ -85,7 +85,8 @@ pub async fn update(connection: &mut SqliteConnection, task: &Task) -> StoreResu
 
 /// [`update`], sent with the commit.
 pub fn defer_update(writes: &mut PendingWrites, task: &Task) {
-    push_update(writes.statements(), task);
+    let task = task.clone();
+    writes.defer(move |query| push_update(query, &task));
 }
 
 /// The task's state, progress and outcome as they are in `task`.
