@@ -62,8 +62,7 @@ impl Service {
         });
         let task = self
             .task_engine()
-            .create(&mut transaction, NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller))
-            .await?;
+            .create(&mut transaction, NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller));
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(task)
@@ -109,7 +108,7 @@ impl Service {
             "operation": "template.remove_from_hosts", "template": template.name,
             "hosts": targets.iter().map(|(host, _)| host.id).collect::<Vec<_>>(), "skipped": skipped,
         });
-        let batch = self.task_engine().create(&mut transaction, NewTask::batch(template.id, input, caller)).await?;
+        let batch = self.task_engine().create(&mut transaction, NewTask::batch(template.id, input, caller));
         for (host, versions) in targets {
             let input = json!({
                 "host_id": host.id, "host": host.name, "template_id": template.id, "template": template.name,
@@ -117,7 +116,7 @@ impl Service {
             });
             let removal =
                 NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller).in_batch(batch.id);
-            self.task_engine().create(&mut transaction, removal).await?;
+            self.task_engine().create(&mut transaction, removal);
         }
         transaction.commit().await?;
         self.task_engine().wake();

@@ -249,34 +249,31 @@ impl Service {
                             request_digest: Some(digest.clone()),
                             requested_by: caller.clone(),
                         },
-                    )
-                    .await?,
+                    ),
             )
         } else {
             None
         };
         let mut single = None;
         for instance in &instances {
-            store::instances::insert(&mut transaction, instance).await?;
+            store::instances::defer_insert(transaction.writes(), instance);
             transaction.append_event(
                 NewEvent::new("instance.created", "instance", instance.id)
                     .by(caller)
                     .data(json!({ "name": instance.name, "template": template.name, "state": instance.state })),
             );
-            let task = tasks
-                .create(
-                    &mut transaction,
-                    NewTask {
-                        kind: TaskKind::InstanceCreate,
-                        object_id: Some(instance.id),
-                        parent_id: batch.as_ref().map(|batch| batch.id),
-                        input: json!({ "instance_id": instance.id }),
-                        idempotency_key: if batch.is_none() { idempotency_key.clone() } else { None },
-                        request_digest: if batch.is_none() { Some(digest.clone()) } else { None },
-                        requested_by: caller.clone(),
-                    },
-                )
-                .await?;
+            let task = tasks.create(
+                &mut transaction,
+                NewTask {
+                    kind: TaskKind::InstanceCreate,
+                    object_id: Some(instance.id),
+                    parent_id: batch.as_ref().map(|batch| batch.id),
+                    input: json!({ "instance_id": instance.id }),
+                    idempotency_key: if batch.is_none() { idempotency_key.clone() } else { None },
+                    request_digest: if batch.is_none() { Some(digest.clone()) } else { None },
+                    requested_by: caller.clone(),
+                },
+            );
             single.get_or_insert(task);
         }
         transaction.commit().await?;
@@ -580,7 +577,7 @@ impl Service {
                 active.kind, active.id
             )));
         }
-        let task = self.task_engine().create(&mut transaction, NewTask::on_object(kind, id, input, caller)).await?;
+        let task = self.task_engine().create(&mut transaction, NewTask::on_object(kind, id, input, caller));
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(task)
@@ -613,26 +610,22 @@ impl Service {
     /// Deletes an instance: a task that first cancels whatever else works on the instance.
     /// Asking again while a delete is under way answers that delete's task.
     pub async fn delete_instance(&self, caller: &Caller, id: Uuid) -> ServiceResult<Task> {
-        self.authorized_instance(caller, id, "delete").await?;
+        let instance = self.authorized_instance(caller, id, "delete").await?;
+        if instance.state == InstanceState::Terminated {
+            return Err(ServiceError::Conflict(format!("instance {id} is already terminated")));
+        }
+        // (Should a delete end between that read and this transaction, the task created here
+        // finds the instance terminated and succeeds at once.)
         let mut transaction = self.store().begin().await?;
-        let instance = store::instances::get(&mut transaction, id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("instance", id))?;
         if let Some(active) = active_task(&mut transaction, id).await?
             && active.kind == TaskKind::InstanceDelete
         {
             return Ok(active);
         }
-        if instance.state == InstanceState::Terminated {
-            return Err(ServiceError::Conflict(format!("instance {id} is already terminated")));
-        }
-        let task = self
-            .task_engine()
-            .create(
-                &mut transaction,
-                NewTask::on_object(TaskKind::InstanceDelete, id, json!({ "instance_id": id }), caller),
-            )
-            .await?;
+        let task = self.task_engine().create(
+            &mut transaction,
+            NewTask::on_object(TaskKind::InstanceDelete, id, json!({ "instance_id": id }), caller),
+        );
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(task)

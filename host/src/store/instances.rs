@@ -117,40 +117,53 @@ fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &
 }
 
 pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO instances (id, project_id, name, external_id, state, template_id, template_version, provider, host_id, \
-            requested_host_id, provider_id, vcpu, ram_mb, disk_gb, priority, placement, ip, mac, vlan, metadata, startup_script, startup_result, error, origin, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(instance.id.to_string())
-    .bind(instance.project_id.to_string())
-    .bind(&instance.name)
-    .bind(&instance.external_id)
-    .bind(instance.state.as_str())
-    .bind(instance.template_id.map(|id| id.to_string()))
-    .bind(instance.template_version)
-    .bind(&instance.provider)
-    .bind(instance.host_id.map(|id| id.to_string()))
-    .bind(instance.requested_host_id.map(|id| id.to_string()))
-    .bind(&instance.provider_id)
-    .bind(instance.vcpu)
-    .bind(instance.ram_mb as i64)
-    .bind(instance.disk_gb as i64)
-    .bind(instance.priority)
-    .bind(to_json(&instance.placement))
-    .bind(&instance.ip)
-    .bind(&instance.mac)
-    .bind(instance.vlan)
-    .bind(to_json(&instance.metadata))
-    .bind(&instance.startup_script)
-    .bind(instance.startup_result.as_ref().map(to_json))
-    .bind(&instance.error)
-    .bind(instance.origin.as_str())
-    .bind(format_time(&instance.created_at))
-    .bind(format_time(&instance.updated_at))
-    .execute(connection)
-    .await?;
+    let mut query = QueryBuilder::new("");
+    push_insert(&mut query, instance);
+    query.build().execute(connection).await?;
     Ok(())
+}
+
+/// [`insert`], sent with the commit.
+pub fn defer_insert(writes: &mut PendingWrites, instance: &Instance) {
+    let instance = instance.clone();
+    writes.defer(move |query| push_insert(query, &instance));
+}
+
+fn push_insert(query: &mut QueryBuilder<'static, Sqlite>, instance: &Instance) {
+    query.push(
+        "INSERT INTO instances (id, project_id, name, external_id, state, template_id, template_version, provider, \
+            host_id, requested_host_id, provider_id, vcpu, ram_mb, disk_gb, priority, placement, ip, mac, vlan, metadata, \
+            startup_script, startup_result, error, origin, created_at, updated_at) VALUES (",
+    );
+    query
+        .separated(", ")
+        .push_bind(instance.id.to_string())
+        .push_bind(instance.project_id.to_string())
+        .push_bind(instance.name.clone())
+        .push_bind(instance.external_id.clone())
+        .push_bind(instance.state.as_str())
+        .push_bind(instance.template_id.map(|id| id.to_string()))
+        .push_bind(instance.template_version)
+        .push_bind(instance.provider.clone())
+        .push_bind(instance.host_id.map(|id| id.to_string()))
+        .push_bind(instance.requested_host_id.map(|id| id.to_string()))
+        .push_bind(instance.provider_id.clone())
+        .push_bind(instance.vcpu)
+        .push_bind(instance.ram_mb as i64)
+        .push_bind(instance.disk_gb as i64)
+        .push_bind(instance.priority)
+        .push_bind(to_json(&instance.placement))
+        .push_bind(instance.ip.clone())
+        .push_bind(instance.mac.clone())
+        .push_bind(instance.vlan)
+        .push_bind(to_json(&instance.metadata))
+        .push_bind(instance.startup_script.clone())
+        .push_bind(instance.startup_result.as_ref().map(to_json))
+        .push_bind(instance.error.clone())
+        .push_bind(instance.origin.as_str())
+        .push_bind(format_time(&instance.created_at))
+        .push_bind(format_time(&instance.updated_at));
+    query.push("); ");
 }
 
 /// The live (not terminated) instance that has `mac`, if any.

@@ -47,32 +47,36 @@ fn from_row(row: &SqliteRow) -> StoreResult<Task> {
     })
 }
 
-pub async fn insert(connection: &mut SqliteConnection, task: &Task, request_digest: Option<&str>) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO tasks (id, kind, state, object_id, parent_id, progress, message, input, result, error_code, \
-            error_message, attempts, idempotency_key, request_digest, created_at, started_at, ended_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(task.id.to_string())
-    .bind(task.kind.as_str())
-    .bind(task.state.as_str())
-    .bind(task.object_id.map(|id| id.to_string()))
-    .bind(task.parent_id.map(|id| id.to_string()))
-    .bind(f64::from(task.progress))
-    .bind(&task.message)
-    .bind(task.input.to_string())
-    .bind(task.result.as_ref().map(to_json))
-    .bind(task.error.as_ref().map(|error| error.code.clone()))
-    .bind(task.error.as_ref().map(|error| error.message.clone()))
-    .bind(task.attempts)
-    .bind(&task.idempotency_key)
-    .bind(request_digest)
-    .bind(format_time(&task.created_at))
-    .bind(task.started_at.as_ref().map(format_time))
-    .bind(task.ended_at.as_ref().map(format_time))
-    .execute(connection)
-    .await?;
-    Ok(())
+/// Inserts `task`, sent with the commit (`request_digest`: of the request an idempotency key
+/// stands for).
+pub fn defer_insert(writes: &mut PendingWrites, task: &Task, request_digest: Option<String>) {
+    let task = task.clone();
+    writes.defer(move |query| {
+        query.push(
+            "INSERT INTO tasks (id, kind, state, object_id, parent_id, progress, message, input, result, error_code, \
+                error_message, attempts, idempotency_key, request_digest, created_at, started_at, ended_at) VALUES (",
+        );
+        query
+            .separated(", ")
+            .push_bind(task.id.to_string())
+            .push_bind(task.kind.as_str())
+            .push_bind(task.state.as_str())
+            .push_bind(task.object_id.map(|id| id.to_string()))
+            .push_bind(task.parent_id.map(|id| id.to_string()))
+            .push_bind(f64::from(task.progress))
+            .push_bind(task.message.clone())
+            .push_bind(task.input.to_string())
+            .push_bind(task.result.as_ref().map(to_json))
+            .push_bind(task.error.as_ref().map(|error| error.code.clone()))
+            .push_bind(task.error.as_ref().map(|error| error.message.clone()))
+            .push_bind(task.attempts)
+            .push_bind(task.idempotency_key.clone())
+            .push_bind(request_digest.clone())
+            .push_bind(format_time(&task.created_at))
+            .push_bind(task.started_at.as_ref().map(format_time))
+            .push_bind(task.ended_at.as_ref().map(format_time));
+        query.push("); ");
+    });
 }
 
 /// Writes the task's progress and outcome columns.

@@ -183,9 +183,10 @@ impl TaskEngine {
         }
     }
 
-    /// Inserts a pending task (and its `task.created` event) in the caller's transaction.
-    /// Call [`TaskEngine::wake`] after the commit.
-    pub async fn create(&self, transaction: &mut WriteTx, new: NewTask) -> Result<Task, StoreError> {
+    /// Inserts a pending task (and its `task.created` event) with the caller's transaction's
+    /// commit: later reads in that transaction do not see it. Call [`TaskEngine::wake`] after
+    /// the commit.
+    pub fn create(&self, transaction: &mut WriteTx, new: NewTask) -> Task {
         let task = Task {
             id: Uuid::now_v7(),
             kind: new.kind,
@@ -203,13 +204,13 @@ impl TaskEngine {
             started_at: None,
             ended_at: None,
         };
-        store::tasks::insert(transaction, &task, new.request_digest.as_deref()).await?;
+        store::tasks::defer_insert(transaction.writes(), &task, new.request_digest);
         transaction.append_event(
             NewEvent::new("task.created", "task", task.id)
                 .by(&new.requested_by)
                 .data(json!({ "kind": task.kind, "object_id": task.object_id, "parent_id": task.parent_id })),
         );
-        Ok(task)
+        task
     }
 
     /// Asks the dispatcher to look for work now.
@@ -648,13 +649,10 @@ mod tests {
 
     async fn create_task(engine: &TaskEngine, store: &Store) -> Uuid {
         let mut transaction = store.begin().await.expect("begin");
-        let task = engine
-            .create(
-                &mut transaction,
-                NewTask::on_object(TaskKind::InstanceStart, Uuid::now_v7(), json!({}), &Caller::system()),
-            )
-            .await
-            .expect("create");
+        let task = engine.create(
+            &mut transaction,
+            NewTask::on_object(TaskKind::InstanceStart, Uuid::now_v7(), json!({}), &Caller::system()),
+        );
         transaction.commit().await.expect("commit");
         engine.wake();
         task.id
