@@ -61,14 +61,14 @@ impl Service {
                     instance.host_id = Some(host.id);
                     instance.provider = Some(host.provider.clone());
                     instance.updated_at = store::now();
-                    store::instances::update(&mut transaction, &instance).await?;
+                    store::instances::defer_update(transaction.writes(), &instance);
                     transaction.append_event(NewEvent::new("instance.placed", "instance", instance.id).data(json!({
                         "host_id": host.id, "host": host.name, "provider": host.provider, "group_id": decision.group_id,
                     })));
                 }
                 None => {
                     let message = format!("waiting for capacity: {}", decision.explain());
-                    store::tasks::set_pending_create_message(&mut transaction, instance.id, &message).await?;
+                    store::tasks::defer_pending_create_message(transaction.writes(), instance.id, message);
                 }
             }
         }

@@ -8,7 +8,7 @@ use super::{
     PendingWrites, StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_optional_uuid,
     parse_time, parse_uuid, push_page, to_json,
 };
-use crate::model::{Task, TaskError, TaskKind, TaskState};
+use crate::model::{Task, TaskError, TaskKind, TaskState, Timestamp};
 
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
@@ -121,20 +121,6 @@ fn push_update(query: &mut QueryBuilder<'static, Sqlite>, task: &Task) {
 
 /// Claims a task for running: writes its state, attempts and start time only if it is still
 /// pending. Returns whether cancellation was requested, or `None` when it was not pending.
-pub async fn claim(connection: &mut SqliteConnection, task: &Task) -> StoreResult<Option<bool>> {
-    let row = sqlx::query(
-        "UPDATE tasks SET state = ?, attempts = ?, started_at = ? WHERE id = ? AND state = 'pending' \
-         RETURNING cancel_requested",
-    )
-    .bind(task.state.as_str())
-    .bind(task.attempts)
-    .bind(task.started_at.as_ref().map(format_time))
-    .bind(task.id.to_string())
-    .fetch_optional(connection)
-    .await?;
-    row.map(|row| Ok(row.try_get("cancel_requested")?)).transpose()
-}
-
 /// Progress only; cheap enough to call often.
 pub async fn update_progress(
     connection: &mut SqliteConnection,
@@ -189,19 +175,36 @@ pub async fn list(connection: &mut SqliteConnection, filter: &TaskFilter) -> Sto
     rows.iter().map(from_row).collect()
 }
 
-/// Pending tasks the dispatcher may start now, oldest first: batches never run themselves, and
-/// an instance creation waits until placement gave its instance a host (unless cancelled).
-pub async fn claimable(connection: &mut SqliteConnection, limit: u32) -> StoreResult<Vec<(Task, bool)>> {
+/// Starts up to `limit` pending tasks the dispatcher may start now, oldest first, in one
+/// statement: running, one more attempt, `started_at` set on the first. Batches never run
+/// themselves, and an instance creation waits until placement gave its instance a host (unless
+/// cancelled). Answers the started tasks, oldest first, each with whether cancellation was
+/// requested.
+pub async fn claim_next(
+    connection: &mut SqliteConnection,
+    limit: u32,
+    now: &Timestamp,
+) -> StoreResult<Vec<(Task, bool)>> {
     let rows = sqlx::query(
-        "SELECT t.* FROM tasks t LEFT JOIN instances i ON i.id = t.object_id \
-         WHERE t.state = 'pending' AND t.kind != 'batch' \
-           AND (t.kind != 'instance.create' OR i.host_id IS NOT NULL OR t.cancel_requested = 1) \
-         ORDER BY t.id LIMIT ?",
+        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ?) \
+         WHERE id IN ( \
+             SELECT t.id FROM tasks t LEFT JOIN instances i ON i.id = t.object_id \
+             WHERE t.state = 'pending' AND t.kind != 'batch' \
+               AND (t.kind != 'instance.create' OR i.host_id IS NOT NULL OR t.cancel_requested = 1) \
+             ORDER BY t.id LIMIT ? \
+         ) RETURNING *",
     )
+    .bind(format_time(now))
     .bind(limit)
     .fetch_all(connection)
     .await?;
-    rows.iter().map(|row| Ok((from_row(row)?, row.try_get("cancel_requested")?))).collect()
+    let mut claimed = rows
+        .iter()
+        .map(|row| Ok((from_row(row)?, row.try_get("cancel_requested")?)))
+        .collect::<StoreResult<Vec<(Task, bool)>>>()?;
+    // Ids are UUIDv7: their order is the order of creation.
+    claimed.sort_by_key(|(task, _)| task.id);
+    Ok(claimed)
 }
 
 pub async fn request_cancel(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<()> {
@@ -217,22 +220,19 @@ pub async fn is_cancel_requested(connection: &mut SqliteConnection, id: Uuid) ->
     Ok(row.map(|row| row.try_get("cancel_requested")).transpose()?.unwrap_or(false))
 }
 
-/// Sets the message of the pending creation task of an instance (why it waits), when it changed.
-pub async fn set_pending_create_message(
-    connection: &mut SqliteConnection,
-    instance_id: Uuid,
-    message: &str,
-) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE tasks SET message = ? WHERE object_id = ? AND kind = 'instance.create' AND state = 'pending' \
-         AND (message IS NULL OR message != ?)",
-    )
-    .bind(message)
-    .bind(instance_id.to_string())
-    .bind(message)
-    .execute(connection)
-    .await?;
-    Ok(())
+/// Sets the message of the pending creation task of an instance (why it waits), when it
+/// changed; sent with the commit.
+pub fn defer_pending_create_message(writes: &mut PendingWrites, instance_id: Uuid, message: String) {
+    writes.defer(move |query| {
+        query
+            .push("UPDATE tasks SET message = ")
+            .push_bind(message.clone())
+            .push(" WHERE object_id = ")
+            .push_bind(instance_id.to_string())
+            .push(" AND kind = 'instance.create' AND state = 'pending' AND (message IS NULL OR message != ")
+            .push_bind(message.clone())
+            .push("); ");
+    });
 }
 
 /// How many children of a batch are in each state.

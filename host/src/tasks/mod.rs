@@ -296,33 +296,32 @@ impl TaskEngine {
     }
 
     /// Claims as many claimable tasks as there are free permits, up to [`CLAIM_BATCH`] in one
-    /// write transaction (a task cancelled or claimed meanwhile is skipped), spawns them, and
-    /// goes on with the next ones. Small batches let the tasks just started write between two
-    /// claims instead of all queueing behind one long claim.
+    /// write transaction (one statement claims them all), spawns them, and goes on with the
+    /// next ones. Small batches let the tasks just started write between two claims instead of
+    /// all queueing behind one long claim.
     async fn claim_and_spawn<H: TaskHandler>(&self, handler: &Arc<H>) -> Result<(), StoreError> {
         loop {
             let available = self.shared.permits.available_permits().min(CLAIM_BATCH);
             if available == 0 {
                 return Ok(());
             }
-            let store = &self.shared.store;
-            let candidates = store::tasks::claimable(&mut *store.reader().await?, available as u32).await?;
-            if candidates.is_empty() {
+            // Only the dispatcher takes permits: the ones counted are there. One is split off
+            // for each task started; the rest go back when dropped.
+            let Ok(mut permits) = self.shared.permits.clone().try_acquire_many_owned(available as u32) else {
+                return Ok(());
+            };
+            let mut transaction = self.shared.store.begin().await?;
+            let started = store::tasks::claim_next(&mut transaction, available as u32, &store::now()).await?;
+            if started.is_empty() {
                 return Ok(());
             }
-            let full = candidates.len() == available;
-            let mut claimed = Vec::with_capacity(candidates.len());
-            let mut transaction = store.begin().await?;
-            for (mut task, _) in candidates {
-                let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else { break };
-                task.state = TaskState::Running;
-                task.attempts += 1;
-                task.started_at.get_or_insert_with(store::now);
-                // Only a task still pending is claimed: it may have been cancelled meanwhile.
-                let Some(cancel_requested) = store::tasks::claim(&mut transaction, &task).await? else { continue };
+            let full = started.len() == available;
+            let mut claimed = Vec::with_capacity(started.len());
+            for (task, cancel_requested) in started {
                 transaction.append_event(
                     NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })),
                 );
+                let Some(permit) = permits.split(1) else { break };
                 claimed.push((task, cancel_requested, permit));
             }
             transaction.commit().await?;
