@@ -205,7 +205,7 @@ impl Service {
         let host_id = request.host_id.map(|id| id.to_string());
         self.require(caller, Resource::Node, "create_instance", Some(accepted.project_id), host_id.as_deref()).await?;
 
-        let mut transaction = self.store().begin().await?;
+        let (mut transaction, project) = store::projects::begin_getting(self.store(), accepted.project_id).await?;
         // Checked again under the write lock: two retries racing with one key create one task.
         if let Some(task) = self.replay_idempotent_in(&mut transaction, idempotency_key.as_deref(), &digest).await? {
             return Ok(task);
@@ -216,7 +216,7 @@ impl Service {
             ram_mb: accepted.ram_mb * u64::from(count),
             template_bytes: 0,
         };
-        self.check_quota(&mut transaction, accepted.project_id, demand).await?;
+        self.check_project_quota(&mut transaction, accepted.project_id, project, demand).await?;
         // Under the write lock, so two requests for one MAC cannot both pass.
         if let Some(mac) = &accepted.mac
             && let Some(holder) = store::instances::live_with_mac(&mut transaction, mac).await?
@@ -616,8 +616,8 @@ impl Service {
         }
         // (Should a delete end between that read and this transaction, the task created here
         // finds the instance terminated and succeeds at once.)
-        let mut transaction = self.store().begin().await?;
-        if let Some(active) = active_task(&mut transaction, id).await?
+        let (mut transaction, active) = begin_with_active_task(self.store(), id).await?;
+        if let Some(active) = active
             && active.kind == TaskKind::InstanceDelete
         {
             return Ok(active);
@@ -716,16 +716,25 @@ pub(super) async fn active_task(
     connection: &mut sqlx::SqliteConnection,
     instance_id: Uuid,
 ) -> ServiceResult<Option<Task>> {
-    let tasks = store::tasks::list(
-        connection,
-        &store::tasks::TaskFilter {
-            states: vec![TaskState::Pending, TaskState::Running],
-            object_id: Some(instance_id),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let tasks = store::tasks::list(connection, &unfinished_tasks_of(instance_id)).await?;
     Ok(tasks.into_iter().next())
+}
+
+/// Begins a write transaction with [`active_task`] read in the same round trip.
+async fn begin_with_active_task(
+    store: &store::Store,
+    instance_id: Uuid,
+) -> ServiceResult<(store::WriteTx, Option<Task>)> {
+    let (transaction, tasks) = store::tasks::begin_listing(store, &unfinished_tasks_of(instance_id)).await?;
+    Ok((transaction, tasks.into_iter().next()))
+}
+
+fn unfinished_tasks_of(instance_id: Uuid) -> store::tasks::TaskFilter {
+    store::tasks::TaskFilter {
+        states: vec![TaskState::Pending, TaskState::Running],
+        object_id: Some(instance_id),
+        ..Default::default()
+    }
 }
 
 fn encode_cursor(id: Uuid) -> String {

@@ -171,7 +171,20 @@ impl Service {
         project_id: Uuid,
         demand: Demand,
     ) -> ServiceResult<()> {
-        let Some(project) = store::projects::get(transaction, project_id).await? else {
+        let project = store::projects::get(transaction, project_id).await?;
+        self.check_project_quota(transaction, project_id, project, demand).await
+    }
+
+    /// [`Self::check_quota`] for the project `project_id` already read in the transaction
+    /// (`None`: there is no such project).
+    pub(crate) async fn check_project_quota(
+        &self,
+        transaction: &mut WriteTx,
+        project_id: Uuid,
+        project: Option<Project>,
+        demand: Demand,
+    ) -> ServiceResult<()> {
+        let Some(project) = project else {
             return Err(ServiceError::not_found("project", project_id));
         };
         let quota = &project.quota;

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
@@ -93,13 +93,41 @@ impl Store {
     async fn begin_at(&self, caller: &'static std::panic::Location<'static>) -> StoreResult<WriteTx> {
         let (mut connection, acquired) = acquire_writer(&self.writer).await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
-        Ok(WriteTx {
+        Ok(self.write_transaction(connection, acquired, caller))
+    }
+
+    /// [`Store::begin`], sending the transaction's first statement (pushed by `first`) with the
+    /// `BEGIN` in one round trip; answers the transaction and the rows of that statement.
+    #[track_caller]
+    pub(crate) fn begin_with(
+        &self,
+        first: impl FnOnce(&mut QueryBuilder<'static, Sqlite>),
+    ) -> impl Future<Output = StoreResult<(WriteTx, Vec<SqliteRow>)>> + Send + '_ {
+        let caller = std::panic::Location::caller();
+        let mut query = QueryBuilder::new("BEGIN IMMEDIATE; ");
+        first(&mut query);
+        async move {
+            let (connection, acquired) = acquire_writer(&self.writer).await?;
+            // Dropped on an error: rolled back (or the connection discarded if `BEGIN` failed).
+            let mut transaction = self.write_transaction(connection, acquired, caller);
+            let rows = query.build().fetch_all(&mut *transaction).await?;
+            Ok((transaction, rows))
+        }
+    }
+
+    fn write_transaction(
+        &self,
+        connection: Connection,
+        acquired: Instant,
+        caller: &'static std::panic::Location<'static>,
+    ) -> WriteTx {
+        WriteTx {
             connection: Some(connection),
             latest_event: self.latest_event.clone(),
             writes: PendingWrites::default(),
             acquired,
             caller,
-        })
+        }
     }
 
     /// A write transaction that only writes: its statements and events are collected, and
@@ -366,8 +394,7 @@ async fn commit_on(
     let events: Vec<_> = writes.iter().flat_map(|writes| &writes.events).collect();
     events::push_appends(&mut query, &events);
     query.push("COMMIT");
-    // Not kept in the connection's statement cache: its text differs with every commit.
-    let rows = query.build().persistent(false).fetch_all(connection).await?;
+    let rows = query.build().fetch_all(connection).await?;
     let mut last = None;
     for row in rows {
         last = last.max(Some(row.try_get::<i64, _>("seq")?));
@@ -691,6 +718,30 @@ mod tests {
         assert_eq!(outcomes, [true, false, true], "only the bad batch failed");
         assert_eq!(event_kinds(&store).await, ["test.first", "test.third"]);
         assert_eq!(*store.subscribe_events().borrow(), 2, "subscribers see the committed events");
+    }
+
+    #[tokio::test]
+    async fn the_first_statement_sent_with_begin_is_part_of_the_transaction() {
+        let (store, _directory) = open_temporary().await;
+        let (transaction, rows) = store
+            .begin_with(|query| {
+                query.push(
+                    "INSERT INTO plugin_state (provider, key, value) VALUES ('provider', 'key', x'00') RETURNING key",
+                );
+            })
+            .await
+            .expect("begin with an insert");
+        assert_eq!(rows.len(), 1, "the statement's rows are answered");
+        drop(transaction);
+        let failed = store.begin_with(|query| {
+            query.push("SELECT * FROM no_such_table");
+        });
+        assert!(failed.await.is_err(), "a failing first statement fails the begin");
+
+        let transaction = store.begin().await.expect("the writer is free again");
+        transaction.commit().await.expect("commit");
+        let stored = plugin_state::get(&mut store.reader().await.expect("reader"), "provider", "key").await;
+        assert_eq!(stored.expect("read"), None, "the dropped transaction took its first statement with it");
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
-use super::{StoreResult, format_time, parse_time, parse_uuid};
+use super::{Store, StoreResult, WriteTx, format_time, parse_time, parse_uuid};
 use crate::auth::identity::{Project, Quota, Usage};
 
 fn limit(row: &SqliteRow, column: &str) -> StoreResult<Option<u64>> {
@@ -37,6 +37,16 @@ pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Opt
     let row =
         sqlx::query("SELECT * FROM projects WHERE id = ?").bind(id.to_string()).fetch_optional(connection).await?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// Begins a write transaction with [`get`] sent with its `BEGIN` in one round trip.
+pub async fn begin_getting(store: &Store, id: Uuid) -> StoreResult<(WriteTx, Option<Project>)> {
+    let (transaction, rows) = store
+        .begin_with(|query| {
+            query.push("SELECT * FROM projects WHERE id = ").push_bind(id.to_string());
+        })
+        .await?;
+    Ok((transaction, rows.first().map(from_row).transpose()?))
 }
 
 pub async fn get_by_name(connection: &mut SqliteConnection, name: &str) -> StoreResult<Option<Project>> {

@@ -5,8 +5,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    PendingWrites, StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_optional_uuid,
-    parse_time, parse_uuid, push_page, to_json,
+    PendingWrites, Store, StoreResult, WriteTx, format_time, parse_enum, parse_json, parse_optional_time,
+    parse_optional_uuid, parse_time, parse_uuid, push_page, to_json,
 };
 use crate::model::{Task, TaskError, TaskKind, TaskState, Timestamp};
 
@@ -152,7 +152,20 @@ pub async fn get_by_idempotency_key(
 }
 
 pub async fn list(connection: &mut SqliteConnection, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
-    let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM tasks WHERE 1 = 1");
+    let mut query = QueryBuilder::new("");
+    push_list(&mut query, filter);
+    let rows = query.build().fetch_all(connection).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Begins a write transaction with [`list`] sent with its `BEGIN` in one round trip.
+pub async fn begin_listing(store: &Store, filter: &TaskFilter) -> StoreResult<(WriteTx, Vec<Task>)> {
+    let (transaction, rows) = store.begin_with(|query| push_list(query, filter)).await?;
+    Ok((transaction, rows.iter().map(from_row).collect::<StoreResult<_>>()?))
+}
+
+fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &TaskFilter) {
+    query.push("SELECT * FROM tasks WHERE 1 = 1");
     if !filter.states.is_empty() {
         query.push(" AND state IN (");
         let mut separated = query.separated(", ");
@@ -170,41 +183,40 @@ pub async fn list(connection: &mut SqliteConnection, filter: &TaskFilter) -> Sto
     if let Some(parent_id) = filter.parent_id {
         query.push(" AND parent_id = ").push_bind(parent_id.to_string());
     }
-    push_page(&mut query, filter.after, filter.limit);
-    let rows = query.build().fetch_all(connection).await?;
-    rows.iter().map(from_row).collect()
+    push_page(query, filter.after, filter.limit);
 }
 
 /// Starts up to `limit` pending tasks the dispatcher may start now, oldest first, in one
-/// statement: running, one more attempt, `started_at` set on the first. Batches never run
-/// themselves, and an instance creation waits until placement gave its instance a host (unless
-/// cancelled). Answers the started tasks, oldest first, each with whether cancellation was
-/// requested.
-pub async fn claim_next(
-    connection: &mut SqliteConnection,
-    limit: u32,
-    now: &Timestamp,
-) -> StoreResult<Vec<(Task, bool)>> {
-    let rows = sqlx::query(
-        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ?) \
-         WHERE id IN ( \
-             SELECT t.id FROM tasks t LEFT JOIN instances i ON i.id = t.object_id \
-             WHERE t.state = 'pending' AND t.kind != 'batch' \
-               AND (t.kind != 'instance.create' OR i.host_id IS NOT NULL OR t.cancel_requested = 1) \
-             ORDER BY t.id LIMIT ? \
-         ) RETURNING *",
-    )
-    .bind(format_time(now))
-    .bind(limit)
-    .fetch_all(connection)
-    .await?;
+/// statement sent with the `BEGIN` of the write transaction it answers (the caller appends the
+/// events and commits): running, one more attempt, `started_at` set on the first. Batches
+/// never run themselves, and an instance creation waits until placement gave its instance a
+/// host (unless cancelled). Answers the started tasks, oldest first, each with whether
+/// cancellation was requested.
+pub async fn begin_claiming(store: &Store, limit: u32, now: &Timestamp) -> StoreResult<(WriteTx, Vec<(Task, bool)>)> {
+    let now = format_time(now);
+    let (transaction, rows) = store
+        .begin_with(|query| {
+            query
+                .push("UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ")
+                .push_bind(now)
+                .push(
+                    ") WHERE id IN ( \
+                         SELECT t.id FROM tasks t LEFT JOIN instances i ON i.id = t.object_id \
+                         WHERE t.state = 'pending' AND t.kind != 'batch' \
+                           AND (t.kind != 'instance.create' OR i.host_id IS NOT NULL OR t.cancel_requested = 1) \
+                         ORDER BY t.id LIMIT ",
+                )
+                .push_bind(limit)
+                .push(") RETURNING *");
+        })
+        .await?;
     let mut claimed = rows
         .iter()
         .map(|row| Ok((from_row(row)?, row.try_get("cancel_requested")?)))
         .collect::<StoreResult<Vec<(Task, bool)>>>()?;
     // Ids are UUIDv7: their order is the order of creation.
     claimed.sort_by_key(|(task, _)| task.id);
-    Ok(claimed)
+    Ok((transaction, claimed))
 }
 
 pub async fn request_cancel(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<()> {

@@ -310,9 +310,10 @@ impl TaskEngine {
             let Ok(mut permits) = self.shared.permits.clone().try_acquire_many_owned(available as u32) else {
                 return Ok(());
             };
-            let mut transaction = self.shared.store.begin().await?;
-            let started = store::tasks::claim_next(&mut transaction, available as u32, &store::now()).await?;
+            let (mut transaction, started) =
+                store::tasks::begin_claiming(&self.shared.store, available as u32, &store::now()).await?;
             if started.is_empty() {
+                transaction.commit().await?;
                 return Ok(());
             }
             let full = started.len() == available;
