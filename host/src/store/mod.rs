@@ -168,6 +168,41 @@ impl Store {
     }
 }
 
+/// Reads sent to a connection in one round trip (one query of several statements): each is
+/// wrapped as `SELECT <n> AS read_index, * FROM (<read>)`, which tells its rows apart. The
+/// order of rows within a read is not kept.
+pub(crate) struct ReadsTogether {
+    query: QueryBuilder<'static, Sqlite>,
+    reads: usize,
+}
+
+impl ReadsTogether {
+    pub(crate) fn new() -> ReadsTogether {
+        ReadsTogether { query: QueryBuilder::new(""), reads: 0 }
+    }
+
+    /// Adds a read: `push` pushes one `SELECT`, without a `;`.
+    pub(crate) fn read(mut self, push: impl FnOnce(&mut QueryBuilder<'static, Sqlite>)) -> ReadsTogether {
+        self.query.push(format_args!("SELECT {} AS read_index, * FROM (", self.reads));
+        push(&mut self.query);
+        self.query.push("); ");
+        self.reads += 1;
+        self
+    }
+
+    /// The rows of each read, in the order the reads were added.
+    pub(crate) async fn fetch(mut self, connection: &mut SqliteConnection) -> StoreResult<Vec<Vec<SqliteRow>>> {
+        let rows = self.query.build().fetch_all(connection).await?;
+        let mut reads: Vec<Vec<SqliteRow>> = (0..self.reads).map(|_| Vec::new()).collect();
+        for row in rows {
+            let index: i64 = row.try_get("read_index")?;
+            let read = usize::try_from(index).ok().and_then(|index| reads.get_mut(index));
+            read.ok_or_else(|| StoreError::Corrupt(format!("read_index {index}")))?.push(row);
+        }
+        Ok(reads)
+    }
+}
+
 /// The writer connection, outside any transaction, and when it was acquired.
 async fn acquire_writer(writer: &Arc<ConnectionPool>) -> StoreResult<(Connection, Instant)> {
     let asked = Instant::now();

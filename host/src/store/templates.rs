@@ -6,7 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
-use super::{StoreResult, format_time, parse_enum, parse_time, parse_uuid};
+use super::{ReadsTogether, StoreError, StoreResult, format_time, parse_enum, parse_time, parse_uuid};
 use crate::model::{DiskFormat, Template, TemplateFile, TemplateVersion};
 
 fn from_row(row: &SqliteRow) -> StoreResult<Template> {
@@ -39,7 +39,7 @@ fn version_from_row(row: &SqliteRow) -> StoreResult<TemplateVersion> {
 }
 
 /// Every version of a template with its files (one row per file, or one without a file for a
-/// version that has none), in version then file name order.
+/// version that has none).
 const VERSIONS_WITH_FILES: &str = "SELECT v.template_id, v.number, v.tag, v.description, \
         v.size_bytes AS version_size_bytes, v.pulled_at, v.created_at, \
         f.name, f.kind, f.format, f.size_bytes, f.sha256, f.chunk_size, f.pushed_at, \
@@ -66,8 +66,11 @@ fn attach_versions(templates: &mut [Template], rows: &[SqliteRow]) -> StoreResul
             files.push(super::registry::file_from_row(row)?.1);
         }
     }
+    // In version then file name order, whatever the order of the rows.
+    order.sort_by_key(|(_, number)| *number);
     for key in order {
-        let (Some(index), Some((version, files))) = (position.get(&key.0), versions.remove(&key)) else { continue };
+        let (Some(index), Some((version, mut files))) = (position.get(&key.0), versions.remove(&key)) else { continue };
+        files.sort_by(|one, other| one.name.cmp(&other.name));
         templates[*index].versions.push(version.with_files(files));
     }
     Ok(())
@@ -83,27 +86,33 @@ pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Template
 }
 
 pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Template>> {
-    let row = sqlx::query("SELECT * FROM templates WHERE id = ?")
-        .bind(id.to_string())
-        .fetch_optional(&mut *connection)
-        .await?;
-    with_versions(connection, row).await
+    get_where(connection, "id", id.to_string()).await
 }
 
 pub async fn get_by_name(connection: &mut SqliteConnection, name: &str) -> StoreResult<Option<Template>> {
-    let row = sqlx::query("SELECT * FROM templates WHERE name = ?").bind(name).fetch_optional(&mut *connection).await?;
-    with_versions(connection, row).await
+    get_where(connection, "name", name.to_owned()).await
 }
 
-/// The template of `row`, if any, with its versions and files.
-async fn with_versions(connection: &mut SqliteConnection, row: Option<SqliteRow>) -> StoreResult<Option<Template>> {
-    let Some(row) = row else { return Ok(None) };
-    let mut templates = [from_row(&row)?];
-    let rows = sqlx::query(&format!("{VERSIONS_WITH_FILES} WHERE v.template_id = ? ORDER BY v.number, f.name"))
-        .bind(templates[0].id.to_string())
-        .fetch_all(connection)
+/// The template whose `column` is `value`, if any, with its versions and files: one round trip.
+async fn get_where(connection: &mut SqliteConnection, column: &str, value: String) -> StoreResult<Option<Template>> {
+    let reads = ReadsTogether::new()
+        .read(|query| {
+            query.push(format_args!("SELECT * FROM templates WHERE {column} = ")).push_bind(value.clone());
+        })
+        .read(|query| {
+            query
+                .push(format_args!(
+                    "{VERSIONS_WITH_FILES} WHERE v.template_id = (SELECT id FROM templates WHERE {column} = "
+                ))
+                .push_bind(value)
+                .push(")");
+        })
+        .fetch(connection)
         .await?;
-    attach_versions(&mut templates, &rows)?;
+    let [template_rows, version_rows] = <[_; 2]>::try_from(reads).map_err(|_| StoreError::Corrupt("reads".into()))?;
+    let Some(row) = template_rows.first() else { return Ok(None) };
+    let mut templates = [from_row(row)?];
+    attach_versions(&mut templates, &version_rows)?;
     let [template] = templates;
     Ok(Some(template))
 }
