@@ -277,6 +277,7 @@ impl Service {
             single.get_or_insert(task);
         }
         transaction.commit().await?;
+        self.want_placement();
         tasks.wake();
         batch.or(single).ok_or_else(|| ServiceError::Internal("no task created".into()))
     }

@@ -199,6 +199,9 @@ struct Inner {
     shutdown: CancellationToken,
     login_throttle: identity::LoginThrottle,
     registry: registry::Registry,
+    /// Whether instances may be waiting for a host: set by a create request and by a
+    /// placement pass that leaves some waiting; a pass runs only when it is set.
+    placement_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
@@ -214,7 +217,10 @@ impl Service {
             gc_min_age: settings.template_gc_grace,
             max_file_bytes: settings.max_template_image_bytes,
         };
-        Service { inner: Arc::new(Inner { store, tasks, providers, settings, shutdown, login_throttle, registry }) }
+        // Set at start: instances may have been waiting when the server stopped.
+        let placement_wanted = std::sync::atomic::AtomicBool::new(true);
+        let inner = Inner { store, tasks, providers, settings, shutdown, login_throttle, registry, placement_wanted };
+        Service { inner: Arc::new(inner) }
     }
 
     /// Recovers interrupted tasks, takes a first inventory of every provider, then starts the

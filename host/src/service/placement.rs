@@ -5,6 +5,7 @@
 
 use crate::auth::Caller;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use serde_json::json;
@@ -43,10 +44,28 @@ struct Snapshot {
 }
 
 impl Service {
+    /// A placement pass, when one is wanted (see `Inner::placement_wanted`).
     pub(super) async fn place_waiting_instances(&self) -> ServiceResult<()> {
+        if !self.inner.placement_wanted.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let placed_all = self.place_all_waiting().await;
+        if !matches!(placed_all, Ok(true)) {
+            self.inner.placement_wanted.store(true, Ordering::Release);
+        }
+        placed_all.map(|_| ())
+    }
+
+    /// Asks for a placement pass before the next dispatch.
+    pub(super) fn want_placement(&self) {
+        self.inner.placement_wanted.store(true, Ordering::Release);
+    }
+
+    /// Places what it can; answers whether no instance is left waiting.
+    async fn place_all_waiting(&self) -> ServiceResult<bool> {
         let filter = InstanceFilter { states: vec![InstanceState::Scheduling], unplaced: true, ..Default::default() };
         if store::instances::list(&mut *self.store().reader().await?, &filter).await?.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let templates = self.templates_by_id().await?;
         let mut transaction = self.store().begin().await?;
@@ -54,6 +73,7 @@ impl Service {
         let requests: Vec<PlacementRequest> =
             snapshot.waiting.iter().map(|instance| placement_request(instance, &templates)).collect();
         let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
+        let mut placed_all = true;
         for (instance, decision) in snapshot.waiting.into_iter().zip(decisions) {
             match decision.host_id.and_then(|host_id| snapshot.hosts.iter().find(|host| host.id == host_id)) {
                 Some(host) => {
@@ -67,13 +87,14 @@ impl Service {
                     })));
                 }
                 None => {
+                    placed_all = false;
                     let message = format!("waiting for capacity: {}", decision.explain());
                     store::tasks::defer_pending_create_message(transaction.writes(), instance.id, message);
                 }
             }
         }
         transaction.commit().await?;
-        Ok(())
+        Ok(placed_all)
     }
 
     /// Why a waiting instance is not placed yet (or where it went).
