@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::FutureExt as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -490,38 +491,51 @@ async fn commit_batches(
         {
             group.push(next);
         }
-        let (connection, acquired) = match acquired {
-            Ok(writer) => writer,
-            Err(_) => {
-                for batch in group {
-                    let _ = batch.done.send(Err(sqlx::Error::PoolClosed.into()));
-                }
-                continue;
+        let committing = commit_group(&writer, &latest_event, acquired, group);
+        // A panic fails the group's batches (their answers are dropped), not the committer.
+        if std::panic::AssertUnwindSafe(committing).catch_unwind().await.is_err() {
+            tracing::error!("committing a group of write batches panicked; its batches failed");
+        }
+    }
+}
+
+/// Commits `group` on the writer `acquired` for it, then answers each batch.
+async fn commit_group(
+    writer: &Arc<ConnectionPool>,
+    latest_event: &watch::Sender<i64>,
+    acquired: StoreResult<(Connection, Instant)>,
+    mut group: Vec<QueuedBatch>,
+) {
+    let (connection, acquired) = match acquired {
+        Ok(writer) => writer,
+        Err(_) => {
+            for batch in group {
+                let _ = batch.done.send(Err(sqlx::Error::PoolClosed.into()));
             }
-        };
-        let writes: Vec<_> = group.iter().map(|batch| &batch.writes).collect();
-        let callers: Vec<_> = group.iter().map(|batch| batch.caller).collect();
-        let committed = commit_writes(connection, true, &writes, &latest_event, acquired, &callers).await;
-        match committed {
-            Ok(()) => {
-                for batch in group {
-                    let _ = batch.done.send(Ok(()));
-                }
+            return;
+        }
+    };
+    let writes: Vec<_> = group.iter().map(|batch| &batch.writes).collect();
+    let callers: Vec<_> = group.iter().map(|batch| batch.caller).collect();
+    match commit_writes(connection, true, &writes, latest_event, acquired, &callers).await {
+        Ok(()) => {
+            for batch in group {
+                let _ = batch.done.send(Ok(()));
             }
-            Err(error) if group.len() == 1 => {
-                let _ = group.remove(0).done.send(Err(error));
-            }
-            Err(_) => {
-                for batch in group {
-                    let outcome = match acquire_writer(&writer).await {
-                        Ok((connection, acquired)) => {
-                            let (writes, callers) = ([&batch.writes], [batch.caller]);
-                            commit_writes(connection, true, &writes, &latest_event, acquired, &callers).await
-                        }
-                        Err(error) => Err(error),
-                    };
-                    let _ = batch.done.send(outcome);
-                }
+        }
+        Err(error) if group.len() == 1 => {
+            let _ = group.remove(0).done.send(Err(error));
+        }
+        Err(_) => {
+            for batch in group {
+                let outcome = match acquire_writer(writer).await {
+                    Ok((connection, acquired)) => {
+                        let (writes, callers) = ([&batch.writes], [batch.caller]);
+                        commit_writes(connection, true, &writes, latest_event, acquired, &callers).await
+                    }
+                    Err(error) => Err(error),
+                };
+                let _ = batch.done.send(outcome);
             }
         }
     }
@@ -753,6 +767,19 @@ mod tests {
         assert_eq!(outcomes, [true, false, true], "only the bad batch failed");
         assert_eq!(event_kinds(&store).await, ["test.first", "test.third"]);
         assert_eq!(*store.subscribe_events().borrow(), 2, "subscribers see the committed events");
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_statement_panics_fails_alone_and_the_committer_goes_on() {
+        let (store, _directory) = open_temporary().await;
+        let mut batch = store.batch();
+        batch.writes().defer(|_| panic!("a statement that cannot be written"));
+        assert!(batch.commit().await.is_err(), "the panicking batch failed");
+
+        let mut batch = store.batch();
+        batch.append_event(NewEvent::new("test.kept", "test", "b"));
+        batch.commit().await.expect("the next batch commits");
+        assert_eq!(event_kinds(&store).await, ["test.kept"]);
     }
 
     #[tokio::test]
