@@ -1,6 +1,7 @@
 //! Hosts as last reported by their providers, with the operator's settings and live usage.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -11,20 +12,37 @@ use crate::model::{Capacity, CapacityMode, Host, HostState, Usage, UsbDeviceGrou
 
 /// Hosts with what other tables know of them, in one statement: usage, groups (a JSON array)
 /// and busy USB devices (a JSON object of device → instances using one).
-const SELECT_WITH_USAGE: &str = "SELECT h.*, \
-        COALESCE(u.instances, 0) AS used_instances, COALESCE(u.running, 0) AS used_running, \
-        COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb, COALESCE(u.disk_gb, 0) AS used_disk_gb, \
-        (SELECT json_group_array(group_id) FROM \
-            (SELECT group_id FROM host_groups WHERE host_id = h.id ORDER BY group_id)) AS group_ids, \
-        (SELECT json_group_object(device, busy) FROM \
-            (SELECT json_extract(placement, '$.usb_device') AS device, COUNT(*) AS busy FROM instances \
-             WHERE host_id = h.id AND state != 'terminated' \
-               AND json_extract(placement, '$.usb_device') IS NOT NULL GROUP BY device)) AS busy_usb \
-    FROM hosts h LEFT JOIN ( \
-        SELECT host_id, COUNT(*) AS instances, SUM(state = 'running') AS running, \
-            SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb, SUM(disk_gb) AS disk_gb \
-        FROM instances WHERE host_id IS NOT NULL AND state != 'terminated' GROUP BY host_id \
-    ) u ON u.host_id = h.id";
+/// Hosts with what their live instances use; `counted` says which instances' usage is summed
+/// (it must cover the hosts the caller selects): a single host's usage is summed over its own
+/// instances only (index `instances_live_by_host`).
+fn select_with_usage(counted: &str) -> String {
+    format!(
+        "SELECT h.*, \
+            COALESCE(u.instances, 0) AS used_instances, COALESCE(u.running, 0) AS used_running, \
+            COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb, COALESCE(u.disk_gb, 0) AS used_disk_gb, \
+            (SELECT json_group_array(group_id) FROM \
+                (SELECT group_id FROM host_groups WHERE host_id = h.id ORDER BY group_id)) AS group_ids, \
+            (SELECT json_group_object(device, busy) FROM \
+                (SELECT json_extract(placement, '$.usb_device') AS device, COUNT(*) AS busy FROM instances \
+                 WHERE host_id = h.id AND state != 'terminated' \
+                   AND json_extract(placement, '$.usb_device') IS NOT NULL GROUP BY device)) AS busy_usb \
+        FROM hosts h LEFT JOIN ( \
+            SELECT host_id, COUNT(*) AS instances, SUM(state = 'running') AS running, \
+                SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb, SUM(disk_gb) AS disk_gb \
+            FROM instances WHERE {counted} AND state != 'terminated' GROUP BY host_id \
+        ) u ON u.host_id = h.id"
+    )
+}
+
+static SELECT_ALL: LazyLock<String> =
+    LazyLock::new(|| format!("{} ORDER BY h.provider, h.name", select_with_usage("host_id IS NOT NULL")));
+/// Binds the host's id twice.
+static SELECT_ONE: LazyLock<String> = LazyLock::new(|| format!("{} WHERE h.id = ?", select_with_usage("host_id = ?")));
+/// Binds the provider twice.
+static SELECT_OF_PROVIDER: LazyLock<String> = LazyLock::new(|| {
+    let counted = "host_id IN (SELECT id FROM hosts WHERE provider = ?)";
+    format!("{} WHERE h.provider = ?", select_with_usage(counted))
+});
 
 fn from_row(row: &SqliteRow) -> StoreResult<Host> {
     let reported: HostState = parse_enum(row.try_get("state")?)?;
@@ -120,22 +138,19 @@ fn utilization(host: &Host) -> f64 {
 }
 
 pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Host>> {
-    let rows = sqlx::query(&format!("{SELECT_WITH_USAGE} ORDER BY h.provider, h.name")).fetch_all(connection).await?;
+    let rows = sqlx::query(&SELECT_ALL).fetch_all(connection).await?;
     rows.iter().map(from_row).collect()
 }
 
 pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Host>> {
-    let row = sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.id = ?"))
-        .bind(id.to_string())
-        .fetch_optional(connection)
-        .await?;
+    let id = id.to_string();
+    let row = sqlx::query(&SELECT_ONE).bind(&id).bind(&id).fetch_optional(connection).await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// Hosts of one provider keyed by their name within it.
 pub async fn by_provider(connection: &mut SqliteConnection, provider: &str) -> StoreResult<HashMap<String, Host>> {
-    let rows =
-        sqlx::query(&format!("{SELECT_WITH_USAGE} WHERE h.provider = ?")).bind(provider).fetch_all(connection).await?;
+    let rows = sqlx::query(&SELECT_OF_PROVIDER).bind(provider).bind(provider).fetch_all(connection).await?;
     rows.iter().map(|row| from_row(row).map(|host| (host.name.clone(), host))).collect()
 }
 
