@@ -424,19 +424,28 @@ async fn commit_on(
     writes: &[&PendingWrites],
 ) -> StoreResult<Option<i64>> {
     let mut query = QueryBuilder::new(if begin { "BEGIN IMMEDIATE; " } else { "" });
+    let mut statements = 0;
     for statement in writes.iter().flat_map(|writes| &writes.statements) {
         statement(&mut query);
+        statements += 1;
     }
     let events: Vec<_> = writes.iter().flat_map(|writes| &writes.events).collect();
     events::push_appends(&mut query, &events);
     query.push("COMMIT");
-    let rows = query.build().fetch_all(connection).await?;
+    // Commits of the same shape recur (one task's outcome, a few batches together) and stay
+    // prepared in the connection's statement cache; a large one (a create of hundreds of
+    // instances) would keep hundreds of prepared statements there, so it is prepared afresh.
+    let cached = statements + events.len() <= MAX_CACHED_COMMIT_STATEMENTS;
+    let rows = query.build().persistent(cached).fetch_all(connection).await?;
     let mut last = None;
     for row in rows {
         last = last.max(Some(row.try_get::<i64, _>("seq")?));
     }
     Ok(last)
 }
+
+/// Commits with more statements and events than this are not kept prepared.
+const MAX_CACHED_COMMIT_STATEMENTS: usize = 64;
 
 /// See [`Store::batch`]. Dropping it without [`WriteBatch::commit`] writes nothing.
 pub struct WriteBatch {
