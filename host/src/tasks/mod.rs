@@ -322,6 +322,7 @@ impl TaskEngine {
                 transaction.append_event(
                     NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })),
                 );
+                // Never short: the claim started at most `available` tasks.
                 let Some(permit) = permits.split(1) else { break };
                 claimed.push((task, cancel_requested, permit));
             }
