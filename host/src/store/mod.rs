@@ -40,6 +40,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value is not readable: {0}")]
     Corrupt(String),
+    /// The writer could not be had for a group of batches (the error, as text: each batch of
+    /// the group gets it).
+    #[error("the database writer is unavailable: {0}")]
+    WriterUnavailable(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -517,9 +521,13 @@ async fn commit_group(
 ) {
     let (connection, acquired) = match acquired {
         Ok(writer) => writer,
-        Err(_) => {
+        Err(error) => {
+            let reason = match &error {
+                StoreError::Database(source) => source.to_string(),
+                other => other.to_string(),
+            };
             for batch in group {
-                let _ = batch.done.send(Err(sqlx::Error::PoolClosed.into()));
+                let _ = batch.done.send(Err(StoreError::WriterUnavailable(reason.clone())));
             }
             return;
         }
@@ -776,6 +784,17 @@ mod tests {
         assert_eq!(outcomes, [true, false, true], "only the bad batch failed");
         assert_eq!(event_kinds(&store).await, ["test.first", "test.third"]);
         assert_eq!(*store.subscribe_events().borrow(), 2, "subscribers see the committed events");
+    }
+
+    #[tokio::test]
+    async fn a_batch_on_a_closed_store_fails_with_the_writer_unavailable() {
+        let (store, _directory) = open_temporary().await;
+        store.close().await;
+        let committed = store.batch().commit().await;
+        assert!(
+            matches!(&committed, Err(StoreError::WriterUnavailable(reason)) if reason.contains("closed")),
+            "{committed:?}"
+        );
     }
 
     #[tokio::test]
