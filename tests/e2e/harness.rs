@@ -113,6 +113,21 @@ impl Server {
             .map_or_else(String::new, |(_, log)| log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
     }
 
+    /// The log once one of its lines contains every one of `needles`. Lines reach the log
+    /// through a pipe and a reader thread, possibly after the response that caused them: this
+    /// waits for them (up to ten seconds, then fails showing the log).
+    pub async fn log_once_a_line_has(&self, needles: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.lines().any(|line| needles.iter().all(|needle| line.contains(needle))) {
+                return log;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no line has all of {needles:?} after ten seconds:\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
