@@ -8,9 +8,10 @@
 //! component: of the component instance; the host pools at most 64 instances, busy or idle,
 //! which bounds the connections per libvirtd). A connection that fails at the transport or
 //! protocol level is dropped, and the next call opens a fresh one (new handshake). Calls are
-//! never retried after libvirtd may have acted on them: only when the cached connection turns
-//! out to be closed before any reply byte of the operation's first call arrived, and that call
-//! is read-only (lookups, lists, info), is the operation run once more on a fresh connection.
+//! never retried where a repeat could do harm: only when the cached connection turns out to be
+//! closed before any reply byte of the operation's first call arrived, and that call is safe to
+//! repeat (read-only — lookups, lists, info — or a destroy, whose repeat after one that acted
+//! answers "not running"), is the operation run once more on a fresh connection.
 //! Per-connection facts (capabilities, versions, the pool handle, undefine flags the daemon
 //! refuses) are cached on the connection, so a daemon restart refreshes them.
 //!
@@ -550,7 +551,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 if reused
                     && error.closed_before_reply()
                     && session.client.replies_received() == replies_before
-                    && matches!(&error, ClientError::Transport { procedure, .. } if procedure.is_read_only()) =>
+                    && matches!(&error, ClientError::Transport { procedure, .. } if procedure.is_safe_to_repeat()) =>
             {
                 hyperplane_guest::log::debug(
                     "cached libvirt connection was closed; reconnecting",
@@ -770,21 +771,6 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 }
                 Err(error) => return Err(error.into()),
             };
-            let existing = match uuid {
-                Some(uuid) => session.client.domain_lookup_by_uuid(&uuid),
-                None => session.client.domain_lookup_by_name(&domain_name(&spec.id)),
-            };
-            match existing {
-                Ok(_) => {
-                    return Err(Error::Conflict(format!(
-                        "instance `{}` already exists on host `{}`",
-                        spec.id, host.name
-                    ))
-                    .into());
-                }
-                Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => {}
-                Err(error) => return Err(error.into()),
-            }
             let host_facts = session.capabilities()?.clone();
             let domain_type = match &host.domain_type {
                 DomainTypeChoice::Fixed(fixed) => fixed.clone(),
@@ -829,12 +815,33 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 &backing_path,
                 disk_format_name(spec.template.format),
             );
+            // The overlay first: its name is the instance's, so it is refused when the instance
+            // exists (or an interrupted create of it left the overlay), and only then is the
+            // domain looked up. A define of an existing name and UUID would redefine it. (Were
+            // the provider's `pool` changed since the instance was created, the overlay would
+            // not be in the way; the host repeats a create only for an instance it has not seen
+            // created, after an interrupted attempt.)
             let overlay = match session.client.storage_vol_create_xml(&pool, &overlay_xml, 0) {
                 Ok(overlay) => overlay,
-                // An overlay of this name while no domain has this id (checked above) is left
-                // over from an interrupted create of this same instance: replace it. (Drivers
-                // word "exists" with different codes, so the lookup decides.)
                 Err(error) if !error.breaks_connection() => {
+                    let existing = match uuid {
+                        Some(uuid) => session.client.domain_lookup_by_uuid(&uuid),
+                        None => session.client.domain_lookup_by_name(&domain_name(&spec.id)),
+                    };
+                    match existing {
+                        Ok(_) => {
+                            return Err(Error::Conflict(format!(
+                                "instance `{}` already exists on host `{}`",
+                                spec.id, host.name
+                            ))
+                            .into());
+                        }
+                        Err(missing) if missing.libvirt_code() == Some(error_code::NO_DOMAIN) => {}
+                        Err(other) => return Err(other.into()),
+                    }
+                    // No such domain: the overlay is left over from an interrupted create of
+                    // this same instance; replace it. (Drivers word "exists" with different
+                    // codes, so the lookup decides.)
                     match session.client.storage_vol_delete(&volume_handle(&pool, overlay_volume_name(&spec.id))) {
                         Ok(()) => {}
                         // None there (or an inactive pool): the create's own error stands.
@@ -1016,10 +1023,11 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             let domain = Self::domain_handle(session, instance_id)?;
             let pool = session.pool(&host.pool)?;
             let overlay = volume_handle(&pool, overlay_volume_name(instance_id));
-            // The state first: a read-only first call keeps the operation repeatable on a
-            // fresh connection when the cached one turns out dead (see `with_session`).
-            let state = match session.client.domain_get_state(&domain) {
-                Ok(state) => state,
+            // Destroy first, whatever the state: a stopped domain answers "not running", as a
+            // repeat on a fresh connection would (see `with_session`) after one that acted.
+            match session.client.domain_destroy(&domain) {
+                Ok(()) => {}
+                Err(error) if error.libvirt_code() == Some(error_code::OPERATION_INVALID) => {}
                 Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => {
                     // An overlay left by an interrupted create is still ours to remove (best
                     // effort, as the lookup it replaces: an inactive pool leaves it).
@@ -1032,13 +1040,6 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                     return Err(error.into());
                 }
                 Err(error) => return Err(error.into()),
-            };
-            if state.is_active() {
-                match session.client.domain_destroy(&domain) {
-                    Ok(()) => {}
-                    Err(error) if error.libvirt_code() == Some(error_code::OPERATION_INVALID) => {}
-                    Err(error) => return Err(error.into()),
-                }
             }
             // The overlay goes before the domain, while the domain's XML can still tell where
             // it is: in the host's pool (one call, no lookup), else (the provider's `pool` was

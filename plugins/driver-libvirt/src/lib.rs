@@ -37,21 +37,23 @@
 //! - `list-instances`: one `connect_get_all_domain_stats(state)` per host (state, and the MAC
 //!   when this instance has seen it; IP comes from `get-instance`). `unavailable` if any host
 //!   cannot be listed, since a partial list would read as instances gone.
-//! - `create-instance` (4 calls): the template volume's path (the same call checks presence:
-//!   missing → `conflict`), a domain lookup by UUID (exists → `conflict`; needed because a
-//!   define of an existing name and UUID redefines it), overlay volume, `domain_define_xml_flags` (without schema
-//!   validation, which costs ~15 ms; the tests validate our XML); a failed define removes the
-//!   overlay; an overlay left by an interrupted create is replaced. Without a MAC in the spec
+//! - `create-instance` (3 calls): the template volume's path (the same call checks presence:
+//!   missing → `conflict`), the overlay volume `hp-<id>.qcow2`, `domain_define_xml_flags`
+//!   (without schema validation, which costs ~15 ms; the tests validate our XML). Only when the
+//!   overlay is refused is the domain looked up by UUID: it exists → `conflict` (a define of an
+//!   existing name and UUID would redefine it); else the overlay is left from an interrupted
+//!   create and is replaced. A failed define removes the overlay. Without a MAC in the spec
 //!   the driver picks one as libvirt would for `kvm`/`qemu`/`test` domains (`52:54:00` and three
 //!   random bytes); for other domain types libvirt picks it and the live XML is read (+1 call).
 //! - `start` (`domain_create`, 1 call; idempotent: on a refusal the state decides), `stop`
 //!   (`force` or `grace-ms` 0: state + destroy; else the ACPI power button, state polled with
 //!   backoff up to `grace-ms`, then destroy; a suspended instance is destroyed at once),
 //!   `restart` (`force`: destroy + create; else reboot; `conflict` when stopped),
-//!   `suspend`/`resume` (idempotent; `conflict` when stopped), `delete-instance` (3 calls
-//!   stopped, 4 running: state (read-only first, so a dead cached connection is replaced and
-//!   the delete repeated), destroy if active, delete the overlay `hp-<id>.qcow2` in the host's
-//!   pool (none there → the pool the domain's disk names, from its inactive XML), undefine with
+//!   `suspend`/`resume` (idempotent; `conflict` when stopped), `delete-instance` (3 calls):
+//!   destroy whatever the state (a stopped domain answers "not running", as a repeat after a
+//!   destroy that acted would: so a dead cached connection is replaced and the delete repeated),
+//!   delete the overlay `hp-<id>.qcow2` in the host's pool (none there → the pool the domain's
+//!   disk names, from its inactive XML), undefine with
 //!   managed save, snapshot, NVRAM and checkpoint metadata (a daemon refusing the last two
 //!   with `INVALID_ARG`, like the test driver, is remembered per connection and gets the
 //!   others only)). The overlay goes before the domain so the domain's XML can still locate
@@ -82,7 +84,7 @@
 //! `conflict`; unsupported → `unsupported`; invalid argument or XML → `invalid`; anything else
 //! → `backend { code, message }`. A broken connection is `unavailable("libvirt connection to
 //! endpoint 'X' closed during <procedure>: …")`. See [`driver`] for connection reuse and the
-//! (read-only only) retry.
+//! retry (of reads and destroys only).
 //!
 //! Code map: [`xdr`] (encoding), [`protocol`] (packets, procedures, messages), [`client`]
 //! (framing, calls, streams), [`api`] (typed procedures), [`config`], [`domain_xml`],

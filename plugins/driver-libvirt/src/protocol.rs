@@ -153,8 +153,14 @@ impl Procedure {
         }
     }
 
-    /// Whether the procedure only reads: such a call may be repeated on a fresh connection when
-    /// the cached one turns out to be closed before any reply arrived.
+    /// Whether the call may be repeated on a fresh connection when the cached one turns out to
+    /// be closed before any reply arrived: it only reads, or it is a destroy (a repeat after
+    /// one that acted answers "not running", which its callers take as done).
+    pub fn is_safe_to_repeat(self) -> bool {
+        self.is_read_only() || self == Procedure::DomainDestroy
+    }
+
+    /// Whether the procedure only reads.
     pub fn is_read_only(self) -> bool {
         matches!(
             self,

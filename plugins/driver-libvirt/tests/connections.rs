@@ -1,6 +1,6 @@
 //! Connection management against a real libvirtd: a cached connection that died is replaced;
-//! read-only operations are repeated once on the fresh connection, mutating ones fail with
-//! `unavailable` and are not repeated. Also measures one call's round trip.
+//! operations whose first call is safe to repeat (reads, a destroy) run once more on the fresh
+//! connection, others fail with `unavailable` and are not repeated. Also measures one call's round trip.
 
 mod common;
 
@@ -44,7 +44,7 @@ impl Connector for CuttableConnector {
 }
 
 #[test]
-fn dead_cached_connection_is_replaced_and_only_reads_are_repeated() {
+fn dead_cached_connection_is_replaced_and_only_calls_safe_to_repeat_are_repeated() {
     let _keeper = connect(TEST_DRIVER_URI);
     let connector = CuttableConnector::default();
     let settings = driver_libvirt::config::Settings::from_json(
@@ -73,6 +73,14 @@ fn dead_cached_connection_is_replaced_and_only_reads_are_repeated() {
     );
     let again = driver.start_instance(missing);
     assert!(matches!(&again, Err(Error::NotFound(_))), "reconnected: {again:?}");
+
+    // A destroy is safe to repeat (after one that acted, the repeat answers "not running"): a
+    // delete, which starts with one (the pool handle cached by a first delete), runs again on a
+    // fresh connection.
+    assert!(matches!(driver.delete_instance(missing), Err(Error::NotFound(_))));
+    connector.cut_all();
+    let deleted = driver.delete_instance(missing);
+    assert!(matches!(&deleted, Err(Error::NotFound(_))), "repeated on a fresh connection: {deleted:?}");
 }
 
 #[test]
