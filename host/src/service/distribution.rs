@@ -95,14 +95,14 @@ impl Service {
             "operation": "template.distribute", "template": template.name, "version": version.number,
             "hosts": hosts.iter().map(|host| host.id).collect::<Vec<_>>(),
         });
-        let batch = self.task_engine().create(&mut transaction, NewTask::batch(template.id, input, caller));
+        let batch = self.task_engine().create(transaction.writes(), NewTask::batch(template.id, input, caller));
         for host in &hosts {
             let input = json!({
                 "host_id": host.id, "host": host.name, "template_id": template.id, "template": template.name,
                 "version": version.number,
             });
             let pull = NewTask::on_object(TaskKind::TemplatePullToHost, host.id, input, caller).in_batch(batch.id);
-            self.task_engine().create(&mut transaction, pull);
+            self.task_engine().create(transaction.writes(), pull);
         }
         transaction.commit().await?;
         self.task_engine().wake();

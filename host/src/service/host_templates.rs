@@ -62,7 +62,7 @@ impl Service {
         });
         let task = self
             .task_engine()
-            .create(&mut transaction, NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller));
+            .create(transaction.writes(), NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller));
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(task)
@@ -108,7 +108,7 @@ impl Service {
             "operation": "template.remove_from_hosts", "template": template.name,
             "hosts": targets.iter().map(|(host, _)| host.id).collect::<Vec<_>>(), "skipped": skipped,
         });
-        let batch = self.task_engine().create(&mut transaction, NewTask::batch(template.id, input, caller));
+        let batch = self.task_engine().create(transaction.writes(), NewTask::batch(template.id, input, caller));
         for (host, versions) in targets {
             let input = json!({
                 "host_id": host.id, "host": host.name, "template_id": template.id, "template": template.name,
@@ -116,7 +116,7 @@ impl Service {
             });
             let removal =
                 NewTask::on_object(TaskKind::TemplateRemoveFromHost, host.id, input, caller).in_batch(batch.id);
-            self.task_engine().create(&mut transaction, removal);
+            self.task_engine().create(transaction.writes(), removal);
         }
         transaction.commit().await?;
         self.task_engine().wake();

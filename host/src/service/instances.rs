@@ -14,6 +14,7 @@ use super::providers::{console_from_driver, service_error_from_call};
 use super::{Service, ServiceError, ServiceResult};
 use crate::auth::Caller;
 use crate::auth::access::permission;
+use crate::auth::identity::Quota;
 use crate::auth::permissions::Resource;
 use crate::config::MAX_STOP_GRACE_SECS;
 use crate::model::{
@@ -22,7 +23,7 @@ use crate::model::{
 };
 use crate::plugins::Driver;
 use crate::scheduler::LabelConstraint;
-use crate::store::{self, instances::InstanceFilter};
+use crate::store::{self, PendingWrites, instances::InstanceFilter};
 use crate::tasks::NewTask;
 
 /// `POST /v1/instances`: one or more instances of a template.
@@ -205,24 +206,64 @@ impl Service {
         let host_id = request.host_id.map(|id| id.to_string());
         self.require(caller, Resource::Node, "create_instance", Some(accepted.project_id), host_id.as_deref()).await?;
 
-        let (mut transaction, project) = store::projects::begin_getting(self.store(), accepted.project_id).await?;
-        // Checked again under the write lock: two retries racing with one key create one task.
-        if let Some(task) = self.replay_idempotent_in(&mut transaction, idempotency_key.as_deref(), &digest).await? {
-            return Ok(task);
-        }
-        let demand = Demand {
-            instances: u64::from(count),
-            vcpu: u64::from(accepted.vcpu) * u64::from(count),
-            ram_mb: accepted.ram_mb * u64::from(count),
-            template_bytes: 0,
-        };
-        self.check_project_quota(&mut transaction, accepted.project_id, project, demand).await?;
-        // Under the write lock, so two requests for one MAC cannot both pass.
-        if let Some(mac) = &accepted.mac
-            && let Some(holder) = store::instances::live_with_mac(&mut transaction, mac).await?
+        let project = store::projects::get(&mut *self.store().reader().await?, accepted.project_id).await?;
+        let task = if idempotency_key.is_none()
+            && accepted.mac.is_none()
+            && project.as_ref().is_some_and(|project| project.quota == Quota::default())
         {
-            return Err(ServiceError::Conflict(format!("mac {mac} is already used by instance {holder}")));
-        }
+            // Nothing to check under the write lock: the writes go with the next group commit.
+            // (Should the project be deleted meanwhile, the store refuses its new instances.)
+            let mut batch = self.store().batch();
+            let task = self.stage_creates(batch.writes(), caller, &accepted, &request, None, &digest)?;
+            batch.commit().await.map_err(|error| match error {
+                error if store::instances::is_missing_project(&error) => {
+                    ServiceError::not_found("project", accepted.project_id)
+                }
+                error => error.into(),
+            })?;
+            task
+        } else {
+            let (mut transaction, project) = store::projects::begin_getting(self.store(), accepted.project_id).await?;
+            // Checked again under the write lock: two retries racing with one key create one task.
+            if let Some(task) = self.replay_idempotent_in(&mut transaction, idempotency_key.as_deref(), &digest).await?
+            {
+                return Ok(task);
+            }
+            let demand = Demand {
+                instances: u64::from(count),
+                vcpu: u64::from(accepted.vcpu) * u64::from(count),
+                ram_mb: accepted.ram_mb * u64::from(count),
+                template_bytes: 0,
+            };
+            self.check_project_quota(&mut transaction, accepted.project_id, project, demand).await?;
+            // Under the write lock, so two requests for one MAC cannot both pass.
+            if let Some(mac) = &accepted.mac
+                && let Some(holder) = store::instances::live_with_mac(&mut transaction, mac).await?
+            {
+                return Err(ServiceError::Conflict(format!("mac {mac} is already used by instance {holder}")));
+            }
+            let task =
+                self.stage_creates(transaction.writes(), caller, &accepted, &request, idempotency_key, &digest)?;
+            transaction.commit().await?;
+            task
+        };
+        self.want_placement();
+        self.task_engine().wake();
+        Ok(task)
+    }
+
+    /// Adds the instances of an accepted request, their `instance.created` events and their
+    /// tasks to `writes`; answers the task to report: the batch over them, or the single create.
+    fn stage_creates(
+        &self,
+        writes: &mut PendingWrites,
+        caller: &Caller,
+        accepted: &AcceptedRequest,
+        request: &CreateInstances,
+        idempotency_key: Option<String>,
+        digest: &str,
+    ) -> ServiceResult<Task> {
+        let (template, count) = (&accepted.template, accepted.count);
         let now = store::now();
         let mut instances = Vec::with_capacity(count as usize);
         for index in 0..count {
@@ -232,53 +273,45 @@ impl Service {
                 (Some(name), _) => format!("{name}-{}", index + 1),
                 (None, _) => format!("{}-{}", template.name, &id.simple().to_string()[24..]),
             };
-            instances.push(accepted.instance(&request, id, name, now));
+            instances.push(accepted.instance(request, id, name, now));
         }
         let tasks = self.task_engine();
-        let batch = if count > 1 {
-            Some(
-                tasks
-                    .create(
-                        &mut transaction,
-                        NewTask {
-                            kind: TaskKind::Batch,
-                            object_id: None,
-                            parent_id: None,
-                            input: json!({ "operation": "instance.create", "instances": instances.iter().map(|instance| instance.id).collect::<Vec<_>>() }),
-                            idempotency_key: idempotency_key.clone(),
-                            request_digest: Some(digest.clone()),
-                            requested_by: caller.clone(),
-                        },
-                    ),
+        let batch = (count > 1).then(|| {
+            tasks.create(
+                writes,
+                NewTask {
+                    kind: TaskKind::Batch,
+                    object_id: None,
+                    parent_id: None,
+                    input: json!({ "operation": "instance.create", "instances": instances.iter().map(|instance| instance.id).collect::<Vec<_>>() }),
+                    idempotency_key: idempotency_key.clone(),
+                    request_digest: Some(digest.to_owned()),
+                    requested_by: caller.clone(),
+                },
             )
-        } else {
-            None
-        };
+        });
         let mut single = None;
         for instance in &instances {
-            store::instances::defer_insert(transaction.writes(), instance);
-            transaction.append_event(
+            store::instances::defer_insert(writes, instance);
+            writes.append_event(
                 NewEvent::new("instance.created", "instance", instance.id)
                     .by(caller)
                     .data(json!({ "name": instance.name, "template": template.name, "state": instance.state })),
             );
             let task = tasks.create(
-                &mut transaction,
+                writes,
                 NewTask {
                     kind: TaskKind::InstanceCreate,
                     object_id: Some(instance.id),
                     parent_id: batch.as_ref().map(|batch| batch.id),
                     input: json!({ "instance_id": instance.id }),
                     idempotency_key: if batch.is_none() { idempotency_key.clone() } else { None },
-                    request_digest: if batch.is_none() { Some(digest.clone()) } else { None },
+                    request_digest: if batch.is_none() { Some(digest.to_owned()) } else { None },
                     requested_by: caller.clone(),
                 },
             );
             single.get_or_insert(task);
         }
-        transaction.commit().await?;
-        self.want_placement();
-        tasks.wake();
         batch.or(single).ok_or_else(|| ServiceError::Internal("no task created".into()))
     }
 
@@ -578,7 +611,7 @@ impl Service {
                 active.kind, active.id
             )));
         }
-        let task = self.task_engine().create(&mut transaction, NewTask::on_object(kind, id, input, caller));
+        let task = self.task_engine().create(transaction.writes(), NewTask::on_object(kind, id, input, caller));
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(task)
@@ -624,7 +657,7 @@ impl Service {
             return Ok(active);
         }
         let task = self.task_engine().create(
-            &mut transaction,
+            transaction.writes(),
             NewTask::on_object(TaskKind::InstanceDelete, id, json!({ "instance_id": id }), caller),
         );
         transaction.commit().await?;

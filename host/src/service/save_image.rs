@@ -151,7 +151,7 @@ impl Service {
         }
         let task = self
             .task_engine()
-            .create(&mut transaction, NewTask::on_object(TaskKind::InstanceSaveImage, id, input, caller));
+            .create(transaction.writes(), NewTask::on_object(TaskKind::InstanceSaveImage, id, input, caller));
         transaction.commit().await?;
         self.task_engine().wake();
         Ok(task)

@@ -5,8 +5,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    PendingWrites, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid, parse_time, parse_uuid,
-    push_page, to_json,
+    PendingWrites, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid, parse_time,
+    parse_uuid, push_page, to_json,
 };
 use crate::model::{Instance, InstanceState};
 
@@ -121,6 +121,14 @@ pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> S
     push_insert(&mut query, instance);
     query.build().execute(connection).await?;
     Ok(())
+}
+
+/// What the database answers an instance of a project that does not exist (migration 0007).
+const MISSING_PROJECT: &str = "instance of a missing project";
+
+/// Whether `error` is the refusal of an instance whose project does not exist.
+pub fn is_missing_project(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(database)) if database.message() == MISSING_PROJECT)
 }
 
 /// [`insert`], sent with the commit.

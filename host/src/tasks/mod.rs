@@ -183,10 +183,10 @@ impl TaskEngine {
         }
     }
 
-    /// Inserts a pending task (and its `task.created` event) with the caller's transaction's
-    /// commit: later reads in that transaction do not see it. Call [`TaskEngine::wake`] after
-    /// the commit.
-    pub fn create(&self, transaction: &mut WriteTx, new: NewTask) -> Task {
+    /// Inserts a pending task (and its `task.created` event) with the commit of `writes` (of a
+    /// transaction or a batch): later reads in a transaction do not see it. Call
+    /// [`TaskEngine::wake`] after the commit.
+    pub fn create(&self, writes: &mut PendingWrites, new: NewTask) -> Task {
         let task = Task {
             id: Uuid::now_v7(),
             kind: new.kind,
@@ -204,8 +204,8 @@ impl TaskEngine {
             started_at: None,
             ended_at: None,
         };
-        store::tasks::defer_insert(transaction.writes(), &task, new.request_digest);
-        transaction.append_event(
+        store::tasks::defer_insert(writes, &task, new.request_digest);
+        writes.append_event(
             NewEvent::new("task.created", "task", task.id)
                 .by(&new.requested_by)
                 .data(json!({ "kind": task.kind, "object_id": task.object_id, "parent_id": task.parent_id })),
@@ -651,7 +651,7 @@ mod tests {
     async fn create_task(engine: &TaskEngine, store: &Store) -> Uuid {
         let mut transaction = store.begin().await.expect("begin");
         let task = engine.create(
-            &mut transaction,
+            transaction.writes(),
             NewTask::on_object(TaskKind::InstanceStart, Uuid::now_v7(), json!({}), &Caller::system()),
         );
         transaction.commit().await.expect("commit");

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use super::{create_request, fast, start, template};
+use super::{create_and_wait, create_request, fast, start, template};
 use crate::auth::identity::Quota;
 use crate::auth::{AdminToken, Caller};
-use crate::model::{Arch, TaskState};
+use crate::model::{Arch, NewEvent, TaskState};
 use crate::service::{CreateInstances, NewProject, NewRoleBinding, NewTemplate, NewUser, ProjectPatch, ServiceError};
+use crate::store;
 
 fn quota(max_instances: Option<u64>, max_vcpu: Option<u64>, max_template_bytes: Option<u64>) -> Quota {
     Quota { max_instances, max_vcpu, max_ram_mb: None, max_template_bytes }
@@ -242,4 +243,49 @@ async fn creating_instances_needs_template_pull_and_node_create_instance() {
         "{no_node:?}"
     );
     attempt("placer", &["node:create_instance"]).await.expect("all three granted");
+}
+
+/// A create that checks nothing under the write lock commits after reading its project: should
+/// the project be deleted in between, the store refuses the instance, and nothing of the
+/// batch is written.
+#[tokio::test]
+async fn the_store_refuses_an_instance_of_a_project_deleted_before_its_commit() {
+    let fixture = start(fast(serde_json::json!({ "hosts": 1 }))).await;
+    let service = &fixture.service;
+    let admin = Caller::admin("test", "");
+    template(service, "base").await;
+    let (_, existing) = create_and_wait(service, create_request("base")).await;
+    let project = service
+        .create_project(
+            &admin,
+            NewProject { name: "brief".into(), description: String::new(), quota: Quota::default() },
+        )
+        .await
+        .expect("project");
+    let store = service.store();
+    let mut instance = store::instances::get(&mut store.reader().await.expect("reader"), existing)
+        .await
+        .expect("read")
+        .expect("the instance");
+    instance.id = uuid::Uuid::now_v7();
+    instance.project_id = project.id;
+    let stage = |instance: &crate::model::Instance| {
+        let mut batch = store.batch();
+        store::instances::defer_insert(batch.writes(), instance);
+        batch.append_event(NewEvent::new("instance.created", "instance", instance.id));
+        batch
+    };
+    let staged = stage(&instance);
+    service.delete_project(&admin, "brief").await.expect("an empty project is deleted");
+    let refused = staged.commit().await.expect_err("the project is gone");
+    assert!(store::instances::is_missing_project(&refused), "{refused:?}");
+    let mut reader = store.reader().await.expect("reader");
+    assert!(store::instances::get(&mut reader, instance.id).await.expect("read").is_none(), "no instance");
+    let events = store::events::list_after(&mut reader, 0, 10_000).await.expect("events");
+    assert!(!events.iter().any(|event| event.object_id == instance.id.to_string()), "no event of it");
+
+    // The same instance in a project that exists is written.
+    instance.project_id = crate::auth::identity::DEFAULT_PROJECT_ID;
+    stage(&instance).commit().await.expect("committed");
+    assert!(store::instances::get(&mut reader, instance.id).await.expect("read").is_some());
 }
