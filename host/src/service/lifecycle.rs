@@ -206,18 +206,17 @@ impl Service {
         };
         let id = instance.provider_instance_id();
         if let Some(template) = &template {
-            let cached = host
-                .cached_templates
-                .iter()
-                .any(|cached| cached.name == template_ref.name && cached.version == template_ref.version);
-            if !cached && driver.capabilities().templates {
+            if !is_cached_on(&host, &template_ref) && driver.capabilities().templates {
                 self.set_state(instance, InstanceState::Pulling, json!({ "host": host.name })).await?;
             }
             self.ensure_cached(&host, &driver, template, version, None).await?;
         }
         check_cancelled(context)?;
 
-        self.set_state(instance, InstanceState::Starting, json!({ "host": host.name })).await?;
+        // (Already `starting` when placed on a host that held the template.)
+        if instance.state != InstanceState::Starting {
+            self.set_state(instance, InstanceState::Starting, json!({ "host": host.name })).await?;
+        }
         let spec = driver::InstanceSpec {
             id: id.clone(),
             name: instance.name.clone(),
@@ -462,9 +461,14 @@ impl Service {
     }
 }
 
+/// Whether the host's last report lists the template version in its cache.
+pub(super) fn is_cached_on(host: &Host, template: &driver::TemplateRef) -> bool {
+    host.cached_templates.iter().any(|cached| cached.name == template.name && cached.version == template.version)
+}
+
 /// Sets the instance's state in memory and returns the `instance.state_changed` event for it,
 /// with `data` merged into the event's `from` and `to`.
-fn change_state(instance: &mut Instance, state: InstanceState, data: Value) -> NewEvent {
+pub(super) fn change_state(instance: &mut Instance, state: InstanceState, data: Value) -> NewEvent {
     let from = instance.state;
     instance.state = state;
     instance.updated_at = store::now();

@@ -12,6 +12,8 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::distribution::template_ref;
+use super::lifecycle::{change_state, is_cached_on};
 use super::{CreateInstances, Service, ServiceError, ServiceResult};
 use crate::model::{Host, HostState, Instance, InstanceState, NewEvent, Template};
 use crate::scheduler::{
@@ -81,10 +83,18 @@ impl Service {
                     instance.host_id = Some(host.id);
                     instance.provider = Some(host.provider.clone());
                     instance.updated_at = store::now();
-                    store::instances::defer_update(transaction.writes(), &instance);
-                    transaction.append_event(NewEvent::new("instance.placed", "instance", instance.id).data(json!({
+                    let placed = NewEvent::new("instance.placed", "instance", instance.id).data(json!({
                         "host_id": host.id, "host": host.name, "provider": host.provider, "group_id": decision.group_id,
-                    })));
+                    }));
+                    // On a host that holds its template, nothing comes before the start: the
+                    // instance is `starting` from here (its task would say so first thing).
+                    let starting = starts_at_once(&instance, host, &templates)
+                        .then(|| change_state(&mut instance, InstanceState::Starting, json!({ "host": host.name })));
+                    store::instances::defer_update(transaction.writes(), &instance);
+                    transaction.append_event(placed);
+                    if let Some(starting) = starting {
+                        transaction.append_event(starting);
+                    }
                 }
                 None => {
                     placed_all = false;
@@ -195,6 +205,16 @@ impl Service {
             .collect();
         Ok(Snapshot { hosts, candidates, groups, waiting })
     }
+}
+
+/// Whether `instance` can start on `host` at once: it has no template, or the host's last
+/// report lists its template version.
+fn starts_at_once(instance: &Instance, host: &Host, templates: &HashMap<Uuid, Template>) -> bool {
+    let Some(template_id) = instance.template_id else { return true };
+    templates.get(&template_id).is_some_and(|template| {
+        let version = template.versions.iter().find(|version| Some(version.number) == instance.template_version);
+        is_cached_on(host, &template_ref(template, version))
+    })
 }
 
 fn placement_request(instance: &Instance, templates: &HashMap<Uuid, Template>) -> PlacementRequest {

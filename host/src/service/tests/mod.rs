@@ -182,6 +182,45 @@ async fn reconciliation_records_instances_gone_changed_or_appeared_behind_our_ba
     assert_eq!(events_of_type(service, "instance.drift").await.len(), 3);
 }
 
+/// The states a create goes through: `pulling` while the host fetches the template; placed on
+/// a host that holds it, `starting` with the placement itself (one write less).
+#[tokio::test]
+async fn a_create_pulls_a_missing_template_and_starts_with_its_placement_on_a_host_holding_it() {
+    let fixture = start(fast(json!({ "hosts": 1 }))).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let (_, first) = create_and_wait(service, create_request("base")).await;
+    let (_, second) = create_and_wait(service, create_request("base")).await;
+    let events = service.events_after(&Caller::system(), 0, 10_000).await.expect("events").0;
+    let changes_of = |id: Uuid| -> Vec<(String, String)> {
+        events
+            .iter()
+            .filter(|event| event.kind == "instance.state_changed" && event.object_id == id.to_string())
+            .map(|event| {
+                (
+                    event.data["from"].as_str().unwrap_or("").to_owned(),
+                    event.data["to"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = |states: &[&str]| -> Vec<(String, String)> {
+        states.windows(2).map(|pair| (pair[0].to_owned(), pair[1].to_owned())).collect()
+    };
+    assert_eq!(changes_of(first), expected(&["scheduling", "pulling", "starting", "running"]));
+    assert_eq!(changes_of(second), expected(&["scheduling", "starting", "running"]));
+    let placed = events
+        .iter()
+        .find(|event| event.kind == "instance.placed" && event.object_id == second.to_string())
+        .expect("placed");
+    let starting = events
+        .iter()
+        .find(|event| event.kind == "instance.state_changed" && event.object_id == second.to_string())
+        .expect("starting");
+    assert_eq!(placed.seq + 1, starting.seq, "written together");
+    assert_eq!(starting.data["host"], placed.data["host"], "{starting:?}");
+}
+
 #[tokio::test]
 async fn a_request_that_fits_nowhere_waits_and_can_be_cancelled() {
     let fixture = start(fast(json!({ "hosts": 1, "cpu": 2 }))).await;
