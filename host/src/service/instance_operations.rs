@@ -119,8 +119,7 @@ impl Service {
     pub(super) async fn run_create_snapshot(&self, id: Uuid, task: &Task) -> StepResult<Value> {
         let name = snapshot_name_of(task)?;
         let description = task.input.get("description").and_then(Value::as_str).unwrap_or_default();
-        let instance = self.load_instance(id).await?;
-        let (_, driver) = self.placement_of(&instance).await?;
+        let (instance, _, driver) = self.load_placed(id).await?;
         let provider_id = instance.provider_instance_id();
         let snapshot = match driver.create_snapshot(&provider_id, name, description).await {
             Ok(snapshot) => snapshot_from_driver(snapshot),
@@ -145,8 +144,7 @@ impl Service {
 
     pub(super) async fn run_revert_snapshot(&self, id: Uuid, task: &Task) -> StepResult<Value> {
         let name = snapshot_name_of(task)?;
-        let mut instance = self.load_instance(id).await?;
-        let (_, driver) = self.placement_of(&instance).await?;
+        let (mut instance, _, driver) = self.load_placed(id).await?;
         match driver.revert_snapshot(&instance.provider_instance_id(), name).await {
             Ok(reverted) => {
                 let state = instance_state_from_driver(reverted.state);
@@ -167,8 +165,7 @@ impl Service {
 
     pub(super) async fn run_delete_snapshot(&self, id: Uuid, task: &Task) -> StepResult<Value> {
         let name = snapshot_name_of(task)?;
-        let instance = self.load_instance(id).await?;
-        let (_, driver) = self.placement_of(&instance).await?;
+        let (instance, _, driver) = self.load_placed(id).await?;
         match driver.delete_snapshot(&instance.provider_instance_id(), name).await {
             // Not found: deleted by an earlier attempt of this task.
             Ok(()) => {}

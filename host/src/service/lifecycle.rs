@@ -12,10 +12,11 @@ use super::distribution::template_ref;
 use super::providers::{instance_state_from_driver, is_conflict, is_not_found, task_error_from_call};
 use super::{Service, ServiceError};
 use crate::config::MAX_STOP_GRACE_SECS;
-use crate::model::{ExecOutcome, Host, Instance, InstanceState, NewEvent, Task, TaskError, TaskKind, TaskState};
+use crate::model::{ExecOutcome, Host, Instance, InstanceState, NewEvent, Task, TaskError, TaskKind, Template};
 use crate::plugins::driver_types as driver;
 use crate::plugins::{CallError, Driver, progress};
 use crate::store;
+use crate::store::instances::{ContextParts, InstanceContext};
 use crate::tasks::{FinalWrite, TaskContext, TaskHandler, TaskOutcome};
 
 /// How long a startup script may run.
@@ -119,6 +120,30 @@ impl Service {
         Ok(self.instance_driver(instance).await?)
     }
 
+    /// The instance with its host and the `parts` asked for, read together (one round trip).
+    async fn load_in_context(&self, id: Uuid, parts: ContextParts) -> StepResult<InstanceContext> {
+        Ok(store::instances::get_in_context(&mut *self.store().reader().await?, id, parts)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("instance", id))?)
+    }
+
+    /// The host (read with the instance) and the driver of a placed instance.
+    fn placement_in(&self, instance: &Instance, host: Option<Host>) -> StepResult<(Host, Driver)> {
+        let Some(host_id) = instance.host_id else {
+            return Err(Step::Failed(failure("not_placed", "instance has no host yet")));
+        };
+        let host = host.ok_or_else(|| ServiceError::not_found("host", host_id))?;
+        let driver = self.providers().driver(&host.provider)?.clone();
+        Ok((host, driver))
+    }
+
+    /// A placed instance, its host and its provider's driver, read together.
+    pub(super) async fn load_placed(&self, id: Uuid) -> StepResult<(Instance, Host, Driver)> {
+        let InstanceContext { instance, host, .. } = self.load_in_context(id, ContextParts::default()).await?;
+        let (host, driver) = self.placement_in(&instance, host)?;
+        Ok((instance, host, driver))
+    }
+
     /// Writes the instance's new state and an `instance.state_changed` event together.
     async fn set_state(&self, instance: &mut Instance, state: InstanceState, data: Value) -> StepResult<()> {
         self.set_state_recording(instance, state, data, None).await
@@ -156,7 +181,8 @@ impl Service {
     }
 
     async fn run_create(&self, id: Uuid, context: &TaskContext) -> StepResult<Value> {
-        let mut instance = self.load_instance(id).await?;
+        let parts = ContextParts { template: true, ..Default::default() };
+        let InstanceContext { mut instance, host, template, .. } = self.load_in_context(id, parts).await?;
         if instance.state == InstanceState::Running {
             return Ok(json!({ "instance_id": id }));
         }
@@ -164,7 +190,10 @@ impl Service {
             self.abandon_create(&mut instance).await?;
             return Err(Step::Cancelled);
         }
-        let result = self.create_on_driver(&mut instance, context).await;
+        let result = match self.placement_in(&instance, host) {
+            Ok((host, driver)) => self.create_on_driver(&mut instance, &host, &driver, template, context).await,
+            Err(step) => Err(step),
+        };
         match result {
             Ok(()) => Ok(json!({ "instance_id": id, "host_id": instance.host_id, "ip": instance.ip })),
             Err(Step::Cancelled) => {
@@ -185,12 +214,19 @@ impl Service {
         }
     }
 
-    async fn create_on_driver(&self, instance: &mut Instance, context: &TaskContext) -> StepResult<()> {
-        let (host, driver) = self.placement_of(instance).await?;
-        let template = match instance.template_id {
-            Some(template_id) => Some(self.load_template(&template_id.to_string()).await?),
-            None => None,
-        };
+    /// Creates and starts the placed instance from `template` (read with it; `None` for an
+    /// instance without one).
+    async fn create_on_driver(
+        &self,
+        instance: &mut Instance,
+        host: &Host,
+        driver: &Driver,
+        template: Option<Template>,
+        context: &TaskContext,
+    ) -> StepResult<()> {
+        if let (Some(template_id), None) = (instance.template_id, &template) {
+            return Err(ServiceError::not_found("template", template_id).into());
+        }
         let version = template.as_ref().and_then(|template| {
             template.versions.iter().find(|version| Some(version.number) == instance.template_version)
         });
@@ -206,10 +242,10 @@ impl Service {
         };
         let id = instance.provider_instance_id();
         if let Some(template) = &template {
-            if !is_cached_on(&host, &template_ref) && driver.capabilities().templates {
+            if !is_cached_on(host, &template_ref) && driver.capabilities().templates {
                 self.set_state(instance, InstanceState::Pulling, json!({ "host": host.name })).await?;
             }
-            self.ensure_cached(&host, &driver, template, version, None).await?;
+            self.ensure_cached(host, driver, template, version, None).await?;
         }
         check_cancelled(context)?;
 
@@ -240,7 +276,7 @@ impl Service {
             Err(error) => return Err(Step::Failed(task_error_from_call("create-instance", &error))),
         }
         check_cancelled(context)?;
-        let running = self.start_on_driver(&driver, &id).await?;
+        let running = self.start_on_driver(driver, &id).await?;
         instance.ip = running.ip.clone();
         instance.mac = running.mac.clone();
         instance.error = None;
@@ -307,8 +343,7 @@ impl Service {
 
     /// Records a template the driver pulled, with how many image bytes it read.
     async fn run_start(&self, id: Uuid) -> StepResult<Value> {
-        let mut instance = self.load_instance(id).await?;
-        let (_, driver) = self.placement_of(&instance).await?;
+        let (mut instance, _, driver) = self.load_placed(id).await?;
         self.set_state(&mut instance, InstanceState::Starting, Value::Null).await?;
         match self.start_on_driver(&driver, &instance.provider_instance_id()).await {
             Ok(running) => {
@@ -328,8 +363,7 @@ impl Service {
             Some(seconds) => Duration::from_secs_f64(seconds.clamp(0.0, MAX_STOP_GRACE_SECS)),
             None => self.inner.settings.default_stop_grace,
         };
-        let mut instance = self.load_instance(id).await?;
-        let (_, driver) = self.placement_of(&instance).await?;
+        let (mut instance, _, driver) = self.load_placed(id).await?;
         self.set_state(&mut instance, InstanceState::Stopping, Value::Null).await?;
         let provider_id = instance.provider_instance_id();
         let stopped = driver.stop_instance(&provider_id, force, grace).await;
@@ -360,8 +394,7 @@ impl Service {
         function: &'static str,
         target: driver::InstanceState,
     ) -> StepResult<Value> {
-        let mut instance = self.load_instance(id).await?;
-        let (_, driver) = self.placement_of(&instance).await?;
+        let (mut instance, _, driver) = self.load_placed(id).await?;
         let provider_id = instance.provider_instance_id();
         let changed = match target {
             driver::InstanceState::Suspended => driver.suspend_instance(&provider_id).await,
@@ -382,8 +415,7 @@ impl Service {
 
     async fn run_restart(&self, id: Uuid, task: &Task) -> StepResult<Value> {
         let force = task.input.get("force").and_then(Value::as_bool).unwrap_or(false);
-        let mut instance = self.load_instance(id).await?;
-        let (_, driver) = self.placement_of(&instance).await?;
+        let (mut instance, _, driver) = self.load_placed(id).await?;
         self.set_state(&mut instance, InstanceState::Starting, json!({ "reason": "restart" })).await?;
         match driver.restart_instance(&instance.provider_instance_id(), force).await {
             Ok(running) => {
@@ -418,14 +450,22 @@ impl Service {
     }
 
     pub(super) async fn run_delete(&self, id: Uuid, own_task: Uuid, context: &TaskContext) -> StepResult<Value> {
-        self.cancel_other_tasks(id, own_task).await?;
-        let mut instance = self.load_instance(id).await?;
+        let parts = ContextParts { unfinished_tasks: true, ..Default::default() };
+        let mut loaded = self.load_in_context(id, parts).await?;
+        let others: Vec<Uuid> =
+            loaded.unfinished_tasks.iter().map(|task| task.id).filter(|task| *task != own_task).collect();
+        if !others.is_empty() {
+            self.cancel_and_wait(&others).await?;
+            // They may have changed the instance: read it again.
+            loaded = self.load_in_context(id, ContextParts::default()).await?;
+        }
+        let InstanceContext { mut instance, host, .. } = loaded;
         if instance.state == InstanceState::Terminated {
             return Ok(json!({ "instance_id": id }));
         }
         self.set_state(&mut instance, InstanceState::Terminating, Value::Null).await?;
         if instance.host_id.is_some() {
-            let (_, driver) = self.placement_of(&instance).await?;
+            let (_, driver) = self.placement_in(&instance, host)?;
             if let Err(error) = driver.delete_instance(&instance.provider_instance_id()).await
                 && !is_not_found(&error)
             {
@@ -440,22 +480,13 @@ impl Service {
         Ok(json!({ "instance_id": id }))
     }
 
-    /// Cancels every other unfinished task of the instance and waits until they have ended.
-    async fn cancel_other_tasks(&self, instance_id: Uuid, own_task: Uuid) -> StepResult<()> {
-        let others = store::tasks::list(
-            &mut *self.store().reader().await?,
-            &store::tasks::TaskFilter {
-                states: vec![TaskState::Pending, TaskState::Running],
-                object_id: Some(instance_id),
-                ..Default::default()
-            },
-        )
-        .await?;
-        for other in others.iter().filter(|task| task.id != own_task) {
-            self.task_engine().cancel(other.id).await.map_err(ServiceError::from)?;
+    /// Cancels the tasks and waits until they have ended.
+    async fn cancel_and_wait(&self, tasks: &[Uuid]) -> StepResult<()> {
+        for task in tasks {
+            self.task_engine().cancel(*task).await.map_err(ServiceError::from)?;
         }
-        for other in others.iter().filter(|task| task.id != own_task) {
-            self.task_engine().wait(other.id, Duration::from_secs(3600)).await.map_err(ServiceError::from)?;
+        for task in tasks {
+            self.task_engine().wait(*task, Duration::from_secs(3600)).await.map_err(ServiceError::from)?;
         }
         Ok(())
     }

@@ -4,34 +4,42 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_time, parse_uuid, to_json};
 use crate::model::{Capacity, CapacityMode, Host, HostState, Usage, UsbDeviceGroup};
 
-/// Hosts with what other tables know of them, in one statement: usage, groups (a JSON array)
-/// and busy USB devices (a JSON object of device → instances using one).
-/// Hosts with what their live instances use; `counted` says which instances' usage is summed
-/// (it must cover the hosts the caller selects): a single host's usage is summed over its own
-/// instances only (index `instances_live_by_host`).
+/// Hosts with what other tables know of them, in one statement: usage summed over live
+/// instances, groups (a JSON array) and busy USB devices (a JSON object of device → instances
+/// using one). `SELECT_HEAD`, a filter saying which instances' usage is summed (it must cover
+/// the hosts the caller selects: a single host's usage is summed over its own instances only,
+/// index `instances_live_by_host`), then `SELECT_TAIL`.
+const SELECT_HEAD: &str = "SELECT h.*, \
+        COALESCE(u.instances, 0) AS used_instances, COALESCE(u.running, 0) AS used_running, \
+        COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb, COALESCE(u.disk_gb, 0) AS used_disk_gb, \
+        (SELECT json_group_array(group_id) FROM \
+            (SELECT group_id FROM host_groups WHERE host_id = h.id ORDER BY group_id)) AS group_ids, \
+        (SELECT json_group_object(device, busy) FROM \
+            (SELECT json_extract(placement, '$.usb_device') AS device, COUNT(*) AS busy FROM instances \
+             WHERE host_id = h.id AND state != 'terminated' \
+               AND json_extract(placement, '$.usb_device') IS NOT NULL GROUP BY device)) AS busy_usb \
+    FROM hosts h LEFT JOIN ( \
+        SELECT host_id, COUNT(*) AS instances, SUM(state = 'running') AS running, \
+            SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb, SUM(disk_gb) AS disk_gb \
+        FROM instances WHERE ";
+const SELECT_TAIL: &str = " AND state != 'terminated' GROUP BY host_id) u ON u.host_id = h.id";
+
 fn select_with_usage(counted: &str) -> String {
-    format!(
-        "SELECT h.*, \
-            COALESCE(u.instances, 0) AS used_instances, COALESCE(u.running, 0) AS used_running, \
-            COALESCE(u.vcpu, 0) AS used_vcpu, COALESCE(u.ram_mb, 0) AS used_ram_mb, COALESCE(u.disk_gb, 0) AS used_disk_gb, \
-            (SELECT json_group_array(group_id) FROM \
-                (SELECT group_id FROM host_groups WHERE host_id = h.id ORDER BY group_id)) AS group_ids, \
-            (SELECT json_group_object(device, busy) FROM \
-                (SELECT json_extract(placement, '$.usb_device') AS device, COUNT(*) AS busy FROM instances \
-                 WHERE host_id = h.id AND state != 'terminated' \
-                   AND json_extract(placement, '$.usb_device') IS NOT NULL GROUP BY device)) AS busy_usb \
-        FROM hosts h LEFT JOIN ( \
-            SELECT host_id, COUNT(*) AS instances, SUM(state = 'running') AS running, \
-                SUM(vcpu) AS vcpu, SUM(ram_mb) AS ram_mb, SUM(disk_gb) AS disk_gb \
-            FROM instances WHERE {counted} AND state != 'terminated' GROUP BY host_id \
-        ) u ON u.host_id = h.id"
-    )
+    format!("{SELECT_HEAD}{counted}{SELECT_TAIL}")
+}
+
+/// Pushes the read of the host the instance `instance_id` is placed on (none when it is not),
+/// for [`super::ReadsTogether`].
+pub(super) fn push_get_of_instance(query: &mut QueryBuilder<'static, Sqlite>, instance_id: Uuid) {
+    query.push(SELECT_HEAD).push("host_id = (SELECT host_id FROM instances WHERE id = ");
+    query.push_bind(instance_id.to_string()).push(")").push(SELECT_TAIL);
+    query.push(" WHERE h.id = (SELECT host_id FROM instances WHERE id = ").push_bind(instance_id.to_string()).push(")");
 }
 
 static SELECT_ALL: LazyLock<String> =
@@ -44,7 +52,7 @@ static SELECT_OF_PROVIDER: LazyLock<String> = LazyLock::new(|| {
     format!("{} WHERE h.provider = ?", select_with_usage(counted))
 });
 
-fn from_row(row: &SqliteRow) -> StoreResult<Host> {
+pub(super) fn from_row(row: &SqliteRow) -> StoreResult<Host> {
     let reported: HostState = parse_enum(row.try_get("state")?)?;
     let draining: bool = row.try_get("draining")?;
     let mut host = Host {

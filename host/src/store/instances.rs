@@ -5,10 +5,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    PendingWrites, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid, parse_time,
-    parse_uuid, push_page, to_json,
+    PendingWrites, ReadsTogether, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid,
+    parse_time, parse_uuid, push_page, to_json,
 };
-use crate::model::{Instance, InstanceState};
+use crate::model::{Host, Instance, InstanceState, Task, TaskState, Template};
 
 /// Conditions for listing instances, all combined with AND. `Some(vec![])`-style negations use
 /// the `excluded_*` fields.
@@ -66,6 +66,63 @@ pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Opt
     let row =
         sqlx::query("SELECT * FROM instances WHERE id = ?").bind(id.to_string()).fetch_optional(connection).await?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// What a task on an instance reads before it acts: see [`get_in_context`].
+#[derive(Debug)]
+pub struct InstanceContext {
+    pub instance: Instance,
+    /// The host it is placed on.
+    pub host: Option<Host>,
+    /// The template it was made from, with versions, if asked for.
+    pub template: Option<Template>,
+    /// Its pending and running tasks, oldest first, if asked for.
+    pub unfinished_tasks: Vec<Task>,
+}
+
+/// Which optional parts of an [`InstanceContext`] to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContextParts {
+    pub template: bool,
+    pub unfinished_tasks: bool,
+}
+
+/// The instance with its host and the `parts` asked for, in one round trip.
+pub async fn get_in_context(
+    connection: &mut SqliteConnection,
+    id: Uuid,
+    parts: ContextParts,
+) -> StoreResult<Option<InstanceContext>> {
+    let mut reads = ReadsTogether::new()
+        .read(|query| {
+            query.push("SELECT * FROM instances WHERE id = ").push_bind(id.to_string());
+        })
+        .read(|query| super::hosts::push_get_of_instance(query, id));
+    if parts.unfinished_tasks {
+        let filter = super::tasks::TaskFilter {
+            states: vec![TaskState::Pending, TaskState::Running],
+            object_id: Some(id),
+            ..Default::default()
+        };
+        reads = reads.read(|query| super::tasks::push_list(query, &filter));
+    }
+    if parts.template {
+        reads = super::templates::read_of_instance(reads, id);
+    }
+    let mut reads = reads.fetch(connection).await?.into_iter();
+    let mut next = || reads.next().ok_or_else(|| StoreError::Corrupt("reads".into()));
+    let (instance_rows, host_rows) = (next()?, next()?);
+    let Some(instance) = instance_rows.first().map(from_row).transpose()? else { return Ok(None) };
+    let host = host_rows.first().map(super::hosts::from_row).transpose()?;
+    let unfinished_tasks = if parts.unfinished_tasks {
+        let mut tasks = next()?.iter().map(super::tasks::from_row).collect::<StoreResult<Vec<_>>>()?;
+        tasks.sort_by_key(|task| task.id);
+        tasks
+    } else {
+        Vec::new()
+    };
+    let template = if parts.template { super::templates::from_reads(&next()?, &next()?)? } else { None };
+    Ok(Some(InstanceContext { instance, host, template, unfinished_tasks }))
 }
 
 pub async fn list(connection: &mut SqliteConnection, filter: &InstanceFilter) -> StoreResult<Vec<Instance>> {

@@ -21,7 +21,7 @@ pub struct TaskFilter {
     pub limit: Option<u32>,
 }
 
-fn from_row(row: &SqliteRow) -> StoreResult<Task> {
+pub(super) fn from_row(row: &SqliteRow) -> StoreResult<Task> {
     let optional_uuid = |column: &str| parse_optional_uuid(row.try_get(column)?);
     let error =
         match (row.try_get::<Option<String>, _>("error_code")?, row.try_get::<Option<String>, _>("error_message")?) {
@@ -164,7 +164,7 @@ pub async fn begin_listing(store: &Store, filter: &TaskFilter) -> StoreResult<(W
     Ok((transaction, rows.iter().map(from_row).collect::<StoreResult<_>>()?))
 }
 
-fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &TaskFilter) {
+pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &TaskFilter) {
     query.push("SELECT * FROM tasks WHERE 1 = 1");
     if !filter.states.is_empty() {
         query.push(" AND state IN (");

@@ -110,9 +110,30 @@ async fn get_where(connection: &mut SqliteConnection, column: &str, value: Strin
         .fetch(connection)
         .await?;
     let [template_rows, version_rows] = <[_; 2]>::try_from(reads).map_err(|_| StoreError::Corrupt("reads".into()))?;
+    from_reads(&template_rows, &version_rows)
+}
+
+/// Adds the two reads of the template the instance `instance_id` was made from (see
+/// [`from_reads`]).
+pub(super) fn read_of_instance(reads: ReadsTogether, instance_id: Uuid) -> ReadsTogether {
+    const TEMPLATE_OF_INSTANCE: &str = "(SELECT template_id FROM instances WHERE id = ";
+    reads
+        .read(|query| {
+            query.push(format_args!("SELECT * FROM templates WHERE id = {TEMPLATE_OF_INSTANCE}"));
+            query.push_bind(instance_id.to_string()).push(")");
+        })
+        .read(|query| {
+            query.push(format_args!("{VERSIONS_WITH_FILES} WHERE v.template_id = {TEMPLATE_OF_INSTANCE}"));
+            query.push_bind(instance_id.to_string()).push(")");
+        })
+}
+
+/// The template (with its versions and files) from the rows of a template read and of its
+/// versions' read.
+pub(super) fn from_reads(template_rows: &[SqliteRow], version_rows: &[SqliteRow]) -> StoreResult<Option<Template>> {
     let Some(row) = template_rows.first() else { return Ok(None) };
     let mut templates = [from_row(row)?];
-    attach_versions(&mut templates, &version_rows)?;
+    attach_versions(&mut templates, version_rows)?;
     let [template] = templates;
     Ok(Some(template))
 }

@@ -16,9 +16,11 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{CreateInstances, HostPatch, NewTemplate, Service, ServiceSettings, load_providers, load_storage};
+use super::{
+    ActionOptions, CreateInstances, HostPatch, NewTemplate, Service, ServiceSettings, load_providers, load_storage,
+};
 use crate::config::Config;
-use crate::model::{Arch, InstanceOrigin, InstanceState, Task, TaskState};
+use crate::model::{Arch, InstanceAction, InstanceOrigin, InstanceState, Task, TaskState};
 use crate::plugins::driver_types as driver;
 use crate::plugins::{ByteSource, PluginRuntime, RuntimeSettings};
 use crate::store::{self, Store};
@@ -219,6 +221,52 @@ async fn a_create_pulls_a_missing_template_and_starts_with_its_placement_on_a_ho
         .expect("starting");
     assert_eq!(placed.seq + 1, starting.seq, "written together");
     assert_eq!(starting.data["host"], placed.data["host"], "{starting:?}");
+}
+
+/// What a task reads of its instance in one round trip is what the separate reads give.
+#[tokio::test]
+async fn an_instance_read_in_context_matches_its_parts_read_one_by_one() {
+    // A slow stop keeps a task unfinished while the instance is read.
+    let delays = json!({ "create": 5, "start": 5, "stop": 3000, "restart": 5, "delete": 5, "pull": 5 });
+    let fixture = start(json!({ "hosts": 2, "delays_ms": delays })).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let (_, id) = create_and_wait(service, create_request("base")).await;
+    let stop = service
+        .instance_action(&Caller::system(), id, InstanceAction::Stop, ActionOptions::default())
+        .await
+        .expect("stop accepted");
+    let mut reader = service.store().reader().await.expect("reader");
+    // One snapshot for every read below.
+    sqlx::query("BEGIN").execute(&mut *reader).await.expect("begin");
+    let all = store::instances::ContextParts { template: true, unfinished_tasks: true };
+    let context = store::instances::get_in_context(&mut reader, id, all).await.expect("read").expect("found");
+    let instance = store::instances::get(&mut reader, id).await.expect("read").expect("found");
+    let host = store::hosts::get(&mut reader, instance.host_id.expect("placed")).await.expect("read");
+    let template_id = instance.template_id.expect("from a template");
+    let template = store::templates::get(&mut reader, template_id).await.expect("read");
+    let filter = store::tasks::TaskFilter {
+        states: vec![TaskState::Pending, TaskState::Running],
+        object_id: Some(id),
+        ..Default::default()
+    };
+    let tasks = store::tasks::list(&mut reader, &filter).await.expect("read");
+    fn json(value: &impl serde::Serialize) -> serde_json::Value {
+        serde_json::to_value(value).expect("json")
+    }
+    assert_eq!(json(&context.instance), json(&instance));
+    assert_eq!(json(&context.host), json(&host));
+    assert_eq!(json(&context.template), json(&template));
+    assert_eq!(json(&context.unfinished_tasks), json(&tasks));
+    assert_eq!(tasks.iter().map(|task| task.id).collect::<Vec<_>>(), vec![stop.id], "the stop is under way");
+
+    let lean = store::instances::get_in_context(&mut reader, id, Default::default()).await.expect("read");
+    let lean = lean.expect("found");
+    assert!(lean.template.is_none() && lean.unfinished_tasks.is_empty(), "{lean:?}");
+    assert_eq!(json(&lean.host), json(&host));
+    let unknown = store::instances::get_in_context(&mut reader, Uuid::now_v7(), all).await.expect("read");
+    assert!(unknown.is_none(), "an unknown instance is none");
+    sqlx::query("COMMIT").execute(&mut *reader).await.expect("commit");
 }
 
 #[tokio::test]
