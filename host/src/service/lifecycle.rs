@@ -341,7 +341,7 @@ impl Service {
         self.set_state(instance, InstanceState::Terminated, json!({ "reason": "creation cancelled" })).await
     }
 
-    /// Records a template the driver pulled, with how many image bytes it read.
+    /// Starts a stopped instance.
     async fn run_start(&self, id: Uuid) -> StepResult<Value> {
         let (mut instance, _, driver) = self.load_placed(id).await?;
         self.set_state(&mut instance, InstanceState::Starting, Value::Null).await?;
