@@ -112,12 +112,13 @@ impl Service {
             .ok_or_else(|| ServiceError::not_found("instance", id))?)
     }
 
-    /// The instance's host and its provider's driver.
+    /// The instance's host (read now) and its provider's driver.
     pub(super) async fn placement_of(&self, instance: &Instance) -> StepResult<(Host, Driver)> {
-        if instance.host_id.is_none() {
-            return Err(Step::Failed(failure("not_placed", "instance has no host yet")));
-        }
-        Ok(self.instance_driver(instance).await?)
+        let host = match instance.host_id {
+            Some(host_id) => Some(self.load_host(host_id).await?),
+            None => None,
+        };
+        self.placement_in(instance, host)
     }
 
     /// The instance with its host and the `parts` asked for, read together (one round trip).
