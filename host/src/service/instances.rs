@@ -648,21 +648,39 @@ impl Service {
         if instance.state == InstanceState::Terminated {
             return Err(ServiceError::Conflict(format!("instance {id} is already terminated")));
         }
-        // (Should a delete end between that read and this transaction, the task created here
-        // finds the instance terminated and succeeds at once.)
-        let (mut transaction, active) = begin_with_active_task(self.store(), id).await?;
-        if let Some(active) = active
-            && active.kind == TaskKind::InstanceDelete
-        {
-            return Ok(active);
+        if let Some(under_way) = self.unfinished_delete_of(id).await? {
+            return Ok(under_way);
         }
+        // Nothing to check under the write lock: the store refuses a second unfinished delete
+        // of the instance, so a request racing this one finds its task there. (Should a delete
+        // end between the reads and the commit, the task created here finds the instance
+        // terminated and succeeds at once.)
+        let mut batch = self.store().batch();
         let task = self.task_engine().create(
-            transaction.writes(),
+            batch.writes(),
             NewTask::on_object(TaskKind::InstanceDelete, id, json!({ "instance_id": id }), caller),
         );
-        transaction.commit().await?;
+        match batch.commit().await {
+            Ok(()) => {}
+            Err(error) if store::tasks::is_second_unfinished_delete(&error) => {
+                // The racing delete may already have ended: then the instance is terminated.
+                return self
+                    .unfinished_delete_of(id)
+                    .await?
+                    .ok_or_else(|| ServiceError::Conflict(format!("instance {id} was deleted meanwhile")));
+            }
+            Err(error) => return Err(error.into()),
+        }
         self.task_engine().wake();
         Ok(task)
+    }
+
+    /// The pending or running delete task of an instance, if any.
+    async fn unfinished_delete_of(&self, instance_id: Uuid) -> ServiceResult<Option<Task>> {
+        let filter =
+            store::tasks::TaskFilter { kind: Some(TaskKind::InstanceDelete), ..unfinished_tasks_of(instance_id) };
+        let tasks = store::tasks::list(&mut *self.store().reader().await?, &filter).await?;
+        Ok(tasks.into_iter().next())
     }
 }
 
@@ -752,15 +770,6 @@ pub(super) async fn active_task(
 ) -> ServiceResult<Option<Task>> {
     let tasks = store::tasks::list(connection, &unfinished_tasks_of(instance_id)).await?;
     Ok(tasks.into_iter().next())
-}
-
-/// Begins a write transaction with [`active_task`] read in the same round trip.
-async fn begin_with_active_task(
-    store: &store::Store,
-    instance_id: Uuid,
-) -> ServiceResult<(store::WriteTx, Option<Task>)> {
-    let (transaction, tasks) = store::tasks::begin_listing(store, &unfinished_tasks_of(instance_id)).await?;
-    Ok((transaction, tasks.into_iter().next()))
 }
 
 fn unfinished_tasks_of(instance_id: Uuid) -> store::tasks::TaskFilter {

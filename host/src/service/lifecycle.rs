@@ -60,10 +60,11 @@ impl TaskHandler for LifecycleHandler {
         }
     }
 
-    async fn before_dispatch(&self) {
-        if let Err(error) = self.service.place_waiting_instances().await {
+    async fn before_dispatch(&self) -> bool {
+        self.service.place_waiting_instances().await.unwrap_or_else(|error| {
             tracing::error!(error = %error, "placement pass failed");
-        }
+            false
+        })
     }
 }
 

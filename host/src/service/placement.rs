@@ -37,6 +37,12 @@ pub struct PlacementExplanation {
     pub queue_length: usize,
 }
 
+/// What a placement pass did: instances placed, and left waiting for capacity.
+struct PlacementPass {
+    placed: usize,
+    left_waiting: usize,
+}
+
 /// A consistent picture of the fleet and the queue, read in one transaction.
 struct Snapshot {
     hosts: Vec<Host>,
@@ -46,16 +52,17 @@ struct Snapshot {
 }
 
 impl Service {
-    /// A placement pass, when one is wanted (see `Inner::placement_wanted`).
-    pub(super) async fn place_waiting_instances(&self) -> ServiceResult<()> {
+    /// A placement pass, when one is wanted (see `Inner::placement_wanted`); answers whether
+    /// it placed an instance (whose creation task can then start).
+    pub(super) async fn place_waiting_instances(&self) -> ServiceResult<bool> {
         if !self.inner.placement_wanted.swap(false, Ordering::AcqRel) {
-            return Ok(());
+            return Ok(false);
         }
-        let placed_all = self.place_all_waiting().await;
-        if !matches!(placed_all, Ok(true)) {
+        let pass = self.place_all_waiting().await;
+        if !matches!(pass, Ok(PlacementPass { left_waiting: 0, .. })) {
             self.inner.placement_wanted.store(true, Ordering::Release);
         }
-        placed_all.map(|_| ())
+        pass.map(|pass| pass.placed > 0)
     }
 
     /// Asks for a placement pass before the next dispatch.
@@ -63,11 +70,11 @@ impl Service {
         self.inner.placement_wanted.store(true, Ordering::Release);
     }
 
-    /// Places what it can; answers whether no instance is left waiting.
-    async fn place_all_waiting(&self) -> ServiceResult<bool> {
+    /// Places what it can.
+    async fn place_all_waiting(&self) -> ServiceResult<PlacementPass> {
         let filter = InstanceFilter { states: vec![InstanceState::Scheduling], unplaced: true, ..Default::default() };
         if store::instances::list(&mut *self.store().reader().await?, &filter).await?.is_empty() {
-            return Ok(true);
+            return Ok(PlacementPass { placed: 0, left_waiting: 0 });
         }
         let templates = self.templates_by_id().await?;
         let mut transaction = self.store().begin().await?;
@@ -75,10 +82,11 @@ impl Service {
         let requests: Vec<PlacementRequest> =
             snapshot.waiting.iter().map(|instance| placement_request(instance, &templates)).collect();
         let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
-        let mut placed_all = true;
+        let mut pass = PlacementPass { placed: 0, left_waiting: 0 };
         for (instance, decision) in snapshot.waiting.into_iter().zip(decisions) {
             match decision.host_id.and_then(|host_id| snapshot.hosts.iter().find(|host| host.id == host_id)) {
                 Some(host) => {
+                    pass.placed += 1;
                     let mut instance = instance;
                     instance.host_id = Some(host.id);
                     instance.provider = Some(host.provider.clone());
@@ -97,14 +105,14 @@ impl Service {
                     }
                 }
                 None => {
-                    placed_all = false;
+                    pass.left_waiting += 1;
                     let message = format!("waiting for capacity: {}", decision.explain());
                     store::tasks::defer_pending_create_message(transaction.writes(), instance.id, message);
                 }
             }
         }
         transaction.commit().await?;
-        Ok(placed_all)
+        Ok(pass)
     }
 
     /// Why a waiting instance is not placed yet (or where it went).
@@ -166,18 +174,13 @@ impl Service {
     }
 
     async fn snapshot(&self, connection: &mut sqlx::SqliteConnection) -> ServiceResult<Snapshot> {
-        let waiting = store::instances::list(
-            connection,
-            &InstanceFilter { states: vec![InstanceState::Scheduling], unplaced: true, ..Default::default() },
-        )
-        .await?;
-        let hosts = store::hosts::list(connection).await?;
-        let groups = store::groups::list(connection)
-            .await?
+        let waiting = InstanceFilter { states: vec![InstanceState::Scheduling], unplaced: true, ..Default::default() };
+        let store::fleet::Fleet { waiting, hosts, groups, affinity_keys: mut affinity } =
+            store::fleet::read(connection, &waiting).await?;
+        let groups = groups
             .into_iter()
             .map(|group| (group.id, GroupPolicy { fallback: group.fallback_group_id, strategy: group.strategy }))
             .collect();
-        let mut affinity = store::instances::affinity_keys_by_host(connection).await?;
         let loaded: Vec<&str> = self.providers().loaded().map(|(name, _)| name).collect();
         let candidates = hosts
             .iter()

@@ -1,7 +1,7 @@
 //! Node groups and their member hosts.
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{StoreResult, format_time, parse_enum, parse_optional_uuid, parse_time, parse_uuid};
@@ -29,6 +29,19 @@ async fn with_hosts(connection: &mut SqliteConnection, mut groups: Vec<Group>) -
             group.hosts.push(parse_uuid(row.try_get("host_id")?)?);
         }
     }
+    Ok(groups)
+}
+
+/// Pushes the read of every group without its member hosts, for [`super::ReadsTogether`]
+/// (turn its rows into groups with [`without_hosts_from_rows`]).
+pub(super) fn push_list_without_hosts(query: &mut QueryBuilder<'static, Sqlite>) {
+    query.push("SELECT * FROM groups");
+}
+
+/// Groups (their `hosts` empty) from the rows of [`push_list_without_hosts`], by name.
+pub(super) fn without_hosts_from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<Group>> {
+    let mut groups = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
+    groups.sort_by(|one, other| one.name.cmp(&other.name));
     Ok(groups)
 }
 

@@ -150,6 +150,19 @@ pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Host>> {
     rows.iter().map(from_row).collect()
 }
 
+/// Pushes the read of [`list`], for [`super::ReadsTogether`] (turn its rows into hosts with
+/// [`from_rows`]).
+pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>) {
+    query.push(SELECT_ALL.as_str());
+}
+
+/// Hosts from the rows of a read pushed by [`push_list`], in [`list`]'s order.
+pub(super) fn from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<Host>> {
+    let mut hosts = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
+    hosts.sort_by(|one, other| (&one.provider, &one.name).cmp(&(&other.provider, &other.name)));
+    Ok(hosts)
+}
+
 pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Host>> {
     let id = id.to_string();
     let row = sqlx::query(&SELECT_ONE).bind(&id).bind(&id).fetch_optional(connection).await?;

@@ -1,5 +1,7 @@
 //! Instances.
 
+use std::collections::HashMap;
+
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
@@ -126,9 +128,18 @@ pub async fn get_in_context(
 }
 
 pub async fn list(connection: &mut SqliteConnection, filter: &InstanceFilter) -> StoreResult<Vec<Instance>> {
-    let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM instances WHERE 1 = 1");
-    push_state_list(&mut query, " AND state IN (", &filter.states);
-    push_state_list(&mut query, " AND state NOT IN (", &filter.excluded_states);
+    let mut query = QueryBuilder::new("");
+    push_list(&mut query, filter);
+    let rows = query.build().fetch_all(connection).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Pushes the read of [`list`] (for [`super::ReadsTogether`]: turn its rows into instances with
+/// [`from_rows`]).
+pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &InstanceFilter) {
+    query.push("SELECT * FROM instances WHERE 1 = 1");
+    push_state_list(query, " AND state IN (", &filter.states);
+    push_state_list(query, " AND state NOT IN (", &filter.excluded_states);
     if let Some(host_id) = filter.host_id {
         query.push(" AND host_id = ").push_bind(host_id.to_string());
     }
@@ -156,9 +167,14 @@ pub async fn list(connection: &mut SqliteConnection, filter: &InstanceFilter) ->
     if let Some(external_id) = &filter.external_id {
         query.push(" AND external_id = ").push_bind(external_id.clone());
     }
-    push_page(&mut query, filter.after, filter.limit);
-    let rows = query.build().fetch_all(connection).await?;
-    rows.iter().map(from_row).collect()
+    push_page(query, filter.after, filter.limit);
+}
+
+/// Instances from the rows of a read pushed by [`push_list`], in id order.
+pub(super) fn from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<Instance>> {
+    let mut instances = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
+    instances.sort_by_key(|instance| instance.id);
+    Ok(instances)
 }
 
 fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &[InstanceState]) {
@@ -317,23 +333,25 @@ fn push_update(query: &mut QueryBuilder<'static, Sqlite>, instance: &Instance) {
         .push("; ");
 }
 
-/// Per host, how many live instances carry each affinity key (`affinity_key`, else
-/// `anti_affinity_key`: both share one key space). Counted in SQL so that placement does not
-/// load every instance.
-pub async fn affinity_keys_by_host(
-    connection: &mut SqliteConnection,
-) -> StoreResult<std::collections::HashMap<Uuid, std::collections::HashMap<String, u32>>> {
-    let rows = sqlx::query(
+/// Per host, how many live instances carry each affinity key.
+pub type AffinityKeys = HashMap<Uuid, HashMap<String, u32>>;
+
+/// Pushes the read of the [`AffinityKeys`] (`affinity_key`, else `anti_affinity_key`: both
+/// share one key space), counted in SQL so that placement does not load every instance; turn
+/// its rows into keys with [`affinity_keys_from_rows`].
+pub(super) fn push_affinity_keys(query: &mut QueryBuilder<'static, Sqlite>) {
+    query.push(
         "SELECT host_id, key, COUNT(*) AS count FROM ( \
              SELECT host_id, COALESCE(json_extract(placement, '$.affinity_key'), \
                                       json_extract(placement, '$.anti_affinity_key')) AS key \
              FROM instances WHERE host_id IS NOT NULL AND state != 'terminated' \
          ) WHERE key IS NOT NULL GROUP BY host_id, key",
-    )
-    .fetch_all(connection)
-    .await?;
-    let mut keys: std::collections::HashMap<Uuid, std::collections::HashMap<String, u32>> = Default::default();
-    for row in &rows {
+    );
+}
+
+pub(super) fn affinity_keys_from_rows(rows: &[SqliteRow]) -> StoreResult<AffinityKeys> {
+    let mut keys = AffinityKeys::new();
+    for row in rows {
         let host_id = parse_uuid(row.try_get("host_id")?)?;
         keys.entry(host_id).or_default().insert(row.try_get("key")?, row.try_get("count")?);
     }

@@ -8,6 +8,7 @@
 //! separate pool and never block behind writers (WAL).
 
 pub mod events;
+pub mod fleet;
 pub mod groups;
 pub mod hosts;
 pub mod identity;
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::FutureExt as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
-use sqlx::{ConnectOptions as _, Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
+use sqlx::{Column as _, ConnectOptions as _, Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::model::{NewEvent, Timestamp};
@@ -145,6 +146,21 @@ impl Store {
             queue: self.batches.clone(),
             writes: PendingWrites::default(),
             caller: std::panic::Location::caller(),
+        }
+    }
+
+    /// Commits `writes` in a transaction of their own, sent with its `BEGIN` in one round trip
+    /// as soon as the writer is free (not with a group); answers the rows their statements
+    /// return. For writes that must answer something, such as what a claim took.
+    #[track_caller]
+    pub(crate) fn commit_alone(
+        &self,
+        writes: PendingWrites,
+    ) -> impl Future<Output = StoreResult<Vec<SqliteRow>>> + Send + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            let (connection, acquired) = acquire_writer(&self.writer).await?;
+            commit_writes(connection, true, &[&writes], &self.latest_event, acquired, &[caller]).await
         }
     }
 
@@ -420,13 +436,14 @@ impl PendingWrites {
 }
 
 /// Sends `BEGIN IMMEDIATE` (when `begin`), every statement and event of `writes` and `COMMIT`
-/// on `connection` in one round trip; answers the sequence number of the last event
-/// appended. On an error the transaction is still open.
+/// on `connection` in one round trip; answers the sequence number of the last event appended
+/// and the rows the statements returned (a row whose first column is `seq` is an appended
+/// event's). On an error the transaction is still open.
 async fn commit_on(
     connection: &mut SqliteConnection,
     begin: bool,
     writes: &[&PendingWrites],
-) -> StoreResult<Option<i64>> {
+) -> StoreResult<(Option<i64>, Vec<SqliteRow>)> {
     let mut query = QueryBuilder::new(if begin { "BEGIN IMMEDIATE; " } else { "" });
     let mut statements = 0;
     for statement in writes.iter().flat_map(|writes| &writes.statements) {
@@ -442,10 +459,15 @@ async fn commit_on(
     let cached = statements + events.len() <= MAX_CACHED_COMMIT_STATEMENTS;
     let rows = query.build().persistent(cached).fetch_all(connection).await?;
     let mut last = None;
+    let mut returned = Vec::new();
     for row in rows {
-        last = last.max(Some(row.try_get::<i64, _>("seq")?));
+        if row.columns().first().is_some_and(|column| column.name() == "seq") {
+            last = last.max(Some(row.try_get::<i64, _>("seq")?));
+        } else {
+            returned.push(row);
+        }
     }
-    Ok(last)
+    Ok((last, returned))
 }
 
 /// Commits with more statements and events than this are not kept prepared.
@@ -535,7 +557,7 @@ async fn commit_group(
     let writes: Vec<_> = group.iter().map(|batch| &batch.writes).collect();
     let callers: Vec<_> = group.iter().map(|batch| batch.caller).collect();
     match commit_writes(connection, true, &writes, latest_event, acquired, &callers).await {
-        Ok(()) => {
+        Ok(_) => {
             for batch in group {
                 let _ = batch.done.send(Ok(()));
             }
@@ -548,7 +570,7 @@ async fn commit_group(
                 let outcome = match acquire_writer(writer).await {
                     Ok((connection, acquired)) => {
                         let (writes, callers) = ([&batch.writes], [batch.caller]);
-                        commit_writes(connection, true, &writes, latest_event, acquired, &callers).await
+                        commit_writes(connection, true, &writes, latest_event, acquired, &callers).await.map(drop)
                     }
                     Err(error) => Err(error),
                 };
@@ -559,8 +581,8 @@ async fn commit_group(
 }
 
 /// Commits `writes` on the writer `connection` (after `BEGIN IMMEDIATE` when `begin`), wakes
-/// event subscribers, and records the writer's use. A failed commit is rolled back before the
-/// connection is given back.
+/// event subscribers, and records the writer's use; answers the rows the statements returned.
+/// A failed commit is rolled back before the connection is given back.
 async fn commit_writes(
     mut connection: Connection,
     begin: bool,
@@ -568,7 +590,7 @@ async fn commit_writes(
     latest_event: &watch::Sender<i64>,
     acquired: Instant,
     callers: &[&'static std::panic::Location<'static>],
-) -> StoreResult<()> {
+) -> StoreResult<Vec<SqliteRow>> {
     let in_flight = CommitInFlight(Some(connection.pool.clone()));
     let committed = commit_on(&mut connection, begin, writes).await;
     in_flight.finished();
@@ -579,7 +601,8 @@ async fn commit_writes(
         drop(connection);
     }
     record_write(acquired, callers);
-    if let Some(seq) = committed? {
+    let (last_event, returned) = committed?;
+    if let Some(seq) = last_event {
         latest_event.send_if_modified(|latest| {
             let newer = seq > *latest;
             if newer {
@@ -588,7 +611,7 @@ async fn commit_writes(
             newer
         });
     }
-    Ok(())
+    Ok(returned)
 }
 
 /// Armed while a commit runs: when its caller is cancelled (a client hung up), the future is
@@ -634,7 +657,8 @@ impl WriteTx {
 
     pub async fn commit(mut self) -> StoreResult<()> {
         let Some(connection) = self.connection.take() else { return Ok(()) };
-        commit_writes(connection, false, &[&self.writes], &self.latest_event, self.acquired, &[self.caller]).await
+        commit_writes(connection, false, &[&self.writes], &self.latest_event, self.acquired, &[self.caller]).await?;
+        Ok(())
     }
 }
 

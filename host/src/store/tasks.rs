@@ -5,7 +5,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{
-    PendingWrites, Store, StoreResult, WriteTx, format_time, parse_enum, parse_json, parse_optional_time,
+    PendingWrites, Store, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_time,
     parse_optional_uuid, parse_time, parse_uuid, push_page, to_json,
 };
 use crate::model::{Task, TaskError, TaskKind, TaskState, Timestamp};
@@ -158,10 +158,11 @@ pub async fn list(connection: &mut SqliteConnection, filter: &TaskFilter) -> Sto
     rows.iter().map(from_row).collect()
 }
 
-/// Begins a write transaction with [`list`] sent with its `BEGIN` in one round trip.
-pub async fn begin_listing(store: &Store, filter: &TaskFilter) -> StoreResult<(WriteTx, Vec<Task>)> {
-    let (transaction, rows) = store.begin_with(|query| push_list(query, filter)).await?;
-    Ok((transaction, rows.iter().map(from_row).collect::<StoreResult<_>>()?))
+/// Whether `error` is the refusal of a second unfinished delete task of one instance (see
+/// migration 0009).
+pub fn is_second_unfinished_delete(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(database))
+        if database.is_unique_violation() && database.message().ends_with("tasks.object_id"))
 }
 
 pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &TaskFilter) {
@@ -186,37 +187,49 @@ pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &Task
     push_page(query, filter.after, filter.limit);
 }
 
-/// Starts up to `limit` pending tasks the dispatcher may start now, oldest first, in one
-/// statement sent with the `BEGIN` of the write transaction it answers (the caller appends the
-/// events and commits): running, one more attempt, `started_at` set on the first. Batches
-/// never run themselves, and an instance creation waits until placement gave its instance a
-/// host (unless cancelled). Answers the started tasks, oldest first, each with whether
-/// cancellation was requested.
-pub async fn begin_claiming(store: &Store, limit: u32, now: &Timestamp) -> StoreResult<(WriteTx, Vec<(Task, bool)>)> {
+/// Starts up to `limit` pending tasks the dispatcher may start now, oldest first, and appends
+/// their `task.started` events, in one transaction sent in one round trip: running, one more
+/// attempt, `started_at` set on the first. Batches never run themselves, and an instance
+/// creation waits until placement gave its instance a host (unless cancelled). Answers the
+/// started tasks, oldest first, each with whether cancellation was requested.
+pub async fn claim(store: &Store, limit: u32, now: &Timestamp) -> StoreResult<Vec<(Task, bool)>> {
     let now = format_time(now);
-    let (transaction, rows) = store
-        .begin_with(|query| {
-            query
-                .push("UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ")
-                .push_bind(now)
-                .push(
-                    ") WHERE id IN ( \
-                         SELECT t.id FROM tasks t LEFT JOIN instances i ON i.id = t.object_id \
-                         WHERE t.state = 'pending' AND t.kind != 'batch' \
-                           AND (t.kind != 'instance.create' OR i.host_id IS NOT NULL OR t.cancel_requested = 1) \
-                         ORDER BY t.id LIMIT ",
-                )
-                .push_bind(limit)
-                .push(") RETURNING *");
-        })
-        .await?;
+    let mut writes = PendingWrites::default();
+    // The tasks taken are noted in a table of the writer connection's own (`temp`), so that
+    // the statements after the claim, sent with it, find them.
+    writes.defer(move |query| {
+        query
+            .push(
+                "CREATE TEMP TABLE IF NOT EXISTS claimed_tasks (id TEXT PRIMARY KEY); \
+                 DELETE FROM temp.claimed_tasks; \
+                 INSERT INTO temp.claimed_tasks \
+                     SELECT t.id FROM tasks t LEFT JOIN instances i ON i.id = t.object_id \
+                     WHERE t.state = 'pending' AND t.kind != 'batch' \
+                       AND (t.kind != 'instance.create' OR i.host_id IS NOT NULL OR t.cancel_requested = 1) \
+                     ORDER BY t.id LIMIT ",
+            )
+            .push_bind(limit)
+            .push("; UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ")
+            .push_bind(now.clone())
+            .push(") WHERE id IN (SELECT id FROM temp.claimed_tasks) RETURNING *; ");
+        // What `NewEvent::new("task.started", "task", id).data(json!({ "attempt": attempts }))`
+        // appends.
+        query
+            .push("INSERT INTO events (time, type, object_kind, object_id, actor, data) SELECT ")
+            .push_bind(now.clone())
+            .push(
+                ", 'task.started', 'task', id, 'system', json_object('attempt', attempts) FROM tasks \
+                 WHERE id IN (SELECT id FROM temp.claimed_tasks) ORDER BY id RETURNING seq; ",
+            );
+    });
+    let rows = store.commit_alone(writes).await?;
     let mut claimed = rows
         .iter()
         .map(|row| Ok((from_row(row)?, row.try_get("cancel_requested")?)))
         .collect::<StoreResult<Vec<(Task, bool)>>>()?;
     // Ids are UUIDv7: their order is the order of creation.
     claimed.sort_by_key(|(task, _)| task.id);
-    Ok((transaction, claimed))
+    Ok(claimed)
 }
 
 pub async fn request_cancel(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<()> {

@@ -5,6 +5,7 @@
 //! (the service layer). The engine owns task state transitions and their events.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,8 +83,9 @@ impl TaskContext {
 pub trait TaskHandler: Send + Sync + 'static {
     /// Runs (or resumes: `task.attempts > 1`) the task. Must be idempotent across attempts.
     fn run(&self, task: Task, context: TaskContext) -> impl Future<Output = TaskOutcome> + Send;
-    /// Called at every dispatch cycle before pending tasks are claimed (placement goes here).
-    fn before_dispatch(&self) -> impl Future<Output = ()> + Send;
+    /// Called at every dispatch cycle before pending tasks are claimed (placement goes here);
+    /// answers whether it may have made pending tasks claimable.
+    fn before_dispatch(&self) -> impl Future<Output = bool> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,9 @@ impl NewTask {
 /// At most this many tasks are claimed in one write transaction.
 const CLAIM_BATCH: usize = 16;
 
+/// The dispatcher looks for claimable tasks at least this often, told of them or not.
+const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often the transaction recording a task's outcome is tried with the handler's final
 /// write before the task is failed without it.
 const FINAL_WRITE_ATTEMPTS: u32 = 3;
@@ -146,6 +151,11 @@ struct Shared {
     max_attempts: u32,
     permits: Arc<Semaphore>,
     wake: Notify,
+    /// Set when tasks may have become claimable since the last claim began: new tasks, a
+    /// cancellation, a claim cut short by the permits. A dispatch cycle woken for another
+    /// reason (a task ended) claims only when it is set, or when the last claim is
+    /// [`CLAIM_INTERVAL`] old.
+    work_signalled: AtomicBool,
     running: Mutex<HashMap<Uuid, CancellationToken>>,
     ended: broadcast::Sender<TaskEnded>,
     shutdown: CancellationToken,
@@ -176,6 +186,7 @@ impl TaskEngine {
                 max_attempts,
                 permits: Arc::new(Semaphore::new(concurrency)),
                 wake: Notify::new(),
+                work_signalled: AtomicBool::new(true),
                 running: Mutex::new(HashMap::new()),
                 ended,
                 shutdown: CancellationToken::new(),
@@ -213,8 +224,9 @@ impl TaskEngine {
         task
     }
 
-    /// Asks the dispatcher to look for work now.
+    /// Asks the dispatcher to look for work now (tasks may have become claimable).
     pub fn wake(&self) {
+        self.shared.work_signalled.store(true, Ordering::Release);
         self.shared.wake.notify_one();
     }
 
@@ -279,17 +291,22 @@ impl TaskEngine {
     }
 
     async fn dispatch_loop<H: TaskHandler>(self, handler: Arc<H>) {
+        let mut last_claim: Option<Instant> = None;
         loop {
             if self.shared.shutdown.is_cancelled() {
                 return;
             }
-            handler.before_dispatch().await;
-            if let Err(error) = self.claim_and_spawn(&handler).await {
-                tracing::error!(error = %error, "task dispatch failed");
+            let placed = handler.before_dispatch().await;
+            let signalled = self.shared.work_signalled.swap(false, Ordering::AcqRel);
+            if placed || signalled || last_claim.is_none_or(|claimed| claimed.elapsed() >= CLAIM_INTERVAL) {
+                last_claim = Some(Instant::now());
+                if let Err(error) = self.claim_and_spawn(&handler).await {
+                    tracing::error!(error = %error, "task dispatch failed");
+                }
             }
             tokio::select! {
                 _ = self.shared.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(CLAIM_INTERVAL) => {}
                 _ = self.shared.shutdown.cancelled() => return,
             }
         }
@@ -302,31 +319,28 @@ impl TaskEngine {
     async fn claim_and_spawn<H: TaskHandler>(&self, handler: &Arc<H>) -> Result<(), StoreError> {
         loop {
             let available = self.shared.permits.available_permits().min(CLAIM_BATCH);
-            if available == 0 {
-                return Ok(());
-            }
             // Only the dispatcher takes permits: the ones counted are there. One is split off
             // for each task started; the rest go back when dropped.
-            let Ok(mut permits) = self.shared.permits.clone().try_acquire_many_owned(available as u32) else {
+            let permits = match available {
+                0 => None,
+                available => self.shared.permits.clone().try_acquire_many_owned(available as u32).ok(),
+            };
+            let Some(mut permits) = permits else {
+                // Every permit is taken: what is left waits for the next task that ends.
+                self.shared.work_signalled.store(true, Ordering::Release);
                 return Ok(());
             };
-            let (mut transaction, started) =
-                store::tasks::begin_claiming(&self.shared.store, available as u32, &store::now()).await?;
+            let started = store::tasks::claim(&self.shared.store, available as u32, &store::now()).await?;
             if started.is_empty() {
-                transaction.commit().await?;
                 return Ok(());
             }
             let full = started.len() == available;
             let mut claimed = Vec::with_capacity(started.len());
             for (task, cancel_requested) in started {
-                transaction.append_event(
-                    NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })),
-                );
                 // Never short: the claim started at most `available` tasks.
                 let Some(permit) = permits.split(1) else { break };
                 claimed.push((task, cancel_requested, permit));
             }
-            transaction.commit().await?;
             self.spawn_claimed(handler, claimed);
             if !full {
                 return Ok(());
@@ -367,7 +381,8 @@ impl TaskEngine {
                 let state = engine.finish(task, outcome, final_write).await;
                 metrics::histogram!("hyperplane_task_duration_seconds", "kind" => kind.as_str(), "state" => state.as_str())
                     .record(started.elapsed().as_secs_f64());
-                engine.wake();
+                // A dispatch cycle: a permit is free, and instances waiting for room get a pass.
+                engine.shared.wake.notify_one();
             });
         }
     }
@@ -645,7 +660,9 @@ mod tests {
             TaskOutcome::Succeeded(json!({ "done": true }))
         }
 
-        async fn before_dispatch(&self) {}
+        async fn before_dispatch(&self) -> bool {
+            false
+        }
     }
 
     async fn create_task(engine: &TaskEngine, store: &Store) -> Uuid {
@@ -751,8 +768,19 @@ mod tests {
             assert_eq!(engine.wait(*id, Duration::from_secs(10)).await.expect("wait").state, TaskState::Succeeded);
         }
         assert_eq!(handler.runs.load(Ordering::SeqCst), 6);
-        let kinds = event_kinds(&store).await;
-        assert_eq!(kinds.iter().filter(|kind| *kind == "task.started").count(), 6);
+        let events = store::events::list_after(&mut store.reader().await.expect("reader"), 0, 100).await.expect("list");
+        let started: Vec<_> = events.iter().filter(|event| event.kind == "task.started").collect();
+        let mut started_ids: Vec<_> = started.iter().map(|event| event.object_id.clone()).collect();
+        started_ids.sort();
+        assert_eq!(started_ids, ids.iter().map(Uuid::to_string).collect::<Vec<_>>(), "one start each");
+        for event in started {
+            let task = engine.read(event.object_id.parse().expect("a task id")).await.expect("task");
+            assert_eq!((event.object_kind.as_str(), event.actor.as_str()), ("task", "system"));
+            assert_eq!(event.data, json!({ "attempt": 1 }));
+            assert_eq!(Some(event.time), task.started_at, "appended when the task started");
+        }
+        let last = events.last().expect("events").seq;
+        assert_eq!(*store.subscribe_events().borrow(), last, "subscribers saw every event");
         engine.shutdown();
     }
 }

@@ -8,12 +8,10 @@ use bytes::Bytes;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{create_and_wait, create_request, events_of_type, fast, start, template};
+use super::{create_and_wait, create_request, events_of_type, fast, group, start, template};
 use crate::auth::Caller;
 use crate::model::{Capacity, Task, TaskKind, TaskState};
-use crate::service::{
-    DistributeRequest, HostPatch, NewGroup, NewTemplateVersion, PushOptions, Service, ServiceError, TaskQuery,
-};
+use crate::service::{DistributeRequest, HostPatch, NewTemplateVersion, PushOptions, Service, ServiceError, TaskQuery};
 
 const MIB: usize = 1024 * 1024;
 
@@ -91,14 +89,7 @@ async fn a_distribution_goes_to_named_hosts_or_a_group_and_refuses_what_it_canno
     assert_eq!(cached_on(service, "sim-1").await, ["base"]);
     assert!(cached_on(service, "sim-2").await.is_empty());
 
-    let group = NewGroup {
-        name: "pool".into(),
-        description: String::new(),
-        fallback_group: None,
-        strategy: Default::default(),
-        project: None,
-    };
-    service.create_group(&Caller::system(), group).await.expect("group");
+    group(service, "pool").await;
     let members = [host_id(service, "sim-3").await];
     service.set_group_membership(&Caller::system(), "pool", &members, true).await.expect("member");
     let request = DistributeRequest { group: Some("pool".into()), ..Default::default() };

@@ -94,6 +94,18 @@ async fn create_and_wait(service: &Service, request: CreateInstances) -> (Task, 
     (task.clone(), task.object_id.expect("instance task"))
 }
 
+/// A group named `name`, with no members and no fallback.
+async fn group(service: &Service, name: &str) {
+    let group = super::groups::NewGroup {
+        name: name.into(),
+        description: String::new(),
+        fallback_group: None,
+        strategy: Default::default(),
+        project: None,
+    };
+    service.create_group(&Caller::system(), group).await.expect("group");
+}
+
 async fn template(service: &Service, name: &str) {
     service
         .create_template(
@@ -269,6 +281,60 @@ async fn an_instance_read_in_context_matches_its_parts_read_one_by_one() {
     sqlx::query("COMMIT").execute(&mut *reader).await.expect("commit");
 }
 
+/// What placement reads of the fleet in one round trip is what the separate reads give.
+#[tokio::test]
+async fn the_fleet_read_in_one_round_trip_matches_its_parts_read_one_by_one() {
+    let fixture = start(fast(json!({ "hosts": 2, "cpu": 2 }))).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    group(service, "pool").await;
+    let hosts = service.list_hosts(&Caller::system()).await.expect("hosts");
+    service.set_group_membership(&Caller::system(), "pool", &[hosts[0].id], true).await.expect("member");
+    for key in ["ci", "web"] {
+        let request = CreateInstances { affinity_key: Some(key.into()), ..create_request("base") };
+        let (task, _) = create_and_wait(service, request).await;
+        assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    }
+    // Both hosts are full: this one waits.
+    let waiting = service.create_instances(&Caller::system(), create_request("base"), None).await.expect("accepted");
+
+    let mut reader = service.store().reader().await.expect("reader");
+    // One snapshot for every read below.
+    sqlx::query("BEGIN").execute(&mut *reader).await.expect("begin");
+    let filter = store::instances::InstanceFilter {
+        states: vec![InstanceState::Scheduling],
+        unplaced: true,
+        ..Default::default()
+    };
+    let fleet = store::fleet::read(&mut reader, &filter).await.expect("read");
+    let waiting_instances = store::instances::list(&mut reader, &filter).await.expect("read");
+    let hosts = store::hosts::list(&mut reader).await.expect("read");
+    let mut groups = store::groups::list(&mut reader).await.expect("read");
+    let live =
+        store::instances::InstanceFilter { excluded_states: vec![InstanceState::Terminated], ..Default::default() };
+    let mut affinity_keys = store::instances::AffinityKeys::new();
+    for instance in store::instances::list(&mut reader, &live).await.expect("read") {
+        if let (Some(host_id), Some(key)) = (instance.host_id, instance.placement.affinity_key) {
+            *affinity_keys.entry(host_id).or_default().entry(key).or_default() += 1;
+        }
+    }
+    sqlx::query("COMMIT").execute(&mut *reader).await.expect("commit");
+    fn json(value: &impl serde::Serialize) -> serde_json::Value {
+        serde_json::to_value(value).expect("json")
+    }
+    assert_eq!(
+        waiting_instances.iter().map(|instance| instance.id).collect::<Vec<_>>(),
+        [waiting.object_id.expect("instance")]
+    );
+    assert_eq!(json(&fleet.waiting), json(&waiting_instances));
+    assert_eq!(json(&fleet.hosts), json(&hosts));
+    assert!(groups.iter().all(|group| !group.hosts.is_empty()), "members are listed one by one");
+    groups.iter_mut().for_each(|group| group.hosts.clear());
+    assert_eq!(json(&fleet.groups), json(&groups));
+    assert_eq!(affinity_keys.len(), 2, "{affinity_keys:?}");
+    assert_eq!(fleet.affinity_keys, affinity_keys);
+}
+
 #[tokio::test]
 async fn a_request_that_fits_nowhere_waits_and_can_be_cancelled() {
     let fixture = start(fast(json!({ "hosts": 1, "cpu": 2 }))).await;
@@ -316,6 +382,40 @@ async fn deleting_an_instance_while_it_is_being_created_cancels_the_creation_and
     );
     let driver = service.providers().driver("sim").expect("loaded");
     assert!(driver.list_instances().await.expect("listed").is_empty(), "nothing left on the hypervisor");
+}
+
+#[tokio::test]
+async fn deletes_racing_for_one_instance_share_one_task() {
+    let fixture = start(fast(json!({ "hosts": 1 }))).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let (created, instance_id) = create_and_wait(service, create_request("base")).await;
+    assert_eq!(created.state, TaskState::Succeeded, "{created:?}");
+    // Holding the writer makes both requests find no delete under way and then wait, with
+    // their tasks, for the same group commit.
+    let writer = service.store().begin().await.expect("begin");
+    let requests: Vec<_> = (0..2)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { service.delete_instance(&Caller::system(), instance_id).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer.commit().await.expect("commit");
+    let mut answered = Vec::new();
+    for request in requests {
+        answered.push(request.await.expect("joined").expect("accepted").id);
+    }
+    assert_eq!(answered[0], answered[1], "the second request answers the first one's task");
+    let filter = store::tasks::TaskFilter {
+        kind: Some(crate::model::TaskKind::InstanceDelete),
+        object_id: Some(instance_id),
+        ..Default::default()
+    };
+    let deletes = store::tasks::list(&mut service.store().reader().await.expect("reader"), &filter).await;
+    assert_eq!(deletes.expect("listed").len(), 1, "one delete task was created");
+    let delete = service.wait_task(&Caller::system(), answered[0], Duration::from_secs(30)).await.expect("task");
+    assert_eq!(delete.state, TaskState::Succeeded, "{delete:?}");
 }
 
 #[tokio::test]
