@@ -182,10 +182,7 @@ fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &
         return;
     }
     query.push(prefix);
-    let mut separated = query.separated(", ");
-    for state in states {
-        separated.push_bind(state.as_str());
-    }
+    super::push_names(query, states.iter().map(|state| state.as_str()));
     query.push(")");
 }
 

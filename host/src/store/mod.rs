@@ -436,35 +436,46 @@ impl PendingWrites {
 }
 
 /// Sends `BEGIN IMMEDIATE` (when `begin`), every statement and event of `writes` and `COMMIT`
-/// on `connection` in one round trip; answers the sequence number of the last event appended
-/// and the rows the statements returned (a row whose first column is `seq` is an appended
-/// event's). On an error the transaction is still open.
+/// on `connection`: one query per batch of writes, the first with the `BEGIN`, the last with
+/// the `COMMIT` (one round trip for a single batch). Answers the sequence number of the last
+/// event appended and the rows the statements returned (a row whose first column is `seq` is
+/// an appended event's). On an error the transaction is still open.
 async fn commit_on(
     connection: &mut SqliteConnection,
     begin: bool,
     writes: &[&PendingWrites],
 ) -> StoreResult<(Option<i64>, Vec<SqliteRow>)> {
-    let mut query = QueryBuilder::new(if begin { "BEGIN IMMEDIATE; " } else { "" });
-    let mut statements = 0;
-    for statement in writes.iter().flat_map(|writes| &writes.statements) {
-        statement(&mut query);
-        statements += 1;
-    }
-    let events: Vec<_> = writes.iter().flat_map(|writes| &writes.events).collect();
-    events::push_appends(&mut query, &events);
-    query.push("COMMIT");
-    // Commits of the same shape recur (one task's outcome, a few batches together) and stay
-    // prepared in the connection's statement cache; a large one (a create of hundreds of
-    // instances) would keep hundreds of prepared statements there, so it is prepared afresh.
-    let cached = statements + events.len() <= MAX_CACHED_COMMIT_STATEMENTS;
-    let rows = query.build().persistent(cached).fetch_all(connection).await?;
     let mut last = None;
     let mut returned = Vec::new();
-    for row in rows {
-        if row.columns().first().is_some_and(|column| column.name() == "seq") {
-            last = last.max(Some(row.try_get::<i64, _>("seq")?));
-        } else {
-            returned.push(row);
+    let batches = writes.len().max(1);
+    for index in 0..batches {
+        let mut query = QueryBuilder::new(if begin && index == 0 { "BEGIN IMMEDIATE; " } else { "" });
+        let mut statements = 0;
+        if let Some(writes) = writes.get(index) {
+            for statement in &writes.statements {
+                statement(&mut query);
+            }
+            let events: Vec<_> = writes.events.iter().collect();
+            events::push_appends(&mut query, &events);
+            statements = writes.statements.len() + events.len();
+        }
+        if index + 1 == batches {
+            query.push("COMMIT");
+        }
+        if query.sql().is_empty() {
+            continue;
+        }
+        // A batch's query has the same text whichever batches share its commit, so commits of
+        // the same shape (one task's outcome) stay prepared in the connection's statement
+        // cache; a large one (a create of hundreds of instances) would keep hundreds of
+        // prepared statements there, so it is prepared afresh.
+        let cached = statements <= MAX_CACHED_COMMIT_STATEMENTS;
+        for row in query.build().persistent(cached).fetch_all(&mut *connection).await? {
+            if row.columns().first().is_some_and(|column| column.name() == "seq") {
+                last = last.max(Some(row.try_get::<i64, _>("seq")?));
+            } else {
+                returned.push(row);
+            }
         }
     }
     Ok((last, returned))
@@ -716,6 +727,18 @@ pub(crate) fn parse_optional_time(text: Option<String>) -> StoreResult<Option<Ti
 
 pub(crate) fn parse_uuid(text: &str) -> StoreResult<uuid::Uuid> {
     uuid::Uuid::parse_str(text).map_err(|error| StoreError::Corrupt(format!("uuid '{text}': {error}")))
+}
+
+/// Pushes `'a', 'b', …`: names of an enum's variants (fixed, without quotes) written into the
+/// statement instead of bound. SQLite plans with them; a bound value that the planner compares
+/// with a partial index's condition (such as `kind = ?` with migration 0009's) makes it
+/// prepare the statement again at every execution with another value.
+pub(crate) fn push_names(query: &mut QueryBuilder<'_, Sqlite>, names: impl IntoIterator<Item = &'static str>) {
+    let mut separated = query.separated(", ");
+    for name in names {
+        debug_assert!(!name.contains('\''), "a name written into SQL: {name}");
+        separated.push(format_args!("'{name}'"));
+    }
 }
 
 /// Ends a list query: rows after the cursor id, in id (creation) order, at most `limit`.

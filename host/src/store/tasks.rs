@@ -169,14 +169,12 @@ pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &Task
     query.push("SELECT * FROM tasks WHERE 1 = 1");
     if !filter.states.is_empty() {
         query.push(" AND state IN (");
-        let mut separated = query.separated(", ");
-        for state in &filter.states {
-            separated.push_bind(state.as_str());
-        }
+        super::push_names(query, filter.states.iter().map(|state| state.as_str()));
         query.push(")");
     }
     if let Some(kind) = filter.kind {
-        query.push(" AND kind = ").push_bind(kind.as_str());
+        query.push(" AND kind = ");
+        super::push_names(query, [kind.as_str()]);
     }
     if let Some(object_id) = filter.object_id {
         query.push(" AND object_id = ").push_bind(object_id.to_string());
