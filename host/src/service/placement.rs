@@ -43,12 +43,14 @@ struct PlacementPass {
     left_waiting: usize,
 }
 
-/// A consistent picture of the fleet and the queue, read in one transaction.
+/// A picture of the fleet and the queue: consistent when placing (read in the transaction that
+/// writes the placements).
 struct Snapshot {
     hosts: Vec<Host>,
     candidates: Vec<HostCandidate>,
     groups: HashMap<Uuid, GroupPolicy>,
     waiting: Vec<Instance>,
+    templates: HashMap<Uuid, Template>,
 }
 
 impl Service {
@@ -72,15 +74,15 @@ impl Service {
 
     /// Places what it can.
     async fn place_all_waiting(&self) -> ServiceResult<PlacementPass> {
-        let filter = InstanceFilter { states: vec![InstanceState::Scheduling], unplaced: true, ..Default::default() };
+        let filter = waiting_for_a_host();
         if store::instances::list(&mut *self.store().reader().await?, &filter).await?.is_empty() {
             return Ok(PlacementPass { placed: 0, left_waiting: 0 });
         }
-        let templates = self.templates_by_id().await?;
-        let mut transaction = self.store().begin().await?;
-        let mut snapshot = self.snapshot(&mut transaction).await?;
+        let (mut transaction, fleet) = store::fleet::begin_reading(self.store(), &filter).await?;
+        let mut snapshot = self.snapshot(fleet);
+        let templates = &snapshot.templates;
         let requests: Vec<PlacementRequest> =
-            snapshot.waiting.iter().map(|instance| placement_request(instance, &templates)).collect();
+            snapshot.waiting.iter().map(|instance| placement_request(instance, templates)).collect();
         let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
         let mut pass = PlacementPass { placed: 0, left_waiting: 0 };
         for (instance, decision) in snapshot.waiting.into_iter().zip(decisions) {
@@ -96,7 +98,7 @@ impl Service {
                     }));
                     // On a host that holds its template, nothing comes before the start: the
                     // instance is `starting` from here (its task would say so first thing).
-                    let starting = starts_at_once(&instance, host, &templates)
+                    let starting = starts_at_once(&instance, host, templates)
                         .then(|| change_state(&mut instance, InstanceState::Starting, json!({ "host": host.name })));
                     store::instances::defer_update(transaction.writes(), &instance);
                     transaction.append_event(placed);
@@ -118,9 +120,8 @@ impl Service {
     /// Why a waiting instance is not placed yet (or where it went).
     pub async fn explain_placement(&self, caller: &Caller, instance_id: Uuid) -> ServiceResult<PlacementExplanation> {
         let instance = self.get_instance(caller, instance_id).await?;
-        let templates = self.templates_by_id().await?;
-        let mut reader = self.store().reader().await?;
-        let mut snapshot = self.snapshot(&mut reader).await?;
+        let mut snapshot = self.read_snapshot().await?;
+        let templates = &snapshot.templates;
         let queue_length = snapshot.waiting.len();
         let Some(position) = queue_order(&snapshot.waiting).iter().position(|waiting| waiting.id == instance_id) else {
             let summary = match instance.host_id {
@@ -137,7 +138,7 @@ impl Service {
             });
         };
         let requests: Vec<PlacementRequest> =
-            snapshot.waiting.iter().map(|instance| placement_request(instance, &templates)).collect();
+            snapshot.waiting.iter().map(|instance| placement_request(instance, templates)).collect();
         let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
         let decision = decisions
             .into_iter()
@@ -154,13 +155,12 @@ impl Service {
     ) -> ServiceResult<PlacementExplanation> {
         let accepted = self.accept(caller, &request).await?;
         let probe = accepted.instance(&request, Uuid::now_v7(), "plan".into(), store::now());
-        let templates = self.templates_by_id().await?;
-        let mut reader = self.store().reader().await?;
-        let mut snapshot = self.snapshot(&mut reader).await?;
+        let mut snapshot = self.read_snapshot().await?;
+        let templates = &snapshot.templates;
         let queue_length = snapshot.waiting.len();
         let mut requests: Vec<PlacementRequest> =
-            snapshot.waiting.iter().map(|instance| placement_request(instance, &templates)).collect();
-        requests.push(placement_request(&probe, &templates));
+            snapshot.waiting.iter().map(|instance| placement_request(instance, templates)).collect();
+        requests.push(placement_request(&probe, templates));
         let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
         let decision = decisions
             .into_iter()
@@ -169,14 +169,15 @@ impl Service {
         Ok(explanation(decision, None, queue_length))
     }
 
-    async fn templates_by_id(&self) -> ServiceResult<HashMap<Uuid, Template>> {
-        Ok(self.load_templates().await?.into_iter().map(|template| (template.id, template)).collect())
+    /// A [`Snapshot`] read outside a transaction, to explain placement without placing.
+    async fn read_snapshot(&self) -> ServiceResult<Snapshot> {
+        let mut reader = self.store().reader().await?;
+        let fleet = store::fleet::read(&mut reader, &waiting_for_a_host()).await?;
+        Ok(self.snapshot(fleet))
     }
 
-    async fn snapshot(&self, connection: &mut sqlx::SqliteConnection) -> ServiceResult<Snapshot> {
-        let waiting = InstanceFilter { states: vec![InstanceState::Scheduling], unplaced: true, ..Default::default() };
-        let store::fleet::Fleet { waiting, hosts, groups, affinity_keys: mut affinity } =
-            store::fleet::read(connection, &waiting).await?;
+    fn snapshot(&self, fleet: store::fleet::Fleet) -> Snapshot {
+        let store::fleet::Fleet { waiting, hosts, groups, affinity_keys: mut affinity, templates } = fleet;
         let groups = groups
             .into_iter()
             .map(|group| (group.id, GroupPolicy { fallback: group.fallback_group_id, strategy: group.strategy }))
@@ -206,8 +207,14 @@ impl Service {
                 affinity_keys: affinity.remove(&host.id).unwrap_or_default(),
             })
             .collect();
-        Ok(Snapshot { hosts, candidates, groups, waiting })
+        let templates = templates.into_iter().map(|template| (template.id, template)).collect();
+        Snapshot { hosts, candidates, groups, waiting, templates }
     }
+}
+
+/// The instances placement places: waiting for a host.
+fn waiting_for_a_host() -> InstanceFilter {
+    InstanceFilter { states: vec![InstanceState::Scheduling], unplaced: true, ..Default::default() }
 }
 
 /// Whether `instance` can start on `host` at once: it has no template, or the host's last

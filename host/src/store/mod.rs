@@ -121,6 +121,24 @@ impl Store {
         }
     }
 
+    /// [`Store::begin`], sending the reads `add_reads` adds with the `BEGIN` in one round trip;
+    /// answers the transaction and the rows of each read.
+    #[track_caller]
+    pub(crate) fn begin_reading(
+        &self,
+        add_reads: impl FnOnce(ReadsTogether) -> ReadsTogether,
+    ) -> impl Future<Output = StoreResult<(WriteTx, Vec<Vec<SqliteRow>>)>> + Send + '_ {
+        let caller = std::panic::Location::caller();
+        let reads = add_reads(ReadsTogether { query: QueryBuilder::new("BEGIN IMMEDIATE; "), reads: 0 });
+        async move {
+            let (connection, acquired) = acquire_writer(&self.writer).await?;
+            // Dropped on an error: rolled back (or the connection discarded if `BEGIN` failed).
+            let mut transaction = self.write_transaction(connection, acquired, caller);
+            let rows = reads.fetch(&mut transaction).await?;
+            Ok((transaction, rows))
+        }
+    }
+
     fn write_transaction(
         &self,
         connection: Connection,

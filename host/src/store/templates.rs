@@ -76,12 +76,30 @@ fn attach_versions(templates: &mut [Template], rows: &[SqliteRow]) -> StoreResul
     Ok(())
 }
 
-/// Every template with its versions and files: two statements, whatever the number of templates.
+/// Every template with its versions and files, by name: one round trip, whatever the number of
+/// templates.
 pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Template>> {
-    let rows = sqlx::query("SELECT * FROM templates ORDER BY name").fetch_all(&mut *connection).await?;
-    let mut templates = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
-    let rows = sqlx::query(&format!("{VERSIONS_WITH_FILES} ORDER BY v.number, f.name")).fetch_all(connection).await?;
-    attach_versions(&mut templates, &rows)?;
+    let reads = read_all(ReadsTogether::new()).fetch(connection).await?;
+    let [template_rows, version_rows] = <[_; 2]>::try_from(reads).map_err(|_| StoreError::Corrupt("reads".into()))?;
+    list_from_reads(&template_rows, &version_rows)
+}
+
+/// Adds the two reads of every template (see [`list_from_reads`]).
+pub(super) fn read_all(reads: ReadsTogether) -> ReadsTogether {
+    reads
+        .read(|query| {
+            query.push("SELECT * FROM templates");
+        })
+        .read(|query| {
+            query.push(VERSIONS_WITH_FILES);
+        })
+}
+
+/// The templates (by name, with their versions and files) from the rows of [`read_all`]'s reads.
+pub(super) fn list_from_reads(template_rows: &[SqliteRow], version_rows: &[SqliteRow]) -> StoreResult<Vec<Template>> {
+    let mut templates = template_rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
+    templates.sort_by(|one, other| one.name.cmp(&other.name));
+    attach_versions(&mut templates, version_rows)?;
     Ok(templates)
 }
 

@@ -310,6 +310,7 @@ async fn the_fleet_read_in_one_round_trip_matches_its_parts_read_one_by_one() {
     let waiting_instances = store::instances::list(&mut reader, &filter).await.expect("read");
     let hosts = store::hosts::list(&mut reader).await.expect("read");
     let mut groups = store::groups::list(&mut reader).await.expect("read");
+    let template = store::templates::get_by_name(&mut reader, "base").await.expect("read").expect("found");
     let live =
         store::instances::InstanceFilter { excluded_states: vec![InstanceState::Terminated], ..Default::default() };
     let mut affinity_keys = store::instances::AffinityKeys::new();
@@ -333,6 +334,7 @@ async fn the_fleet_read_in_one_round_trip_matches_its_parts_read_one_by_one() {
     assert_eq!(json(&fleet.groups), json(&groups));
     assert_eq!(affinity_keys.len(), 2, "{affinity_keys:?}");
     assert_eq!(fleet.affinity_keys, affinity_keys);
+    assert_eq!(json(&fleet.templates), json(&[template]));
 }
 
 #[tokio::test]
