@@ -167,21 +167,6 @@ impl Store {
         }
     }
 
-    /// Commits `writes` in a transaction of their own, sent with its `BEGIN` in one round trip
-    /// as soon as the writer is free (not with a group); answers the rows their statements
-    /// return. For writes that must answer something, such as what a claim took.
-    #[track_caller]
-    pub(crate) fn commit_alone(
-        &self,
-        writes: PendingWrites,
-    ) -> impl Future<Output = StoreResult<Vec<SqliteRow>>> + Send + '_ {
-        let caller = std::panic::Location::caller();
-        async move {
-            let (connection, acquired) = acquire_writer(&self.writer).await?;
-            commit_writes(connection, true, &[&writes], &self.latest_event, acquired, &[caller]).await
-        }
-    }
-
     /// The writer connection outside a transaction, for one write statement that carries no
     /// event: SQLite commits it on its own (atomically), which saves the `BEGIN` and `COMMIT`
     /// round trips of a [`WriteTx`].
@@ -456,17 +441,17 @@ impl PendingWrites {
 /// Sends `BEGIN IMMEDIATE` (when `begin`), every statement and event of `writes` and `COMMIT`
 /// on `connection`: one query per batch of writes, the first with the `BEGIN`, the last with
 /// the `COMMIT` (one round trip for a single batch). Answers the sequence number of the last
-/// event appended and the rows the statements returned (a row whose first column is `seq` is
-/// an appended event's). On an error the transaction is still open.
+/// event appended and, for each batch, the rows its statements returned (a row whose first
+/// column is `seq` is an appended event's). On an error the transaction is still open.
 async fn commit_on(
     connection: &mut SqliteConnection,
     begin: bool,
     writes: &[&PendingWrites],
-) -> StoreResult<(Option<i64>, Vec<SqliteRow>)> {
+) -> StoreResult<(Option<i64>, Vec<Vec<SqliteRow>>)> {
     let mut last = None;
-    let mut returned = Vec::new();
     let batches = writes.len().max(1);
-    for index in 0..batches {
+    let mut returned: Vec<Vec<SqliteRow>> = (0..batches).map(|_| Vec::new()).collect();
+    for (index, batch_rows) in returned.iter_mut().enumerate() {
         let mut query = QueryBuilder::new(if begin && index == 0 { "BEGIN IMMEDIATE; " } else { "" });
         let mut statements = 0;
         if let Some(writes) = writes.get(index) {
@@ -492,7 +477,7 @@ async fn commit_on(
             if row.columns().first().is_some_and(|column| column.name() == "seq") {
                 last = last.max(Some(row.try_get::<i64, _>("seq")?));
             } else {
-                returned.push(row);
+                batch_rows.push(row);
             }
         }
     }
@@ -522,6 +507,12 @@ impl WriteBatch {
     /// once they are committed (or failed: then nothing of this batch is written). A caller
     /// cancelled while waiting leaves the batch to be committed all the same.
     pub async fn commit(self) -> StoreResult<()> {
+        self.commit_returning().await.map(drop)
+    }
+
+    /// [`WriteBatch::commit`], answering the rows its statements returned (its events' aside):
+    /// a claim of tasks is a batch that answers what it took.
+    pub(crate) async fn commit_returning(self) -> StoreResult<Vec<SqliteRow>> {
         let (done, outcome) = oneshot::channel();
         let batch = QueuedBatch { writes: self.writes, caller: self.caller, done };
         self.queue.send(batch).map_err(|_| sqlx::Error::PoolClosed)?;
@@ -532,7 +523,7 @@ impl WriteBatch {
 struct QueuedBatch {
     writes: PendingWrites,
     caller: &'static std::panic::Location<'static>,
-    done: oneshot::Sender<StoreResult<()>>,
+    done: oneshot::Sender<StoreResult<Vec<SqliteRow>>>,
 }
 
 /// At most this many batches share one transaction.
@@ -586,9 +577,9 @@ async fn commit_group(
     let writes: Vec<_> = group.iter().map(|batch| &batch.writes).collect();
     let callers: Vec<_> = group.iter().map(|batch| batch.caller).collect();
     match commit_writes(connection, true, &writes, latest_event, acquired, &callers).await {
-        Ok(_) => {
-            for batch in group {
-                let _ = batch.done.send(Ok(()));
+        Ok(returned) => {
+            for (batch, rows) in group.into_iter().zip(returned) {
+                let _ = batch.done.send(Ok(rows));
             }
         }
         Err(error) if group.len() == 1 => {
@@ -599,7 +590,8 @@ async fn commit_group(
                 let outcome = match acquire_writer(writer).await {
                     Ok((connection, acquired)) => {
                         let (writes, callers) = ([&batch.writes], [batch.caller]);
-                        commit_writes(connection, true, &writes, latest_event, acquired, &callers).await.map(drop)
+                        let committed = commit_writes(connection, true, &writes, latest_event, acquired, &callers);
+                        committed.await.map(|mut returned| returned.pop().unwrap_or_default())
                     }
                     Err(error) => Err(error),
                 };
@@ -610,8 +602,9 @@ async fn commit_group(
 }
 
 /// Commits `writes` on the writer `connection` (after `BEGIN IMMEDIATE` when `begin`), wakes
-/// event subscribers, and records the writer's use; answers the rows the statements returned.
-/// A failed commit is rolled back before the connection is given back.
+/// event subscribers, and records the writer's use; answers, for each batch of `writes`, the
+/// rows its statements returned. A failed commit is rolled back before the connection is given
+/// back.
 async fn commit_writes(
     mut connection: Connection,
     begin: bool,
@@ -619,7 +612,7 @@ async fn commit_writes(
     latest_event: &watch::Sender<i64>,
     acquired: Instant,
     callers: &[&'static std::panic::Location<'static>],
-) -> StoreResult<Vec<SqliteRow>> {
+) -> StoreResult<Vec<Vec<SqliteRow>>> {
     let in_flight = CommitInFlight(Some(connection.pool.clone()));
     let committed = commit_on(&mut connection, begin, writes).await;
     in_flight.finished();
@@ -849,6 +842,33 @@ mod tests {
         assert_eq!(outcomes, [true, false, true], "only the bad batch failed");
         assert_eq!(event_kinds(&store).await, ["test.first", "test.third"]);
         assert_eq!(*store.subscribe_events().borrow(), 2, "subscribers see the committed events");
+    }
+
+    #[tokio::test]
+    async fn batches_committed_together_each_get_the_rows_of_their_own_statements() {
+        let (store, _directory) = open_temporary().await;
+        // Holding the writer makes the batches queue up: the committer takes them as one group.
+        let transaction = store.begin().await.expect("begin");
+        let commits: Vec<_> = ["first", "second", "third"]
+            .into_iter()
+            .map(|key| {
+                let mut batch = store.batch();
+                batch.append_event(NewEvent::new("test.written", "test", key));
+                batch.writes().defer(move |query| {
+                    query.push("INSERT INTO plugin_state (provider, key, value) VALUES ('provider', ");
+                    query.push_bind(key).push(", x'00') RETURNING key; ");
+                });
+                tokio::spawn(batch.commit_returning())
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        transaction.commit().await.expect("commit");
+        for (commit, key) in commits.into_iter().zip(["first", "second", "third"]) {
+            let rows = commit.await.expect("joined").expect("committed");
+            let keys: Vec<String> = rows.iter().map(|row| row.try_get("key").expect("key")).collect();
+            assert_eq!(keys, [key], "a batch's rows are its own, without its events'");
+        }
+        assert_eq!(event_kinds(&store).await.len(), 3);
     }
 
     #[tokio::test]

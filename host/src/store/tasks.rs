@@ -186,16 +186,16 @@ pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &Task
 }
 
 /// Starts up to `limit` pending tasks the dispatcher may start now, oldest first, and appends
-/// their `task.started` events, in one transaction sent in one round trip: running, one more
+/// their `task.started` events, in one batch (one query of the next group commit): running, one more
 /// attempt, `started_at` set on the first. Batches never run themselves, and an instance
 /// creation waits until placement gave its instance a host (unless cancelled). Answers the
 /// started tasks, oldest first, each with whether cancellation was requested.
 pub async fn claim(store: &Store, limit: u32, now: &Timestamp) -> StoreResult<Vec<(Task, bool)>> {
     let now = format_time(now);
-    let mut writes = PendingWrites::default();
+    let mut batch = store.batch();
     // The tasks taken are noted in a table of the writer connection's own (`temp`), so that
     // the statements after the claim, sent with it, find them.
-    writes.defer(move |query| {
+    batch.writes().defer(move |query| {
         query
             .push(
                 "CREATE TEMP TABLE IF NOT EXISTS claimed_tasks (id TEXT PRIMARY KEY); \
@@ -220,7 +220,7 @@ pub async fn claim(store: &Store, limit: u32, now: &Timestamp) -> StoreResult<Ve
                  WHERE id IN (SELECT id FROM temp.claimed_tasks) ORDER BY id RETURNING seq; ",
             );
     });
-    let rows = store.commit_alone(writes).await?;
+    let rows = batch.commit_returning().await?;
     let mut claimed = rows
         .iter()
         .map(|row| Ok((from_row(row)?, row.try_get("cancel_requested")?)))
