@@ -4,11 +4,12 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::lifecycle::change_state;
 use super::projects::Demand;
 use super::providers::{console_from_driver, service_error_from_call};
 use super::{Service, ServiceError, ServiceResult};
@@ -660,6 +661,18 @@ impl Service {
             batch.writes(),
             NewTask::on_object(TaskKind::InstanceDelete, id, json!({ "instance_id": id }), caller),
         );
+        // An instance nothing else works on is `terminating` from here (the task, should the
+        // store find another task unfinished on it, makes it so once that one is cancelled).
+        if instance.state != InstanceState::Terminating {
+            let terminating = change_state(&mut instance.clone(), InstanceState::Terminating, Value::Null);
+            store::instances::defer_state_change_when_idle(
+                batch.writes(),
+                id,
+                instance.state,
+                InstanceState::Terminating,
+                terminating,
+            );
+        }
         match batch.commit().await {
             Ok(()) => {}
             Err(error) if store::tasks::is_second_unfinished_delete(&error) => {

@@ -465,7 +465,10 @@ impl Service {
         if instance.state == InstanceState::Terminated {
             return Ok(json!({ "instance_id": id }));
         }
-        self.set_state(&mut instance, InstanceState::Terminating, Value::Null).await?;
+        if instance.state != InstanceState::Terminating {
+            // (Usually done by the request, unless another task was at work on the instance.)
+            self.set_state(&mut instance, InstanceState::Terminating, Value::Null).await?;
+        }
         if instance.host_id.is_some() {
             let (_, driver) = self.placement_in(&instance, host)?;
             if let Err(error) = driver.delete_instance(&instance.provider_instance_id()).await

@@ -28,6 +28,24 @@ pub(super) fn push_appends(query: &mut QueryBuilder<'static, Sqlite>, events: &[
     }
 }
 
+/// Pushes the `INSERT` appending `event` (appended at `time`) only if the statement pushed just
+/// before it changed a row (SQLite's `changes()`), answering its sequence number if it did.
+pub(super) fn push_append_if_changed(query: &mut QueryBuilder<'static, Sqlite>, time: &Timestamp, event: &NewEvent) {
+    query.push("INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) SELECT ");
+    let mut values = query.separated(", ");
+    values
+        .push_bind(format_time(time))
+        .push_bind(event.kind.clone())
+        .push_bind(event.object_kind)
+        .push_bind(event.object_id.clone())
+        .push_bind(event.actor.clone())
+        .push_bind(event.scheme.clone())
+        .push_bind(event.source.clone())
+        .push_bind(event.outcome.clone())
+        .push_bind(event.data.to_string());
+    query.push(" WHERE changes() = 1 RETURNING seq; ");
+}
+
 pub(super) async fn latest_seq(connection: &mut SqliteConnection) -> StoreResult<i64> {
     let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM events").fetch_one(connection).await?;
     Ok(row.try_get("seq")?)

@@ -10,7 +10,7 @@ use super::{
     PendingWrites, ReadsTogether, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid,
     parse_time, parse_uuid, push_page, to_json,
 };
-use crate::model::{Host, Instance, InstanceState, Task, TaskState, Template};
+use crate::model::{Host, Instance, InstanceState, NewEvent, Task, TaskKind, TaskState, Template};
 
 /// Conditions for listing instances, all combined with AND. `Some(vec![])`-style negations use
 /// the `excluded_*` fields.
@@ -298,6 +298,34 @@ pub async fn update(connection: &mut SqliteConnection, instance: &Instance) -> S
 pub fn defer_update(writes: &mut PendingWrites, instance: &Instance) {
     let instance = instance.clone();
     writes.defer(move |query| push_update(query, &instance));
+}
+
+/// Moves the instance from state `from` to `to` (`updated_at` set to `time`), with `event`,
+/// sent with the commit — if at that moment it is still `from` and no task but its deletion is
+/// unfinished on it; otherwise nothing is written. For a delete request that finds the instance
+/// idle: it is `terminating` from the request on.
+pub fn defer_state_change_when_idle(
+    writes: &mut PendingWrites,
+    instance_id: Uuid,
+    from: InstanceState,
+    to: InstanceState,
+    event: NewEvent,
+) {
+    let time = super::now();
+    writes.defer(move |query| {
+        query.push("UPDATE instances SET state = ");
+        super::push_names(query, [to.as_str()]);
+        query.push(", updated_at = ").push_bind(format_time(&time));
+        query.push(" WHERE id = ").push_bind(instance_id.to_string()).push(" AND state = ");
+        super::push_names(query, [from.as_str()]);
+        query.push(
+            " AND NOT EXISTS (SELECT 1 FROM tasks WHERE object_id = instances.id \
+               AND state IN ('pending', 'running') AND kind != ",
+        );
+        super::push_names(query, [TaskKind::InstanceDelete.as_str()]);
+        query.push("); ");
+        super::events::push_append_if_changed(query, &time, &event);
+    });
 }
 
 /// The instance's mutable columns as they are in `instance`.

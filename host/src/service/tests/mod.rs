@@ -420,6 +420,43 @@ async fn deletes_racing_for_one_instance_share_one_task() {
     assert_eq!(delete.state, TaskState::Succeeded, "{delete:?}");
 }
 
+/// The states an instance went through, from its `instance.state_changed` events.
+async fn states_of(service: &Service, instance_id: Uuid) -> Vec<String> {
+    let changes = events_of_type(service, "instance.state_changed").await;
+    let of_instance = changes.into_iter().filter(|event| event.object_id == instance_id.to_string());
+    of_instance.map(|event| event.data["to"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_delete_request_makes_an_idle_instance_terminating_at_once_and_leaves_a_busy_one_to_its_task() {
+    // Slow stops and deletes keep tasks at work while the instances are read.
+    let delays = json!({ "create": 5, "start": 5, "stop": 2000, "restart": 5, "delete": 1500, "pull": 5 });
+    let fixture = start(json!({ "hosts": 1, "delays_ms": delays })).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let state = |id| async move { service.get_instance(&Caller::system(), id).await.expect("instance").state };
+
+    let (_, idle) = create_and_wait(service, create_request("base")).await;
+    let delete = service.delete_instance(&Caller::system(), idle).await.expect("accepted");
+    assert_eq!(state(idle).await, InstanceState::Terminating, "terminating as the request answers");
+    let delete = service.wait_task(&Caller::system(), delete.id, Duration::from_secs(30)).await.expect("task");
+    assert_eq!(delete.state, TaskState::Succeeded, "{delete:?}");
+    assert_eq!(states_of(service, idle).await, ["pulling", "starting", "running", "terminating", "terminated"]);
+
+    let (_, busy) = create_and_wait(service, create_request("base")).await;
+    let stop = InstanceAction::Stop;
+    service.instance_action(&Caller::system(), busy, stop, ActionOptions::default()).await.expect("stop accepted");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = state(busy).await;
+    let delete = service.delete_instance(&Caller::system(), busy).await.expect("accepted");
+    assert_eq!(state(busy).await, before, "a request leaves an instance with a task at work to the delete task");
+    let delete = service.wait_task(&Caller::system(), delete.id, Duration::from_secs(30)).await.expect("task");
+    assert_eq!(delete.state, TaskState::Succeeded, "{delete:?}");
+    let states = states_of(service, busy).await;
+    assert_eq!(states.iter().filter(|state| *state == "terminating").count(), 1, "{states:?}");
+    assert_eq!(states.last().map(String::as_str), Some("terminated"), "{states:?}");
+}
+
 #[tokio::test]
 async fn a_failing_driver_fails_the_task_marks_the_instance_and_cleans_up() {
     let mut config = fast(json!({ "hosts": 1 }));
