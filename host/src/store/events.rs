@@ -1,5 +1,6 @@
 //! The append-only event log.
 
+use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{StoreResult, format_time, parse_json, parse_time};
@@ -13,17 +14,7 @@ const EVENTS_PER_STATEMENT: usize = 500;
 pub(super) fn push_appends(query: &mut QueryBuilder<'static, Sqlite>, events: &[&(Timestamp, NewEvent)]) {
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
         query.push("INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) ");
-        query.push_values(chunk, |mut row, (time, event)| {
-            row.push_bind(format_time(time))
-                .push_bind(event.kind.clone())
-                .push_bind(event.object_kind)
-                .push_bind(event.object_id.clone())
-                .push_bind(event.actor.clone())
-                .push_bind(event.scheme.clone())
-                .push_bind(event.source.clone())
-                .push_bind(event.outcome.clone())
-                .push_bind(event.data.to_string());
-        });
+        query.push_values(chunk, |mut row, (time, event)| bind_event(&mut row, time, event));
         query.push(" RETURNING seq; ");
     }
 }
@@ -32,7 +23,12 @@ pub(super) fn push_appends(query: &mut QueryBuilder<'static, Sqlite>, events: &[
 /// before it changed a row (SQLite's `changes()`), answering its sequence number if it did.
 pub(super) fn push_append_if_changed(query: &mut QueryBuilder<'static, Sqlite>, time: &Timestamp, event: &NewEvent) {
     query.push("INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) SELECT ");
-    let mut values = query.separated(", ");
+    bind_event(&mut query.separated(", "), time, event);
+    query.push(" WHERE changes() = 1 RETURNING seq; ");
+}
+
+/// Binds an event's columns, in the order of the `INSERT`s above.
+fn bind_event(values: &mut Separated<'_, 'static, Sqlite, &'static str>, time: &Timestamp, event: &NewEvent) {
     values
         .push_bind(format_time(time))
         .push_bind(event.kind.clone())
@@ -43,7 +39,6 @@ pub(super) fn push_append_if_changed(query: &mut QueryBuilder<'static, Sqlite>, 
         .push_bind(event.source.clone())
         .push_bind(event.outcome.clone())
         .push_bind(event.data.to_string());
-    query.push(" WHERE changes() = 1 RETURNING seq; ");
 }
 
 pub(super) async fn latest_seq(connection: &mut SqliteConnection) -> StoreResult<i64> {
