@@ -454,14 +454,25 @@ impl Service {
         action: &'static str,
     ) -> ServiceResult<Instance> {
         let instance = self.find_instance(id).await?;
-        let id_text = id.to_string();
+        self.check_instance_access(caller, &instance, action).await?;
+        Ok(instance)
+    }
+
+    /// `not found` unless the caller may see the instance, `forbidden` unless it may `action` it.
+    async fn check_instance_access(
+        &self,
+        caller: &Caller,
+        instance: &Instance,
+        action: &'static str,
+    ) -> ServiceResult<()> {
+        let id_text = instance.id.to_string();
         if !caller.access.allows(permission(Resource::Instance, "list"), Some(instance.project_id), Some(&id_text)) {
-            return Err(ServiceError::not_found("instance", id));
+            return Err(ServiceError::not_found("instance", instance.id));
         }
         if action != "list" {
             self.require(caller, Resource::Instance, action, Some(instance.project_id), Some(&id_text)).await?;
         }
-        Ok(instance)
+        Ok(())
     }
 
     pub async fn list_instances(&self, caller: &Caller, query: InstanceQuery) -> ServiceResult<InstanceList> {
@@ -645,12 +656,16 @@ impl Service {
     /// Deletes an instance: a task that first cancels whatever else works on the instance.
     /// Asking again while a delete is under way answers that delete's task.
     pub async fn delete_instance(&self, caller: &Caller, id: Uuid) -> ServiceResult<Task> {
-        let instance = self.authorized_instance(caller, id, "delete").await?;
+        let mut reader = self.store().reader().await?;
+        let found = store::instances::get_with_unfinished(&mut reader, id, TaskKind::InstanceDelete).await?;
+        drop(reader);
+        let (instance, deletes) = found.ok_or_else(|| ServiceError::not_found("instance", id))?;
+        self.check_instance_access(caller, &instance, "delete").await?;
+        if let Some(under_way) = deletes.into_iter().next() {
+            return Ok(under_way);
+        }
         if instance.state == InstanceState::Terminated {
             return Err(ServiceError::Conflict(format!("instance {id} is already terminated")));
-        }
-        if let Some(under_way) = self.unfinished_delete_of(id).await? {
-            return Ok(under_way);
         }
         // Nothing to check under the write lock: the store refuses a second unfinished delete
         // of the instance, so a request racing this one finds its task there. (Should a delete

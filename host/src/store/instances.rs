@@ -127,6 +127,32 @@ pub async fn get_in_context(
     Ok(Some(InstanceContext { instance, host, template, unfinished_tasks }))
 }
 
+/// The instance and its pending and running tasks of `kind` (oldest first), in one round trip.
+pub async fn get_with_unfinished(
+    connection: &mut SqliteConnection,
+    id: Uuid,
+    kind: TaskKind,
+) -> StoreResult<Option<(Instance, Vec<Task>)>> {
+    let filter = super::tasks::TaskFilter {
+        states: vec![TaskState::Pending, TaskState::Running],
+        kind: Some(kind),
+        object_id: Some(id),
+        ..Default::default()
+    };
+    let reads = ReadsTogether::new()
+        .read(|query| {
+            query.push("SELECT * FROM instances WHERE id = ").push_bind(id.to_string());
+        })
+        .read(|query| super::tasks::push_list(query, &filter))
+        .fetch(connection)
+        .await?;
+    let [instance_rows, task_rows] = <[_; 2]>::try_from(reads).map_err(|_| StoreError::Corrupt("reads".into()))?;
+    let Some(instance) = instance_rows.first().map(from_row).transpose()? else { return Ok(None) };
+    let mut tasks = task_rows.iter().map(super::tasks::from_row).collect::<StoreResult<Vec<_>>>()?;
+    tasks.sort_by_key(|task| task.id);
+    Ok(Some((instance, tasks)))
+}
+
 pub async fn list(connection: &mut SqliteConnection, filter: &InstanceFilter) -> StoreResult<Vec<Instance>> {
     let mut query = QueryBuilder::new("");
     push_list(&mut query, filter);

@@ -439,6 +439,8 @@ async fn a_delete_request_makes_an_idle_instance_terminating_at_once_and_leaves_
     let (_, idle) = create_and_wait(service, create_request("base")).await;
     let delete = service.delete_instance(&Caller::system(), idle).await.expect("accepted");
     assert_eq!(state(idle).await, InstanceState::Terminating, "terminating as the request answers");
+    let again = service.delete_instance(&Caller::system(), idle).await.expect("accepted again");
+    assert_eq!(again.id, delete.id, "asking again answers the delete under way");
     let delete = service.wait_task(&Caller::system(), delete.id, Duration::from_secs(30)).await.expect("task");
     assert_eq!(delete.state, TaskState::Succeeded, "{delete:?}");
     assert_eq!(states_of(service, idle).await, ["pulling", "starting", "running", "terminating", "terminated"]);
