@@ -15,7 +15,7 @@ use super::providers::{console_from_driver, service_error_from_call};
 use super::{Service, ServiceError, ServiceResult};
 use crate::auth::Caller;
 use crate::auth::access::permission;
-use crate::auth::identity::Quota;
+use crate::auth::identity::{DEFAULT_PROJECT_ID, Project, Quota};
 use crate::auth::permissions::Resource;
 use crate::config::MAX_STOP_GRACE_SECS;
 use crate::model::{
@@ -207,10 +207,9 @@ impl Service {
         let host_id = request.host_id.map(|id| id.to_string());
         self.require(caller, Resource::Node, "create_instance", Some(accepted.project_id), host_id.as_deref()).await?;
 
-        let project = store::projects::get(&mut *self.store().reader().await?, accepted.project_id).await?;
         let task = if idempotency_key.is_none()
             && accepted.mac.is_none()
-            && project.as_ref().is_some_and(|project| project.quota == Quota::default())
+            && accepted.project.as_ref().is_some_and(|project| project.quota == Quota::default())
         {
             // Nothing to check under the write lock: the writes go with the next group commit.
             // (Should the project be deleted meanwhile, the store refuses its new instances.)
@@ -318,7 +317,11 @@ impl Service {
 
     /// Validates a creation request, naming the field at fault, and resolves what it refers to.
     pub(super) async fn accept(&self, caller: &Caller, request: &CreateInstances) -> ServiceResult<AcceptedRequest> {
-        let project_id = self.project_for_create(caller, request.project.as_deref()).await?;
+        let named_project = match request.project.as_deref() {
+            Some(reference) => Some(self.resolve_project(caller, reference).await?),
+            None => None,
+        };
+        let project_id = named_project.as_ref().map_or(DEFAULT_PROJECT_ID, |project| project.id);
         let count = check_range("count", request.count.unwrap_or(1), 1, 1000)?;
         let vcpu = check_range("vcpu", request.vcpu.unwrap_or(DEFAULT_VCPU), 1, 512)?;
         let ram_mb = check_range("ram_mb", request.ram_mb.unwrap_or(DEFAULT_RAM_MB), 64, 16 * 1024 * 1024)?;
@@ -342,7 +345,11 @@ impl Service {
         }
         let vlan = request.vlan.map(|vlan| check_range("vlan", vlan, 1, 4094)).transpose()?;
         let placement = self.check_placement(caller, request).await?;
-        let template = self.resolve_template(caller, &request.template).await?;
+        let (template, project) = match named_project {
+            Some(project) => (self.resolve_template(caller, &request.template).await?, Some(project)),
+            // The default project is read with the template.
+            None => self.resolve_template_with_project(caller, &request.template, project_id).await?,
+        };
         let version = match (request.version, &request.tag) {
             (Some(number), _) => Some(
                 template
@@ -367,6 +374,7 @@ impl Service {
         }
         Ok(AcceptedRequest {
             project_id,
+            project,
             template,
             version,
             count,
@@ -715,6 +723,8 @@ impl Service {
 /// A creation request that passed validation, with its defaults applied.
 pub(super) struct AcceptedRequest {
     pub(super) project_id: Uuid,
+    /// The project as read while accepting (none: it does not exist).
+    project: Option<Project>,
     pub(super) template: Template,
     pub(super) version: Option<u32>,
     pub(super) count: u32,

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{Service, ServiceError, ServiceResult, check_name};
 use crate::auth::Caller;
 use crate::auth::access::permission;
+use crate::auth::identity::Project;
 use crate::auth::permissions::Resource;
 use crate::model::{Arch, DiskFormat, NewEvent, Template, TemplateVersion};
 use crate::store::{self, WriteTx};
@@ -115,6 +116,34 @@ impl Service {
         action: &'static str,
     ) -> ServiceResult<Template> {
         let template = self.load_template(reference).await?;
+        self.check_template_access(caller, &template, reference, action).await?;
+        Ok(template)
+    }
+
+    /// [`Self::resolve_template`], with the project `project_id` (if it exists) read in the same
+    /// round trip.
+    pub(super) async fn resolve_template_with_project(
+        &self,
+        caller: &Caller,
+        reference: &str,
+        project_id: Uuid,
+    ) -> ServiceResult<(Template, Option<Project>)> {
+        let mut reader = self.store().reader().await?;
+        let (template, project) = store::templates::get_with_project(&mut reader, reference, project_id).await?;
+        let template = template.ok_or_else(|| ServiceError::not_found("template", reference))?;
+        self.check_template_access(caller, &template, reference, "list").await?;
+        Ok((template, project))
+    }
+
+    /// `not found` unless the caller may see the template (named `reference` by the caller),
+    /// `forbidden` unless it may `action` it.
+    async fn check_template_access(
+        &self,
+        caller: &Caller,
+        template: &Template,
+        reference: &str,
+        action: &'static str,
+    ) -> ServiceResult<()> {
         let id = template.id.to_string();
         if !caller.access.allows(permission(Resource::Template, "list"), Some(template.project_id), Some(&id)) {
             return Err(ServiceError::not_found("template", reference));
@@ -122,7 +151,7 @@ impl Service {
         if action != "list" {
             self.require(caller, Resource::Template, action, Some(template.project_id), Some(&id)).await?;
         }
-        Ok(template)
+        Ok(())
     }
 
     /// A template by id or by name, without a permission check, for Hyperplane's own work.

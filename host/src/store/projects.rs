@@ -1,7 +1,7 @@
 //! Projects, their quotas and what they use.
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{Store, StoreResult, WriteTx, format_time, parse_time, parse_uuid};
@@ -12,7 +12,7 @@ fn limit(row: &SqliteRow, column: &str) -> StoreResult<Option<u64>> {
     Ok(value.map(|value| value.max(0) as u64))
 }
 
-fn from_row(row: &SqliteRow) -> StoreResult<Project> {
+pub(super) fn from_row(row: &SqliteRow) -> StoreResult<Project> {
     Ok(Project {
         id: parse_uuid(row.try_get("id")?)?,
         name: row.try_get("name")?,
@@ -39,13 +39,15 @@ pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Opt
     row.as_ref().map(from_row).transpose()
 }
 
+/// Pushes the read of [`get`] (for [`super::ReadsTogether`]; its row becomes a project with
+/// `from_row`).
+pub(super) fn push_get(query: &mut QueryBuilder<'static, Sqlite>, id: Uuid) {
+    query.push("SELECT * FROM projects WHERE id = ").push_bind(id.to_string());
+}
+
 /// Begins a write transaction with [`get`] sent with its `BEGIN` in one round trip.
 pub async fn begin_getting(store: &Store, id: Uuid) -> StoreResult<(WriteTx, Option<Project>)> {
-    let (transaction, rows) = store
-        .begin_with(|query| {
-            query.push("SELECT * FROM projects WHERE id = ").push_bind(id.to_string());
-        })
-        .await?;
+    let (transaction, rows) = store.begin_with(|query| push_get(query, id)).await?;
     Ok((transaction, rows.first().map(from_row).transpose()?))
 }
 

@@ -7,6 +7,7 @@ use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::{ReadsTogether, StoreError, StoreResult, format_time, parse_enum, parse_time, parse_uuid};
+use crate::auth::identity::Project;
 use crate::model::{DiskFormat, Template, TemplateFile, TemplateVersion};
 
 fn from_row(row: &SqliteRow) -> StoreResult<Template> {
@@ -113,7 +114,14 @@ pub async fn get_by_name(connection: &mut SqliteConnection, name: &str) -> Store
 
 /// The template whose `column` is `value`, if any, with its versions and files: one round trip.
 async fn get_where(connection: &mut SqliteConnection, column: &str, value: String) -> StoreResult<Option<Template>> {
-    let reads = ReadsTogether::new()
+    let reads = read_where(ReadsTogether::new(), column, value).fetch(connection).await?;
+    let [template_rows, version_rows] = <[_; 2]>::try_from(reads).map_err(|_| StoreError::Corrupt("reads".into()))?;
+    from_reads(&template_rows, &version_rows)
+}
+
+/// Adds the two reads of the template whose `column` is `value` (see [`from_reads`]).
+fn read_where(reads: ReadsTogether, column: &str, value: String) -> ReadsTogether {
+    reads
         .read(|query| {
             query.push(format_args!("SELECT * FROM templates WHERE {column} = ")).push_bind(value.clone());
         })
@@ -125,10 +133,27 @@ async fn get_where(connection: &mut SqliteConnection, column: &str, value: Strin
                 .push_bind(value)
                 .push(")");
         })
+}
+
+/// The template `reference` names — by id, or else by name — and the project `project_id`, in
+/// one round trip.
+pub async fn get_with_project(
+    connection: &mut SqliteConnection,
+    reference: &str,
+    project_id: Uuid,
+) -> StoreResult<(Option<Template>, Option<Project>)> {
+    let (column, value) = match Uuid::parse_str(reference) {
+        Ok(id) => ("id", id.to_string()),
+        Err(_) => ("name", reference.to_owned()),
+    };
+    let reads = read_where(ReadsTogether::new(), column, value)
+        .read(|query| super::projects::push_get(query, project_id))
         .fetch(connection)
         .await?;
-    let [template_rows, version_rows] = <[_; 2]>::try_from(reads).map_err(|_| StoreError::Corrupt("reads".into()))?;
-    from_reads(&template_rows, &version_rows)
+    let [template_rows, version_rows, project_rows] =
+        <[_; 3]>::try_from(reads).map_err(|_| StoreError::Corrupt("reads".into()))?;
+    let project = project_rows.first().map(super::projects::from_row).transpose()?;
+    Ok((from_reads(&template_rows, &version_rows)?, project))
 }
 
 /// Adds the two reads of the template the instance `instance_id` was made from (see

@@ -337,6 +337,29 @@ async fn the_fleet_read_in_one_round_trip_matches_its_parts_read_one_by_one() {
     assert_eq!(json(&fleet.templates), json(&[template]));
 }
 
+/// A template read with a project in one round trip is what the separate reads give.
+#[tokio::test]
+async fn a_template_read_with_a_project_matches_the_reads_one_by_one() {
+    let fixture = start(fast(json!({ "hosts": 1 }))).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let mut reader = service.store().reader().await.expect("reader");
+    let default = crate::auth::identity::DEFAULT_PROJECT_ID;
+    let template = store::templates::get_by_name(&mut reader, "base").await.expect("read").expect("found");
+    let project = store::projects::get(&mut reader, default).await.expect("read").expect("found");
+    fn json(value: &impl serde::Serialize) -> serde_json::Value {
+        serde_json::to_value(value).expect("json")
+    }
+    for reference in ["base".to_owned(), template.id.to_string()] {
+        let (found, with) = store::templates::get_with_project(&mut reader, &reference, default).await.expect("read");
+        assert_eq!(json(&found), json(&Some(&template)), "{reference}");
+        assert_eq!(json(&with), json(&Some(&project)), "{reference}");
+    }
+    let (none, missing) =
+        store::templates::get_with_project(&mut reader, "nothing", Uuid::now_v7()).await.expect("read");
+    assert!(none.is_none() && missing.is_none());
+}
+
 #[tokio::test]
 async fn a_request_that_fits_nowhere_waits_and_can_be_cancelled() {
     let fixture = start(fast(json!({ "hosts": 1, "cpu": 2 }))).await;
