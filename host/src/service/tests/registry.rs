@@ -311,6 +311,10 @@ async fn revert_removes_the_latest_or_a_tag_and_later_and_gc_keeps_referenced_ch
     let orphan = fixture.directory.path().join("data/blobs/chunks/ab").join("ab".repeat(32));
     std::fs::create_dir_all(orphan.parent().expect("parent")).expect("directory");
     std::fs::write(&orphan, b"left over").expect("orphan");
+    // Left by a crash a while ago: a file written this very millisecond is not older than a
+    // cutoff of now.
+    let a_minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    std::fs::File::options().write(true).open(&orphan).and_then(|file| file.set_modified(a_minute_ago)).expect("mtime");
     let collected = service.collect_garbage(&Caller::system(), Some(std::time::Duration::ZERO)).await.expect("gc");
     assert_eq!((collected.chunks_deleted, collected.orphan_objects_deleted), (0, 1));
     assert!(!orphan.exists());
