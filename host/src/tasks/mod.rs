@@ -4,13 +4,13 @@
 //! The engine knows nothing about instances: what a task does is the [`TaskHandler`]'s business
 //! (the service layer). The engine owns task state transitions and their events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -157,20 +157,77 @@ struct Shared {
     /// [`CLAIM_INTERVAL`] old.
     work_signalled: AtomicBool,
     running: Mutex<HashMap<Uuid, CancellationToken>>,
-    ended: broadcast::Sender<TaskEnded>,
+    waiters: Mutex<Waiters>,
     shutdown: CancellationToken,
 }
 
-/// Told to waiters when a task ended (with the task as recorded), or when a batch's progress
-/// changed because one of its children ended (without: read it again).
-#[derive(Clone)]
-struct TaskEnded {
-    id: Uuid,
-    task: Option<Arc<Task>>,
+/// How long the news of a task is kept for a waiter that read it just before.
+const ENDED_KEPT_FOR: Duration = Duration::from_secs(10);
+
+/// At most this many tasks' news are kept.
+const ENDED_KEPT_AT_MOST: usize = 10_000;
+
+/// Who waits on which task, and what happened to tasks lately: each waiter is woken by its own
+/// task only. A waiter marks the time ([`EndedTasks`]), reads the task, then listens; what
+/// happened to the task in between is found among the recent news.
+#[derive(Default)]
+struct Waiters {
+    /// Told the task as recorded when it ends, or nothing when a child of a batch ended (the
+    /// batch's progress changed: read it again).
+    by_task: HashMap<Uuid, Vec<oneshot::Sender<Option<Arc<Task>>>>>,
+    /// The latest news of each task, kept for [`ENDED_KEPT_FOR`]: when, and the task if it ended.
+    news: HashMap<Uuid, (Instant, Option<Arc<Task>>)>,
+    /// When each of `news` came, oldest first.
+    news_order: VecDeque<(Instant, Uuid)>,
 }
 
-/// Task endings from the moment [`TaskEngine::subscribe_ended`] was called.
-pub struct EndedTasks(broadcast::Receiver<TaskEnded>);
+/// What a waiter learns when it starts listening.
+enum Listening {
+    Ended(Arc<Task>),
+    /// A batch's progress changed since the waiter's mark: read it again.
+    Changed,
+    Waiting(oneshot::Receiver<Option<Arc<Task>>>),
+}
+
+impl Waiters {
+    fn listen(&mut self, id: Uuid, since: Instant) -> Listening {
+        match self.news.get(&id) {
+            Some((_, Some(task))) => return Listening::Ended(task.clone()),
+            Some((at, None)) if *at >= since => return Listening::Changed,
+            _ => {}
+        }
+        let (tell, told) = oneshot::channel();
+        let listeners = self.by_task.entry(id).or_default();
+        // Waiters that timed out are gone.
+        listeners.retain(|listener| !listener.is_closed());
+        listeners.push(tell);
+        Listening::Waiting(told)
+    }
+
+    /// Tells the task's waiters: it ended (`Some`, as recorded) or, a batch, changed (`None`).
+    fn tell(&mut self, id: Uuid, task: Option<Arc<Task>>) {
+        let now = Instant::now();
+        while let Some((at, old)) = self.news_order.front()
+            && (now.duration_since(*at) > ENDED_KEPT_FOR || self.news_order.len() >= ENDED_KEPT_AT_MOST)
+        {
+            if self.news.get(old).is_some_and(|(latest, _)| latest == at) {
+                self.news.remove(old);
+            }
+            self.news_order.pop_front();
+        }
+        self.news.insert(id, (now, task.clone()));
+        self.news_order.push_back((now, id));
+        for listener in self.by_task.remove(&id).unwrap_or_default() {
+            let _ = listener.send(task.clone());
+        }
+    }
+}
+
+/// A mark in time taken before a task is read or created: [`TaskEngine::wait_from`] then
+/// misses nothing that happened to it since.
+pub struct EndedTasks {
+    since: Instant,
+}
 
 #[derive(Clone)]
 pub struct TaskEngine {
@@ -179,7 +236,6 @@ pub struct TaskEngine {
 
 impl TaskEngine {
     pub fn new(store: Store, concurrency: usize, max_attempts: u32) -> Self {
-        let (ended, _) = broadcast::channel(4096);
         TaskEngine {
             shared: Arc::new(Shared {
                 store,
@@ -188,7 +244,7 @@ impl TaskEngine {
                 wake: Notify::new(),
                 work_signalled: AtomicBool::new(true),
                 running: Mutex::new(HashMap::new()),
-                ended,
+                waiters: Mutex::new(Waiters::default()),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -439,9 +495,11 @@ impl TaskEngine {
         if let Ok(mut running) = self.shared.running.lock() {
             running.remove(&id);
         }
-        let _ = self.shared.ended.send(TaskEnded { id, task: Some(Arc::new(task.clone())) });
-        if let Some(parent) = task.parent_id {
-            let _ = self.shared.ended.send(TaskEnded { id: parent, task: None });
+        if let Ok(mut waiters) = self.shared.waiters.lock() {
+            waiters.tell(id, Some(Arc::new(task.clone())));
+            if let Some(parent) = task.parent_id {
+                waiters.tell(parent, None);
+            }
         }
         task.state
     }
@@ -488,14 +546,14 @@ impl TaskEngine {
         self.wait_from(task, ended, timeout).await
     }
 
-    /// Endings from now on, for [`TaskEngine::wait_from`]: subscribe before reading the task
-    /// so that an ending in between is not missed.
+    /// A mark for [`TaskEngine::wait_from`]: take it before reading (or creating) the task, so
+    /// that an ending in between is not missed.
     pub fn subscribe_ended(&self) -> EndedTasks {
-        EndedTasks(self.shared.ended.subscribe())
+        EndedTasks { since: Instant::now() }
     }
 
-    /// Waits until `task` (as read after `ended` was subscribed) has ended or `timeout`
-    /// passed. Its ending carries the task as recorded: no read unless time runs out.
+    /// Waits until `task` (as read after `ended` was taken) has ended or `timeout` passed;
+    /// answers the task as it is then.
     pub async fn wait_from(
         &self,
         mut task: Task,
@@ -503,13 +561,30 @@ impl TaskEngine {
         timeout: Duration,
     ) -> Result<Task, TaskEngineError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let EndedTasks(mut ended) = ended;
+        let mut since = ended.since;
         while !task.state.is_final() {
-            match tokio::time::timeout_at(deadline, ended.recv()).await {
-                Ok(Ok(TaskEnded { id, .. })) if id != task.id => continue,
-                Ok(Ok(TaskEnded { task: Some(recorded), .. })) => return Ok(Arc::unwrap_or_clone(recorded)),
-                // A batch that moved on, or endings missed while lagging behind: read it again.
-                Ok(_) => task = self.read(task.id).await?,
+            let listening = self.shared.waiters.lock().ok().map(|mut waiters| waiters.listen(task.id, since));
+            let told = match listening {
+                Some(Listening::Ended(recorded)) => return Ok(Arc::unwrap_or_clone(recorded)),
+                Some(Listening::Waiting(told)) => told,
+                Some(Listening::Changed) => {
+                    since = Instant::now();
+                    task = self.read(task.id).await?;
+                    continue;
+                }
+                // A poisoned lock: no one can tell; read again when the time is up.
+                None => {
+                    tokio::time::sleep_until(deadline).await;
+                    return self.read(task.id).await;
+                }
+            };
+            match tokio::time::timeout_at(deadline, told).await {
+                Ok(Ok(Some(recorded))) => return Ok(Arc::unwrap_or_clone(recorded)),
+                // A batch that moved on: read it again.
+                Ok(_) => {
+                    since = Instant::now();
+                    task = self.read(task.id).await?;
+                }
                 // Time is up: answer the task as it is now (progress, message), not as it was.
                 Err(_) => return self.read(task.id).await,
             }
@@ -751,6 +826,31 @@ mod tests {
         let task = engine.wait(id, Duration::from_secs(20)).await.expect("wait");
         assert_eq!(task.state, TaskState::Failed);
         assert_eq!(task.error.expect("error").code, "internal");
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_told_of_its_own_task_even_one_that_ended_after_it_was_read() {
+        let (store, _directory) = open_temporary().await;
+        let engine = TaskEngine::new(store.clone(), 8, 3);
+        let first = create_task(&engine, &store).await;
+        let second = create_task(&engine, &store).await;
+        // Read while pending, before the engine runs anything.
+        let mark = engine.subscribe_ended();
+        let stale = engine.read(first).await.expect("read");
+        assert_eq!(stale.state, TaskState::Pending);
+        let waiting_on_second = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.wait(second, Duration::from_secs(60)).await })
+        };
+        engine.start(Handler::new(false, false));
+        engine.wait(first, Duration::from_secs(10)).await.expect("wait");
+        // Listening only now, after the ending: told from the recent news, not at the timeout.
+        let told =
+            tokio::time::timeout(Duration::from_secs(20), engine.wait_from(stale, mark, Duration::from_secs(60)));
+        assert_eq!(told.await.expect("told before the timeout").expect("wait").state, TaskState::Succeeded);
+        let second = tokio::time::timeout(Duration::from_secs(20), waiting_on_second).await.expect("told");
+        assert_eq!(second.expect("joined").expect("wait").state, TaskState::Succeeded);
         engine.shutdown();
     }
 
