@@ -253,6 +253,22 @@ pub(super) fn cached_templates_from_driver(
         .collect()
 }
 
+/// A host's cached templates after a report asked for at `asked`: the reported ones, and those
+/// recorded since (a pull that ended after the report was taken; the next report lists it).
+pub(super) fn cached_templates_reported(
+    reported: &[driver::CachedTemplate],
+    previous: &[CachedTemplate],
+    asked: Timestamp,
+) -> Vec<CachedTemplate> {
+    let mut templates = cached_templates_from_driver(reported, previous);
+    let recorded_since = previous.iter().filter(|cached| {
+        cached.last_used_at.is_some_and(|used| used >= asked)
+            && !templates.iter().any(|listed| listed.name == cached.name && listed.version == cached.version)
+    });
+    templates.extend(recorded_since.cloned().collect::<Vec<_>>());
+    templates
+}
+
 /// A driver call's failure as a task error: the driver's own kind, or what the host saw.
 pub(super) fn task_error_from_call(function: &str, error: &CallError) -> TaskError {
     let (code, message) = match error {
@@ -321,4 +337,28 @@ pub(super) fn is_not_found(error: &CallError) -> bool {
 
 pub(super) fn is_conflict(error: &CallError) -> bool {
     matches!(error, CallError::Driver(driver::Error::Conflict(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(name: &str, last_used_at: Option<Timestamp>) -> CachedTemplate {
+        CachedTemplate { name: name.into(), version: 1, tag: "v1".into(), size_bytes: 1, last_used_at }
+    }
+
+    #[test]
+    fn a_report_keeps_the_templates_recorded_after_it_was_asked_for() {
+        let asked = store::now();
+        let before = asked - chrono::Duration::seconds(5);
+        let after = asked + chrono::Duration::milliseconds(3);
+        let reported = [driver::CachedTemplate { name: "listed".into(), version: 1, tag: "v1".into(), size_bytes: 1 }];
+        let previous =
+            [cached("listed", Some(before)), cached("pulled-since", Some(after)), cached("gone", Some(before))];
+        let names: Vec<_> = cached_templates_reported(&reported, &previous, asked)
+            .into_iter()
+            .map(|template| (template.name, template.last_used_at))
+            .collect();
+        assert_eq!(names, [("listed".into(), Some(before)), ("pulled-since".into(), Some(after))]);
+    }
 }

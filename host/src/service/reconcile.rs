@@ -8,7 +8,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::providers::{
-    arch_from_driver, cached_templates_from_driver, host_state_from_driver, instance_state_from_driver,
+    arch_from_driver, cached_templates_from_driver, cached_templates_reported, host_state_from_driver,
+    instance_state_from_driver,
 };
 use super::{Service, ServiceResult};
 use crate::model::{Capacity, Host, HostState, Instance, InstanceOrigin, InstanceState, NewEvent, TaskState, Usage};
@@ -59,6 +60,7 @@ impl Service {
     }
 
     async fn sync_hosts(&self, provider: &str, driver: &Driver) -> ServiceResult<usize> {
+        let asked = store::now();
         let reported = match driver.list_hosts().await {
             Ok(reported) => reported,
             Err(error) => {
@@ -113,7 +115,7 @@ impl Service {
                     host.disk_gb = report.disk_gb;
                     host.hypervisor = report.hypervisor.clone();
                     host.cached_templates =
-                        cached_templates_from_driver(&report.cached_templates, &existing.cached_templates);
+                        cached_templates_reported(&report.cached_templates, &existing.cached_templates, asked);
                     host.last_report_at = Some(now);
                     host.updated_at = now;
                     store::hosts::update_report(&mut transaction, &host, reported_state).await?;
