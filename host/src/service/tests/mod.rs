@@ -263,9 +263,6 @@ async fn an_instance_read_in_context_matches_its_parts_read_one_by_one() {
         ..Default::default()
     };
     let tasks = store::tasks::list(&mut reader, &filter).await.expect("read");
-    fn json(value: &impl serde::Serialize) -> serde_json::Value {
-        serde_json::to_value(value).expect("json")
-    }
     assert_eq!(json(&context.instance), json(&instance));
     assert_eq!(json(&context.host), json(&host));
     assert_eq!(json(&context.template), json(&template));
@@ -320,9 +317,6 @@ async fn the_fleet_read_in_one_round_trip_matches_its_parts_read_one_by_one() {
         }
     }
     sqlx::query("COMMIT").execute(&mut *reader).await.expect("commit");
-    fn json(value: &impl serde::Serialize) -> serde_json::Value {
-        serde_json::to_value(value).expect("json")
-    }
     assert_eq!(
         waiting_instances.iter().map(|instance| instance.id).collect::<Vec<_>>(),
         [waiting.object_id.expect("instance")]
@@ -347,9 +341,6 @@ async fn a_template_read_with_a_project_matches_the_reads_one_by_one() {
     let default = crate::auth::identity::DEFAULT_PROJECT_ID;
     let template = store::templates::get_by_name(&mut reader, "base").await.expect("read").expect("found");
     let project = store::projects::get(&mut reader, default).await.expect("read").expect("found");
-    fn json(value: &impl serde::Serialize) -> serde_json::Value {
-        serde_json::to_value(value).expect("json")
-    }
     for reference in ["base".to_owned(), template.id.to_string()] {
         let (found, with) = store::templates::get_with_project(&mut reader, &reference, default).await.expect("read");
         assert_eq!(json(&found), json(&Some(&template)), "{reference}");
@@ -441,6 +432,11 @@ async fn deletes_racing_for_one_instance_share_one_task() {
     assert_eq!(deletes.expect("listed").len(), 1, "one delete task was created");
     let delete = service.wait_task(&Caller::system(), answered[0], Duration::from_secs(30)).await.expect("task");
     assert_eq!(delete.state, TaskState::Succeeded, "{delete:?}");
+}
+
+/// A value as JSON, to compare what reads answer field by field.
+fn json(value: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).expect("json")
 }
 
 /// The states an instance went through, from its `instance.state_changed` events.
