@@ -92,7 +92,14 @@ pub struct Client<Transport> {
     calls_sent: u64,
     /// Data of a download that arrived before libvirtd's reply to the call opening it.
     early_stream_packets: VecDeque<Packet>,
+    /// Bytes read beyond the packets taken so far. Reads ask for up to [`READ_CHUNK_SIZE`]
+    /// bytes, so a reply's length word and body usually come in one read (one host call).
+    received: Vec<u8>,
 }
+
+/// Most bytes one read asks the transport for while a packet is incomplete; a packet missing
+/// more than this (stream data, a large XML) is completed with one `read_exact`.
+const READ_CHUNK_SIZE: usize = 4096;
 
 impl<Transport: Read + Write> Client<Transport> {
     /// Performs the handshake on a fresh transport: `auth_list` (only `none` is supported), then
@@ -104,6 +111,7 @@ impl<Transport: Read + Write> Client<Transport> {
             replies_received: 0,
             calls_sent: 0,
             early_stream_packets: VecDeque::new(),
+            received: Vec::new(),
         };
         let AuthTypes(offered) = client.call(Procedure::AuthList, &())?;
         if !offered.is_empty() && !offered.contains(&AUTH_NONE) {
@@ -450,30 +458,50 @@ impl<Transport: Read + Write> Client<Transport> {
     }
 
     fn receive_packet(&mut self, procedure: Procedure, reply_started: bool) -> Result<Packet, ClientError> {
-        let transport_error = |reply_started, source| ClientError::Transport { procedure, reply_started, source };
+        self.fill_received(LENGTH_WORD_SIZE, procedure, reply_started)?;
         let mut length_word = [0_u8; LENGTH_WORD_SIZE];
-        let mut filled = 0;
-        while filled < LENGTH_WORD_SIZE {
-            match self.transport.read(&mut length_word[filled..]) {
-                Ok(0) => {
-                    let source = io::Error::new(io::ErrorKind::UnexpectedEof, "end of stream");
-                    return Err(transport_error(reply_started || filled > 0, source));
-                }
-                Ok(count) => filled += count,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(transport_error(reply_started || filled > 0, error)),
-            }
-        }
+        length_word.copy_from_slice(&self.received[..LENGTH_WORD_SIZE]);
         let length = u32::from_be_bytes(length_word) as usize;
         if !(LENGTH_WORD_SIZE + HEADER_SIZE..=LENGTH_WORD_SIZE + MESSAGE_MAX).contains(&length) {
             return Err(protocol_error(procedure, format!("packet length {length} out of range")));
         }
-        let mut body = vec![0; length - LENGTH_WORD_SIZE];
-        self.transport.read_exact(&mut body).map_err(|source| transport_error(true, source))?;
-        let mut decoder = Decoder::new(&body);
+        self.fill_received(length, procedure, true)?;
+        let rest = self.received.split_off(length);
+        let mut body = std::mem::replace(&mut self.received, rest);
+        let mut decoder = Decoder::new(&body[LENGTH_WORD_SIZE..]);
         let header = Header::decode(&mut decoder).map_err(|error| protocol_error(procedure, error))?;
-        body.drain(..HEADER_SIZE);
+        body.drain(..LENGTH_WORD_SIZE + HEADER_SIZE);
         Ok(Packet { header, payload: body })
+    }
+
+    /// Reads until at least `needed` bytes are received. A failure tells whether any byte of
+    /// the reply had arrived (`reply_started`, or bytes already received).
+    fn fill_received(&mut self, needed: usize, procedure: Procedure, reply_started: bool) -> Result<(), ClientError> {
+        while self.received.len() < needed {
+            let reply_started = reply_started || !self.received.is_empty();
+            let transport_error = |source| ClientError::Transport { procedure, reply_started, source };
+            let start = self.received.len();
+            let missing = needed - start;
+            if missing > READ_CHUNK_SIZE {
+                self.received.resize(needed, 0);
+                let read = self.transport.read_exact(&mut self.received[start..]);
+                if let Err(source) = read {
+                    self.received.truncate(start);
+                    return Err(transport_error(source));
+                }
+                continue;
+            }
+            self.received.resize(start + READ_CHUNK_SIZE, 0);
+            let read = self.transport.read(&mut self.received[start..]);
+            self.received.truncate(start + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => return Err(transport_error(io::Error::new(io::ErrorKind::UnexpectedEof, "end of stream"))),
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(transport_error(source)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -497,15 +525,20 @@ mod tests {
 
     use super::*;
 
-    /// A transport that replays scripted server bytes and records what the client wrote.
+    /// A transport that replays scripted server bytes, at most `max_read` of them per read,
+    /// and records what the client wrote.
     struct ScriptedTransport {
         server_bytes: Cursor<Vec<u8>>,
+        max_read: usize,
+        reads: usize,
         written: Vec<u8>,
     }
 
     impl Read for ScriptedTransport {
         fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-            self.server_bytes.read(buffer)
+            self.reads += 1;
+            let length = buffer.len().min(self.max_read);
+            self.server_bytes.read(&mut buffer[..length])
         }
     }
 
@@ -556,11 +589,17 @@ mod tests {
 
     fn client_over(server_bytes: Vec<u8>) -> Client<ScriptedTransport> {
         Client {
-            transport: ScriptedTransport { server_bytes: Cursor::new(server_bytes), written: Vec::new() },
+            transport: ScriptedTransport {
+                server_bytes: Cursor::new(server_bytes),
+                max_read: usize::MAX,
+                reads: 0,
+                written: Vec::new(),
+            },
             last_serial: 0,
             replies_received: 0,
             calls_sent: 0,
             early_stream_packets: VecDeque::new(),
+            received: Vec::new(),
         }
     }
 
@@ -783,6 +822,47 @@ mod tests {
         let mut client = client_over(server);
         let result = client.download(procedure, &(), |_| Ok(()));
         assert!(matches!(&result, Err(ClientError::Remote { error, .. }) if error.code == 38), "{result:?}");
+    }
+
+    #[test]
+    fn replies_are_read_whole_however_the_bytes_arrive() -> Result<(), ClientError> {
+        let version = Procedure::ConnectGetLibVersion;
+        let reply = |serial| {
+            packet(
+                REMOTE_PROGRAM,
+                version.number(),
+                MessageType::Reply,
+                serial,
+                MessageStatus::Ok,
+                &7_u64.to_be_bytes(),
+            )
+        };
+        // Two small replies arrive together: one read brings both.
+        let mut client = client_over([reply(1), reply(2)].concat());
+        assert_eq!((client.call::<u64>(version, &())?, client.call::<u64>(version, &())?), (7, 7));
+        assert_eq!(client.transport.reads, 1);
+
+        // A large reply trickling in a few bytes at a time, then a small one.
+        let xml = "<domain/>".repeat(1000);
+        let mut payload = Encoder::new();
+        payload.put_string(&xml);
+        let description = Procedure::DomainGetXmlDesc;
+        let mut server = packet(
+            REMOTE_PROGRAM,
+            description.number(),
+            MessageType::Reply,
+            1,
+            MessageStatus::Ok,
+            &payload.into_bytes(),
+        );
+        server.extend(reply(2));
+        for max_read in [3, 1000, usize::MAX] {
+            let mut client = client_over(server.clone());
+            client.transport.max_read = max_read;
+            assert_eq!(client.call::<String>(description, &())?, xml);
+            assert_eq!(client.call::<u64>(version, &())?, 7);
+        }
+        Ok(())
     }
 
     #[test]

@@ -213,6 +213,9 @@ struct Session<Stream> {
     pool: Option<StoragePool>,
     /// The daemon refused undefine's NVRAM and checkpoint flags (`INVALID_ARG`).
     refuses_full_undefine: bool,
+    /// Paths of the template volumes looked up on this connection, by volume name (in the
+    /// host's pool). A create trusts a known path until an overlay on it is refused.
+    template_paths: HashMap<String, String>,
 }
 
 impl<Stream: Read + Write> Session<Stream> {
@@ -231,6 +234,22 @@ impl<Stream: Read + Write> Session<Stream> {
         let pool = self.client.storage_pool_lookup_by_name(name)?;
         self.pool = Some(pool.clone());
         Ok(pool)
+    }
+
+    /// Looks up the path of the template volume `volume` (a handle built from its name, in the
+    /// host's pool) and remembers it; `None` when the pool has no such volume.
+    fn look_up_template_path(&mut self, volume: &StorageVolume) -> Result<Option<String>, Failure> {
+        match self.client.storage_vol_get_path(volume) {
+            Ok(path) => {
+                self.template_paths.insert(volume.name.clone(), path.clone());
+                Ok(Some(path))
+            }
+            Err(error) if error.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => {
+                self.template_paths.remove(&volume.name);
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// "QEMU 10.0.0 / libvirt 11.3.0".
@@ -528,7 +547,14 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
     fn open_session(&self, host: &HostSettings) -> Result<Session<C::Stream>, Error> {
         let stream = self.connector.open(&host.endpoint)?;
         let client = Client::connect(stream, &host.uri).map_err(|error| map_client_error(host, error))?;
-        Ok(Session { client, capabilities: None, hypervisor: None, pool: None, refuses_full_undefine: false })
+        Ok(Session {
+            client,
+            capabilities: None,
+            hypervisor: None,
+            pool: None,
+            refuses_full_undefine: false,
+            template_paths: HashMap::new(),
+        })
     }
 
     /// Runs `operation` on the host's session (opening one if needed); see the module doc for
@@ -755,21 +781,22 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         let uuid = uuid_bytes(&spec.id);
         let instance = self.with_session(host, |session| {
             let pool = session.pool(&host.pool)?;
-            // One call checks that the template is cached and gives its path: volume handles
-            // are resolved by pool and name (the key is not consulted), so it is built, not
-            // looked up.
+            // The template's path, from an earlier create on this connection or looked up (the
+            // lookup is what tells that the template is not cached). Volume handles are resolved
+            // by pool and name (the key is not consulted), so the handle is built, not looked up.
             let template_volume =
                 volume_handle(&pool, template_volume_name(&spec.template.name, spec.template.version));
-            let backing_path = match session.client.storage_vol_get_path(&template_volume) {
-                Ok(path) => path,
-                Err(error) if error.libvirt_code() == Some(error_code::NO_STORAGE_VOL) => {
-                    return Err(Error::Conflict(format!(
-                        "template `{}` v{} is not cached on host `{}`; pull it first",
-                        spec.template.name, spec.template.version, host.name
-                    ))
-                    .into());
-                }
-                Err(error) => return Err(error.into()),
+            let not_cached = || -> Failure {
+                Error::Conflict(format!(
+                    "template `{}` v{} is not cached on host `{}`; pull it first",
+                    spec.template.name, spec.template.version, host.name
+                ))
+                .into()
+            };
+            let known_path = session.template_paths.get(&template_volume.name).cloned();
+            let mut backing_path = match &known_path {
+                Some(path) => path.clone(),
+                None => session.look_up_template_path(&template_volume)?.ok_or_else(not_cached)?,
             };
             let host_facts = session.capabilities()?.clone();
             let domain_type = match &host.domain_type {
@@ -809,19 +836,23 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             };
             let xml = domain_xml::domain_xml(&definition)?;
             let capacity = (spec.disk_gb.saturating_mul(GIB)).max(spec.template.size_bytes);
-            let overlay_xml = domain_xml::overlay_volume_xml(
-                &overlay_volume_name(&spec.id),
-                capacity,
-                &backing_path,
-                disk_format_name(spec.template.format),
-            );
-            // The overlay first: its name is the instance's, so it is refused when the instance
-            // exists (or an interrupted create of it left the overlay), and only then is the
-            // domain looked up. A define of an existing name and UUID would redefine it. (Were
-            // the provider's `pool` changed since the instance was created, the overlay would
-            // not be in the way; the host repeats a create only for an instance it has not seen
-            // created, after an interrupted attempt.)
-            let overlay = match session.client.storage_vol_create_xml(&pool, &overlay_xml, 0) {
+            let overlay_xml = |backing_path: &str| {
+                domain_xml::overlay_volume_xml(
+                    &overlay_volume_name(&spec.id),
+                    capacity,
+                    backing_path,
+                    disk_format_name(spec.template.format),
+                )
+            };
+            let mut created = session.client.storage_vol_create_xml(&pool, &overlay_xml(&backing_path), 0);
+            if known_path.is_some() && created.as_ref().is_err_and(|error| !error.breaks_connection()) {
+                // A known path is stale when the template was removed through another
+                // connection since (libvirt refuses an overlay on a missing backing file; the
+                // test driver does not check): look it up again.
+                backing_path = session.look_up_template_path(&template_volume)?.ok_or_else(not_cached)?;
+                created = session.client.storage_vol_create_xml(&pool, &overlay_xml(&backing_path), 0);
+            }
+            let overlay = match created {
                 Ok(overlay) => overlay,
                 Err(error) if !error.breaks_connection() => {
                     let existing = match uuid {
@@ -855,7 +886,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                         }
                         Err(other) => return Err(other.into()),
                     }
-                    session.client.storage_vol_create_xml(&pool, &overlay_xml, 0)?
+                    session.client.storage_vol_create_xml(&pool, &overlay_xml(&backing_path), 0)?
                 }
                 Err(error) => return Err(error.into()),
             };
@@ -1449,6 +1480,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 }
             }
             session.client.storage_vol_delete(&volume)?;
+            session.template_paths.remove(&volume_name);
             Ok(())
         })?;
         self.state.delete(&template_key(&host.name, &template.name, template.version))?;

@@ -37,8 +37,11 @@
 //! - `list-instances`: one `connect_get_all_domain_stats(state)` per host (state, and the MAC
 //!   when this instance has seen it; IP comes from `get-instance`). `unavailable` if any host
 //!   cannot be listed, since a partial list would read as instances gone.
-//! - `create-instance` (3 calls): the template volume's path (the same call checks presence:
-//!   missing → `conflict`), the overlay volume `hp-<id>.qcow2`, `domain_define_xml_flags`
+//! - `create-instance` (2 calls): the overlay volume `hp-<id>.qcow2` on the template volume's
+//!   path, `domain_define_xml_flags`
+//!   (the path is looked up once per connection and template, +1 call; the lookup checks
+//!   presence: missing → `conflict`; a known path that turned stale, the template removed
+//!   through another connection, gets the overlay refused by libvirt and is looked up again)
 //!   (without schema validation, which costs ~15 ms; the tests validate our XML). Only when the
 //!   overlay is refused is the domain looked up by UUID: it exists → `conflict` (a define of an
 //!   existing name and UUID would redefine it); else the overlay is left from an interrupted

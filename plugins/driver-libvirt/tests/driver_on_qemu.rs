@@ -139,7 +139,14 @@ fn template_upload_then_instance_on_qemu() {
     assert!(!pool.directory.join(format!("hp-{id}.qcow2")).exists(), "overlay removed with the instance");
     assert!(matches!(driver.get_instance(&id), Err(Error::NotFound(_))));
 
-    driver.remove_template("lv-1", &template).expect("remove template");
+    // Removed through another connection (another instance of the plugin), the template's
+    // path this connection learned is stale: the create looks it up again and is refused.
+    common::driver(&host_json).remove_template("lv-1", &template).expect("remove template");
     assert!(driver.list_templates("lv-1").expect("list").is_empty());
+    let late = InstanceSpec { id: instance_id(), ..spec };
+    pool.domains.push(format!("hp-{}", late.id));
+    let refused = driver.create_instance(&late);
+    assert!(matches!(&refused, Err(Error::Conflict(message)) if message.contains("pull it first")), "{refused:?}");
+    assert!(!pool.directory.join(format!("hp-{}.qcow2", late.id)).exists(), "no overlay left");
     assert!(matches!(driver.remove_template("lv-1", &template), Err(Error::NotFound(_))));
 }
