@@ -10,6 +10,11 @@
 //! after the other on one connection: once as the issue defines them (no storage), once with
 //! the overlay volume Hyperplane's driver creates and deletes for each instance.
 //!
+//! Each round starts the server, warms it (one unmeasured wave of `IN_FLIGHT` lifecycles: a
+//! server that has been running has its driver instances and their libvirt connections), runs
+//! the measured lifecycles and shuts the server down before libvirt-python's turn: every open
+//! connection costs libvirtd at each wakeup (54 idle ones slowed libvirt-python ~15%).
+//!
 //! `tests/libvirt/setup.sh` (run from here) installs and starts libvirtd.
 
 #[path = "../../tests/libvirt/bed.rs"]
@@ -42,33 +47,31 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     }
     let scratch = tempfile::tempdir()?;
-    let server = start_server(scratch.path(), &bed.tcp_address).await?;
-    let base = format!("http://{}", server.address);
     let http = reqwest::Client::new();
-    post(&http, &format!("{base}/v1/templates"), json!({ "name": "bench", "arch": "amd64" })).await?;
-    // Count instances, not the test driver's 3 GiB of RAM.
-    let hosts: Value = http.get(format!("{base}/v1/hosts")).bearer_auth(TOKEN).send().await?.json().await?;
-    let host_id = hosts[0]["id"].as_str().context("the test host is listed")?;
-    let response = http
-        .patch(format!("{base}/v1/hosts/{host_id}"))
-        .bearer_auth(TOKEN)
-        .body(json!({ "capacity": { "mode": "number", "max_instances": 1000 } }).to_string())
-        .send()
-        .await?;
-    anyhow::ensure!(response.status().is_success(), "PATCH host: {}", response.text().await?);
-
     let libvirtd = libvirtd_pid()?;
+    let connections_before = libvirtd_connections()?;
     for round in 1..=ROUNDS {
+        let server = start_server(scratch.path(), &bed.tcp_address).await?;
+        let base = format!("http://{}", server.address);
+        if round == 1 {
+            prepare(&http, &base).await?;
+        }
+        hyperplane_lifecycles(&http, &base, IN_FLIGHT).await?;
+        let writes_before = hyperplane::store::write_statistics();
         let before = CpuUse::now(libvirtd)?;
-        let ours = hyperplane_lifecycles(&http, &base).await?;
+        let ours = hyperplane_lifecycles(&http, &base, LIFECYCLES).await?;
         let after_ours = CpuUse::now(libvirtd)?;
+        print_writer_use(&writes_before);
+        server.shutdown().await;
+        let left_open = wait_for_connections_closed(connections_before).await?;
+        let before_python = CpuUse::now(libvirtd)?;
         let python = python_lifecycles(&bed.python, &bed.test_uri, &[])?;
         let after_python = CpuUse::now(libvirtd)?;
         let python_with_disk = python_lifecycles(&bed.python, &bed.test_uri, &[TEST_DRIVER_POOL, template_volume])?;
         println!(
-            "  per lifecycle: Hyperplane {}; libvirt-python {}",
+            "  per lifecycle: Hyperplane {}; libvirt-python {} ({left_open} of Hyperplane's libvirt connections open)",
             after_ours.since(&before),
-            after_python.since(&after_ours)
+            after_python.since(&before_python)
         );
         println!(
             "round {round}: {LIFECYCLES} lifecycles (define, start, destroy, undefine), test driver over TCP: \
@@ -80,7 +83,22 @@ async fn main() -> anyhow::Result<()> {
             ours / python_with_disk,
         );
     }
-    server.shutdown().await;
+    Ok(())
+}
+
+/// The bench template and the host's capacity (kept in the database across restarts).
+async fn prepare(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    post(http, &format!("{base}/v1/templates"), json!({ "name": "bench", "arch": "amd64" })).await?;
+    // Count instances, not the test driver's 3 GiB of RAM.
+    let hosts: Value = http.get(format!("{base}/v1/hosts")).bearer_auth(TOKEN).send().await?.json().await?;
+    let host_id = hosts[0]["id"].as_str().context("the test host is listed")?;
+    let response = http
+        .patch(format!("{base}/v1/hosts/{host_id}"))
+        .bearer_auth(TOKEN)
+        .body(json!({ "capacity": { "mode": "number", "max_instances": 1000 } }).to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "PATCH host: {}", response.text().await?);
     Ok(())
 }
 
@@ -117,13 +135,12 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<
     Ok(body)
 }
 
-/// `LIFECYCLES` times create-and-wait then delete-and-wait, `IN_FLIGHT` at a time. Seconds
-/// from the first request to the last answer.
-async fn hyperplane_lifecycles(http: &reqwest::Client, base: &str) -> anyhow::Result<f64> {
+/// `count` times create-and-wait then delete-and-wait, `IN_FLIGHT` at a time. Seconds from
+/// the first request to the last answer.
+async fn hyperplane_lifecycles(http: &reqwest::Client, base: &str, count: usize) -> anyhow::Result<f64> {
     use futures::StreamExt as _;
-    let writes_before = hyperplane::store::write_statistics();
     let started = Instant::now();
-    let lifecycles = futures::stream::iter(0..LIFECYCLES)
+    let lifecycles = futures::stream::iter(0..count)
         .map(|_| async move {
             let task = post(
                 http,
@@ -144,10 +161,14 @@ async fn hyperplane_lifecycles(http: &reqwest::Client, base: &str) -> anyhow::Re
     for result in lifecycles {
         result?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The writer's use since `before`, and its busiest callers since the process started.
+fn print_writer_use(before: &hyperplane::store::WriteStatistics) {
     let writes = hyperplane::store::write_statistics();
-    let transactions = writes.transactions - writes_before.transactions;
-    let held = writes.held - writes_before.held;
+    let transactions = writes.transactions - before.transactions;
+    let held = writes.held - before.held;
     println!(
         "  writer: {:.1} write transactions per lifecycle, each held {:.0} µs on average; {:.2} s held in all",
         transactions as f64 / LIFECYCLES as f64,
@@ -157,7 +178,35 @@ async fn hyperplane_lifecycles(http: &reqwest::Client, base: &str) -> anyhow::Re
     for (at, count, held) in hyperplane::store::write_statistics_by_caller().iter().take(6) {
         println!("    {at}: {count} since start, {:.0} µs each", held.as_secs_f64() * 1e6 / *count as f64);
     }
-    Ok(elapsed)
+}
+
+/// Established TCP connections to libvirtd's port (16509) on this machine.
+fn libvirtd_connections() -> anyhow::Result<usize> {
+    const ESTABLISHED: &str = "01";
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    // `sl local_address rem_address st ...`, addresses as hex `ip:port`.
+    let count = table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3 && fields[2].ends_with(":407D") && fields[3] == ESTABLISHED
+        })
+        .count();
+    Ok(count)
+}
+
+/// Waits (up to 5 s) until the connections to libvirtd are back to `baseline`; answers how many
+/// of the server's are still open.
+async fn wait_for_connections_closed(baseline: usize) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let open = libvirtd_connections()?.saturating_sub(baseline);
+        if open == 0 || Instant::now() > deadline {
+            return Ok(open);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// CPU time used so far by this process, its waited-for children (the python runs) and
