@@ -2,6 +2,7 @@
 //! recording every state change with its event. Every step is idempotent, so a task resumed
 //! after a restart simply runs again from the top.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,31 @@ pub(super) struct LifecycleHandler {
 }
 
 impl TaskHandler for LifecycleHandler {
-    async fn run(&self, task: Task, context: TaskContext) -> TaskOutcome {
+    /// The instance a create or delete task works on, in context.
+    type Prefetched = Option<InstanceContext>;
+
+    async fn prefetch(&self, tasks: &[Task]) -> Vec<Option<InstanceContext>> {
+        let starts_with_a_read = |task: &Task| matches!(task.kind, TaskKind::InstanceCreate | TaskKind::InstanceDelete);
+        let ids: Vec<Uuid> =
+            tasks.iter().filter(|task| starts_with_a_read(task)).filter_map(|task| task.object_id).collect();
+        let parts = ContextParts {
+            template: tasks.iter().any(|task| task.kind == TaskKind::InstanceCreate),
+            unfinished_tasks: tasks.iter().any(|task| task.kind == TaskKind::InstanceDelete),
+        };
+        let contexts = match self.service.load_contexts(&ids, parts).await {
+            Ok(contexts) => contexts,
+            Err(error) => {
+                tracing::warn!(error = %error, "reading the context of claimed tasks failed; each reads its own");
+                HashMap::new()
+            }
+        };
+        tasks
+            .iter()
+            .map(|task| task.object_id.filter(|_| starts_with_a_read(task)).and_then(|id| contexts.get(&id).cloned()))
+            .collect()
+    }
+
+    async fn run(&self, task: Task, context: TaskContext, prefetched: Option<InstanceContext>) -> TaskOutcome {
         let Some(object_id) = task.object_id else {
             return TaskOutcome::Failed(failure("invalid_task", "task has no object"));
         };
@@ -37,7 +62,7 @@ impl TaskHandler for LifecycleHandler {
             Arc::new(move |fraction: f32, message: &str| sink_context.report_progress(fraction, message));
         let work = async {
             match task.kind {
-                TaskKind::InstanceCreate => self.service.run_create(instance_id, &context).await,
+                TaskKind::InstanceCreate => self.service.run_create(instance_id, &context, prefetched).await,
                 TaskKind::InstanceStart => self.service.run_start(instance_id).await,
                 TaskKind::InstanceStop => self.service.run_stop(instance_id, &task).await,
                 TaskKind::InstanceRestart => self.service.run_restart(instance_id, &task).await,
@@ -46,7 +71,7 @@ impl TaskHandler for LifecycleHandler {
                 TaskKind::SnapshotCreate => self.service.run_create_snapshot(instance_id, &task).await,
                 TaskKind::SnapshotRevert => self.service.run_revert_snapshot(instance_id, &task).await,
                 TaskKind::SnapshotDelete => self.service.run_delete_snapshot(instance_id, &task).await,
-                TaskKind::InstanceDelete => self.service.run_delete(instance_id, task.id, &context).await,
+                TaskKind::InstanceDelete => self.service.run_delete(instance_id, task.id, &context, prefetched).await,
                 TaskKind::TemplateRemoveFromHost => self.service.run_remove_template_from_host(object_id, &task).await,
                 TaskKind::TemplatePullToHost => self.service.run_pull_to_host(object_id, &task, &context).await,
                 TaskKind::InstanceSaveImage => self.service.run_save_image(instance_id, &task, &context).await,
@@ -129,6 +154,18 @@ impl Service {
             .ok_or_else(|| ServiceError::not_found("instance", id))?)
     }
 
+    /// [`Self::load_in_context`] for several instances at once (the ones found, by id).
+    async fn load_contexts(
+        &self,
+        ids: &[Uuid],
+        parts: ContextParts,
+    ) -> super::ServiceResult<HashMap<Uuid, InstanceContext>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(store::instances::get_contexts(&mut *self.store().reader().await?, ids, parts).await?)
+    }
+
     /// The host (read with the instance) and the driver of a placed instance.
     fn placement_in(&self, instance: &Instance, host: Option<Host>) -> StepResult<(Host, Driver)> {
         let Some(host_id) = instance.host_id else {
@@ -182,9 +219,19 @@ impl Service {
         self.set_state(instance, InstanceState::Error, json!({ "error": error })).await
     }
 
-    async fn run_create(&self, id: Uuid, context: &TaskContext) -> StepResult<Value> {
-        let parts = ContextParts { template: true, ..Default::default() };
-        let InstanceContext { mut instance, host, template, .. } = self.load_in_context(id, parts).await?;
+    /// Creates the instance; `prefetched`: its context (with its template) read since the task
+    /// was claimed.
+    async fn run_create(
+        &self,
+        id: Uuid,
+        context: &TaskContext,
+        prefetched: Option<InstanceContext>,
+    ) -> StepResult<Value> {
+        let loaded = match prefetched {
+            Some(loaded) => loaded,
+            None => self.load_in_context(id, ContextParts { template: true, ..Default::default() }).await?,
+        };
+        let InstanceContext { mut instance, host, template, .. } = loaded;
         if instance.state == InstanceState::Running {
             return Ok(json!({ "instance_id": id }));
         }
@@ -451,9 +498,19 @@ impl Service {
         Err(Step::Failed(error))
     }
 
-    pub(super) async fn run_delete(&self, id: Uuid, own_task: Uuid, context: &TaskContext) -> StepResult<Value> {
-        let parts = ContextParts { unfinished_tasks: true, ..Default::default() };
-        let mut loaded = self.load_in_context(id, parts).await?;
+    /// Deletes the instance; `prefetched`: its context (with its unfinished tasks) read since
+    /// the task was claimed.
+    pub(super) async fn run_delete(
+        &self,
+        id: Uuid,
+        own_task: Uuid,
+        context: &TaskContext,
+        prefetched: Option<InstanceContext>,
+    ) -> StepResult<Value> {
+        let mut loaded = match prefetched {
+            Some(loaded) => loaded,
+            None => self.load_in_context(id, ContextParts { unfinished_tasks: true, ..Default::default() }).await?,
+        };
         let others: Vec<Uuid> =
             loaded.unfinished_tasks.iter().map(|task| task.id).filter(|task| *task != own_task).collect();
         if !others.is_empty() {

@@ -264,7 +264,7 @@ impl Service {
         // in between), unless asked to keep it.
         let deleted = !request.keep_instance;
         if deleted {
-            self.run_delete(id, task.id, context).await?;
+            self.run_delete(id, task.id, context, None).await?;
         }
         Ok(json!({
             "instance_id": id, "template": template.name, "template_id": template.id, "version": version,

@@ -34,12 +34,18 @@ fn select_with_usage(counted: &str) -> String {
     format!("{SELECT_HEAD}{counted}{SELECT_TAIL}")
 }
 
-/// Pushes the read of the host the instance `instance_id` is placed on (none when it is not),
-/// for [`super::ReadsTogether`].
-pub(super) fn push_get_of_instance(query: &mut QueryBuilder<'static, Sqlite>, instance_id: Uuid) {
-    query.push(SELECT_HEAD).push("host_id = (SELECT host_id FROM instances WHERE id = ");
-    query.push_bind(instance_id.to_string()).push(")").push(SELECT_TAIL);
-    query.push(" WHERE h.id = (SELECT host_id FROM instances WHERE id = ").push_bind(instance_id.to_string()).push(")");
+/// Pushes the read of the hosts the instances of `ids` (a JSON array) are placed on, for
+/// [`super::ReadsTogether`].
+pub(super) fn push_get_of_instances(query: &mut QueryBuilder<'static, Sqlite>, ids: &str) {
+    let push_hosts = |query: &mut QueryBuilder<'static, Sqlite>| {
+        query.push("(SELECT host_id FROM instances WHERE id IN ");
+        super::push_json_array_values(query, ids);
+        query.push(")");
+    };
+    query.push(SELECT_HEAD).push("host_id IN ");
+    push_hosts(query);
+    query.push(SELECT_TAIL).push(" WHERE h.id IN ");
+    push_hosts(query);
 }
 
 static SELECT_ALL: LazyLock<String> =

@@ -71,7 +71,7 @@ pub async fn get(connection: &mut SqliteConnection, id: Uuid) -> StoreResult<Opt
 }
 
 /// What a task on an instance reads before it acts: see [`get_in_context`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct InstanceContext {
     pub instance: Instance,
     /// The host it is placed on.
@@ -95,36 +95,65 @@ pub async fn get_in_context(
     id: Uuid,
     parts: ContextParts,
 ) -> StoreResult<Option<InstanceContext>> {
+    Ok(get_contexts(connection, &[id], parts).await?.remove(&id))
+}
+
+/// [`get_in_context`] for several instances in one round trip (the ones found, by id).
+pub async fn get_contexts(
+    connection: &mut SqliteConnection,
+    ids: &[Uuid],
+    parts: ContextParts,
+) -> StoreResult<HashMap<Uuid, InstanceContext>> {
+    // The ids go as one JSON array, so the query's text (and its prepared statement) is the
+    // same however many there are.
+    let ids = super::to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>());
     let mut reads = ReadsTogether::new()
         .read(|query| {
-            query.push("SELECT * FROM instances WHERE id = ").push_bind(id.to_string());
+            query.push("SELECT * FROM instances WHERE id IN ");
+            super::push_json_array_values(query, &ids);
         })
-        .read(|query| super::hosts::push_get_of_instance(query, id));
+        .read(|query| super::hosts::push_get_of_instances(query, &ids));
     if parts.unfinished_tasks {
-        let filter = super::tasks::TaskFilter {
-            states: vec![TaskState::Pending, TaskState::Running],
-            object_id: Some(id),
-            ..Default::default()
-        };
-        reads = reads.read(|query| super::tasks::push_list(query, &filter));
+        reads = reads.read(|query| super::tasks::push_unfinished_of_objects(query, &ids));
     }
     if parts.template {
-        reads = super::templates::read_of_instance(reads, id);
+        reads = super::templates::read_of_instances(reads, &ids);
     }
     let mut reads = reads.fetch(connection).await?.into_iter();
     let mut next = || reads.next().ok_or_else(|| StoreError::Corrupt("reads".into()));
     let (instance_rows, host_rows) = (next()?, next()?);
-    let Some(instance) = instance_rows.first().map(from_row).transpose()? else { return Ok(None) };
-    let host = host_rows.first().map(super::hosts::from_row).transpose()?;
-    let unfinished_tasks = if parts.unfinished_tasks {
-        let mut tasks = next()?.iter().map(super::tasks::from_row).collect::<StoreResult<Vec<_>>>()?;
-        tasks.sort_by_key(|task| task.id);
-        tasks
+    let hosts: HashMap<Uuid, Host> = host_rows
+        .iter()
+        .map(|row| super::hosts::from_row(row).map(|host| (host.id, host)))
+        .collect::<StoreResult<_>>()?;
+    let mut unfinished_tasks: HashMap<Uuid, Vec<Task>> = HashMap::new();
+    if parts.unfinished_tasks {
+        for row in &next()? {
+            let task = super::tasks::from_row(row)?;
+            if let Some(object_id) = task.object_id {
+                unfinished_tasks.entry(object_id).or_default().push(task);
+            }
+        }
+    }
+    let templates: HashMap<Uuid, Template> = if parts.template {
+        let (template_rows, version_rows) = (next()?, next()?);
+        super::templates::list_from_reads(&template_rows, &version_rows)?
+            .into_iter()
+            .map(|template| (template.id, template))
+            .collect()
     } else {
-        Vec::new()
+        HashMap::new()
     };
-    let template = if parts.template { super::templates::from_reads(&next()?, &next()?)? } else { None };
-    Ok(Some(InstanceContext { instance, host, template, unfinished_tasks }))
+    let mut contexts = HashMap::with_capacity(instance_rows.len());
+    for row in &instance_rows {
+        let instance = from_row(row)?;
+        let host = instance.host_id.and_then(|host_id| hosts.get(&host_id)).cloned();
+        let template = instance.template_id.and_then(|template_id| templates.get(&template_id)).cloned();
+        let mut tasks = unfinished_tasks.remove(&instance.id).unwrap_or_default();
+        tasks.sort_by_key(|task| task.id);
+        contexts.insert(instance.id, InstanceContext { instance, host, template, unfinished_tasks: tasks });
+    }
+    Ok(contexts)
 }
 
 /// The instance and its pending and running tasks of `kind` (oldest first), in one round trip.

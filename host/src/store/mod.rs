@@ -752,6 +752,12 @@ pub(crate) fn push_names(query: &mut QueryBuilder<'_, Sqlite>, names: impl IntoI
     }
 }
 
+/// Pushes `(SELECT value FROM json_each(?))` binding `json_array`: a list of values as one
+/// bind, so that the query's text does not change with their number.
+pub(crate) fn push_json_array_values(query: &mut QueryBuilder<'static, Sqlite>, json_array: &str) {
+    query.push("(SELECT value FROM json_each(").push_bind(json_array.to_owned()).push("))");
+}
+
 /// Ends a list query: rows after the cursor id, in id (creation) order, at most `limit`.
 pub(crate) fn push_page(query: &mut sqlx::QueryBuilder<'_, Sqlite>, after: Option<uuid::Uuid>, limit: Option<u32>) {
     if let Some(after) = after {

@@ -185,6 +185,14 @@ pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &Task
     push_page(query, filter.after, filter.limit);
 }
 
+/// Pushes the read of the pending and running tasks of the objects of `ids` (a JSON array).
+pub(super) fn push_unfinished_of_objects(query: &mut QueryBuilder<'static, Sqlite>, ids: &str) {
+    query.push("SELECT * FROM tasks WHERE state IN (");
+    super::push_names(query, [TaskState::Pending.as_str(), TaskState::Running.as_str()]);
+    query.push(") AND object_id IN ");
+    super::push_json_array_values(query, ids);
+}
+
 /// Starts up to `limit` pending tasks the dispatcher may start now, oldest first, and appends
 /// their `task.started` events, in one batch (one query of the next group commit): running, one more
 /// attempt, `started_at` set on the first. Batches never run themselves, and an instance

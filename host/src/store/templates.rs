@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{ReadsTogether, StoreError, StoreResult, format_time, parse_enum, parse_time, parse_uuid};
@@ -156,18 +156,22 @@ pub async fn get_with_project(
     Ok((from_reads(&template_rows, &version_rows)?, project))
 }
 
-/// Adds the two reads of the template the instance `instance_id` was made from (see
-/// [`from_reads`]).
-pub(super) fn read_of_instance(reads: ReadsTogether, instance_id: Uuid) -> ReadsTogether {
-    const TEMPLATE_OF_INSTANCE: &str = "(SELECT template_id FROM instances WHERE id = ";
+/// Adds the two reads of the templates the instances of `instance_ids` (a JSON array) were
+/// made from (see [`list_from_reads`]).
+pub(super) fn read_of_instances(reads: ReadsTogether, instance_ids: &str) -> ReadsTogether {
+    let push_templates = |query: &mut QueryBuilder<'static, Sqlite>| {
+        query.push("(SELECT template_id FROM instances WHERE id IN ");
+        super::push_json_array_values(query, instance_ids);
+        query.push(")");
+    };
     reads
         .read(|query| {
-            query.push(format_args!("SELECT * FROM templates WHERE id = {TEMPLATE_OF_INSTANCE}"));
-            query.push_bind(instance_id.to_string()).push(")");
+            query.push("SELECT * FROM templates WHERE id IN ");
+            push_templates(query);
         })
         .read(|query| {
-            query.push(format_args!("{VERSIONS_WITH_FILES} WHERE v.template_id = {TEMPLATE_OF_INSTANCE}"));
-            query.push_bind(instance_id.to_string()).push(")");
+            query.push(format_args!("{VERSIONS_WITH_FILES} WHERE v.template_id IN "));
+            push_templates(query);
         })
 }
 

@@ -81,8 +81,20 @@ impl TaskContext {
 
 /// Runs tasks of every kind but `batch`. Implemented by the service layer.
 pub trait TaskHandler: Send + Sync + 'static {
-    /// Runs (or resumes: `task.attempts > 1`) the task. Must be idempotent across attempts.
-    fn run(&self, task: Task, context: TaskContext) -> impl Future<Output = TaskOutcome> + Send;
+    /// What a task starts by reading, read for all the tasks of a claim together.
+    type Prefetched: Default + Send + 'static;
+    /// Reads, once for all the tasks just claimed (one round trip instead of one per task), what
+    /// each starts by reading: one value per task, in their order (the default for a task it
+    /// has nothing for, or when the read failed: the task then reads for itself).
+    fn prefetch(&self, tasks: &[Task]) -> impl Future<Output = Vec<Self::Prefetched>> + Send;
+    /// Runs (or resumes: `task.attempts > 1`) the task, with what was read for it after it was
+    /// claimed. Must be idempotent across attempts.
+    fn run(
+        &self,
+        task: Task,
+        context: TaskContext,
+        prefetched: Self::Prefetched,
+    ) -> impl Future<Output = TaskOutcome> + Send;
     /// Called at every dispatch cycle before pending tasks are claimed (placement goes here);
     /// answers whether it may have made pending tasks claimable.
     fn before_dispatch(&self) -> impl Future<Output = bool> + Send;
@@ -391,11 +403,13 @@ impl TaskEngine {
                 return Ok(());
             }
             let full = started.len() == available;
+            let tasks: Vec<Task> = started.iter().map(|(task, _)| task.clone()).collect();
+            let mut prefetched = handler.prefetch(&tasks).await.into_iter();
             let mut claimed = Vec::with_capacity(started.len());
             for (task, cancel_requested) in started {
                 // Never short: the claim started at most `available` tasks.
                 let Some(permit) = permits.split(1) else { break };
-                claimed.push((task, cancel_requested, permit));
+                claimed.push((task, cancel_requested, permit, prefetched.next().unwrap_or_default()));
             }
             self.spawn_claimed(handler, claimed);
             if !full {
@@ -404,9 +418,13 @@ impl TaskEngine {
         }
     }
 
-    fn spawn_claimed<H: TaskHandler>(&self, handler: &Arc<H>, claimed: Vec<(Task, bool, OwnedSemaphorePermit)>) {
+    fn spawn_claimed<H: TaskHandler>(
+        &self,
+        handler: &Arc<H>,
+        claimed: Vec<(Task, bool, OwnedSemaphorePermit, H::Prefetched)>,
+    ) {
         let store = &self.shared.store;
-        for (task, cancel_requested, permit) in claimed {
+        for (task, cancel_requested, permit, prefetched) in claimed {
             let cancel = CancellationToken::new();
             if cancel_requested {
                 cancel.cancel();
@@ -427,7 +445,8 @@ impl TaskEngine {
                 let started = Instant::now();
                 let kind = task.kind;
                 let span = tracing::info_span!("task", id = %task.id, kind = %kind, attempt = task.attempts);
-                let outcome = tracing::Instrument::instrument(handler.run(task.clone(), context), span).await;
+                let outcome =
+                    tracing::Instrument::instrument(handler.run(task.clone(), context, prefetched), span).await;
                 drop(permit);
                 if engine.shared.shutdown.is_cancelled() && matches!(outcome, TaskOutcome::Cancelled(_)) {
                     // Shutting down: leave the task running so recovery resumes it on the next start.
@@ -714,19 +733,39 @@ mod tests {
     /// when the server stops).
     struct Handler {
         runs: AtomicU32,
+        /// Claims whose tasks were prefetched, and tasks run with another task's prefetch.
+        prefetches: AtomicU32,
+        mismatched_prefetches: AtomicU32,
         hold: std::sync::atomic::AtomicBool,
         failing_write: bool,
     }
 
     impl Handler {
         fn new(hold: bool, failing_write: bool) -> Arc<Self> {
-            Arc::new(Handler { runs: AtomicU32::new(0), hold: hold.into(), failing_write })
+            Arc::new(Handler {
+                runs: AtomicU32::new(0),
+                prefetches: AtomicU32::new(0),
+                mismatched_prefetches: AtomicU32::new(0),
+                hold: hold.into(),
+                failing_write,
+            })
         }
     }
 
     impl TaskHandler for Handler {
-        async fn run(&self, _task: Task, context: TaskContext) -> TaskOutcome {
+        /// The id of the task it was read for.
+        type Prefetched = Option<Uuid>;
+
+        async fn prefetch(&self, tasks: &[Task]) -> Vec<Option<Uuid>> {
+            self.prefetches.fetch_add(1, Ordering::SeqCst);
+            tasks.iter().map(|task| Some(task.id)).collect()
+        }
+
+        async fn run(&self, task: Task, context: TaskContext, prefetched: Option<Uuid>) -> TaskOutcome {
             self.runs.fetch_add(1, Ordering::SeqCst);
+            if prefetched != Some(task.id) {
+                self.mismatched_prefetches.fetch_add(1, Ordering::SeqCst);
+            }
             context.finish_with(FinalEvent(self.failing_write.then(|| "refused".to_string())));
             if self.hold.load(Ordering::SeqCst) {
                 context.cancel.cancelled().await;
@@ -868,6 +907,9 @@ mod tests {
             assert_eq!(engine.wait(*id, Duration::from_secs(10)).await.expect("wait").state, TaskState::Succeeded);
         }
         assert_eq!(handler.runs.load(Ordering::SeqCst), 6);
+        // Claimed together (the engine started with all six pending): read for together.
+        assert_eq!(handler.prefetches.load(Ordering::SeqCst), 1, "one prefetch for the claim");
+        assert_eq!(handler.mismatched_prefetches.load(Ordering::SeqCst), 0, "each task got its own");
         let events = store::events::list_after(&mut store.reader().await.expect("reader"), 0, 100).await.expect("list");
         let started: Vec<_> = events.iter().filter(|event| event.kind == "task.started").collect();
         let mut started_ids: Vec<_> = started.iter().map(|event| event.object_id.clone()).collect();

@@ -243,7 +243,9 @@ async fn an_instance_read_in_context_matches_its_parts_read_one_by_one() {
     let fixture = start(json!({ "hosts": 2, "delays_ms": delays })).await;
     let service = &fixture.service;
     template(service, "base").await;
+    template(service, "second").await;
     let (_, id) = create_and_wait(service, create_request("base")).await;
+    let (_, second) = create_and_wait(service, create_request("second")).await;
     let stop = service
         .instance_action(&Caller::system(), id, InstanceAction::Stop, ActionOptions::default())
         .await
@@ -275,6 +277,19 @@ async fn an_instance_read_in_context_matches_its_parts_read_one_by_one() {
     assert_eq!(json(&lean.host), json(&host));
     let unknown = store::instances::get_in_context(&mut reader, Uuid::now_v7(), all).await.expect("read");
     assert!(unknown.is_none(), "an unknown instance is none");
+
+    // Several at once (as for the tasks of a claim): each as read alone; unknown ones left out.
+    let mut together =
+        store::instances::get_contexts(&mut reader, &[second, Uuid::now_v7(), id], all).await.expect("read together");
+    assert_eq!(together.len(), 2, "{together:?}");
+    for one in [id, second] {
+        let alone = store::instances::get_in_context(&mut reader, one, all).await.expect("read").expect("found");
+        let read_together = together.remove(&one).expect("read together");
+        assert_eq!(json(&read_together.instance), json(&alone.instance));
+        assert_eq!(json(&read_together.host), json(&alone.host));
+        assert_eq!(json(&read_together.template), json(&alone.template));
+        assert_eq!(json(&read_together.unfinished_tasks), json(&alone.unfinished_tasks));
+    }
     sqlx::query("COMMIT").execute(&mut *reader).await.expect("commit");
 }
 
