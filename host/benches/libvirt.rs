@@ -235,7 +235,7 @@ impl CpuUse {
         format!(
             "CPU {:.2} ms in this process ({:.0} context switches), {:.2} ms in python, {:.2} ms in libvirtd",
             per_lifecycle(self.this_process - earlier.this_process),
-            (self.context_switches - earlier.context_switches) as f64 / LIFECYCLES as f64,
+            self.context_switches.saturating_sub(earlier.context_switches) as f64 / LIFECYCLES as f64,
             per_lifecycle(self.children - earlier.children),
             per_lifecycle(self.libvirtd - earlier.libvirtd)
         )
