@@ -28,6 +28,10 @@ use anyhow::Context;
 use hyperplane::config::Config;
 use serde_json::{Value, json};
 
+/// The server binary's allocator (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOKEN: &str = "bench-token";
 const LIFECYCLES: usize = 200;
 const ROUNDS: usize = 3;

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc rather than the system allocator: the server allocates many small, short-lived
+/// buffers on several threads (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = hyperplane::cli::Cli::parse();
