@@ -39,7 +39,8 @@ async fn plugin_figures(scratch: &std::path::Path) -> anyhow::Result<()> {
         max_response_bytes: 16 << 20,
     }
     };
-    let runtime = PluginRuntime::new(RuntimeSettings { cache_dir: Some(scratch.join("cache")) })?;
+    let runtime =
+        PluginRuntime::new(RuntimeSettings { cache_dir: Some(scratch.join("cache")), idle_instance_timeout: None })?;
     let state = Arc::new(MemoryStateStore::default());
 
     let started = Instant::now();

@@ -253,7 +253,7 @@ async fn where_time_goes(dir: &Path, source: &Path, sha256_seconds: f64) -> anyh
     // storage-fs through the plugin runtime, as the server loads it, 4 puts in flight.
     let granted = dir.join("direct/blobs");
     let config = Config::from_toml(&format!("data_dir = {:?}\n", dir.join("direct").display().to_string()))?;
-    let runtime = PluginRuntime::new(RuntimeSettings { cache_dir: None })?;
+    let runtime = PluginRuntime::new(RuntimeSettings { cache_dir: None, idle_instance_timeout: None })?;
     let blobs: BlobStore = hyperplane::service::load_storage(&config, &runtime).await?;
     let source = Arc::new(std::fs::read(source)?);
     let key = |index: usize| format!("chunks/{:02x}/bench-{index:06}", index % 256);

@@ -156,6 +156,8 @@ pub struct PluginDefaults {
     pub memory_limit_mib: u64,
     /// Largest response a plugin call may return.
     pub max_response_mib: u64,
+    /// A plugin instance unused for this long is dropped, with the connections it holds.
+    pub idle_instance_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,7 +264,13 @@ impl Default for LogConfig {
 
 impl Default for PluginDefaults {
     fn default() -> Self {
-        Self { cache_dir: None, call_timeout_secs: 60.0, memory_limit_mib: 256, max_response_mib: 16 }
+        Self {
+            cache_dir: None,
+            call_timeout_secs: 60.0,
+            memory_limit_mib: 256,
+            max_response_mib: 16,
+            idle_instance_secs: 60.0,
+        }
     }
 }
 
@@ -337,6 +345,9 @@ impl Config {
         let invalid = |key: &str, message: &str| Err(ConfigError::Invalid { key: key.into(), message: message.into() });
         if !(self.plugins.call_timeout_secs > 0.0 && self.plugins.call_timeout_secs <= 86_400.0) {
             return invalid("plugins.call_timeout_secs", "must be between 0 and 86400 seconds");
+        }
+        if !(self.plugins.idle_instance_secs > 0.0 && self.plugins.idle_instance_secs <= 86_400.0) {
+            return invalid("plugins.idle_instance_secs", "must be between 0 and 86400 seconds");
         }
         if !(1..=65_536).contains(&self.plugins.memory_limit_mib) {
             return invalid("plugins.memory_limit_mib", "must be between 1 and 65536");
@@ -564,6 +575,7 @@ mod tests {
         check_error("listn = \"127.0.0.1:1\"", "listn");
         check_error("[plugins]\ncall_timeout = 3", "call_timeout");
         check_error("[plugins]\nmemory_limit_mib = 0", "plugins.memory_limit_mib");
+        check_error("[plugins]\nidle_instance_secs = 0", "plugins.idle_instance_secs");
         check_error("[instances]\nstop_grace_secs = -1", "instances.stop_grace_secs");
         check_error("[instances]\nstop_grace_secs = 3601", "instances.stop_grace_secs");
         check_error("[templates]\nmax_image_gib = 0", "templates.max_image_gib");

@@ -56,8 +56,11 @@ pub async fn start(config: Config, admin_token_from_environment: Option<String>)
     }
 
     let store = Store::open(&config.database_url()).await.context("cannot open the database")?;
-    let runtime = PluginRuntime::new(RuntimeSettings { cache_dir: Some(config.plugin_cache_dir()) })
-        .context("cannot start the plugin runtime")?;
+    let runtime = PluginRuntime::new(RuntimeSettings {
+        cache_dir: Some(config.plugin_cache_dir()),
+        idle_instance_timeout: Some(Duration::from_secs_f64(config.plugins.idle_instance_secs)),
+    })
+    .context("cannot start the plugin runtime")?;
     let providers = service::load_providers(&config, &runtime, &store).await;
     let blobs = service::load_storage(&config, &runtime).await.context("loading the storage backend ([storage])")?;
     let service = Service::new(store, providers, blobs, ServiceSettings::from_config(&config));

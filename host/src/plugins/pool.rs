@@ -5,7 +5,9 @@
 //! and runs `init` on it), runs on it, and returns it to the pool when the call ended cleanly,
 //! including with the plugin's own WIT error. A trap, a timeout, the memory cap or an oversized
 //! response discards the instance; the next call gets a fresh one. Concurrent calls run on
-//! distinct instances, so one slow call never holds up another.
+//! distinct instances, so one slow call never holds up another. A call takes the instance
+//! given back last; instances unused for longer than the runtime's idle timeout
+//! (`plugins.idle_instance_secs`) are dropped when an instance is given back.
 //!
 //! What differs between worlds (how exports are found, what `init` returns) is
 //! [`GuestExports`]; everything else is here once.
@@ -103,7 +105,8 @@ pub(crate) struct InstancePool<G: GuestExports> {
     config_json: String,
     pub(crate) call_timeout: Duration,
     max_response_bytes: usize,
-    idle_instances: Mutex<Vec<LiveInstance<G>>>,
+    /// Idle instances with when each was given back, the latest last (the next call takes it).
+    idle_instances: Mutex<Vec<(LiveInstance<G>, Instant)>>,
     call_permits: Semaphore,
     pub(crate) cache_outcome: CacheOutcome,
     instances_created: AtomicU64,
@@ -272,9 +275,9 @@ impl<G: GuestExports> InstancePool<G> {
         }
     }
 
-    /// Takes an idle instance, or instantiates and initializes a fresh one.
+    /// Takes the instance given back last, or instantiates and initializes a fresh one.
     async fn checkout_instance(&self, deadline: Instant) -> Result<LiveInstance<G>, CallError> {
-        if let Some(instance) = self.idle_instances.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+        if let Some((instance, _)) = self.idle_instances.lock().unwrap_or_else(PoisonError::into_inner).pop() {
             return Ok(instance);
         }
         self.instantiate(deadline).await.map(|(instance, _)| instance).map_err(|error| match error {
@@ -283,11 +286,22 @@ impl<G: GuestExports> InstancePool<G> {
         })
     }
 
+    /// Keeps `instance` for the next call (unless the pool is full), and drops the instances
+    /// unused for longer than the runtime's idle timeout: after a burst of calls, the
+    /// instances it needed — and a driver's connections — do not stay open for good.
     fn return_to_pool(&self, instance: LiveInstance<G>) {
-        let mut idle_instances = self.idle_instances.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle_instances.len() < MAX_IDLE_INSTANCES_PER_PROVIDER {
-            idle_instances.push(instance);
-        }
+        let now = Instant::now();
+        let expired: Vec<_> = {
+            let mut idle_instances = self.idle_instances.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle_instances.len() < MAX_IDLE_INSTANCES_PER_PROVIDER {
+                idle_instances.push((instance, now));
+            }
+            let unused_since = self.runtime.idle_instance_timeout.and_then(|timeout| now.checked_sub(timeout));
+            // Given back in order: the expired ones come first.
+            let expired = unused_since.map_or(0, |since| idle_instances.partition_point(|(_, at)| *at < since));
+            idle_instances.drain(..expired).collect()
+        };
+        drop(expired);
     }
 
     /// [`Self::instantiate`] outside any call, bounded by the plugin's call timeout.

@@ -34,6 +34,8 @@ pub(crate) struct RuntimeShared {
     /// filesystem holds only the directory granted to the plugin).
     pub(crate) storage_linker: Linker<StoreData>,
     pub(crate) component_cache: Arc<ComponentCache>,
+    /// See [`super::RuntimeSettings::idle_instance_timeout`].
+    pub(crate) idle_instance_timeout: Option<Duration>,
     _epoch_ticker: EpochTicker,
 }
 
@@ -86,6 +88,7 @@ impl PluginRuntime {
                 auth_linker,
                 storage_linker,
                 component_cache,
+                idle_instance_timeout: settings.idle_instance_timeout,
                 _epoch_ticker: epoch_ticker,
             }),
         })

@@ -13,6 +13,9 @@ pub struct RuntimeSettings {
     /// Where compiled components are cached (`<cache_dir>/<sha256>.cwasm`); `None` keeps them
     /// in memory only.
     pub cache_dir: Option<PathBuf>,
+    /// An instance unused for this long is dropped (with what it holds open: a libvirt
+    /// driver's connections) when the pool is next used; `None` keeps idle instances.
+    pub idle_instance_timeout: Option<Duration>,
 }
 
 /// Where a provider's component comes from.

@@ -221,7 +221,8 @@ async fn progress_of_a_call_reaches_the_task_scope() {
 #[tokio::test]
 async fn second_load_uses_the_disk_cache() {
     let cache_directory = tempfile::tempdir().expect("temporary directory");
-    let settings = || RuntimeSettings { cache_dir: Some(cache_directory.path().to_path_buf()) };
+    let settings =
+        || RuntimeSettings { cache_dir: Some(cache_directory.path().to_path_buf()), idle_instance_timeout: None };
     let state: Arc<MemoryStateStore> = Arc::new(MemoryStateStore::new());
 
     let first_runtime = PluginRuntime::new(settings()).expect("runtime");
@@ -252,6 +253,25 @@ async fn second_load_uses_the_disk_cache() {
     assert_eq!(second_runtime.cache_statistics().compiled, 0);
     assert_eq!(second_runtime.cache_statistics().disk_hits, 1);
     assert!(!second.list_hosts().await.expect("the deserialized component works").is_empty());
+}
+
+/// Instances unused for longer than the runtime's idle timeout are dropped when the pool is
+/// next used; without a timeout they are kept.
+#[tokio::test]
+async fn idle_instances_are_dropped_after_the_idle_timeout() {
+    for (timeout, idle_after) in [(Some(Duration::from_millis(50)), 1), (None, 3)] {
+        let runtime =
+            PluginRuntime::new(RuntimeSettings { cache_dir: None, idle_instance_timeout: timeout }).expect("runtime");
+        let state = Arc::new(MemoryStateStore::new());
+        let driver = Driver::load(&runtime, provider_settings("sim-idle", DRIVER_SIM_WASM, instant_config()), state)
+            .await
+            .expect("driver-sim loads");
+        driver.prewarm(3).await.expect("prewarmed");
+        assert_eq!(driver.statistics().idle_instances, 3);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        driver.list_hosts().await.expect("hosts listed");
+        assert_eq!(driver.statistics().idle_instances, idle_after, "idle timeout {timeout:?}");
+    }
 }
 
 /// Not an assertion on speed: prints the cost of a fresh instance and of a call round trip.

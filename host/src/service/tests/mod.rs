@@ -55,7 +55,8 @@ async fn start_with_settings(sim_config: serde_json::Value, adjust: impl FnOnce(
     .expect("valid config");
     let store = Store::open(&format!("sqlite://{}", directory.path().join("test.db").display())).await.expect("store");
     let cache = std::env::temp_dir().join("hyperplane-service-tests-plugin-cache");
-    let runtime = PluginRuntime::new(RuntimeSettings { cache_dir: Some(cache) }).expect("runtime");
+    let runtime =
+        PluginRuntime::new(RuntimeSettings { cache_dir: Some(cache), idle_instance_timeout: None }).expect("runtime");
     let providers = load_providers(&config, &runtime, &store).await;
     let mut settings = ServiceSettings::from_config(&config);
     adjust(&mut settings);
