@@ -403,13 +403,19 @@ impl TaskEngine {
                 return Ok(());
             }
             let full = started.len() == available;
-            let tasks: Vec<Task> = started.iter().map(|(task, _)| task.clone()).collect();
+            // Cancellable from here: a cancellation requested while the prefetch reads reaches
+            // the task.
+            let tokens: Vec<CancellationToken> = started
+                .iter()
+                .map(|(task, cancel_requested)| self.register_running(task.id, *cancel_requested))
+                .collect();
+            let tasks: Vec<Task> = started.into_iter().map(|(task, _)| task).collect();
             let mut prefetched = handler.prefetch(&tasks).await.into_iter();
-            let mut claimed = Vec::with_capacity(started.len());
-            for (task, cancel_requested) in started {
+            let mut claimed = Vec::with_capacity(tasks.len());
+            for (task, cancel) in tasks.into_iter().zip(tokens) {
                 // Never short: the claim started at most `available` tasks.
                 let Some(permit) = permits.split(1) else { break };
-                claimed.push((task, cancel_requested, permit, prefetched.next().unwrap_or_default()));
+                claimed.push((task, cancel, permit, prefetched.next().unwrap_or_default()));
             }
             self.spawn_claimed(handler, claimed);
             if !full {
@@ -418,20 +424,25 @@ impl TaskEngine {
         }
     }
 
+    /// The cancellation token of a task this process starts, where [`TaskEngine::cancel`] finds it.
+    fn register_running(&self, task_id: Uuid, cancel_requested: bool) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        if cancel_requested {
+            cancel.cancel();
+        }
+        if let Ok(mut running) = self.shared.running.lock() {
+            running.insert(task_id, cancel.clone());
+        }
+        cancel
+    }
+
     fn spawn_claimed<H: TaskHandler>(
         &self,
         handler: &Arc<H>,
-        claimed: Vec<(Task, bool, OwnedSemaphorePermit, H::Prefetched)>,
+        claimed: Vec<(Task, CancellationToken, OwnedSemaphorePermit, H::Prefetched)>,
     ) {
         let store = &self.shared.store;
-        for (task, cancel_requested, permit, prefetched) in claimed {
-            let cancel = CancellationToken::new();
-            if cancel_requested {
-                cancel.cancel();
-            }
-            if let Ok(mut running) = self.shared.running.lock() {
-                running.insert(task.id, cancel.clone());
-            }
+        for (task, cancel, permit, prefetched) in claimed {
             let final_write = FinalWriteSlot::default();
             let context = TaskContext {
                 task_id: task.id,
@@ -736,6 +747,8 @@ mod tests {
         /// Claims whose tasks were prefetched, and tasks run with another task's prefetch.
         prefetches: AtomicU32,
         mismatched_prefetches: AtomicU32,
+        /// How long a prefetch takes.
+        prefetch_time: Duration,
         hold: std::sync::atomic::AtomicBool,
         failing_write: bool,
     }
@@ -746,6 +759,7 @@ mod tests {
                 runs: AtomicU32::new(0),
                 prefetches: AtomicU32::new(0),
                 mismatched_prefetches: AtomicU32::new(0),
+                prefetch_time: Duration::ZERO,
                 hold: hold.into(),
                 failing_write,
             })
@@ -758,6 +772,7 @@ mod tests {
 
         async fn prefetch(&self, tasks: &[Task]) -> Vec<Option<Uuid>> {
             self.prefetches.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.prefetch_time).await;
             tasks.iter().map(|task| Some(task.id)).collect()
         }
 
@@ -923,6 +938,28 @@ mod tests {
         }
         let last = events.last().expect("events").seq;
         assert_eq!(*store.subscribe_events().borrow(), last, "subscribers saw every event");
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_task_cancelled_while_its_prefetch_reads_is_cancelled() {
+        let (store, _directory) = open_temporary().await;
+        let engine = TaskEngine::new(store.clone(), 8, 3);
+        let id = create_task(&engine, &store).await;
+        let mut handler = Handler::new(true, false);
+        Arc::get_mut(&mut handler).expect("not shared yet").prefetch_time = Duration::from_millis(500);
+        engine.start(handler.clone());
+        // Claimed (running), its prefetch under way: cancelled now.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while engine.read(id).await.expect("task").state != TaskState::Running {
+            assert!(Instant::now() < deadline, "claimed within 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 0, "still prefetching");
+        engine.cancel(id).await.expect("cancel");
+        // The handler holds until its token is cancelled.
+        let ended = engine.wait(id, Duration::from_secs(10)).await.expect("wait");
+        assert_eq!(ended.state, TaskState::Cancelled);
         engine.shutdown();
     }
 }
