@@ -301,6 +301,7 @@ impl<G: GuestExports> InstancePool<G> {
             let expired = unused_since.map_or(0, |since| idle_instances.partition_point(|(_, at)| *at < since));
             idle_instances.drain(..expired).collect()
         };
+        // Dropped outside the lock: a driver's instance closes its connections.
         drop(expired);
     }
 

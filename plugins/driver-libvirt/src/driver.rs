@@ -794,8 +794,9 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 .into()
             };
             let known_path = session.template_paths.get(&template_volume.name).cloned();
-            let mut backing_path = match &known_path {
-                Some(path) => path.clone(),
+            let path_was_known = known_path.is_some();
+            let mut backing_path = match known_path {
+                Some(path) => path,
                 None => session.look_up_template_path(&template_volume)?.ok_or_else(not_cached)?,
             };
             let host_facts = session.capabilities()?.clone();
@@ -845,7 +846,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 )
             };
             let mut created = session.client.storage_vol_create_xml(&pool, &overlay_xml(&backing_path), 0);
-            if known_path.is_some() && created.as_ref().is_err_and(|error| !error.breaks_connection()) {
+            if path_was_known && created.as_ref().is_err_and(|error| !error.breaks_connection()) {
                 // A known path is stale when the template was removed through another
                 // connection since (libvirt refuses an overlay on a missing backing file; the
                 // test driver does not check): look it up again.
