@@ -8,7 +8,9 @@
 //! (destroy, undefine, overlay removed), with up to `IN_FLIGHT` lifecycles at a time (the test
 //! driver's 100 GiB pool holds 100 one-GiB overlays). libvirt-python runs its lifecycles one
 //! after the other on one connection: once as the issue defines them (no storage), once with
-//! the overlay volume Hyperplane's driver creates and deletes for each instance.
+//! the overlay volume Hyperplane's driver creates and deletes for each instance (six libvirt
+//! calls per lifecycle, the driver's six: pool and backing volume looked up once, as a driver
+//! connection keeps them).
 //!
 //! Each round starts the server, warms it (one unmeasured wave of `IN_FLIGHT` lifecycles: a
 //! server that has been running has its driver instances and their libvirt connections), runs

@@ -6,7 +6,8 @@ undefine) on one connection, sequentially, timed with a monotonic clock.
 
 With POOL and BACKING_VOLUME, each lifecycle also does what Hyperplane's driver does for an
 instance's disk: a qcow2 overlay volume backed by BACKING_VOLUME is created before the define
-and deleted after the undefine, with the lookups that needs.
+and deleted after the undefine. The pool and the backing volume's path are looked up once, as
+the driver's connection keeps them: six calls per lifecycle, the driver's six.
 
 Prints `LIFECYCLES=N` and `SECONDS=…` on stdout. Domains are named `bench-py-<i>` and
 removed again; the domain XML is what Hyperplane's driver defines for the test driver, less
@@ -19,16 +20,17 @@ import libvirt
 uri, count = sys.argv[1], int(sys.argv[2])
 pool_name, backing_name = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else (None, None)
 connection = libvirt.open(uri)
+if pool_name:
+    pool = connection.storagePoolLookupByName(pool_name)
+    backing_path = pool.storageVolLookupByName(backing_name).path()
 started = time.monotonic()
 for index in range(count):
     volume = None
     if pool_name:
-        pool = connection.storagePoolLookupByName(pool_name)
-        backing = pool.storageVolLookupByName(backing_name)
         volume = pool.createXML(
             f"""<volume><name>bench-py-{index}.qcow2</name><capacity unit='G'>1</capacity>
   <target><format type='qcow2'/></target>
-  <backingStore><path>{backing.path()}</path><format type='raw'/></backingStore></volume>""",
+  <backingStore><path>{backing_path}</path><format type='raw'/></backingStore></volume>""",
             0,
         )
     xml = f"""<domain type='test'>
