@@ -9,22 +9,21 @@ use crate::model::{Event, NewEvent, Timestamp};
 /// Events per `INSERT`: nine bound values each, far below SQLite's limit of 32,766.
 const EVENTS_PER_STATEMENT: usize = 500;
 
-/// Pushes the `INSERT`s appending `events` (with the time each was appended), each answering
-/// the sequence numbers it assigned.
+/// Pushes the `INSERT`s appending `events` (with the time each was appended).
 pub(super) fn push_appends(query: &mut QueryBuilder<'static, Sqlite>, events: &[&(Timestamp, NewEvent)]) {
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
         query.push("INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) ");
         query.push_values(chunk, |mut row, (time, event)| bind_event(&mut row, time, event));
-        query.push(" RETURNING seq; ");
+        query.push("; ");
     }
 }
 
 /// Pushes the `INSERT` appending `event` (appended at `time`) only if the statement pushed just
-/// before it changed a row (SQLite's `changes()`), answering its sequence number if it did.
+/// before it changed a row (SQLite's `changes()`).
 pub(super) fn push_append_if_changed(query: &mut QueryBuilder<'static, Sqlite>, time: &Timestamp, event: &NewEvent) {
     query.push("INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) SELECT ");
     bind_event(&mut query.separated(", "), time, event);
-    query.push(" WHERE changes() = 1 RETURNING seq; ");
+    query.push(" WHERE changes() = 1; ");
 }
 
 /// Binds an event's columns, in the order of the `INSERT`s above.

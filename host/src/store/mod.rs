@@ -440,15 +440,15 @@ impl PendingWrites {
 
 /// Sends `BEGIN IMMEDIATE` (when `begin`), every statement and event of `writes` and `COMMIT`
 /// on `connection`: one query per batch of writes, the first with the `BEGIN`, the last with
-/// the `COMMIT` (one round trip for a single batch). Answers the sequence number of the last
-/// event appended and, for each batch, the rows its statements returned (a row whose first
-/// column is `seq` is an appended event's). On an error the transaction is still open.
+/// the `COMMIT` (one round trip for a single batch). Answers the sequence number of the newest
+/// event (read before the `COMMIT`, so events appended need not each answer theirs) and, for
+/// each batch, the rows its statements returned. On an error the transaction is still open.
 async fn commit_on(
     connection: &mut SqliteConnection,
     begin: bool,
     writes: &[&PendingWrites],
 ) -> StoreResult<(Option<i64>, Vec<Vec<SqliteRow>>)> {
-    let mut last = None;
+    let mut newest_event = None;
     let batches = writes.len().max(1);
     let mut returned: Vec<Vec<SqliteRow>> = (0..batches).map(|_| Vec::new()).collect();
     for (index, batch_rows) in returned.iter_mut().enumerate() {
@@ -463,7 +463,7 @@ async fn commit_on(
             statements = writes.statements.len() + events.len();
         }
         if index + 1 == batches {
-            query.push("COMMIT");
+            query.push("SELECT max(seq) AS newest_event FROM events; COMMIT");
         }
         if query.sql().is_empty() {
             continue;
@@ -474,14 +474,14 @@ async fn commit_on(
         // prepared statements there, so it is prepared afresh.
         let cached = statements <= MAX_CACHED_COMMIT_STATEMENTS;
         for row in query.build().persistent(cached).fetch_all(&mut *connection).await? {
-            if row.columns().first().is_some_and(|column| column.name() == "seq") {
-                last = last.max(Some(row.try_get::<i64, _>("seq")?));
+            if row.columns().first().is_some_and(|column| column.name() == "newest_event") {
+                newest_event = row.try_get::<Option<i64>, _>("newest_event")?;
             } else {
                 batch_rows.push(row);
             }
         }
     }
-    Ok((last, returned))
+    Ok((newest_event, returned))
 }
 
 /// Commits with more statements and events than this are not kept prepared.

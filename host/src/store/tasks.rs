@@ -225,7 +225,7 @@ pub async fn claim(store: &Store, limit: u32, now: &Timestamp) -> StoreResult<Ve
             .push_bind(now.clone())
             .push(
                 ", 'task.started', 'task', id, 'system', json_object('attempt', attempts) FROM tasks \
-                 WHERE id IN (SELECT id FROM temp.claimed_tasks) ORDER BY id RETURNING seq; ",
+                 WHERE id IN (SELECT id FROM temp.claimed_tasks) ORDER BY id; ",
             );
     });
     let rows = batch.commit_returning().await?;
