@@ -12,10 +12,11 @@
 //! calls per lifecycle, the driver's six: pool and backing volume looked up once, as a driver
 //! connection keeps them).
 //!
-//! Each round starts the server, warms it (one unmeasured wave of `IN_FLIGHT` lifecycles: a
-//! server that has been running has its driver instances and their libvirt connections), runs
-//! the measured lifecycles and shuts the server down before libvirt-python's turn: every open
-//! connection costs libvirtd at each wakeup (54 idle ones slowed libvirt-python ~15%).
+//! Each of the `ROUNDS` rounds starts the server, warms it (one unmeasured wave of `IN_FLIGHT`
+//! lifecycles: a server that has been running has its driver instances and their libvirt
+//! connections), runs the measured lifecycles and shuts the server down before libvirt-python's
+//! turn: every open connection costs libvirtd at each wakeup (54 idle ones slowed
+//! libvirt-python ~15%). The last line gives the median and range of both ratios.
 //!
 //! `tests/libvirt/setup.sh` (run from here) installs and starts libvirtd.
 
@@ -36,7 +37,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TOKEN: &str = "bench-token";
 const LIFECYCLES: usize = 200;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 7;
 const IN_FLIGHT: usize = 50;
 const TEST_DRIVER_POOL: &str = "default-pool";
 
@@ -56,6 +57,8 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let libvirtd = libvirtd_pid()?;
     let connections_before = libvirtd_connections()?;
+    let mut ratios = Vec::new();
+    let mut ratios_same_calls = Vec::new();
     for round in 1..=ROUNDS {
         let server = start_server(scratch.path(), &bed.tcp_address).await?;
         let base = format!("http://{}", server.address);
@@ -88,8 +91,24 @@ async fn main() -> anyhow::Result<()> {
             ours / python,
             ours / python_with_disk,
         );
+        ratios.push(ours / python);
+        ratios_same_calls.push(ours / python_with_disk);
     }
+    println!(
+        "{ROUNDS} rounds: ratio {}; against libvirt-python making the driver's calls {}",
+        median_and_range(&mut ratios),
+        median_and_range(&mut ratios_same_calls)
+    );
     Ok(())
+}
+
+/// `median (lowest–highest)` of `values`.
+fn median_and_range(values: &mut [f64]) -> String {
+    values.sort_by(f64::total_cmp);
+    match (values.first(), values.get(values.len() / 2), values.last()) {
+        (Some(lowest), Some(median), Some(highest)) => format!("median {median:.2} ({lowest:.2}–{highest:.2})"),
+        _ => "none".into(),
+    }
 }
 
 /// The bench template and the host's capacity (kept in the database across restarts).
