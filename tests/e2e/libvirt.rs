@@ -58,6 +58,32 @@ async fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> String {
     }
 }
 
+/// Sends `line` to the raw TCP serial console at `address` until `needle` comes back (the guest
+/// echoes what it is sent; the needle must be what only running the line prints). Answers what
+/// was read.
+async fn serial_exchange(address: &str, line: &str, needle: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect to the serial console");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} on the serial console; it sent:\n{}",
+            String::from_utf8_lossy(&received)
+        );
+        // Again each round: the shell may not have been reading yet.
+        stream.write_all(format!("{line}\n").as_bytes()).await.expect("write to the serial console");
+        if let Ok(read) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer)).await {
+            let read = read.expect("read from the serial console");
+            assert!(read > 0, "the serial console closed");
+            received.extend_from_slice(&buffer[..read]);
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
 async fn succeeded(server: &Server, method: Method, path: &str, body: Option<Value>) -> Value {
     let (status, task) = server.request(method, path, body).await;
     assert_eq!(status, StatusCode::OK, "{path}: {task}");
@@ -82,7 +108,7 @@ interval_secs = 1
 name = "kvm"
 driver = "driver-libvirt"
 endpoints = {{ libvirtd = "unix://{socket}" }}
-config = {{ hosts = [{{ name = "hv1", endpoint = "libvirtd", uri = "qemu:///system", pool = "{pool}", domain_type = "qemu", console_log_dir = "{logs}" }}] }}
+config = {{ hosts = [{{ name = "hv1", endpoint = "libvirtd", uri = "qemu:///system", pool = "{pool}", domain_type = "qemu", console_log_dir = "{logs}", serial_ports = "47100-47199" }}] }}
 "#,
         socket = bed.socket_path.display(),
         pool = pool.name,
@@ -127,6 +153,14 @@ config = {{ hosts = [{{ name = "hv1", endpoint = "libvirtd", uri = "qemu:///syst
     let console_log = console_logs.join(format!("hp-{id}.log"));
     let console = wait_for_text(&console_log, &guest.ready_line, Duration::from_secs(90)).await;
     assert!(console.contains(&format!("nic eth0 {mac}")), "the guest sees the NIC with the instance's MAC:\n{console}");
+
+    // The console endpoint is the serial console, on TCP: the guest's shell answers there.
+    let endpoint = server.get(&format!("/v1/instances/{id}/console")).await;
+    assert_eq!(endpoint["protocol"], "serial", "{endpoint}");
+    let port = endpoint["port"].as_u64().filter(|port| (47100..=47199).contains(port)).expect("a port of the range");
+    let address = format!("{}:{port}", endpoint["host"].as_str().expect("a host"));
+    let answer = serial_exchange(&address, "echo hp-serial-$((6*7))", "hp-serial-42").await;
+    assert!(answer.contains("hp-serial-42"), "{answer}");
 
     // Snapshot, revert.
     succeeded(

@@ -13,7 +13,8 @@
 # The guest's /init mounts proc/sys/dev, loads button+evdev (ACPI power button ->
 # input event) and virtio (disk, NIC), starts busybox acpid whose PWRF handler runs
 # `poweroff -f`, prints one "HYPERPLANE-GUEST-INFO ..." line per NIC and disk, then
-# "HYPERPLANE-GUEST-READY" on the console. Boot with cmdline "console=ttyS0".
+# "HYPERPLANE-GUEST-READY" on the console, and runs a shell there. Boot with cmdline
+# "console=ttyS0".
 #
 # Environment: GUEST_KERNEL_PKG overrides the kernel package (default: what
 # linux-image-cloud-amd64 depends on in the apt candidate, e.g. linux-image-6.1.0-56-cloud-amd64).
@@ -103,7 +104,8 @@ for d in /sys/block/vd*; do
   [ -e "\$d" ] && echo "HYPERPLANE-GUEST-INFO disk \${d##*/} \$((\$(cat \$d/size) * 512))"
 done
 echo "HYPERPLANE-GUEST-READY kernel=\$(uname -r) uptime=\$(cut -d' ' -f1 /proc/uptime)"
-while :; do sleep 3600; done
+# A shell on the console: what is sent to the serial port runs.
+while :; do sh; sleep 1; done
 EOF
 chmod 0755 "$root/init" "$root/etc/acpi/PWRF/00000080"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -9) >"$OUT/initrd.img.new"

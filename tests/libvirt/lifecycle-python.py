@@ -66,7 +66,9 @@ def driver_domain(index, pool_name, volume_name):
     <serial type='pty'>
       <target port='0'/>
     </serial>
-    <console type='pty'><target type='serial' port='0'/></console>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>
     <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>
   </devices>
 </domain>

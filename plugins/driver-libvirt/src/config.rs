@@ -41,8 +41,13 @@ macro_rules! with_host_options {
             /// Directory on the libvirt host where serial consoles are logged
             /// (`<dir>/<domain>.log`).
             pub console_log_dir: Option<String>,
-            /// Address VNC listens on, on the libvirt host (`127.0.0.1`).
+            /// Address VNC (and TCP serial consoles) listen on, on the libvirt host (`127.0.0.1`).
             pub vnc_listen: Option<String>,
+            /// Ports for serial consoles over raw TCP (`"10000-10999"`), one per instance: with
+            /// it, each instance's serial console listens on a port of the range and `console`
+            /// answers that port; without it, the serial console is a pty and `console` answers
+            /// VNC.
+            pub serial_ports: Option<String>,
             /// Address clients use to reach the host's consoles (defaults to `vnc_listen`).
             pub address: Option<String>,
         }
@@ -57,6 +62,7 @@ macro_rules! with_host_options {
                     domain_type: self.domain_type.clone(),
                     console_log_dir: self.console_log_dir.clone(),
                     vnc_listen: self.vnc_listen.clone(),
+                    serial_ports: self.serial_ports.clone(),
                     address: self.address.clone(),
                 }
             }
@@ -94,7 +100,41 @@ pub struct HostOptions {
     pub domain_type: Option<String>,
     pub console_log_dir: Option<String>,
     pub vnc_listen: Option<String>,
+    pub serial_ports: Option<String>,
     pub address: Option<String>,
+}
+
+/// An inclusive range of TCP ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Parses `first-last` (or one port); `None` for anything else, or an empty range.
+    pub fn parse(text: &str) -> Option<PortRange> {
+        let (first, last) = text.split_once('-').unwrap_or((text, text));
+        let (first, last) = (first.trim().parse::<u16>().ok()?, last.trim().parse::<u16>().ok()?);
+        (first > 0 && first <= last).then_some(PortRange { first, last })
+    }
+
+    /// How many ports the range holds.
+    pub fn count(&self) -> u32 {
+        u32::from(self.last - self.first) + 1
+    }
+
+    /// The `index`th port, wrapping around the range.
+    pub fn nth(&self, index: u32) -> u16 {
+        // Less than `count()` ≤ 65535 after the modulo: fits.
+        self.first + (index % self.count()) as u16
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}-{}", self.first, self.last)
+    }
 }
 
 /// How instance NICs attach.
@@ -124,6 +164,8 @@ pub struct HostSettings {
     pub domain_type: DomainTypeChoice,
     pub console_log_dir: Option<String>,
     pub vnc_listen: String,
+    /// Serial consoles over TCP on these ports; `None`: pty serial consoles, VNC as `console`.
+    pub serial_ports: Option<PortRange>,
     pub address: String,
 }
 
@@ -227,6 +269,13 @@ impl TryFrom<LibvirtConfig> for Settings {
             let vnc_listen =
                 pick("vnc_listen", options.vnc_listen, defaults.vnc_listen.clone(), Some(DEFAULT_VNC_LISTEN))?
                     .unwrap_or_default();
+            let serial_ports = pick("serial_ports", options.serial_ports, defaults.serial_ports.clone(), None)?
+                .map(|ports| {
+                    PortRange::parse(&ports).ok_or_else(|| {
+                        invalid(format!("`{}`: `{ports}` is not a port range like `10000-10999`", key("serial_ports")))
+                    })
+                })
+                .transpose()?;
             let address =
                 pick("address", options.address, defaults.address.clone(), Some(&vnc_listen))?.unwrap_or_default();
             hosts.push(HostSettings {
@@ -238,6 +287,7 @@ impl TryFrom<LibvirtConfig> for Settings {
                 domain_type,
                 console_log_dir,
                 vnc_listen,
+                serial_ports,
                 address,
             });
         }
@@ -279,6 +329,7 @@ mod tests {
                 domain_type: DomainTypeChoice::Fixed("test".into()),
                 console_log_dir: Some("/var/log/hp".into()),
                 vnc_listen: "127.0.0.1".into(),
+                serial_ports: None,
                 address: "127.0.0.1".into(),
             }
         );
@@ -288,6 +339,14 @@ mod tests {
         assert_eq!(minimal.hosts[0].uri, DEFAULT_URI);
         assert_eq!(minimal.hosts[0].network, NetworkAttachment::User);
         assert_eq!(minimal.hosts[0].domain_type, DomainTypeChoice::Auto);
+        let serial = Settings::from_json(
+            r#"{"hosts": [{"name": "a", "endpoint": "e", "serial_ports": "10000-10001"},
+                          {"name": "b", "endpoint": "f"}], "serial_ports": "7000"}"#,
+        )?;
+        let ports: Vec<Option<PortRange>> = serial.hosts.iter().map(|host| host.serial_ports).collect();
+        assert_eq!(ports, [Some(PortRange { first: 10000, last: 10001 }), Some(PortRange { first: 7000, last: 7000 })]);
+        let range = PortRange { first: 10000, last: 10001 };
+        assert_eq!((range.count(), range.nth(0), range.nth(1), range.nth(2)), (2, 10000, 10001, 10000));
         Ok(())
     }
 
@@ -315,5 +374,9 @@ mod tests {
         );
         check_invalid(r#"{"hosts": [{"name": "a", "endpoint": "e"}], "pool": ""}"#, &["`pool`", "empty"]);
         check_invalid(r#"{"hosts": [{"name": "", "endpoint": "e"}]}"#, &["hosts[0].name"]);
+        for ports in ["10-", "9-3", "0-10", "70000", "a-b"] {
+            let json = format!(r#"{{"hosts": [{{"name": "a", "endpoint": "e", "serial_ports": "{ports}"}}]}}"#);
+            check_invalid(&json, &["hosts[0].serial_ports", ports, "port range"]);
+        }
     }
 }

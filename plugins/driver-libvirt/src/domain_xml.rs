@@ -7,8 +7,9 @@
 //! are); `<vcpu>`; `<memory unit='MiB'>`; one virtio disk `vda` from the qcow2 overlay volume
 //! `hp-<id>.qcow2` in the host's pool, backed by the template's volume; one virtio NIC on the
 //! host's network or bridge (or user-mode) with the requested MAC and optional VLAN tag; VNC on
-//! the host's `vnc_listen` address with an automatic port; a pty serial console, logged to
-//! `<console_log_dir>/hp-<id>.log` when configured; ACPI; `on_poweroff` destroy, `on_reboot`
+//! the host's `vnc_listen` address with an automatic port; a serial console, logged to
+//! `<console_log_dir>/hp-<id>.log` when configured: a pty, or a raw TCP socket on
+//! `vnc_listen` at the port the driver gave the instance from the host's `serial_ports`; ACPI; `on_poweroff` destroy, `on_reboot`
 //! restart, `on_crash` destroy; and `<metadata>` with the instance name, template and the
 //! spec's metadata in the [`METADATA_NAMESPACE`] namespace.
 
@@ -59,6 +60,8 @@ pub struct DomainDefinition {
     pub mac: Option<String>,
     pub vlan: Option<u16>,
     pub vnc_listen: String,
+    /// The serial console listens on raw TCP at this port, on `vnc_listen`; `None`: a pty.
+    pub serial_port: Option<u16>,
     pub console_log_file: Option<String>,
     pub instance_name: String,
     pub template: TemplateMetadata,
@@ -99,12 +102,7 @@ pub fn domain_xml(definition: &DomainDefinition) -> Result<String, Error> {
         escape(&definition.disk_volume)
     );
     write_interface(&mut xml, definition)?;
-    xml.push_str("    <serial type='pty'>\n");
-    if let Some(log_file) = &definition.console_log_file {
-        let _ = writeln!(xml, "      <log file='{}' append='on'/>", escape(log_file));
-    }
-    xml.push_str("      <target port='0'/>\n    </serial>\n");
-    xml.push_str("    <console type='pty'><target type='serial' port='0'/></console>\n");
+    write_serial_console(&mut xml, definition);
     if matches!(definition.domain_type.as_str(), "kvm" | "qemu") {
         // The guest agent channel, through which libvirt can learn addresses on bridges.
         xml.push_str("    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n");
@@ -112,6 +110,27 @@ pub fn domain_xml(definition: &DomainDefinition) -> Result<String, Error> {
     let _ = writeln!(xml, "    <graphics type='vnc' autoport='yes' listen='{}'/>", escape(&definition.vnc_listen));
     xml.push_str("  </devices>\n</domain>\n");
     Ok(xml)
+}
+
+/// The serial port and the console that is its alias, with the same source.
+fn write_serial_console(xml: &mut String, definition: &DomainDefinition) {
+    let (kind, source) = match definition.serial_port {
+        Some(port) => (
+            "tcp",
+            format!(
+                "      <source mode='bind' host='{}' service='{port}'/>\n      <protocol type='raw'/>\n",
+                escape(&definition.vnc_listen)
+            ),
+        ),
+        None => ("pty", String::new()),
+    };
+    let _ = write!(xml, "    <serial type='{kind}'>\n{source}");
+    if let Some(log_file) = &definition.console_log_file {
+        let _ = writeln!(xml, "      <log file='{}' append='on'/>", escape(log_file));
+    }
+    xml.push_str("      <target port='0'/>\n    </serial>\n");
+    let _ =
+        write!(xml, "    <console type='{kind}'>\n{source}      <target type='serial' port='0'/>\n    </console>\n");
 }
 
 fn write_metadata(xml: &mut String, definition: &DomainDefinition) {
@@ -258,6 +277,10 @@ pub struct DomainFacts {
     pub mac: Option<String>,
     /// Present only while the domain runs (libvirt reports `-1` otherwise).
     pub vnc_port: Option<u16>,
+    /// The port a TCP serial console (the first serial device) listens on.
+    pub serial_port: Option<u16>,
+    /// Whether the XML is a running domain's (libvirt gives it an `id`).
+    pub active: bool,
     /// `(pool, volume)` of every volume-backed disk.
     pub disk_volumes: Vec<(String, String)>,
     pub template: Option<TemplateMetadata>,
@@ -266,7 +289,8 @@ pub struct DomainFacts {
 pub fn domain_facts(xml: &str) -> Result<DomainFacts, Error> {
     let document = parse(xml, "domain")?;
     let root = document.root_element();
-    let mut facts = DomainFacts::default();
+    let mut facts = DomainFacts { active: root.attribute("id").is_some(), ..DomainFacts::default() };
+    let mut first_serial = true;
     if let Some(devices) = child(root, "devices") {
         for device in devices.children().filter(roxmltree::Node::is_element) {
             match device.tag_name().name() {
@@ -275,6 +299,12 @@ pub fn domain_facts(xml: &str) -> Result<DomainFacts, Error> {
                 }
                 "graphics" if device.attribute("type") == Some("vnc") && facts.vnc_port.is_none() => {
                     facts.vnc_port = device.attribute("port").and_then(|port| port.parse::<u16>().ok());
+                }
+                "serial" if std::mem::take(&mut first_serial) && device.attribute("type") == Some("tcp") => {
+                    facts.serial_port = child(device, "source")
+                        .filter(|source| source.attribute("mode") == Some("bind"))
+                        .and_then(|source| source.attribute("service"))
+                        .and_then(|port| port.parse::<u16>().ok());
                 }
                 "disk" => {
                     if let Some(source) = child(device, "source")
@@ -382,6 +412,7 @@ mod tests {
             mac: Some("52:54:00:12:34:56".into()),
             vlan: None,
             vnc_listen: "127.0.0.1".into(),
+            serial_port: None,
             console_log_file: None,
             instance_name: "web <1> & 'two'".into(),
             template: TemplateMetadata { name: "debian".into(), version: 3 },
@@ -450,6 +481,17 @@ mod tests {
             ],
             &["<mac ", "host-passthrough"],
         );
+        let mut tcp_serial = bridged.clone();
+        tcp_serial.serial_port = Some(10001);
+        let source = "<source mode='bind' host='127.0.0.1' service='10001'/>\n      <protocol type='raw'/>";
+        check(
+            &tcp_serial,
+            &[
+                &format!("<serial type='tcp'>\n      {source}\n      <log file='/var/log/hp/hp-1.log' append='on'/>"),
+                &format!("<console type='tcp'>\n      {source}\n      <target type='serial' port='0'/>"),
+            ],
+            &["type='pty'"],
+        );
         let mut user = definition();
         user.network = NetworkAttachment::User;
         user.arch = "aarch64".into();
@@ -463,7 +505,7 @@ mod tests {
         let xml = domain_xml(&definition())?;
         let facts = domain_facts(&xml)?;
         assert_eq!(facts.mac.as_deref(), Some("52:54:00:12:34:56"));
-        assert_eq!(facts.vnc_port, None);
+        assert_eq!((facts.vnc_port, facts.serial_port, facts.active), (None, None, false));
         assert_eq!(
             facts.disk_volumes,
             vec![("default".to_owned(), "hp-0193a8f0-0000-7000-8000-000000000001.qcow2".to_owned())]
@@ -471,6 +513,10 @@ mod tests {
         assert_eq!(facts.template, Some(TemplateMetadata { name: "debian".into(), version: 3 }));
         let live = xml.replace("autoport='yes'", "port='5901' autoport='yes'");
         assert_eq!(domain_facts(&live)?.vnc_port, Some(5901));
+        let serial = domain_xml(&DomainDefinition { serial_port: Some(10002), ..definition() })?;
+        let running = serial.replacen("<domain type='kvm'>", "<domain type='kvm' id='7'>", 1);
+        let facts = domain_facts(&running)?;
+        assert_eq!((facts.serial_port, facts.active), (Some(10002), true));
         assert!(domain_facts("<domain><name>").is_err());
         Ok(())
     }

@@ -35,6 +35,7 @@ use crate::client::{Client, ClientError, DownloadStream};
 use crate::config::{DomainTypeChoice, HostSettings, NetworkAttachment, Settings};
 use crate::domain_xml::{self, DomainDefinition, HostCapabilities, TemplateMetadata};
 use crate::protocol::{Domain, DomainSnapshot, DomainState, StoragePool, StorageVolume, error_code, flags};
+use crate::serial_ports;
 
 /// Prefix of every domain (and overlay volume) the driver owns: `hp-<instance id>`.
 pub const DOMAIN_NAME_PREFIX: &str = "hp-";
@@ -814,6 +815,17 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             // Without a MAC in the spec, pick one as libvirt would for these domain types, so
             // the define needs no XML read afterwards to learn it.
             let mac = spec.mac.clone().or_else(|| generated_mac(&spec.id, &domain_type));
+            let serial_port =
+                match host.serial_ports {
+                    Some(ports) => Some(serial_ports::claim(&self.state, &host.name, ports, &spec.id, |owner| {
+                        match session.client.domain_lookup_by_name(&domain_name(owner)) {
+                            Ok(_) => Ok(false),
+                            Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => Ok(true),
+                            Err(error) => Err(Failure::from(error)),
+                        }
+                    })?),
+                    None => None,
+                };
             let definition = DomainDefinition {
                 domain_name: domain_name(&spec.id),
                 uuid: uuid.map(|bytes| uuid::Uuid::from_bytes(bytes).hyphenated().to_string()),
@@ -827,6 +839,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 mac: mac.clone(),
                 vlan: spec.vlan,
                 vnc_listen: host.vnc_listen.clone(),
+                serial_port,
                 console_log_file: host
                     .console_log_dir
                     .as_ref()
@@ -908,6 +921,9 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                     if !error.breaks_connection() {
                         let _ = session.client.storage_vol_delete(&overlay);
                         let _ = self.state.delete(&instance_key(&spec.id));
+                        if host.serial_ports.is_some() {
+                            let _ = serial_ports::release(&self.state, &host.name, &spec.id);
+                        }
                     }
                     return Err(error.into());
                 }
@@ -1051,7 +1067,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
 
     pub fn delete_instance(&self, instance_id: &str) -> Result<(), Error> {
         let host = self.host_of_instance(instance_id)?;
-        self.with_session(host, |session| {
+        let deleted = self.with_session(host, |session| {
             let domain = Self::domain_handle(session, instance_id)?;
             let pool = session.pool(&host.pool)?;
             let overlay = volume_handle(&pool, overlay_volume_name(instance_id));
@@ -1090,7 +1106,12 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 }
             }
             Self::undefine(session, &domain)
-        })?;
+        });
+        // Gone or never defined: its serial console port is free.
+        if host.serial_ports.is_some() && matches!(deleted, Ok(()) | Err(Error::NotFound(_))) {
+            serial_ports::release(&self.state, &host.name, instance_id)?;
+        }
+        deleted?;
         if self.settings.hosts.len() > 1 {
             self.state.delete(&instance_key(instance_id))?;
         }
@@ -1188,17 +1209,29 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         None
     }
 
+    /// The serial console when the domain has one on TCP (the host's `serial_ports`), else VNC;
+    /// either listens only while the domain runs.
     pub fn console(&self, instance_id: &str) -> Result<ConsoleEndpoint, Error> {
         let host = self.host_of_instance(instance_id)?;
-        let port = self.with_session(host, |session| {
+        let facts = self.with_session(host, |session| {
             let domain = Self::domain_handle(session, instance_id)?;
-            let facts = domain_xml::domain_facts(&session.client.domain_get_xml_desc(&domain, 0)?)?;
-            Ok(facts.vnc_port)
+            Ok(domain_xml::domain_facts(&session.client.domain_get_xml_desc(&domain, 0)?)?)
         })?;
-        let port = port.ok_or_else(|| {
-            Error::Conflict(format!("instance `{instance_id}` is not running; its vnc console has no port"))
-        })?;
-        Ok(ConsoleEndpoint { protocol: ConsoleProtocol::Vnc, host: host.address.clone(), port, password: None })
+        let (protocol, port) = match (facts.serial_port, facts.vnc_port) {
+            (Some(port), _) if facts.active => (ConsoleProtocol::Serial, port),
+            (Some(_), _) => {
+                return Err(Error::Conflict(format!(
+                    "instance `{instance_id}` is not running; its serial console is not listening"
+                )));
+            }
+            (None, Some(port)) => (ConsoleProtocol::Vnc, port),
+            (None, None) => {
+                return Err(Error::Conflict(format!(
+                    "instance `{instance_id}` is not running; its vnc console has no port"
+                )));
+            }
+        };
+        Ok(ConsoleEndpoint { protocol, host: host.address.clone(), port, password: None })
     }
 
     // ----- templates --------------------------------------------------------------------

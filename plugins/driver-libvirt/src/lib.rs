@@ -15,7 +15,9 @@
 //!   user-mode NIC; `domain_type` (`auto`: `kvm` if the capabilities offer it for the host's
 //!   arch, else `qemu`, else the first offered, e.g. `test`; or a fixed type); `console_log_dir`
 //!   (absolute directory on the libvirt host for serial console logs); `vnc_listen`
-//!   (`127.0.0.1`) — where VNC listens; `address` (defaults to `vnc_listen`) — the host
+//!   (`127.0.0.1`) — where VNC and TCP serial consoles listen; `serial_ports` (a range such as
+//!   `10000-10999`) — serial consoles on raw TCP, a port per instance ([`serial_ports`]), which
+//!   `console` then answers instead of VNC; `address` (defaults to `vnc_listen`) — the host
 //!   address returned by `console`.
 //!
 //! # What an instance is on libvirt
@@ -48,6 +50,8 @@
 //!   create and is replaced. A failed define removes the overlay. Without a MAC in the spec
 //!   the driver picks one as libvirt would for `kvm`/`qemu`/`test` domains (`52:54:00` and three
 //!   random bytes); for other domain types libvirt picks it and the live XML is read (+1 call).
+//!   With `serial_ports`, a port is claimed for the serial console first (in the plugin's
+//!   state: a scan of the host's claims and one compare-and-swap; no libvirt call).
 //! - `start` (`domain_create`, 1 call; idempotent: on a refusal the state decides), `stop`
 //!   (`force` or `grace-ms` 0: state + destroy; else the ACPI power button, state polled with
 //!   backoff up to `grace-ms`, then destroy; a suspended instance is destroyed at once),
@@ -77,7 +81,8 @@
 //!   a flattened qcow2 copy of the overlay (`storage_vol_create_xml_from`, i.e. `qemu-img
 //!   convert`) streamed out with `storage_vol_download` in pieces of at most 1 MiB, then
 //!   deleted (also on failure).
-//! - `console`: VNC port from the live XML (`conflict` when not running), host = `address`.
+//! - `console`: from the live XML, the serial console's TCP port when the domain has one, else the
+//!   VNC port (`conflict` when not running); host = `address`.
 //! - Snapshots: libvirt snapshots (internal for qcow2 with QEMU), oldest first, `current` from
 //!   `domain_snapshot_current`. `exec` is `unsupported`.
 //!
@@ -99,6 +104,7 @@ pub mod config;
 pub mod domain_xml;
 pub mod driver;
 pub mod protocol;
+pub mod serial_ports;
 pub mod xdr;
 
 // Compiled natively too (to keep it checked), but only exported inside a component.

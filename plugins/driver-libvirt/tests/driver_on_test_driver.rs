@@ -8,7 +8,7 @@ mod common;
 use common::{TEST_DRIVER_URI, TestDriver, connect, driver, instance_id};
 use driver_libvirt::domain_xml::template_volume_xml;
 use driver_libvirt::driver::template_volume_name;
-use hyperplane_guest::types::{DiskFormat, Error, InstanceSpec, InstanceState, KeyValue, TemplateRef};
+use hyperplane_guest::types::{ConsoleProtocol, DiskFormat, Error, InstanceSpec, InstanceState, KeyValue, TemplateRef};
 
 const TEST_HOST: &str = r#""uri": "test:///default", "pool": "default-pool", "network": "default""#;
 
@@ -165,6 +165,39 @@ fn errors_map_to_driver_variants() {
         "parallel tests' instances use the template too: the message may name any of them"
     );
     driver.delete_instance(&id).expect("delete");
+}
+
+#[test]
+fn serial_consoles_over_tcp_get_a_port_each_and_give_it_back() {
+    let (_, _keeper) = setup();
+    let driver = driver(&format!(r#"{TEST_HOST}, "serial_ports": "7100-7101", "address": "192.0.2.7""#));
+    let (first, second, third) = (instance_id(), instance_id(), instance_id());
+    let mut ports = Vec::new();
+    for id in [&first, &second] {
+        driver.create_instance(&spec(id)).expect("create");
+        let stopped = driver.console(id);
+        assert!(
+            matches!(&stopped, Err(Error::Conflict(message)) if message.contains("serial console is not listening")),
+            "{stopped:?}"
+        );
+        driver.start_instance(id).expect("start");
+        let console = driver.console(id).expect("console");
+        assert_eq!((console.protocol, console.host.as_str()), (ConsoleProtocol::Serial, "192.0.2.7"));
+        ports.push(console.port);
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, [7100, 7101], "one port each");
+
+    let full = driver.create_instance(&spec(&third));
+    assert!(matches!(&full, Err(Error::Conflict(message)) if message.contains("7100-7101")), "{full:?}");
+    let first_port = driver.console(&first).expect("console").port;
+    driver.delete_instance(&first).expect("delete");
+    driver.create_instance(&spec(&third)).expect("create with the port given back");
+    driver.start_instance(&third).expect("start");
+    assert_eq!(driver.console(&third).expect("console").port, first_port);
+    for id in [&second, &third] {
+        driver.delete_instance(id).expect("delete");
+    }
 }
 
 #[test]

@@ -54,6 +54,7 @@ fn domain_life_cycle_through_raw_procedures_with_our_xml() {
         mac: Some("52:54:00:00:00:42".into()),
         vlan: None,
         vnc_listen: "127.0.0.1".into(),
+        serial_port: None,
         console_log_file: None,
         instance_name: "raw".into(),
         template: TemplateMetadata { name: "t".into(), version: 1 },
@@ -83,4 +84,14 @@ fn domain_life_cycle_through_raw_procedures_with_our_xml() {
         client.domain_get_state(&domain),
         Err(ClientError::Remote { error, .. }) if error.code == error_code::NO_DOMAIN
     ));
+
+    // The serial console on TCP, logged, passes libvirt's schema as well.
+    let tcp_serial =
+        DomainDefinition { serial_port: Some(7200), console_log_file: Some(format!("/tmp/{name}.log")), ..definition };
+    let domain = client.domain_define_xml_flags(&domain_xml(&tcp_serial).expect("xml"), flags::DOMAIN_DEFINE_VALIDATE);
+    let domain = domain.expect("define with a tcp serial console");
+    let defined = client.domain_get_xml_desc(&domain, 0).expect("xml desc");
+    let facts = driver_libvirt::domain_xml::domain_facts(&defined).expect("facts");
+    assert_eq!((facts.serial_port, facts.active), (Some(7200), false), "{defined}");
+    client.domain_undefine_flags(&domain, 0).expect("undefine");
 }
