@@ -160,7 +160,7 @@ enum InstanceCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// Where the instance's console answers (VNC host and port).
+    /// Where the instance's console answers: protocol (vnc, serial, …), host and port.
     Console {
         id: String,
     },
