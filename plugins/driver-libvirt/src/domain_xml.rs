@@ -7,11 +7,11 @@
 //! are); `<vcpu>`; `<memory unit='MiB'>`; one virtio disk `vda` from the qcow2 overlay volume
 //! `hp-<id>.qcow2` in the host's pool, backed by the template's volume; one virtio NIC on the
 //! host's network or bridge (or user-mode) with the requested MAC and optional VLAN tag; VNC on
-//! the host's `vnc_listen` address with an automatic port; a serial console, logged to
-//! `<console_log_dir>/hp-<id>.log` when configured: a pty, or a raw TCP socket on
-//! `vnc_listen` at the port the driver gave the instance from the host's `serial_ports`; ACPI; `on_poweroff` destroy, `on_reboot`
-//! restart, `on_crash` destroy; and `<metadata>` with the instance name, template and the
-//! spec's metadata in the [`METADATA_NAMESPACE`] namespace.
+//! the host's `vnc_listen` address with an automatic port; a serial console (a pty, or with the
+//! host's `serial_ports` a raw TCP socket on `vnc_listen` at the instance's port of the range),
+//! logged to `<console_log_dir>/hp-<id>.log` when configured; ACPI; `on_poweroff` destroy,
+//! `on_reboot` restart, `on_crash` destroy; and `<metadata>` with the instance name, template
+//! and the spec's metadata in the [`METADATA_NAMESPACE`] namespace.
 
 use std::fmt::Write as _;
 

@@ -815,17 +815,14 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
             // Without a MAC in the spec, pick one as libvirt would for these domain types, so
             // the define needs no XML read afterwards to learn it.
             let mac = spec.mac.clone().or_else(|| generated_mac(&spec.id, &domain_type));
-            let serial_port =
-                match host.serial_ports {
-                    Some(ports) => Some(serial_ports::claim(&self.state, &host.name, ports, &spec.id, |owner| {
-                        match session.client.domain_lookup_by_name(&domain_name(owner)) {
-                            Ok(_) => Ok(false),
-                            Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => Ok(true),
-                            Err(error) => Err(Failure::from(error)),
-                        }
-                    })?),
-                    None => None,
-                };
+            let serial_port = host
+                .serial_ports
+                .map(|ports| {
+                    serial_ports::claim(&self.state, &host.name, ports, &spec.id, |owner| {
+                        Self::domain_is_gone(session, owner)
+                    })
+                })
+                .transpose()?;
             let definition = DomainDefinition {
                 domain_name: domain_name(&spec.id),
                 uuid: uuid.map(|bytes| uuid::Uuid::from_bytes(bytes).hyphenated().to_string()),
@@ -1118,6 +1115,15 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
         self.macs.borrow_mut().remove(instance_id);
         self.instance_hosts.borrow_mut().remove(instance_id);
         Ok(())
+    }
+
+    /// Whether the domain of `instance_id` is gone from the session's host.
+    fn domain_is_gone(session: &mut Session<C::Stream>, instance_id: &str) -> Outcome<bool> {
+        match session.client.domain_lookup_by_name(&domain_name(instance_id)) {
+            Ok(_) => Ok(false),
+            Err(error) if error.libvirt_code() == Some(error_code::NO_DOMAIN) => Ok(true),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Deletes `volume`; `false` when there is none.
