@@ -32,7 +32,7 @@ use hyperplane_guest::types::{
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, ClientError, DownloadStream};
-use crate::config::{DomainTypeChoice, HostSettings, NetworkAttachment, Settings};
+use crate::config::{DomainTypeChoice, HostSettings, NetworkAttachment, PortRange, Settings};
 use crate::domain_xml::{self, DomainDefinition, HostCapabilities, TemplateMetadata};
 use crate::protocol::{Domain, DomainSnapshot, DomainState, StoragePool, StorageVolume, error_code, flags};
 use crate::serial_ports;
@@ -45,6 +45,8 @@ const GIB: u64 = 1024 * 1024 * 1024;
 /// First and largest pause between state polls during a graceful stop.
 const STOP_POLL_FIRST: Duration = Duration::from_millis(50);
 const STOP_POLL_MAX: Duration = Duration::from_millis(500);
+/// How many times one start moves a serial console off a port another program holds.
+const SERIAL_PORT_MOVES: u32 = 3;
 /// Bytes the driver asks its image source for at once.
 const IMAGE_READ_SIZE: u32 = 1024 * 1024;
 /// Largest piece the driver writes into an export's sink at once.
@@ -431,6 +433,14 @@ fn generated_mac(instance_id: &str, domain_type: &str) -> Option<String> {
     hasher.write(instance_id.as_bytes());
     let [first, second, third, ..] = hasher.finish().to_le_bytes();
     Some(format!("52:54:00:{first:02x}:{second:02x}:{third:02x}"))
+}
+
+/// Whether a start failed because the serial console's TCP port is held by another program
+/// (QEMU: "-chardev socket,id=charserial0,…: Failed to find an available port: Address already
+/// in use").
+fn serial_port_taken(error: &ClientError) -> bool {
+    let message = error.to_string();
+    message.contains("charserial") && message.contains("Address already in use")
 }
 
 pub fn domain_name(instance_id: &str) -> String {
@@ -952,18 +962,59 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
     }
 
     pub fn start_instance(&self, instance_id: &str) -> Result<Instance, Error> {
+        let host = self.host_of_instance(instance_id)?;
         self.on_domain(instance_id, |session, domain| {
-            match session.client.domain_create(domain) {
-                Ok(()) => Ok(InstanceState::Running),
+            let mut moves = 0;
+            loop {
+                let error = match session.client.domain_create(domain) {
+                    Ok(()) => return Ok(InstanceState::Running),
+                    Err(error) if error.libvirt_code().is_some() => error,
+                    Err(error) => return Err(error.into()),
+                };
                 // Already running: starting is idempotent. (QEMU says "operation invalid", the
                 // test driver "internal error": the state decides.)
-                Err(error) if error.libvirt_code().is_some() => {
-                    let state = session.client.domain_get_state(domain)?;
-                    if state.is_active() { Ok(instance_state(state)) } else { Err(error.into()) }
+                let state = session.client.domain_get_state(domain)?;
+                if state.is_active() {
+                    return Ok(instance_state(state));
                 }
-                Err(error) => Err(error.into()),
+                match host.serial_ports {
+                    Some(ports) if moves < SERIAL_PORT_MOVES && serial_port_taken(&error) => {
+                        self.move_serial_console(session, host, ports, instance_id, domain)?;
+                        moves += 1;
+                    }
+                    _ => return Err(error.into()),
+                }
             }
         })
+    }
+
+    /// Moves the domain's TCP serial console off the port it could not bind (a program outside
+    /// Hyperplane holds it): that port is left to the program, another is claimed and the
+    /// domain is defined again with it.
+    fn move_serial_console(
+        &self,
+        session: &mut Session<C::Stream>,
+        host: &HostSettings,
+        ports: PortRange,
+        instance_id: &str,
+        domain: &Domain,
+    ) -> Outcome<()> {
+        let xml = session.client.domain_get_xml_desc(domain, flags::DOMAIN_XML_INACTIVE)?;
+        let Some(taken) = domain_xml::domain_facts(&xml)?.serial_port else {
+            return Err(Error::Conflict(format!("instance `{instance_id}` has no serial console port to move")).into());
+        };
+        serial_ports::mark_taken_outside(&self.state, &host.name, taken, instance_id)?;
+        let port = serial_ports::claim(&self.state, &host.name, ports, instance_id, |owner| {
+            Self::domain_is_gone(session, owner)
+        })?;
+        hyperplane_guest::log::info(
+            "serial console port held outside Hyperplane; moving the console",
+            &[("instance", instance_id), ("taken", &taken.to_string()), ("port", &port.to_string())],
+        );
+        // libvirt writes attributes in single quotes; the console repeats the serial's source.
+        let moved = xml.replace(&format!("service='{taken}'"), &format!("service='{port}'"));
+        session.client.domain_define_xml_flags(&moved, 0)?;
+        Ok(())
     }
 
     pub fn stop_instance(&self, instance_id: &str, force: bool, grace_ms: u32) -> Result<Instance, Error> {

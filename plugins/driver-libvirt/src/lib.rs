@@ -52,7 +52,9 @@
 //!   random bytes); for other domain types libvirt picks it and the live XML is read (+1 call).
 //!   With `serial_ports`, a port is claimed for the serial console first (in the plugin's
 //!   state: a scan of the host's claims and one compare-and-swap; no libvirt call).
-//! - `start` (`domain_create`, 1 call; idempotent: on a refusal the state decides), `stop`
+//! - `start` (`domain_create`, 1 call; idempotent: on a refusal the state decides; a serial
+//!   console port held by another program is exchanged for a free one and the start repeated,
+//!   see [`serial_ports`]), `stop`
 //!   (`force` or `grace-ms` 0: state + destroy; else the ACPI power button, state polled with
 //!   backoff up to `grace-ms`, then destroy; a suspended instance is destroyed at once),
 //!   `restart` (`force`: destroy + create; else reboot; `conflict` when stopped),

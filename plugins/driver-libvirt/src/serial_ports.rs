@@ -2,7 +2,9 @@
 //! claimed in the plugin's state (`serial-port/<host>/<port>` holds the claim) with
 //! compare-and-swap, so concurrent creates, in this instance of the driver or another, never
 //! get the same port. The claim goes with the instance's delete; one left by an instance that
-//! vanished another way is taken back when the range is full.
+//! vanished another way is taken back when the range is full. A port an instance could not
+//! bind, because a program outside Hyperplane holds it, stays claimed for nobody
+//! ([`mark_taken_outside`]) until it is old enough to be tried again.
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,6 +21,7 @@ pub const RECLAIM_AFTER_SECS: u64 = 600;
 /// What a claimed port's key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
+    /// The instance whose serial console has the port; empty: a program outside Hyperplane.
     pub instance: String,
     /// When it was claimed, in seconds since the Unix epoch.
     pub since: u64,
@@ -68,7 +71,8 @@ pub fn claim<S: KeyValueStore, E: From<Error>>(
         if pass == 0 {
             let now = now_secs();
             for (port, claim) in &held {
-                if now.saturating_sub(claim.since) >= RECLAIM_AFTER_SECS && is_gone(&claim.instance)? {
+                let old = now.saturating_sub(claim.since) >= RECLAIM_AFTER_SECS;
+                if old && (claim.instance.is_empty() || is_gone(&claim.instance)?) {
                     release_claim(state, host, *port, claim)?;
                 }
             }
@@ -84,6 +88,24 @@ pub fn release<S: KeyValueStore>(state: &JsonState<S>, host: &str, instance: &st
         if claim.instance == instance {
             release_claim(state, host, port, &claim)?;
         }
+    }
+    Ok(())
+}
+
+/// Hands `port`, which `instance` holds but could not bind, to the program outside Hyperplane
+/// that holds it, so that no instance is given it again for [`RECLAIM_AFTER_SECS`].
+pub fn mark_taken_outside<S: KeyValueStore>(
+    state: &JsonState<S>,
+    host: &str,
+    port: u16,
+    instance: &str,
+) -> Result<(), Error> {
+    let key = claim_key(host, port);
+    if let Some(current) = state.get_versioned::<Claim>(&key)?
+        && current.value.instance == instance
+    {
+        let outside = Claim { instance: String::new(), since: now_secs() };
+        state.compare_and_swap_json(&key, Some(&current), Some(&outside))?;
     }
     Ok(())
 }
@@ -154,6 +176,16 @@ mod tests {
         })?;
         assert_eq!(port, 7000);
         assert_eq!(asked, ["vanished", "alive"], "young claims are not even looked at");
+
+        // A port taken outside Hyperplane is nobody's for a while, then tried again.
+        mark_taken_outside(&state, "h", 7000, "someone else")?;
+        assert_eq!(state.get_json::<Claim>(&claim_key("h", 7000))?.map(|claim| claim.instance), Some("new".into()));
+        mark_taken_outside(&state, "h", 7000, "new")?;
+        release(&state, "h", "new")?;
+        let full = claim(&state, "h", RANGE, "next", |_| -> Result<bool, Error> { Ok(false) });
+        assert!(matches!(full, Err(Error::Conflict(_))), "the outside program's port is not given out: {full:?}");
+        state.set_json(&claim_key("h", 7000), &Claim { instance: String::new(), since: old })?;
+        assert_eq!(claim(&state, "h", RANGE, "next", |_| -> Result<bool, Error> { Ok(false) })?, 7000);
         assert_eq!(
             state.get_json::<Claim>(&claim_key("h", 7002))?.map(|claim| claim.instance),
             Some("creating".into())

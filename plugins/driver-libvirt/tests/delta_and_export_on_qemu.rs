@@ -7,9 +7,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{QEMU_DRIVER_URI, ScratchPool, connect, driver, guest_boot_qcow2, instance_id};
+use common::{QEMU_DRIVER_URI, ScratchPool, connect, driver, guest_boot_qcow2, instance_id, small_instance};
 use driver_libvirt::driver::{BytesImage, DeltaSource, DiskSink, ImageSource, template_volume_name};
-use hyperplane_guest::types::{DiskFormat, Error, InstanceSpec, InstanceState, TemplateRef};
+use hyperplane_guest::types::{DiskFormat, Error, InstanceState, TemplateRef};
 
 fn image_bytes(length: usize, seed: usize) -> Vec<u8> {
     (0..length).map(|index| (index.wrapping_mul(31).wrapping_add(seed) % 251) as u8).collect()
@@ -280,18 +280,7 @@ fn export_disk_writes_one_standalone_qcow2_and_leaves_nothing_behind() {
 
     let id = instance_id();
     pool.domains.push(format!("hp-{id}"));
-    let spec = InstanceSpec {
-        id: id.clone(),
-        name: "exported".into(),
-        host: "lv-1".into(),
-        template: template.clone(),
-        vcpu: 1,
-        ram_mb: 64,
-        disk_gb: 1,
-        mac: None,
-        vlan: None,
-        metadata: Vec::new(),
-    };
+    let spec = small_instance(&id, "exported", &template);
     driver.create_instance(&spec).expect("create");
 
     // Stopped: exported.

@@ -1,11 +1,12 @@
 //! The driver against libvirtd's QEMU driver (`qemu:///system`) over TCP, in a transient `dir`
 //! pool under `$LIBVIRT_STATE_DIR` that the test creates and removes: template upload through
 //! a libvirt stream (the test driver has no upload), the overlay and domain XML accepted and
-//! started by real QEMU (TCG), console port, stop, delete.
+//! started by real QEMU (TCG), console port, stop, delete; a serial console port held by another
+//! program given up for a free one.
 
 mod common;
 
-use common::{QEMU_DRIVER_URI, ScratchPool, driver, instance_id};
+use common::{QEMU_DRIVER_URI, ScratchPool, driver, instance_id, small_instance};
 use driver_libvirt::driver::{BytesImage, ImageSource, template_volume_name};
 use hyperplane_guest::types::{ConsoleProtocol, DiskFormat, Error, InstanceSpec, InstanceState, TemplateRef};
 
@@ -100,18 +101,7 @@ fn template_upload_then_instance_on_qemu() {
     // An instance on that template, started by QEMU.
     let id = instance_id();
     pool.domains.push(format!("hp-{id}"));
-    let spec = InstanceSpec {
-        id: id.clone(),
-        name: "qemu-instance".into(),
-        host: "lv-1".into(),
-        template: template.clone(),
-        vcpu: 1,
-        ram_mb: 64,
-        disk_gb: 1,
-        mac: None,
-        vlan: None,
-        metadata: Vec::new(),
-    };
+    let spec = small_instance(&id, "qemu-instance", &template);
     let timer = std::time::Instant::now();
     let created = driver.create_instance(&spec).expect("create on qemu");
     eprintln!("create-instance on qemu took {:?}", timer.elapsed());
@@ -149,4 +139,53 @@ fn template_upload_then_instance_on_qemu() {
     assert!(matches!(&refused, Err(Error::Conflict(message)) if message.contains("pull it first")), "{refused:?}");
     assert!(!pool.directory.join(format!("hp-{}.qcow2", late.id)).exists(), "no overlay left");
     assert!(matches!(driver.remove_template("lv-1", &template), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn a_serial_console_port_another_program_holds_is_given_up_for_a_free_one() {
+    use driver_libvirt::serial_ports::{Claim, claim_key};
+    use hyperplane_guest::state::{JsonState, MemoryStore};
+
+    let mut pool = ScratchPool::create();
+    // Two ports: this test holds the first; the second is claimed by another instance until
+    // the create has taken the first.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let held = listener.local_addr().expect("address").port();
+    let free = held + 1;
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let state = JsonState::new(store.clone());
+    let host_json = format!(
+        r#""uri": "{QEMU_DRIVER_URI}", "pool": "{}", "domain_type": "qemu", "serial_ports": "{held}-{free}""#,
+        pool.name
+    );
+    let driver = common::driver_with_state(&host_json, store);
+    // Its own template: the other test checks that nothing uses its template.
+    let small = TemplateRef { name: "serial".into(), version: 1, ..template(1 << 20) };
+    driver
+        .pull_template("lv-1", &small, &mut BytesImage { bytes: image_bytes(1 << 20), position: 0 })
+        .expect("pull template");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let other = Claim { instance: "another".into(), since: now };
+    state.set_json(&claim_key("lv-1", free), &other).expect("claim");
+
+    let id = instance_id();
+    pool.domains.push(format!("hp-{id}"));
+    let spec = small_instance(&id, "serial", &small);
+    driver.create_instance(&spec).expect("create");
+    let mine = state.get_json::<Claim>(&claim_key("lv-1", held)).expect("read").map(|claim| claim.instance);
+    assert_eq!(mine.as_deref(), Some(id.as_str()), "the only free port");
+    state.delete(&claim_key("lv-1", free)).expect("release");
+
+    assert_eq!(driver.start_instance(&id).expect("start").state, InstanceState::Running);
+    let console = driver.console(&id).expect("console");
+    assert_eq!((console.protocol, console.port), (ConsoleProtocol::Serial, free), "moved to the free port");
+    let outside = state.get_json::<Claim>(&claim_key("lv-1", held)).expect("read").map(|claim| claim.instance);
+    assert_eq!(outside.as_deref(), Some(""), "the held port is left to the program holding it");
+    let serial = std::net::TcpStream::connect(("127.0.0.1", free));
+    assert!(serial.is_ok(), "QEMU listens on the new port: {serial:?}");
+
+    driver.delete_instance(&id).expect("delete");
+    assert_eq!(state.get_json::<Claim>(&claim_key("lv-1", free)).expect("read"), None, "given back");
+    drop(listener);
+    driver.remove_template("lv-1", &small).expect("remove template");
 }

@@ -60,9 +60,38 @@ pub type TestDriver = driver_libvirt::driver::LibvirtDriver<TcpConnector, hyperp
 /// A driver over libvirtd with one host configured by `host_json` (the keys of a `hosts` entry
 /// besides `name` and `endpoint`).
 pub fn driver(host_json: &str) -> TestDriver {
+    driver_with_state(host_json, hyperplane_guest::state::MemoryStore::new())
+}
+
+/// [`driver`] with the plugin state `state` (an `Arc<MemoryStore>` the test looks into too).
+pub fn driver_with_state<Store: hyperplane_guest::state::KeyValueStore>(
+    host_json: &str,
+    state: Store,
+) -> driver_libvirt::driver::LibvirtDriver<TcpConnector, Store> {
     let config = format!(r#"{{"hosts": [{{"name": "lv-1", "endpoint": "libvirt", {host_json}}}]}}"#);
     let settings = driver_libvirt::config::Settings::from_json(&config).unwrap_or_else(|error| panic!("{error:?}"));
-    driver_libvirt::driver::LibvirtDriver::new(settings, TcpConnector, hyperplane_guest::state::MemoryStore::new())
+    driver_libvirt::driver::LibvirtDriver::new(settings, TcpConnector, state)
+}
+
+/// A small instance named `name` on host `lv-1`: 1 vcpu, 64 MiB, a 1 GiB disk from
+/// `template`, no MAC or VLAN.
+pub fn small_instance(
+    id: &str,
+    name: &str,
+    template: &hyperplane_guest::types::TemplateRef,
+) -> hyperplane_guest::types::InstanceSpec {
+    hyperplane_guest::types::InstanceSpec {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        host: "lv-1".into(),
+        template: template.clone(),
+        vcpu: 1,
+        ram_mb: 64,
+        disk_gb: 1,
+        mac: None,
+        vlan: None,
+        metadata: Vec::new(),
+    }
 }
 
 /// A fresh UUID-shaped instance id, as the host chooses them.
