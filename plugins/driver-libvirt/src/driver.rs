@@ -425,13 +425,10 @@ fn volume_handle(pool: &StoragePool, name: String) -> StorageVolume {
 /// bytes (SipHash of the instance id under `RandomState`'s random keys). `None` for other
 /// domain types: libvirt chooses there (another prefix), and the create reads it back.
 fn generated_mac(instance_id: &str, domain_type: &str) -> Option<String> {
-    use std::hash::{BuildHasher, Hasher};
     if !matches!(domain_type, "kvm" | "qemu" | "test") {
         return None;
     }
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write(instance_id.as_bytes());
-    let [first, second, third, ..] = hasher.finish().to_le_bytes();
+    let [first, second, third, ..] = crate::random_bits(instance_id).to_le_bytes();
     Some(format!("52:54:00:{first:02x}:{second:02x}:{third:02x}"))
 }
 
@@ -454,10 +451,7 @@ fn overlay_volume_name(instance_id: &str) -> String {
 /// The temporary volume of an export: `hp-<id>.export-<random>.qcow2` (random: two exports
 /// of one instance never share it).
 fn export_volume_name(instance_id: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write(instance_id.as_bytes());
-    format!("{}.export-{:016x}.qcow2", domain_name(instance_id), hasher.finish())
+    format!("{}.export-{:016x}.qcow2", domain_name(instance_id), crate::random_bits(instance_id))
 }
 
 pub fn template_volume_name(name: &str, version: u32) -> String {
@@ -962,7 +956,6 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
     }
 
     pub fn start_instance(&self, instance_id: &str) -> Result<Instance, Error> {
-        let host = self.host_of_instance(instance_id)?;
         self.on_domain(instance_id, |session, domain| {
             let mut moves = 0;
             loop {
@@ -977,6 +970,7 @@ impl<C: Connector, Store: KeyValueStore> LibvirtDriver<C, Store> {
                 if state.is_active() {
                     return Ok(instance_state(state));
                 }
+                let host = self.host_of_instance(instance_id)?;
                 match host.serial_ports {
                     Some(ports) if moves < SERIAL_PORT_MOVES && serial_port_taken(&error) => {
                         self.move_serial_console(session, host, ports, instance_id, domain)?;

@@ -98,7 +98,8 @@
 //!
 //! Code map: [`xdr`] (encoding), [`protocol`] (packets, procedures, messages), [`client`]
 //! (framing, calls, streams), [`api`] (typed procedures), [`config`], [`domain_xml`],
-//! [`driver`] (the operations, natively testable) and `component` (the export glue).
+//! [`driver`] (the operations, natively testable), [`serial_ports`] (TCP serial console ports)
+//! and `component` (the export glue).
 
 pub mod api;
 pub mod client;
@@ -108,6 +109,14 @@ pub mod driver;
 pub mod protocol;
 pub mod serial_ports;
 pub mod xdr;
+
+/// 64 random bits: SipHash of `salt` under `RandomState`'s keys, which are random per call.
+pub(crate) fn random_bits(salt: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(salt.as_bytes());
+    hasher.finish()
+}
 
 // Compiled natively too (to keep it checked), but only exported inside a component.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]

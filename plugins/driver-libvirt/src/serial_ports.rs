@@ -42,9 +42,9 @@ fn claims<S: KeyValueStore>(state: &JsonState<S>, host: &str) -> Result<Vec<(u16
 }
 
 /// The port `instance` holds on `host` (a retried create), or a free port of `ports` claimed
-/// for it, from a random place in the range. When every port is claimed, the claims older than
-/// [`RECLAIM_AFTER_SECS`] whose instance `is_gone` are taken back first; a range still full is
-/// a `conflict`.
+/// for it, looked for from a random place in the range (so concurrent creates rarely race for
+/// one). When every port is claimed, the claims older than [`RECLAIM_AFTER_SECS`] whose
+/// instance `is_gone` are taken back first; a range still full is a `conflict`.
 pub fn claim<S: KeyValueStore, E: From<Error>>(
     state: &JsonState<S>,
     host: &str,
@@ -59,7 +59,7 @@ pub fn claim<S: KeyValueStore, E: From<Error>>(
         }
         let taken: HashSet<u16> = held.iter().map(|(port, _)| *port).collect();
         let claim = Claim { instance: instance.to_owned(), since: now_secs() };
-        let start = random_index();
+        let start = crate::random_bits(instance) as u32;
         for offset in 0..ports.count() {
             let port = ports.nth(start % ports.count() + offset);
             if !taken.contains(&port)
@@ -119,13 +119,6 @@ fn release_claim<S: KeyValueStore>(state: &JsonState<S>, host: &str, port: u16, 
         state.compare_and_swap_json(&key, Some(&current), None)?;
     }
     Ok(())
-}
-
-/// A random starting point, so concurrent creates rarely race for the same port.
-fn random_index() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.finish() as u32
 }
 
 #[cfg(test)]
