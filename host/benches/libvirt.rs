@@ -25,6 +25,7 @@
 #[allow(dead_code)]
 mod libvirt_bed;
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
 
@@ -72,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         let ours = hyperplane_lifecycles(&http, &base, LIFECYCLES).await?;
         let after_ours = CpuUse::now(libvirtd)?;
         print_writer_use(&writes_before);
+        println!("  by thread, per lifecycle: {}", after_ours.by_thread_since(&before));
         server.shutdown().await;
         let left_open = wait_for_connections_closed(connections_before).await?;
         let before_python = CpuUse::now(libvirtd)?;
@@ -237,11 +239,18 @@ async fn wait_for_connections_closed(baseline: usize) -> anyhow::Result<usize> {
 }
 
 /// CPU time used so far by this process, its waited-for children (the python runs) and
-/// libvirtd, and this process's context switches.
+/// libvirtd, and this process's threads by name.
 struct CpuUse {
     this_process: f64,
     children: f64,
     libvirtd: f64,
+    threads: BTreeMap<String, ThreadUse>,
+}
+
+/// CPU seconds and context switches (voluntary and involuntary) of threads of one name.
+#[derive(Clone, Copy, Default)]
+struct ThreadUse {
+    cpu: f64,
     context_switches: u64,
 }
 
@@ -252,49 +261,82 @@ impl CpuUse {
             this_process,
             children,
             libvirtd: process_cpu_seconds(&libvirtd.to_string())?.0,
-            context_switches: context_switches(),
+            threads: thread_use(),
         })
     }
 
     /// What each lifecycle cost between `earlier` and now.
     fn since(&self, earlier: &CpuUse) -> String {
         let per_lifecycle = |seconds: f64| seconds * 1e3 / LIFECYCLES as f64;
+        let switches = |use_: &CpuUse| use_.threads.values().map(|thread| thread.context_switches).sum::<u64>();
         format!(
             "CPU {:.2} ms in this process ({:.0} context switches), {:.2} ms in python, {:.2} ms in libvirtd",
             per_lifecycle(self.this_process - earlier.this_process),
-            self.context_switches.saturating_sub(earlier.context_switches) as f64 / LIFECYCLES as f64,
+            switches(self).saturating_sub(switches(earlier)) as f64 / LIFECYCLES as f64,
             per_lifecycle(self.children - earlier.children),
             per_lifecycle(self.libvirtd - earlier.libvirtd)
         )
+    }
+
+    /// This process's CPU and context switches per lifecycle since `earlier`, by thread name
+    /// (threads started since count in full).
+    fn by_thread_since(&self, earlier: &CpuUse) -> String {
+        let threads = self.threads.iter().map(|(name, now)| {
+            let before = earlier.threads.get(name).copied().unwrap_or_default();
+            format!(
+                "{name} {:.2} ms ({:.0})",
+                (now.cpu - before.cpu) * 1e3 / LIFECYCLES as f64,
+                now.context_switches.saturating_sub(before.context_switches) as f64 / LIFECYCLES as f64
+            )
+        });
+        threads.collect::<Vec<_>>().join(", ")
     }
 }
 
 /// User + system seconds of `/proc/<pid>/stat`: (the process, its waited-for children).
 fn process_cpu_seconds(pid: &str) -> anyhow::Result<(f64, f64)> {
-    const USER_HZ: f64 = 100.0;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let (_, fields) = stat_fields(&format!("/proc/{pid}/stat"))?;
     // utime stime cutime cstime: the 12th to 15th fields after the command name.
-    let (_, fields) = stat.rsplit_once(')').context("/proc/<pid>/stat names a command")?;
     let ticks: Vec<f64> =
         fields.split_whitespace().skip(11).take(4).map(|field| field.parse().unwrap_or(0.0)).collect();
     anyhow::ensure!(ticks.len() == 4, "/proc/{pid}/stat is short");
     Ok(((ticks[0] + ticks[1]) / USER_HZ, (ticks[2] + ticks[3]) / USER_HZ))
 }
 
-/// Voluntary and involuntary context switches of every thread of this process.
-fn context_switches() -> u64 {
-    let threads = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
-    threads
-        .filter_map(|thread| std::fs::read_to_string(thread.path().join("status")).ok())
-        .flat_map(|status| {
-            status
-                .lines()
-                .filter_map(|line| line.split_once(':'))
-                .filter(|(key, _)| key.ends_with("ctxt_switches"))
-                .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
+const USER_HZ: f64 = 100.0;
+
+/// The command name of a `stat` file and the fields after it.
+fn stat_fields(path: &str) -> anyhow::Result<(String, String)> {
+    let stat = std::fs::read_to_string(path)?;
+    let (head, fields) = stat.rsplit_once(')').context("a stat file names a command")?;
+    let name = head.split_once('(').map_or("", |(_, name)| name);
+    Ok((name.to_string(), fields.to_string()))
+}
+
+/// CPU and context switches of this process's threads, summed by name (without the
+/// numbers some names end in: `sqlx-sqlite-worker-3`).
+fn thread_use() -> BTreeMap<String, ThreadUse> {
+    let mut by_name = BTreeMap::<String, ThreadUse>::new();
+    for thread in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let (Ok((name, fields)), Ok(status)) = (
+            stat_fields(&thread.path().join("stat").to_string_lossy()),
+            std::fs::read_to_string(thread.path().join("status")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let ticks: f64 = fields.split_whitespace().skip(11).take(2).filter_map(|field| field.parse::<f64>().ok()).sum();
+        let switches: u64 = status
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(key, _)| key.ends_with("ctxt_switches"))
+            .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+            .sum();
+        let name = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-').to_string();
+        let entry = by_name.entry(name).or_default();
+        entry.cpu += ticks / USER_HZ;
+        entry.context_switches += switches;
+    }
+    by_name
 }
 
 fn libvirtd_pid() -> anyhow::Result<u32> {
