@@ -223,7 +223,8 @@ pub struct ProviderConfig {
     /// Driver-specific settings, handed to the driver's `init` as JSON.
     #[serde(default = "empty_table")]
     pub config: serde_json::Value,
-    /// Named endpoints granted to the driver: `unix:///path` or `tcp://host:port`.
+    /// Named endpoints granted to the driver: `unix:///path`, `tcp://host:port` or
+    /// `libvirt+tls://host:port[?pkipath=/dir]`.
     #[serde(default)]
     pub endpoints: BTreeMap<String, String>,
     /// Hosts (`host` or `host:port`) the driver may reach over outgoing HTTP.
@@ -420,8 +421,8 @@ impl Config {
                 return invalid(&key("memory_limit_mib"), "must be between 1 and 65536");
             }
             for (name, address) in &provider.endpoints {
-                if !(address.starts_with("unix://") || address.starts_with("tcp://")) {
-                    return invalid(&key(&format!("endpoints.{name}")), "must start with unix:// or tcp://");
+                if let Err(error) = address.parse::<crate::plugins::EndpointAddress>() {
+                    return invalid(&key(&format!("endpoints.{name}")), &error.to_string());
                 }
             }
         }
@@ -588,6 +589,10 @@ mod tests {
         check_error(
             "[[providers]]\nname = \"a\"\ndriver = \"x.wasm\"\nendpoints = { libvirt = \"/run/sock\" }",
             "providers[0].endpoints.libvirt",
+        );
+        check_error(
+            "[[providers]]\nname = \"a\"\ndriver = \"x.wasm\"\nendpoints = { kvm = \"libvirt+tls://kvm-1:16514?verify=no\" }",
+            "the only parameter is pkipath",
         );
     }
 

@@ -1,12 +1,16 @@
 //! driver-libvirt against a real libvirtd: the conformance suite on libvirt's test driver over
-//! TCP and over the unix socket, and a connection cut in the middle of a call.
+//! TCP, over TLS and over the unix socket; TLS endpoints that do not trust or are not trusted;
+//! a connection cut in the middle of a call.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyperplane::plugins::driver_types::{DiskFormat, DriverError, InstanceState, TemplateRef};
-use hyperplane::plugins::{CallError, ComponentSource, Driver, EndpointAddress, MemoryStateStore, ProviderSettings};
+use hyperplane::plugins::{
+    CallError, ComponentSource, Driver, EndpointAddress, MemoryStateStore, PkiFiles, ProviderSettings, TlsEndpoint,
+    TlsSetupError,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -82,12 +86,69 @@ async fn unix_fixture() -> Fixture {
     fixture_on(EndpointAddress::Unix(libvirt_bed::bed().socket_path.clone())).await
 }
 
+/// libvirtd's TLS port as `host`, with the certificates of `pki` (a directory `setup.sh` made).
+fn tls_endpoint(host: &str, pki: &str) -> EndpointAddress {
+    let bed = libvirt_bed::bed();
+    let (_, port) = bed.tls_address.rsplit_once(':').expect("host:port");
+    let address = format!("libvirt+tls://{host}:{port}?pkipath={}", bed.pki_directory.join(pki).display());
+    address.parse().unwrap_or_else(|error| panic!("{address}: {error}"))
+}
+
+async fn tls_fixture() -> Fixture {
+    fixture_on(tls_endpoint("127.0.0.1", "client")).await
+}
+
 mod over_tcp {
     crate::conformance_cases!(super::tcp_fixture);
 }
 
 mod over_unix_socket {
     crate::conformance_cases!(super::unix_fixture);
+}
+
+mod over_tls {
+    crate::conformance_cases!(super::tls_fixture);
+}
+
+/// What a call through `endpoint` fails with: the driver's `unavailable` message.
+async fn unavailable_through(endpoint: EndpointAddress) -> String {
+    let driver = load_driver(endpoint).await;
+    match driver.list_templates(HOST).await {
+        Err(CallError::Driver(DriverError::Unavailable(message))) => message,
+        other => panic!("expected `unavailable`, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_endpoint_refuses_a_server_it_cannot_trust_and_says_why() {
+    hold_test_driver_state();
+    let message = unavailable_through(tls_endpoint("127.0.0.1", "other-ca")).await;
+    assert!(message.contains("not signed by the endpoint's CA"), "{message}");
+    // The certificate is for 127.0.0.1 only.
+    let message = unavailable_through(tls_endpoint("localhost", "client")).await;
+    assert!(message.contains("does not name the endpoint's host"), "{message}");
+    assert!(!message.contains("localhost") && !message.contains("pki"), "no names or paths for the plugin: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_libvirtd_does_not_trust_fails_the_connection_clearly() {
+    hold_test_driver_state();
+    let message = unavailable_through(tls_endpoint("127.0.0.1", "unknown-client")).await;
+    assert!(message.contains("endpoint libvirtd: TLS: libvirtd did not accept the client certificate"), "{message}");
+}
+
+#[test]
+fn tls_certificate_files_that_cannot_be_used_are_named() {
+    let pki = libvirt_bed::bed().pki_directory.clone();
+    let mismatched =
+        PkiFiles { key: pki.join("unknown-client/clientkey.pem"), ..PkiFiles::in_directory(&pki.join("client")) };
+    let error = TlsEndpoint::load("127.0.0.1:1", &mismatched).err().expect("a key of another certificate is refused");
+    assert!(matches!(error, TlsSetupError::KeyMismatch { .. }), "{error}");
+    assert!(error.to_string().contains("unknown-client/clientkey.pem"), "{error}");
+    let missing = PkiFiles::in_directory(&pki.join("nowhere"));
+    let error = TlsEndpoint::load("127.0.0.1:1", &missing).err().expect("missing files are refused");
+    assert!(error.to_string().starts_with(&format!("CA certificate {}", missing.ca.display())), "{error}");
+    assert!(TlsEndpoint::load("127.0.0.1:1", &PkiFiles::in_directory(&pki.join("client"))).is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,11 @@ use std::sync::OnceLock;
 pub struct LibvirtBed {
     /// `127.0.0.1:<port>`: TCP, auth none.
     pub tcp_address: String,
+    /// `127.0.0.1:<port>`: TLS, client certificates from the test CA.
+    pub tls_address: String,
+    /// The test certificates: `client/`, `other-ca/` and `unknown-client/` in libvirt's
+    /// `pkipath` layout (`setup.sh` says which is which).
+    pub pki_directory: PathBuf,
     /// The unix socket, auth none.
     pub socket_path: PathBuf,
     /// `test+tcp://…/default`: libvirt's built-in test driver.
@@ -70,6 +75,8 @@ pub fn bed() -> &'static LibvirtBed {
         let values = run_script("setup.sh", &[]);
         LibvirtBed {
             tcp_address: required(&values, "LIBVIRT_TCP"),
+            tls_address: required(&values, "LIBVIRT_TLS"),
+            pki_directory: required(&values, "LIBVIRT_PKI").into(),
             socket_path: required(&values, "LIBVIRT_SOCK").into(),
             test_uri: required(&values, "LIBVIRT_TEST_URI"),
             qemu_uri: required(&values, "LIBVIRT_QEMU_URI"),

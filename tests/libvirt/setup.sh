@@ -9,12 +9,15 @@
 # Environment (all optional):
 #   LIBVIRT_STATE_DIR  config, sockets, pid files, logs   (default /tmp/hyperplane-libvirt)
 #   LIBVIRT_PORT       TCP port on 127.0.0.1, auth none    (default 16509)
+#   LIBVIRT_TLS_PORT   TLS port on 127.0.0.1, client certificates (default 16514)
 # python3-libvirt lives in Debian's /usr/bin/python3, not in a pyenv python3 on PATH:
 # use $LIBVIRT_PYTHON.
 set -euo pipefail
 
 STATE=${LIBVIRT_STATE_DIR:-/tmp/hyperplane-libvirt}
 PORT=${LIBVIRT_PORT:-16509}
+TLS_PORT=${LIBVIRT_TLS_PORT:-16514}
+PKI="$STATE/pki"
 RUN="$STATE/run"
 SOCK="$RUN/libvirt-sock"
 TEST_URI="test+tcp://127.0.0.1:$PORT/default"
@@ -57,7 +60,7 @@ BPO=bookworm-backports
 BPO_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-storage
   libvirt-clients libvirt0 libvirt-common libvirt-daemon-common libvirt-daemon-log
   qemu-system-x86 qemu-system-common qemu-system-data qemu-utils seabios)
-MAIN_PKGS=(python3-libvirt busybox-static cpio syslinux syslinux-common mtools dosfstools)
+MAIN_PKGS=(python3-libvirt busybox-static cpio syslinux syslinux-common mtools dosfstools openssl)
 
 missing=()
 for p in "${BPO_PKGS[@]}" "${MAIN_PKGS[@]}"; do
@@ -96,13 +99,65 @@ if [[ -c /dev/kvm ]] && getent group kvm >/dev/null; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
 
+# --- certificates for TLS -----------------------------------------------------
+# A test CA and libvirtd's certificate from it (for 127.0.0.1 only); client sides in
+# libvirt's pkipath layout (cacert.pem, clientcert.pem, clientkey.pem), one directory each:
+#   $PKI/client          trusts the test CA; its certificate is from the test CA
+#   $PKI/other-ca        trusts another CA, which did not sign libvirtd's certificate
+#   $PKI/unknown-client  trusts the test CA; its certificate is from the other CA
+# Made once; kept while they are all there.
+new_ca() { # dir
+  mkdir -p "$1"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=hyperplane test CA $(basename "$1")" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$1/cakey.pem" -out "$1/cacert.pem" 2>/dev/null
+}
+issue() { # ca-dir out-dir file-prefix extended-key-usage [subjectAltName]
+  local ca=$1 out=$2 prefix=$3 usage=$4 san=${5:-}
+  mkdir -p "$out"
+  {
+    echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=$usage"
+    [[ -z $san ]] || echo "subjectAltName=$san"
+  } >"$out/$prefix.ext"
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=hyperplane $prefix" \
+    -keyout "$out/${prefix}key.pem" -out "$out/$prefix.csr" 2>/dev/null &&
+    openssl x509 -req -in "$out/$prefix.csr" -CA "$ca/cacert.pem" -CAkey "$ca/cakey.pem" -CAcreateserial \
+      -days 3650 -extfile "$out/$prefix.ext" -out "$out/${prefix}cert.pem" 2>/dev/null
+  local status=$?
+  rm -f "$out/$prefix.csr" "$out/$prefix.ext"
+  return $status
+}
+pki_files=("$PKI/server/servercert.pem" "$PKI/client/clientkey.pem" "$PKI/other-ca/clientkey.pem"
+  "$PKI/unknown-client/clientkey.pem")
+restart_reason=""
+if ! ls "${pki_files[@]}" >/dev/null 2>&1; then
+  log "making test certificates in $PKI"
+  restart_reason="its certificates were made again"
+  rm -rf "$PKI"
+  { new_ca "$PKI/ca" && new_ca "$PKI/another-ca" &&
+    issue "$PKI/ca" "$PKI/server" server serverAuth IP:127.0.0.1 &&
+    issue "$PKI/ca" "$PKI/client" client clientAuth &&
+    issue "$PKI/another-ca" "$PKI/other-ca" client clientAuth &&
+    issue "$PKI/another-ca" "$PKI/unknown-client" client clientAuth &&
+    cp "$PKI/ca/cacert.pem" "$PKI/client/" &&
+    cp "$PKI/another-ca/cacert.pem" "$PKI/other-ca/" &&
+    cp "$PKI/ca/cacert.pem" "$PKI/unknown-client/"; } || die "openssl could not make the test certificates"
+fi
+
 # --- config -------------------------------------------------------------------
 mkdir -p "$RUN" "$STATE/log"
 # libvirt >= 5.6: --listen is refused unless listen_tcp/listen_tls are set in the
 # config; without systemd there is no socket activation, so --listen is what opens
-# the TCP socket. listen_tls = 0 avoids needing certificates.
+# the TCP and TLS sockets.
 cat >"$STATE/libvirtd.conf.new" <<EOF
-listen_tls = 0
+listen_tls = 1
+tls_port = "$TLS_PORT"
+key_file = "$PKI/server/serverkey.pem"
+cert_file = "$PKI/server/servercert.pem"
+ca_file = "$PKI/ca/cacert.pem"
 listen_tcp = 1
 listen_addr = "127.0.0.1"
 tcp_port = "$PORT"
@@ -114,10 +169,22 @@ unix_sock_group = "root"
 unix_sock_rw_perms = "0770"
 log_outputs = "3:file:$STATE/log/libvirtd.log"
 EOF
-mv "$STATE/libvirtd.conf.new" "$STATE/libvirtd.conf"
 
 alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 answers() { virsh -q -c "$TEST_URI" version >/dev/null 2>&1; }
+
+# A libvirtd started with another config (an older version of this script) or other
+# certificates is restarted.
+cmp -s "$STATE/libvirtd.conf.new" "$STATE/libvirtd.conf" || restart_reason="libvirtd.conf changed"
+if alive "$STATE/libvirtd.pid" && [[ -n $restart_reason ]]; then
+  pid=$(cat "$STATE/libvirtd.pid")
+  log "$restart_reason: stopping libvirtd (pid $pid) to start it again"
+  kill "$pid"
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  ! kill -0 "$pid" 2>/dev/null || die "libvirtd (pid $pid) did not stop within 10 s"
+  rm -f "$STATE/libvirtd.pid"
+fi
+mv "$STATE/libvirtd.conf.new" "$STATE/libvirtd.conf"
 
 # --- virtlogd (the qemu driver sends guest stdio/serial logs through it) ------
 if alive "$STATE/virtlogd.pid"; then
@@ -149,6 +216,8 @@ fi
 cat >"$STATE/env" <<EOF
 LIBVIRT_STATE_DIR=$STATE
 LIBVIRT_TCP=127.0.0.1:$PORT
+LIBVIRT_TLS=127.0.0.1:$TLS_PORT
+LIBVIRT_PKI=$PKI
 LIBVIRT_SOCK=$SOCK
 LIBVIRT_TEST_URI=$TEST_URI
 LIBVIRT_QEMU_URI=qemu+tcp://127.0.0.1:$PORT/system

@@ -1,16 +1,19 @@
-//! `hyperplane:host/endpoints`: byte streams to the unix sockets and TCP services the operator
-//! granted to a provider by name. The host opens them; the plugin never sees an address.
+//! `hyperplane:host/endpoints`: byte streams to the unix sockets and TCP services (plain, or
+//! in libvirt's TLS transport) the operator granted to a provider by name. The host opens them; the plugin never sees
+//! an address, a certificate or a key.
 
 use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
 use wasmtime::component::Resource;
 
 use super::bindings::hyperplane::host::endpoints::{EndpointError, Host, HostConnection};
 use super::settings::EndpointAddress;
 use super::store_data::StoreData;
 use super::telemetry;
+use super::tls::{self, TlsEndpoint};
 
 /// Most connections one instance may hold open at once.
 pub const MAX_OPEN_CONNECTIONS_PER_INSTANCE: usize = 64;
@@ -28,16 +31,18 @@ pub struct EndpointConnection {
 enum EndpointStream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl EndpointStream {
     async fn connect(address: &EndpointAddress) -> io::Result<Self> {
         match address {
             EndpointAddress::Unix(path) => Ok(EndpointStream::Unix(UnixStream::connect(path).await?)),
-            EndpointAddress::Tcp(authority) => {
-                let stream = TcpStream::connect(authority.as_str()).await?;
-                stream.set_nodelay(true)?;
-                Ok(EndpointStream::Tcp(stream))
+            EndpointAddress::Tcp(authority) => Ok(EndpointStream::Tcp(connect_tcp(authority).await?)),
+            EndpointAddress::LibvirtTls { authority, pki } => {
+                let endpoint = TlsEndpoint::load(authority, pki).map_err(io::Error::other)?;
+                let stream = endpoint.connect(connect_tcp(authority).await?).await?;
+                Ok(EndpointStream::Tls(Box::new(stream)))
             }
         }
     }
@@ -46,6 +51,11 @@ impl EndpointStream {
         match self {
             EndpointStream::Unix(stream) => stream.write_all(data).await,
             EndpointStream::Tcp(stream) => stream.write_all(data).await,
+            // Sent now, not when the next write fills a record.
+            EndpointStream::Tls(stream) => {
+                stream.write_all(data).await?;
+                stream.flush().await
+            }
         }
     }
 
@@ -53,6 +63,7 @@ impl EndpointStream {
         match self {
             EndpointStream::Unix(stream) => stream.read(buffer).await,
             EndpointStream::Tcp(stream) => stream.read(buffer).await,
+            EndpointStream::Tls(stream) => stream.read(buffer).await,
         }
     }
 
@@ -60,8 +71,15 @@ impl EndpointStream {
         match self {
             EndpointStream::Unix(stream) => stream.read_exact(buffer).await.map(drop),
             EndpointStream::Tcp(stream) => stream.read_exact(buffer).await.map(drop),
+            EndpointStream::Tls(stream) => stream.read_exact(buffer).await.map(drop),
         }
     }
+}
+
+async fn connect_tcp(authority: &str) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// Maps an I/O failure on an open connection to the WIT error, without addresses or paths.
@@ -72,7 +90,7 @@ fn connection_error(error: &io::Error) -> EndpointError {
         | io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::NotConnected => EndpointError::Closed,
-        _ => EndpointError::Io(error.kind().to_string()),
+        _ => EndpointError::Io(tls::describe_failure(error).unwrap_or_else(|| error.kind().to_string())),
     }
 }
 
@@ -102,7 +120,8 @@ impl Host for StoreData {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::info!(provider = %provider_name, endpoint = %name, %address, %error, "plugin endpoint unreachable");
-                return Ok(Err(EndpointError::Unreachable(format!("endpoint {name}: {}", error.kind()))));
+                let reason = tls::describe_failure(&error).unwrap_or_else(|| error.kind().to_string());
+                return Ok(Err(EndpointError::Unreachable(format!("endpoint {name}: {reason}"))));
             }
         };
         tracing::debug!(provider = %provider_name, endpoint = %name, "plugin endpoint connection opened");

@@ -22,6 +22,7 @@ mod state;
 mod storage;
 mod store_data;
 pub mod telemetry;
+mod tls;
 mod transfer;
 mod version;
 
@@ -38,12 +39,15 @@ pub use errors::{CallError, LoadError, describe_driver_error};
 pub use http::InvalidAllowedHttpHost;
 pub use pool::{MAX_CONCURRENT_CALLS_PER_PROVIDER, MAX_IDLE_INSTANCES_PER_PROVIDER, PoolStatistics};
 pub use runtime::{EPOCH_TICK, PluginRuntime};
-pub use settings::{ComponentSource, EndpointAddress, EndpointAddressError, ProviderSettings, RuntimeSettings};
+pub use settings::{
+    ComponentSource, EndpointAddress, EndpointAddressError, PkiFiles, ProviderSettings, RuntimeSettings,
+};
 pub use state::{MAX_STATE_KEY_BYTES, MAX_STATE_VALUE_BYTES, MemoryStateStore, PluginStateStore};
 pub use storage::{
     BlobStore, MAX_STREAM_PIECE_BYTES, SinkBuffer, StorageSettings, StorageSink, StorageSource, describe_storage_error,
 };
 pub use store_data::GRANTED_DIRECTORY_GUEST_PATH;
+pub use tls::{TlsEndpoint, TlsSetupError};
 pub use transfer::{ByteSource, DeliveredBytes, ImageDelta, MAX_TRANSFER_READ_BYTES, MIN_TRANSFER_BYTES_PER_SEC};
 pub use version::{SUPPORTED_AUTH_VERSION, SUPPORTED_DRIVER_VERSION, SUPPORTED_STORAGE_VERSION};
 

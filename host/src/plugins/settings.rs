@@ -48,23 +48,66 @@ impl fmt::Debug for ComponentSource {
     }
 }
 
-/// An endpoint the host opens on a provider's behalf: `unix:///path` or `tcp://host:port`.
+/// An endpoint the host opens on a provider's behalf: `unix:///path`, `tcp://host:port`, or
+/// `libvirt+tls://host:port[?pkipath=/dir]` (libvirt's TLS transport, with its certificate files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointAddress {
     Unix(PathBuf),
     /// `host:port`.
     Tcp(String),
+    /// `host:port`, in TLS as libvirt's clients speak it (`qemu+tls://`): the server's
+    /// certificate checked against `pki.ca` and `host`, the client's `pki.certificate` shown,
+    /// and the server's confirmation that it accepts it awaited.
+    LibvirtTls {
+        authority: String,
+        pki: PkiFiles,
+    },
+}
+
+/// The certificate files of a `libvirt+tls://` endpoint, laid out as libvirt's clients expect them: in
+/// `/etc/pki` by default, or all three in the directory a `?pkipath=` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiFiles {
+    /// PEM certificates of the authorities the server's certificate must chain to.
+    pub ca: PathBuf,
+    /// PEM certificate chain the client presents.
+    pub certificate: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+}
+
+impl PkiFiles {
+    /// `/etc/pki/CA/cacert.pem`, `/etc/pki/libvirt/clientcert.pem`,
+    /// `/etc/pki/libvirt/private/clientkey.pem`: where `virsh -c qemu+tls://…` looks.
+    pub fn libvirt_default() -> PkiFiles {
+        PkiFiles {
+            ca: "/etc/pki/CA/cacert.pem".into(),
+            certificate: "/etc/pki/libvirt/clientcert.pem".into(),
+            key: "/etc/pki/libvirt/private/clientkey.pem".into(),
+        }
+    }
+
+    /// `cacert.pem`, `clientcert.pem` and `clientkey.pem` in `directory` (libvirt's `pkipath`).
+    pub fn in_directory(directory: &std::path::Path) -> PkiFiles {
+        PkiFiles {
+            ca: directory.join("cacert.pem"),
+            certificate: directory.join("clientcert.pem"),
+            key: directory.join("clientkey.pem"),
+        }
+    }
 }
 
 /// Why an endpoint address could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointAddressError {
-    #[error("endpoint address {address:?} must start with unix:// or tcp://")]
+    #[error("endpoint address {address:?} must start with unix://, tcp:// or libvirt+tls://")]
     UnknownScheme { address: String },
     #[error("endpoint address {address:?} must name an absolute socket path, as in unix:///run/libvirt.sock")]
     RelativeUnixPath { address: String },
-    #[error("endpoint address {address:?} must be tcp://host:port with a numeric port")]
+    #[error("endpoint address {address:?} must be tcp://host:port or libvirt+tls://host:port with a numeric port")]
     InvalidTcpAuthority { address: String },
+    #[error("endpoint address {address:?}: the only parameter is pkipath=/absolute/directory (libvirt+tls:// only)")]
+    InvalidParameter { address: String },
 }
 
 impl FromStr for EndpointAddress {
@@ -78,17 +121,35 @@ impl FromStr for EndpointAddress {
             return Ok(EndpointAddress::Unix(PathBuf::from(path)));
         }
         if let Some(authority) = address.strip_prefix("tcp://") {
-            let authority = authority.strip_suffix('/').unwrap_or(authority);
-            let invalid = || EndpointAddressError::InvalidTcpAuthority { address: address.to_string() };
-            let (host, port) = authority.rsplit_once(':').ok_or_else(invalid)?;
-            let host_is_valid = !host.is_empty() && !host.contains('/') && !host.contains('@');
-            if !host_is_valid || port.parse::<u16>().is_err() {
-                return Err(invalid());
-            }
-            return Ok(EndpointAddress::Tcp(authority.to_string()));
+            return Ok(EndpointAddress::Tcp(parse_authority(address, authority)?));
+        }
+        if let Some(rest) = address.strip_prefix("libvirt+tls://") {
+            let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let pki = match query {
+                "" => PkiFiles::libvirt_default(),
+                _ => match query.strip_prefix("pkipath=") {
+                    Some(directory) if directory.starts_with('/') && !directory.contains('&') => {
+                        PkiFiles::in_directory(std::path::Path::new(directory))
+                    }
+                    _ => return Err(EndpointAddressError::InvalidParameter { address: address.to_string() }),
+                },
+            };
+            return Ok(EndpointAddress::LibvirtTls { authority: parse_authority(address, authority)?, pki });
         }
         Err(EndpointAddressError::UnknownScheme { address: address.to_string() })
     }
+}
+
+/// The `host:port` of a `tcp://` or `libvirt+tls://` address (a trailing `/` allowed).
+fn parse_authority(address: &str, authority: &str) -> Result<String, EndpointAddressError> {
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    let invalid = || EndpointAddressError::InvalidTcpAuthority { address: address.to_string() };
+    let (host, port) = authority.rsplit_once(':').ok_or_else(invalid)?;
+    let host_is_valid = !host.is_empty() && !host.contains('/') && !host.contains('@') && !host.contains('?');
+    if !host_is_valid || port.parse::<u16>().is_err() {
+        return Err(invalid());
+    }
+    Ok(authority.to_string())
 }
 
 impl fmt::Display for EndpointAddress {
@@ -96,6 +157,15 @@ impl fmt::Display for EndpointAddress {
         match self {
             EndpointAddress::Unix(path) => write!(formatter, "unix://{}", path.display()),
             EndpointAddress::Tcp(authority) => write!(formatter, "tcp://{authority}"),
+            EndpointAddress::LibvirtTls { authority, pki } => {
+                write!(formatter, "libvirt+tls://{authority}")?;
+                match pki.ca.parent() {
+                    Some(directory) if *pki != PkiFiles::libvirt_default() => {
+                        write!(formatter, "?pkipath={}", directory.display())
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }

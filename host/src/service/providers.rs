@@ -9,7 +9,7 @@ use crate::config::{BUNDLED_DRIVER_LIBVIRT, BUNDLED_DRIVER_SIM, Config, Provider
 use crate::model::{self, Arch, CachedTemplate, InstanceState, Provider, ProviderCapabilities, TaskError, Timestamp};
 use crate::plugins::driver_types as driver;
 use crate::plugins::{
-    CallError, ComponentSource, Driver, EndpointAddress, PluginRuntime, PluginStateStore, ProviderSettings,
+    CallError, ComponentSource, Driver, EndpointAddress, PluginRuntime, PluginStateStore, ProviderSettings, TlsEndpoint,
 };
 use crate::store::{self, Store};
 
@@ -135,8 +135,13 @@ fn provider_settings(config: &Config, provider: &ProviderConfig) -> Result<Provi
     };
     let mut endpoints = BTreeMap::new();
     for (name, address) in &provider.endpoints {
-        let address: EndpointAddress =
-            address.parse().map_err(|error| format!("providers.{}.endpoints.{name}: {error}", provider.name))?;
+        let invalid = |error: &dyn std::fmt::Display| format!("providers.{}.endpoints.{name}: {error}", provider.name);
+        let address: EndpointAddress = address.parse().map_err(|error| invalid(&error))?;
+        // Certificate files are read again for every connection; checked here so that a
+        // mistake shows when the provider loads.
+        if let EndpointAddress::LibvirtTls { authority, pki } = &address {
+            TlsEndpoint::load(authority, pki).map_err(|error| invalid(&error))?;
+        }
         endpoints.insert(name.clone(), address);
     }
     let mib = |value: u64| (value as usize).saturating_mul(1024 * 1024);
@@ -360,5 +365,22 @@ mod tests {
             .map(|template| (template.name, template.last_used_at))
             .collect();
         assert_eq!(names, [("listed".into(), Some(before)), ("pulled-since".into(), Some(after))]);
+    }
+
+    #[test]
+    fn a_libvirt_tls_endpoint_whose_certificate_files_are_missing_fails_the_provider_naming_them() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let config = Config::from_toml(&format!(
+            "[[providers]]\nname = \"kvm\"\ndriver = \"driver-libvirt\"\n\
+             endpoints = {{ rack2 = \"libvirt+tls://10.0.0.12:16514?pkipath={}\" }}",
+            directory.path().display()
+        ))
+        .expect("the address itself is valid");
+        let error = provider_settings(&config, &config.providers[0]).expect_err("no certificate files");
+        let ca = directory.path().join("cacert.pem");
+        assert!(
+            error.starts_with(&format!("providers.kvm.endpoints.rack2: CA certificate {}: ", ca.display())),
+            "{error}"
+        );
     }
 }

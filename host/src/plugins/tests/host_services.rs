@@ -2,7 +2,7 @@
 //! limits, endpoints and progress, exercised through the same trait impls the guest calls.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,7 +19,7 @@ use crate::plugins::store_data::{ProviderContext, StoreData, deny_every_socket_a
 use crate::plugins::telemetry::PLUGIN_CAPABILITY_DENIALS_TOTAL;
 use crate::plugins::{
     ComponentSource, Driver, EndpointAddress, EndpointAddressError, LoadError, MAX_STATE_KEY_BYTES,
-    MAX_STATE_VALUE_BYTES, MemoryStateStore, PluginStateStore,
+    MAX_STATE_VALUE_BYTES, MemoryStateStore, PkiFiles, PluginStateStore, TlsEndpoint,
 };
 
 fn store_data_with(endpoints: BTreeMap<String, EndpointAddress>, state_store: Arc<dyn PluginStateStore>) -> StoreData {
@@ -56,7 +56,52 @@ fn endpoint_addresses_parse_or_explain() {
     check("tcp://h:99999", Err(EndpointAddressError::InvalidTcpAuthority { address: "tcp://h:99999".to_string() }));
     check("http://kvm-1.lab", Err(EndpointAddressError::UnknownScheme { address: "http://kvm-1.lab".to_string() }));
     let message = "ftp://x".parse::<EndpointAddress>().expect_err("ftp is refused").to_string();
-    assert_eq!(message, "endpoint address \"ftp://x\" must start with unix:// or tcp://");
+    assert_eq!(message, "endpoint address \"ftp://x\" must start with unix://, tcp:// or libvirt+tls://");
+
+    let tls =
+        |authority: &str, pki: PkiFiles| Ok(EndpointAddress::LibvirtTls { authority: authority.to_string(), pki });
+    check("libvirt+tls://kvm-2.lab:16514", tls("kvm-2.lab:16514", PkiFiles::libvirt_default()));
+    check(
+        "libvirt+tls://10.0.0.12:16514/?pkipath=/etc/hyperplane/pki/rack2",
+        tls("10.0.0.12:16514", PkiFiles::in_directory(Path::new("/etc/hyperplane/pki/rack2"))),
+    );
+    let invalid_parameter =
+        |address: &str| Err(EndpointAddressError::InvalidParameter { address: address.to_string() });
+    for address in [
+        "libvirt+tls://h:16514?pkipath=relative/dir",
+        "libvirt+tls://h:16514?no_verify=1",
+        "libvirt+tls://h:16514?pkipath=/a&x=1",
+    ] {
+        check(address, invalid_parameter(address));
+    }
+    check(
+        "libvirt+tls://h?pkipath=/a",
+        Err(EndpointAddressError::InvalidTcpAuthority { address: "libvirt+tls://h?pkipath=/a".to_string() }),
+    );
+    check(
+        "tcp://h:1?pkipath=/a",
+        Err(EndpointAddressError::InvalidTcpAuthority { address: "tcp://h:1?pkipath=/a".to_string() }),
+    );
+    // Shown as written, minus a trailing slash; the default certificates are not spelled out.
+    for address in
+        ["libvirt+tls://kvm-2.lab:16514", "libvirt+tls://[::1]:16514?pkipath=/etc/pki/rack2", "tcp://h:1", "unix:///s"]
+    {
+        let parsed: EndpointAddress = address.parse().expect("valid");
+        assert_eq!(parsed.to_string(), address);
+    }
+}
+
+#[test]
+fn tls_certificate_files_that_are_missing_or_empty_are_named() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let pki = PkiFiles::in_directory(directory.path());
+    let error = TlsEndpoint::load("kvm-1.lab:16514", &pki).err().expect("no files");
+    assert!(error.to_string().starts_with(&format!("CA certificate {}: ", pki.ca.display())), "{error}");
+    std::fs::write(&pki.ca, "not a certificate\n").expect("written");
+    let error = TlsEndpoint::load("kvm-1.lab:16514", &pki).err().expect("no certificate in the file");
+    assert_eq!(error.to_string(), format!("CA certificate {}: holds no PEM certificate", pki.ca.display()));
+    let error = TlsEndpoint::load("bad host!:16514", &pki).err().expect("not a name");
+    assert_eq!(error.to_string(), "\"bad host!\" is neither a DNS name nor an IP address a certificate can name");
 }
 
 #[test]
