@@ -1,6 +1,6 @@
 //! `hyperplane:host/endpoints`: byte streams to the unix sockets and TCP services (plain, or
-//! in libvirt's TLS transport) the operator granted to a provider by name. The host opens them; the plugin never sees
-//! an address, a certificate or a key.
+//! in libvirt's TLS transport) the operator granted to a provider by name. The host opens
+//! them; the plugin never sees an address, a certificate or a key.
 
 use std::io;
 
@@ -51,7 +51,7 @@ impl EndpointStream {
         match self {
             EndpointStream::Unix(stream) => stream.write_all(data).await,
             EndpointStream::Tcp(stream) => stream.write_all(data).await,
-            // Sent now, not when the next write fills a record.
+            // Flushed: the request must reach the server before its reply is awaited.
             EndpointStream::Tls(stream) => {
                 stream.write_all(data).await?;
                 stream.flush().await

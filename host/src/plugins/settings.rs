@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +49,8 @@ impl fmt::Debug for ComponentSource {
 }
 
 /// An endpoint the host opens on a provider's behalf: `unix:///path`, `tcp://host:port`, or
-/// `libvirt+tls://host:port[?pkipath=/dir]` (libvirt's TLS transport, with its certificate files).
+/// `libvirt+tls://host:port[?pkipath=/dir]` (libvirt's TLS transport, with its certificate
+/// files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointAddress {
     Unix(PathBuf),
@@ -64,8 +65,8 @@ pub enum EndpointAddress {
     },
 }
 
-/// The certificate files of a `libvirt+tls://` endpoint, laid out as libvirt's clients expect them: in
-/// `/etc/pki` by default, or all three in the directory a `?pkipath=` names.
+/// The certificate files of a `libvirt+tls://` endpoint, laid out as libvirt's clients expect
+/// them: in `/etc/pki` by default, or all three in the directory a `?pkipath=` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PkiFiles {
     /// PEM certificates of the authorities the server's certificate must chain to.
@@ -88,7 +89,7 @@ impl PkiFiles {
     }
 
     /// `cacert.pem`, `clientcert.pem` and `clientkey.pem` in `directory` (libvirt's `pkipath`).
-    pub fn in_directory(directory: &std::path::Path) -> PkiFiles {
+    pub fn in_directory(directory: &Path) -> PkiFiles {
         PkiFiles {
             ca: directory.join("cacert.pem"),
             certificate: directory.join("clientcert.pem"),
@@ -129,7 +130,7 @@ impl FromStr for EndpointAddress {
                 "" => PkiFiles::libvirt_default(),
                 _ => match query.strip_prefix("pkipath=") {
                     Some(directory) if directory.starts_with('/') && !directory.contains('&') => {
-                        PkiFiles::in_directory(std::path::Path::new(directory))
+                        PkiFiles::in_directory(Path::new(directory))
                     }
                     _ => return Err(EndpointAddressError::InvalidParameter { address: address.to_string() }),
                 },

@@ -44,8 +44,9 @@ pub struct TlsEndpoint {
 }
 
 impl TlsEndpoint {
-    /// Reads the certificate files (again at every call, so renewed files take effect for
-    /// the next connection) and checks that `authority`'s host can be named by a certificate.
+    /// Reads the certificate files and checks that `authority`'s host can be named by a
+    /// certificate. Done for every new connection, so renewed files take effect without a
+    /// restart.
     pub fn load(authority: &str, pki: &PkiFiles) -> Result<TlsEndpoint, TlsSetupError> {
         let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
         let host = host.trim_start_matches('[').trim_end_matches(']');
