@@ -6,7 +6,8 @@
 //! Through the API each lifecycle is what a CI client does: `POST /v1/instances?wait` (placed,
 //! template found cached, overlay volume, define, start), then `DELETE /v1/instances/{id}?wait`
 //! (destroy, undefine, overlay removed), with up to `IN_FLIGHT` lifecycles at a time (the test
-//! driver's 100 GiB pool holds 100 one-GiB overlays). libvirt-python runs its lifecycles one
+//! driver's 100 GiB pool holds 100 one-GiB overlays), sent from a runtime and thread of their
+//! own (`bench-client`) so that the CPU by thread tells the client's share from the server's. libvirt-python runs its lifecycles one
 //! after the other on one connection: once as the issue defines them (no storage), once with
 //! what Hyperplane's driver does for each instance: its overlay volume created and deleted and
 //! its domain XML (metadata, disk, NIC, serial console, VNC) defined — the driver's six libvirt
@@ -57,6 +58,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let scratch = tempfile::tempdir()?;
     let http = reqwest::Client::new();
+    // The client (a CI system's requests) on a thread of its own, like a client process: the
+    // by-thread figures then tell its CPU from the server's.
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
+    let lifecycles = |base: &str, count: usize| {
+        let (http, base) = (http.clone(), base.to_owned());
+        let wave = client.spawn(async move { hyperplane_lifecycles(&http, &base, count).await });
+        async move { wave.await? }
+    };
     let libvirtd = libvirtd_pid()?;
     let connections_before = libvirtd_connections()?;
     let mut ratios = Vec::new();
@@ -67,10 +80,10 @@ async fn main() -> anyhow::Result<()> {
         if round == 1 {
             prepare(&http, &base).await?;
         }
-        hyperplane_lifecycles(&http, &base, IN_FLIGHT).await?;
+        lifecycles(&base, IN_FLIGHT).await?;
         let writes_before = hyperplane::store::write_statistics();
         let before = CpuUse::now(libvirtd)?;
-        let ours = hyperplane_lifecycles(&http, &base, LIFECYCLES).await?;
+        let ours = lifecycles(&base, LIFECYCLES).await?;
         let after_ours = CpuUse::now(libvirtd)?;
         print_writer_use(&writes_before);
         println!("  by thread, per lifecycle: {}", after_ours.by_thread_since(&before));
@@ -103,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         median_and_range(&mut ratios),
         median_and_range(&mut ratios_as_driver)
     );
+    client.shutdown_background();
     Ok(())
 }
 
