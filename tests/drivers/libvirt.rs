@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use hyperplane::plugins::driver_types::{DiskFormat, DriverError, InstanceState, TemplateRef};
+use hyperplane::plugins::driver_types::{DiskFormat, DriverError, HostState, InstanceState, TemplateRef};
 use hyperplane::plugins::{
     CallError, ComponentSource, Driver, EndpointAddress, MemoryStateStore, PkiFiles, ProviderSettings, TlsEndpoint,
     TlsSetupError,
@@ -45,23 +45,27 @@ fn place_template_volume(template: &TemplateRef) {
     }
 }
 
-async fn load_driver(endpoint: EndpointAddress) -> Driver {
+/// The bundled driver as provider `name`, with `hosts` (the config's `hosts` list) and
+/// `endpoints` granted.
+async fn load_provider(name: &str, hosts: serde_json::Value, endpoints: &[(&str, EndpointAddress)]) -> Driver {
     let settings = ProviderSettings {
-        name: "conformance-libvirt".into(),
+        name: name.into(),
         component: ComponentSource::File(env!("BUNDLED_DRIVER_LIBVIRT_WASM").into()),
-        config_json: json!({
-            "hosts": [{ "name": HOST, "endpoint": "libvirtd", "uri": "test:///default", "pool": POOL }],
-        })
-        .to_string(),
+        config_json: json!({ "hosts": hosts }).to_string(),
         call_timeout: Duration::from_secs(30),
         memory_limit_bytes: 64 << 20,
-        endpoints: BTreeMap::from([("libvirtd".to_owned(), endpoint)]),
+        endpoints: endpoints.iter().map(|(name, address)| ((*name).to_owned(), address.clone())).collect(),
         allowed_http_hosts: Vec::new(),
         max_response_bytes: 4 << 20,
     };
     Driver::load(crate::shared_runtime(), settings, Arc::new(MemoryStateStore::new()))
         .await
         .expect("driver-libvirt loads")
+}
+
+async fn load_driver(endpoint: EndpointAddress) -> Driver {
+    let hosts = json!([{ "name": HOST, "endpoint": "libvirtd", "uri": "test:///default", "pool": POOL }]);
+    load_provider("conformance-libvirt", hosts, &[("libvirtd", endpoint)]).await
 }
 
 async fn fixture_on(endpoint: EndpointAddress) -> Fixture {
@@ -151,6 +155,42 @@ fn tls_certificate_files_that_cannot_be_used_are_named() {
     assert!(TlsEndpoint::load("127.0.0.1:1", &PkiFiles::in_directory(&pki.join("client"))).is_ok());
 }
 
+/// One host of two never answers (a listener whose accept queue is full drops connection
+/// attempts, as a host that is gone does): it is reported offline within the endpoint's open
+/// timeout, and the live host as usual, in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_answers_is_reported_offline_and_the_other_host_still_is_reported() {
+    hold_test_driver_state();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("address")).expect("bound");
+    let silent = socket.listen(0).expect("listening");
+    let silent_address = silent.local_addr().expect("address");
+    let mut queued = Vec::new();
+    while let Ok(connected) =
+        tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(silent_address)).await
+    {
+        queued.push(connected.expect("queued by the kernel"));
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    let hosts = json!([
+        { "name": "live", "endpoint": "live", "uri": "test:///default", "pool": POOL },
+        { "name": "silent", "endpoint": "silent", "uri": "test:///default", "pool": POOL },
+    ]);
+    let endpoints = [
+        ("live", EndpointAddress::Tcp(libvirt_bed::bed().tcp_address.clone())),
+        ("silent", EndpointAddress::Tcp(silent_address.to_string())),
+    ];
+    let driver = load_provider("libvirt-silent-host", hosts, &endpoints).await;
+
+    let started = std::time::Instant::now();
+    let hosts = driver.list_hosts().await.expect("hosts listed within the call timeout");
+    let state_of = |id: &str| hosts.iter().find(|host| host.id == id).map(|host| host.state);
+    assert_eq!(state_of("live"), Some(HostState::Active), "{hosts:?}");
+    assert_eq!(state_of("silent"), Some(HostState::Offline), "{hosts:?}");
+    let took = started.elapsed();
+    assert!(took >= hyperplane::plugins::ENDPOINT_OPEN_TIMEOUT, "waited for the silent host: {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_during_a_call_fails_that_call_clearly_and_the_next_call_reconnects() {
     let proxy = CuttingProxy::start(libvirt_bed::bed().tcp_address.clone()).await;
@@ -190,28 +230,15 @@ async fn one_provider_spans_several_libvirt_hosts_one_endpoint_each() {
     let template = template("multi");
     place_template_volume(&template);
 
-    let settings = ProviderSettings {
-        name: "conformance-libvirt-multi".into(),
-        component: ComponentSource::File(env!("BUNDLED_DRIVER_LIBVIRT_WASM").into()),
-        config_json: json!({
-            "hosts": [
-                { "name": "test-tcp", "endpoint": "tcp", "uri": "test:///default", "pool": POOL },
-                { "name": "qemu-unix", "endpoint": "unix", "uri": "qemu:///system", "pool": pool_name, "domain_type": "qemu" },
-            ],
-        })
-        .to_string(),
-        call_timeout: Duration::from_secs(30),
-        memory_limit_bytes: 64 << 20,
-        endpoints: BTreeMap::from([
-            ("tcp".to_owned(), EndpointAddress::Tcp(bed.tcp_address.clone())),
-            ("unix".to_owned(), EndpointAddress::Unix(bed.socket_path.clone())),
-        ]),
-        allowed_http_hosts: Vec::new(),
-        max_response_bytes: 4 << 20,
-    };
-    let driver = Driver::load(crate::shared_runtime(), settings, Arc::new(MemoryStateStore::new()))
-        .await
-        .expect("driver-libvirt loads");
+    let hosts = json!([
+        { "name": "test-tcp", "endpoint": "tcp", "uri": "test:///default", "pool": POOL },
+        { "name": "qemu-unix", "endpoint": "unix", "uri": "qemu:///system", "pool": pool_name, "domain_type": "qemu" },
+    ]);
+    let endpoints = [
+        ("tcp", EndpointAddress::Tcp(bed.tcp_address.clone())),
+        ("unix", EndpointAddress::Unix(bed.socket_path.clone())),
+    ];
+    let driver = load_provider("conformance-libvirt-multi", hosts, &endpoints).await;
 
     let hosts = driver.list_hosts().await.expect("hosts listed");
     let hypervisor_of = |id: &str| hosts.iter().find(|host| host.id == id).map(|host| host.hypervisor.clone());

@@ -3,6 +3,7 @@
 //! them; the plugin never sees an address, a certificate or a key.
 
 use std::io;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -21,6 +22,11 @@ pub const MAX_OPEN_CONNECTIONS_PER_INSTANCE: usize = 64;
 pub const MAX_READ_CHUNK_BYTES: u32 = 1024 * 1024;
 /// Largest `read-exact` the host serves.
 pub const MAX_READ_EXACT_BYTES: u32 = 16 * 1024 * 1024;
+/// How long opening a connection (TCP connect, TLS handshake) may take. A host that is gone
+/// drops connection attempts silently, and the kernel would retry for about two minutes —
+/// longer than a plugin call may last — so one dead host would fail every call that also
+/// reaches the live ones.
+pub const ENDPOINT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An open connection to a granted endpoint, held in the instance's resource table.
 pub struct EndpointConnection {
@@ -35,6 +41,14 @@ enum EndpointStream {
 }
 
 impl EndpointStream {
+    /// Opens a connection to `address`, failing with `TimedOut` after `timeout`.
+    async fn open(address: &EndpointAddress, timeout: Duration) -> io::Result<Self> {
+        let opened = tokio::time::timeout(timeout, Self::connect(address)).await;
+        opened.unwrap_or_else(|_| {
+            Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {} s", timeout.as_secs_f64())))
+        })
+    }
+
     async fn connect(address: &EndpointAddress) -> io::Result<Self> {
         match address {
             EndpointAddress::Unix(path) => Ok(EndpointStream::Unix(UnixStream::connect(path).await?)),
@@ -116,11 +130,14 @@ impl Host for StoreData {
                 "an instance may hold at most {MAX_OPEN_CONNECTIONS_PER_INSTANCE} open connections"
             ))));
         }
-        let stream = match EndpointStream::connect(address).await {
+        let stream = match EndpointStream::open(address, ENDPOINT_OPEN_TIMEOUT).await {
             Ok(stream) => stream,
             Err(error) => {
                 tracing::info!(provider = %provider_name, endpoint = %name, %address, %error, "plugin endpoint unreachable");
-                let reason = tls::describe_failure(&error).unwrap_or_else(|| error.kind().to_string());
+                let reason = match error.kind() {
+                    io::ErrorKind::TimedOut => format!("no answer within {} s", ENDPOINT_OPEN_TIMEOUT.as_secs()),
+                    kind => tls::describe_failure(&error).unwrap_or_else(|| kind.to_string()),
+                };
                 return Ok(Err(EndpointError::Unreachable(format!("endpoint {name}: {reason}"))));
             }
         };
@@ -180,5 +197,33 @@ impl HostConnection for StoreData {
         self.table.delete(connection)?;
         self.open_connection_count = self.open_connection_count.saturating_sub(1);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn opening_an_endpoint_that_never_answers_gives_up_after_the_timeout() {
+        // A listener whose accept queue is full: the kernel drops further connection attempts
+        // without an answer, as a host that is gone does.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bound");
+        let listener = socket.listen(0).expect("listening");
+        let address = listener.local_addr().expect("address");
+        let mut queued = Vec::new();
+        while let Ok(connected) = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(address)).await {
+            queued.push(connected.expect("queued by the kernel"));
+            assert!(queued.len() < 16, "the accept queue never filled");
+        }
+
+        let started = Instant::now();
+        let opened = EndpointStream::open(&EndpointAddress::Tcp(address.to_string()), Duration::from_millis(200)).await;
+        let error = opened.err().expect("no answer");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(started.elapsed() < Duration::from_secs(2), "gave up after {:?}", started.elapsed());
     }
 }

@@ -33,7 +33,8 @@ pub use auth::{ALLOWED_RESPONSE_HEADERS, AuthSchemePlugin, AuthSchemeSettings};
 pub use component_cache::{CacheOutcome, ComponentCacheStatistics};
 pub use driver::Driver;
 pub use endpoints::{
-    EndpointConnection, MAX_OPEN_CONNECTIONS_PER_INSTANCE, MAX_READ_CHUNK_BYTES, MAX_READ_EXACT_BYTES,
+    ENDPOINT_OPEN_TIMEOUT, EndpointConnection, MAX_OPEN_CONNECTIONS_PER_INSTANCE, MAX_READ_CHUNK_BYTES,
+    MAX_READ_EXACT_BYTES,
 };
 pub use errors::{CallError, LoadError, describe_driver_error};
 pub use http::InvalidAllowedHttpHost;
