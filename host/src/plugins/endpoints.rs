@@ -135,7 +135,7 @@ impl Host for StoreData {
             Err(error) => {
                 tracing::info!(provider = %provider_name, endpoint = %name, %address, %error, "plugin endpoint unreachable");
                 let reason = match error.kind() {
-                    io::ErrorKind::TimedOut => format!("no answer within {} s", ENDPOINT_OPEN_TIMEOUT.as_secs()),
+                    io::ErrorKind::TimedOut => error.to_string(),
                     kind => tls::describe_failure(&error).unwrap_or_else(|| kind.to_string()),
                 };
                 return Ok(Err(EndpointError::Unreachable(format!("endpoint {name}: {reason}"))));
