@@ -12,7 +12,9 @@
 //! what Hyperplane's driver does for each instance: its overlay volume created and deleted and
 //! its domain XML (metadata, disk, NIC, serial console, VNC) defined — the driver's six libvirt
 //! calls per lifecycle, pool and backing volume looked up once, as a driver connection keeps
-//! them.
+//! them; and that once more in `IN_FLIGHT` processes with a connection each, sharing the
+//! lifecycles: what libvirtd gives a client as parallel as Hyperplane's that does nothing
+//! between its calls.
 //!
 //! Each of the `ROUNDS` rounds starts the server, warms it (one unmeasured wave of `IN_FLIGHT`
 //! lifecycles: a server that has been running has its driver instances and their libvirt
@@ -74,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let connections_before = libvirtd_connections()?;
     let mut ratios = Vec::new();
     let mut ratios_as_driver = Vec::new();
+    let mut ratios_in_parallel = Vec::new();
     for round in 1..=ROUNDS {
         let server = start_server(scratch.path(), &bed.tcp_address).await?;
         let base = format!("http://{}", server.address);
@@ -92,7 +95,11 @@ async fn main() -> anyhow::Result<()> {
         let before_python = CpuUse::now(libvirtd)?;
         let python = python_lifecycles(&bed.python, &bed.test_uri, &[])?;
         let after_python = CpuUse::now(libvirtd)?;
-        let python_as_driver = python_lifecycles(&bed.python, &bed.test_uri, &[TEST_DRIVER_POOL, template_volume])?;
+        let driver_work = [TEST_DRIVER_POOL, template_volume];
+        let python_as_driver = python_lifecycles(&bed.python, &bed.test_uri, &driver_work)?;
+        let in_flight = IN_FLIGHT.to_string();
+        let python_in_parallel =
+            python_lifecycles(&bed.python, &bed.test_uri, &[&driver_work[..], &["--processes", &in_flight]].concat())?;
         println!(
             "  per lifecycle: Hyperplane {}; libvirt-python {} ({left_open} of Hyperplane's libvirt connections open)",
             after_ours.since(&before),
@@ -102,19 +109,23 @@ async fn main() -> anyhow::Result<()> {
             "round {round}: {LIFECYCLES} lifecycles (define, start, destroy, undefine), test driver over TCP: \
              Hyperplane API {ours:.3} s ({:.0}/s); libvirt-python {python:.3} s ({:.0}/s), ratio {:.2}; \
              libvirt-python doing what the driver does (overlay disk, its domain XML) {python_as_driver:.3} s, \
-             ratio {:.2}",
+             ratio {:.2}; the same in {IN_FLIGHT} processes {python_in_parallel:.3} s, ratio {:.2}",
             LIFECYCLES as f64 / ours,
             LIFECYCLES as f64 / python,
             ours / python,
             ours / python_as_driver,
+            ours / python_in_parallel,
         );
         ratios.push(ours / python);
         ratios_as_driver.push(ours / python_as_driver);
+        ratios_in_parallel.push(ours / python_in_parallel);
     }
     println!(
-        "{ROUNDS} rounds: ratio {}; against libvirt-python doing what the driver does {}",
+        "{ROUNDS} rounds: ratio {}; against libvirt-python doing what the driver does {}; the same in \
+         {IN_FLIGHT} processes {}",
         median_and_range(&mut ratios),
-        median_and_range(&mut ratios_as_driver)
+        median_and_range(&mut ratios_as_driver),
+        median_and_range(&mut ratios_in_parallel)
     );
     client.shutdown_background();
     Ok(())
@@ -360,10 +371,11 @@ fn libvirtd_pid() -> anyhow::Result<u32> {
 }
 
 /// `tests/libvirt/lifecycle-python.py`: the same lifecycles through libvirt-python; with
-/// `[pool, backing volume]` also the overlay volume Hyperplane's driver gives each instance.
-fn python_lifecycles(python: &std::path::Path, uri: &str, disk: &[&str]) -> anyhow::Result<f64> {
+/// `[pool, backing volume]` also the overlay volume Hyperplane's driver gives each instance, and
+/// with `--processes K` after them in K processes.
+fn python_lifecycles(python: &std::path::Path, uri: &str, options: &[&str]) -> anyhow::Result<f64> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/libvirt/lifecycle-python.py");
-    let output = Command::new(python).arg(script).arg(uri).arg(LIFECYCLES.to_string()).args(disk).output()?;
+    let output = Command::new(python).arg(script).arg(uri).arg(LIFECYCLES.to_string()).args(options).output()?;
     anyhow::ensure!(output.status.success(), "libvirt-python failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout)
         .lines()
