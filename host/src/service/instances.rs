@@ -664,9 +664,7 @@ impl Service {
     /// Deletes an instance: a task that first cancels whatever else works on the instance.
     /// Asking again while a delete is under way answers that delete's task.
     pub async fn delete_instance(&self, caller: &Caller, id: Uuid) -> ServiceResult<Task> {
-        let mut reader = self.store().reader().await?;
-        let found = store::instances::get_with_unfinished(&mut reader, id, TaskKind::InstanceDelete).await?;
-        drop(reader);
+        let found = store::instances::get_with_unfinished(self.store(), id, TaskKind::InstanceDelete)?;
         let (instance, deletes) = found.ok_or_else(|| ServiceError::not_found("instance", id))?;
         self.check_instance_access(caller, &instance, "delete").await?;
         if let Some(under_way) = deletes.into_iter().next() {

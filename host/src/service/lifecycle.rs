@@ -147,10 +147,9 @@ impl Service {
         self.placement_in(instance, host)
     }
 
-    /// The instance with its host and the `parts` asked for, read together (one round trip).
-    async fn load_in_context(&self, id: Uuid, parts: ContextParts) -> StepResult<InstanceContext> {
-        Ok(store::instances::get_in_context(&mut *self.store().reader().await?, id, parts)
-            .await?
+    /// The instance with its host and the `parts` asked for, read together (inline).
+    fn load_in_context(&self, id: Uuid, parts: ContextParts) -> StepResult<InstanceContext> {
+        Ok(store::instances::get_in_context(self.store(), id, parts)?
             .ok_or_else(|| ServiceError::not_found("instance", id))?)
     }
 
@@ -163,7 +162,7 @@ impl Service {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        Ok(store::instances::get_contexts(&mut *self.store().reader().await?, ids, parts).await?)
+        Ok(store::instances::get_contexts(self.store(), ids, parts)?)
     }
 
     /// The host (read with the instance) and the driver of a placed instance.
@@ -178,7 +177,7 @@ impl Service {
 
     /// A placed instance, its host and its provider's driver, read together.
     pub(super) async fn load_placed(&self, id: Uuid) -> StepResult<(Instance, Host, Driver)> {
-        let InstanceContext { instance, host, .. } = self.load_in_context(id, ContextParts::default()).await?;
+        let InstanceContext { instance, host, .. } = self.load_in_context(id, ContextParts::default())?;
         let (host, driver) = self.placement_in(&instance, host)?;
         Ok((instance, host, driver))
     }
@@ -229,7 +228,7 @@ impl Service {
     ) -> StepResult<Value> {
         let loaded = match prefetched {
             Some(loaded) => loaded,
-            None => self.load_in_context(id, ContextParts { template: true, ..Default::default() }).await?,
+            None => self.load_in_context(id, ContextParts { template: true, ..Default::default() })?,
         };
         let InstanceContext { mut instance, host, template, .. } = loaded;
         if instance.state == InstanceState::Running {
@@ -509,14 +508,14 @@ impl Service {
     ) -> StepResult<Value> {
         let mut loaded = match prefetched {
             Some(loaded) => loaded,
-            None => self.load_in_context(id, ContextParts { unfinished_tasks: true, ..Default::default() }).await?,
+            None => self.load_in_context(id, ContextParts { unfinished_tasks: true, ..Default::default() })?,
         };
         let others: Vec<Uuid> =
             loaded.unfinished_tasks.iter().map(|task| task.id).filter(|task| *task != own_task).collect();
         if !others.is_empty() {
             self.cancel_and_wait(&others).await?;
             // They may have changed the instance: read it again.
-            loaded = self.load_in_context(id, ContextParts::default()).await?;
+            loaded = self.load_in_context(id, ContextParts::default())?;
         }
         let InstanceContext { mut instance, host, .. } = loaded;
         if instance.state == InstanceState::Terminated {

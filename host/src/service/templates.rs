@@ -120,16 +120,14 @@ impl Service {
         Ok(template)
     }
 
-    /// [`Self::resolve_template`], with the project `project_id` (if it exists) read in the same
-    /// round trip.
+    /// [`Self::resolve_template`], with the project `project_id` (if it exists) read with it.
     pub(super) async fn resolve_template_with_project(
         &self,
         caller: &Caller,
         reference: &str,
         project_id: Uuid,
     ) -> ServiceResult<(Template, Option<Project>)> {
-        let mut reader = self.store().reader().await?;
-        let (template, project) = store::templates::get_with_project(&mut reader, reference, project_id).await?;
+        let (template, project) = store::templates::get_with_project(self.store(), reference, project_id)?;
         let template = template.ok_or_else(|| ServiceError::not_found("template", reference))?;
         self.check_template_access(caller, &template, reference, "list").await?;
         Ok((template, project))

@@ -3,10 +3,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
+use super::rows::StoredRow;
 use super::{StoreResult, format_time, parse_enum, parse_json, parse_optional_time, parse_time, parse_uuid, to_json};
 use crate::model::{Capacity, CapacityMode, Host, HostState, Usage, UsbDeviceGroup};
 
@@ -34,19 +34,11 @@ fn select_with_usage(counted: &str) -> String {
     format!("{SELECT_HEAD}{counted}{SELECT_TAIL}")
 }
 
-/// Pushes the read of the hosts the instances of `ids` (a JSON array) are placed on, for
-/// [`super::ReadsTogether`].
-pub(super) fn push_get_of_instances(query: &mut QueryBuilder<'static, Sqlite>, ids: &str) {
-    let push_hosts = |query: &mut QueryBuilder<'static, Sqlite>| {
-        query.push("(SELECT host_id FROM instances WHERE id IN ");
-        super::push_json_array_values(query, ids);
-        query.push(")");
-    };
-    query.push(SELECT_HEAD).push("host_id IN ");
-    push_hosts(query);
-    query.push(SELECT_TAIL).push(" WHERE h.id IN ");
-    push_hosts(query);
-}
+/// The read of the hosts the instances of `?1` (a JSON array of ids) are placed on.
+pub(super) static SELECT_OF_INSTANCES: LazyLock<String> = LazyLock::new(|| {
+    let hosts = "(SELECT host_id FROM instances WHERE id IN (SELECT value FROM json_each(?1)))";
+    format!("{SELECT_HEAD}host_id IN {hosts}{SELECT_TAIL} WHERE h.id IN {hosts}")
+});
 
 static SELECT_ALL: LazyLock<String> =
     LazyLock::new(|| format!("{} ORDER BY h.provider, h.name", select_with_usage("host_id IS NOT NULL")));
@@ -58,46 +50,46 @@ static SELECT_OF_PROVIDER: LazyLock<String> = LazyLock::new(|| {
     format!("{} WHERE h.provider = ?", select_with_usage(counted))
 });
 
-pub(super) fn from_row(row: &SqliteRow) -> StoreResult<Host> {
-    let reported: HostState = parse_enum(row.try_get("state")?)?;
-    let draining: bool = row.try_get("draining")?;
+pub(super) fn from_row(row: &impl StoredRow) -> StoreResult<Host> {
+    let reported: HostState = parse_enum(row.value("state")?)?;
+    let draining: bool = row.value("draining")?;
     let mut host = Host {
-        id: parse_uuid(row.try_get("id")?)?,
-        provider: row.try_get("provider")?,
-        name: row.try_get("name")?,
-        arch: parse_enum(row.try_get("arch")?)?,
-        cpu: row.try_get("cpu")?,
-        ram_mb: row.try_get::<i64, _>("ram_mb")? as u64,
-        disk_gb: row.try_get::<i64, _>("disk_gb")? as u64,
-        hypervisor: row.try_get("hypervisor")?,
+        id: parse_uuid(row.value("id")?)?,
+        provider: row.value("provider")?,
+        name: row.value("name")?,
+        arch: parse_enum(row.value("arch")?)?,
+        cpu: row.value("cpu")?,
+        ram_mb: row.value::<i64>("ram_mb")? as u64,
+        disk_gb: row.value::<i64>("disk_gb")? as u64,
+        hypervisor: row.value("hypervisor")?,
         state: reported,
         draining,
         capacity: Capacity {
-            mode: parse_enum(row.try_get("capacity_mode")?)?,
-            max_instances: row.try_get("max_instances")?,
-            vcpu: row.try_get("vcpu_limit")?,
-            ram_mb: row.try_get::<Option<i64>, _>("ram_limit_mb")?.map(|ram| ram as u64),
-            template_cache_mb: row.try_get::<Option<i64>, _>("template_cache_mb")?.map(|mib| mib as u64),
+            mode: parse_enum(row.value("capacity_mode")?)?,
+            max_instances: row.value("max_instances")?,
+            vcpu: row.value("vcpu_limit")?,
+            ram_mb: row.value::<Option<i64>>("ram_limit_mb")?.map(|ram| ram as u64),
+            template_cache_mb: row.value::<Option<i64>>("template_cache_mb")?.map(|mib| mib as u64),
         },
         usage: Usage {
-            instances: row.try_get("used_instances")?,
-            running: row.try_get("used_running")?,
-            vcpu: row.try_get("used_vcpu")?,
-            ram_mb: row.try_get::<i64, _>("used_ram_mb")? as u64,
-            disk_gb: row.try_get::<i64, _>("used_disk_gb")? as u64,
+            instances: row.value("used_instances")?,
+            running: row.value("used_running")?,
+            vcpu: row.value("used_vcpu")?,
+            ram_mb: row.value::<i64>("used_ram_mb")? as u64,
+            disk_gb: row.value::<i64>("used_disk_gb")? as u64,
         },
         utilization: 0.0,
-        maintenance: row.try_get("maintenance")?,
-        labels: parse_json(row.try_get("labels")?)?,
-        groups: parse_json::<Vec<String>>(row.try_get("group_ids")?)?
+        maintenance: row.value("maintenance")?,
+        labels: parse_json(row.value("labels")?)?,
+        groups: parse_json::<Vec<String>>(row.value("group_ids")?)?
             .iter()
             .map(|id| parse_uuid(id))
             .collect::<StoreResult<_>>()?,
         usb_devices: usb_devices(row)?,
-        cached_templates: parse_json(row.try_get("cached_templates")?)?,
-        last_report_at: parse_optional_time(row.try_get("last_report_at")?)?,
-        created_at: parse_time(row.try_get("created_at")?)?,
-        updated_at: parse_time(row.try_get("updated_at")?)?,
+        cached_templates: parse_json(row.value("cached_templates")?)?,
+        last_report_at: parse_optional_time(row.value("last_report_at")?)?,
+        created_at: parse_time(row.value("created_at")?)?,
+        updated_at: parse_time(row.value("updated_at")?)?,
     };
     host.state = effective_state(&host, reported);
     host.utilization = utilization(&host);
@@ -106,16 +98,15 @@ pub(super) fn from_row(row: &SqliteRow) -> StoreResult<Host> {
 
 /// The host's USB devices by name: how many it has (the operator's setting) and how many
 /// instances use one.
-fn usb_devices(row: &SqliteRow) -> StoreResult<BTreeMap<String, UsbDeviceGroup>> {
-    let mut busy = parse_json::<HashMap<String, u32>>(row.try_get("busy_usb")?)?;
-    let mut devices: BTreeMap<String, UsbDeviceGroup> =
-        parse_json::<BTreeMap<String, u32>>(row.try_get("usb_devices")?)?
-            .into_iter()
-            .map(|(name, total)| {
-                let used = busy.remove(&name).unwrap_or(0);
-                (name, UsbDeviceGroup::new(total, used))
-            })
-            .collect();
+fn usb_devices(row: &impl StoredRow) -> StoreResult<BTreeMap<String, UsbDeviceGroup>> {
+    let mut busy = parse_json::<HashMap<String, u32>>(row.value("busy_usb")?)?;
+    let mut devices: BTreeMap<String, UsbDeviceGroup> = parse_json::<BTreeMap<String, u32>>(row.value("usb_devices")?)?
+        .into_iter()
+        .map(|(name, total)| {
+            let used = busy.remove(&name).unwrap_or(0);
+            (name, UsbDeviceGroup::new(total, used))
+        })
+        .collect();
     // Devices in use that the host no longer lists stay visible, with none available.
     devices.extend(busy.into_iter().map(|(name, used)| (name, UsbDeviceGroup::new(0, used))));
     Ok(devices)
@@ -163,7 +154,7 @@ pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>) {
 }
 
 /// Hosts from the rows of a read pushed by [`push_list`], in [`list`]'s order.
-pub(super) fn from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<Host>> {
+pub(super) fn from_rows(rows: &[impl StoredRow]) -> StoreResult<Vec<Host>> {
     let mut hosts = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
     hosts.sort_by(|one, other| (&one.provider, &one.name).cmp(&(&other.provider, &other.name)));
     Ok(hosts)

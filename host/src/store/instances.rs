@@ -6,8 +6,9 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
+use super::rows::StoredRow;
 use super::{
-    PendingWrites, ReadsTogether, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid,
+    PendingWrites, Store, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid,
     parse_time, parse_uuid, push_page, to_json,
 };
 use crate::model::{Host, Instance, InstanceState, NewEvent, Task, TaskKind, TaskState, Template};
@@ -32,35 +33,35 @@ pub struct InstanceFilter {
     pub limit: Option<u32>,
 }
 
-fn from_row(row: &SqliteRow) -> StoreResult<Instance> {
-    let optional_uuid = |column: &str| parse_optional_uuid(row.try_get(column)?);
+fn from_row(row: &impl StoredRow) -> StoreResult<Instance> {
+    let optional_uuid = |column: &str| parse_optional_uuid(row.value(column)?);
     Ok(Instance {
-        id: parse_uuid(row.try_get("id")?)?,
-        name: row.try_get("name")?,
-        project_id: parse_uuid(row.try_get("project_id")?)?,
-        external_id: row.try_get("external_id")?,
-        state: parse_enum(row.try_get("state")?)?,
+        id: parse_uuid(row.value("id")?)?,
+        name: row.value("name")?,
+        project_id: parse_uuid(row.value("project_id")?)?,
+        external_id: row.value("external_id")?,
+        state: parse_enum(row.value("state")?)?,
         template_id: optional_uuid("template_id")?,
-        template_version: row.try_get("template_version")?,
-        provider: row.try_get("provider")?,
+        template_version: row.value("template_version")?,
+        provider: row.value("provider")?,
         host_id: optional_uuid("host_id")?,
         requested_host_id: optional_uuid("requested_host_id")?,
-        provider_id: row.try_get("provider_id")?,
-        vcpu: row.try_get("vcpu")?,
-        ram_mb: row.try_get::<i64, _>("ram_mb")? as u64,
-        disk_gb: row.try_get::<i64, _>("disk_gb")? as u64,
-        priority: row.try_get("priority")?,
-        placement: parse_json(row.try_get("placement")?)?,
-        ip: row.try_get("ip")?,
-        mac: row.try_get("mac")?,
-        vlan: row.try_get("vlan")?,
-        metadata: parse_json(row.try_get("metadata")?)?,
-        startup_script: row.try_get("startup_script")?,
-        startup_result: row.try_get::<Option<String>, _>("startup_result")?.as_deref().map(parse_json).transpose()?,
-        error: row.try_get("error")?,
-        origin: parse_enum(row.try_get("origin")?)?,
-        created_at: parse_time(row.try_get("created_at")?)?,
-        updated_at: parse_time(row.try_get("updated_at")?)?,
+        provider_id: row.value("provider_id")?,
+        vcpu: row.value("vcpu")?,
+        ram_mb: row.value::<i64>("ram_mb")? as u64,
+        disk_gb: row.value::<i64>("disk_gb")? as u64,
+        priority: row.value("priority")?,
+        placement: parse_json(row.value("placement")?)?,
+        ip: row.value("ip")?,
+        mac: row.value("mac")?,
+        vlan: row.value("vlan")?,
+        metadata: parse_json(row.value("metadata")?)?,
+        startup_script: row.value("startup_script")?,
+        startup_result: row.value::<Option<String>>("startup_result")?.as_deref().map(parse_json).transpose()?,
+        error: row.value("error")?,
+        origin: parse_enum(row.value("origin")?)?,
+        created_at: parse_time(row.value("created_at")?)?,
+        updated_at: parse_time(row.value("updated_at")?)?,
     })
 }
 
@@ -89,97 +90,70 @@ pub struct ContextParts {
     pub unfinished_tasks: bool,
 }
 
-/// The instance with its host and the `parts` asked for, in one round trip.
-pub async fn get_in_context(
-    connection: &mut SqliteConnection,
-    id: Uuid,
-    parts: ContextParts,
-) -> StoreResult<Option<InstanceContext>> {
-    Ok(get_contexts(connection, &[id], parts).await?.remove(&id))
+/// The instance with its host and the `parts` asked for, read inline.
+pub fn get_in_context(store: &Store, id: Uuid, parts: ContextParts) -> StoreResult<Option<InstanceContext>> {
+    Ok(get_contexts(store, &[id], parts)?.remove(&id))
 }
 
-/// [`get_in_context`] for several instances in one round trip (the ones found, by id).
-pub async fn get_contexts(
-    connection: &mut SqliteConnection,
-    ids: &[Uuid],
-    parts: ContextParts,
-) -> StoreResult<HashMap<Uuid, InstanceContext>> {
-    // The ids go as one JSON array, so the query's text (and its prepared statement) is the
-    // same however many there are.
+/// [`get_in_context`] for several instances in one read transaction (the ones found, by id).
+pub fn get_contexts(store: &Store, ids: &[Uuid], parts: ContextParts) -> StoreResult<HashMap<Uuid, InstanceContext>> {
+    // The ids go as one JSON array, so each statement's text is the same however many there are.
     let ids = super::to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>());
-    let mut reads = ReadsTogether::new()
-        .read(|query| {
-            query.push("SELECT * FROM instances WHERE id IN ");
-            super::push_json_array_values(query, &ids);
-        })
-        .read(|query| super::hosts::push_get_of_instances(query, &ids));
-    if parts.unfinished_tasks {
-        reads = reads.read(|query| super::tasks::push_unfinished_of_objects(query, &ids));
-    }
-    if parts.template {
-        reads = super::templates::read_of_instances(reads, &ids);
-    }
-    let mut reads = reads.fetch(connection).await?.into_iter();
-    let mut next = || reads.next().ok_or_else(|| StoreError::Corrupt("reads".into()));
-    let (instance_rows, host_rows) = (next()?, next()?);
-    let hosts: HashMap<Uuid, Host> = host_rows
-        .iter()
-        .map(|row| super::hosts::from_row(row).map(|host| (host.id, host)))
-        .collect::<StoreResult<_>>()?;
-    let mut unfinished_tasks: HashMap<Uuid, Vec<Task>> = HashMap::new();
-    if parts.unfinished_tasks {
-        for row in &next()? {
-            let task = super::tasks::from_row(row)?;
-            if let Some(object_id) = task.object_id {
-                unfinished_tasks.entry(object_id).or_default().push(task);
+    store.read_inline(|connection| {
+        let read = |sql: &str| super::inline::fetch_all(connection, sql, [&ids]);
+        let instance_rows = read("SELECT * FROM instances WHERE id IN (SELECT value FROM json_each(?1))")?;
+        let hosts: HashMap<Uuid, Host> = read(&super::hosts::SELECT_OF_INSTANCES)?
+            .iter()
+            .map(|row| super::hosts::from_row(row).map(|host| (host.id, host)))
+            .collect::<StoreResult<_>>()?;
+        let mut unfinished_tasks: HashMap<Uuid, Vec<Task>> = HashMap::new();
+        if parts.unfinished_tasks {
+            for row in &read(&super::tasks::SELECT_UNFINISHED_OF_OBJECTS)? {
+                let task = super::tasks::from_row(row)?;
+                if let Some(object_id) = task.object_id {
+                    unfinished_tasks.entry(object_id).or_default().push(task);
+                }
             }
         }
-    }
-    let templates: HashMap<Uuid, Template> = if parts.template {
-        let (template_rows, version_rows) = (next()?, next()?);
-        super::templates::list_from_reads(&template_rows, &version_rows)?
-            .into_iter()
-            .map(|template| (template.id, template))
-            .collect()
-    } else {
-        HashMap::new()
-    };
-    let mut contexts = HashMap::with_capacity(instance_rows.len());
-    for row in &instance_rows {
-        let instance = from_row(row)?;
-        let host = instance.host_id.and_then(|host_id| hosts.get(&host_id)).cloned();
-        let template = instance.template_id.and_then(|template_id| templates.get(&template_id)).cloned();
-        let mut tasks = unfinished_tasks.remove(&instance.id).unwrap_or_default();
-        tasks.sort_by_key(|task| task.id);
-        contexts.insert(instance.id, InstanceContext { instance, host, template, unfinished_tasks: tasks });
-    }
-    Ok(contexts)
+        let templates: HashMap<Uuid, Template> = if parts.template {
+            let [templates, versions] = &*super::templates::SELECT_OF_INSTANCES;
+            super::templates::list_from_reads(&read(templates)?, &read(versions)?)?
+                .into_iter()
+                .map(|template| (template.id, template))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let mut contexts = HashMap::with_capacity(instance_rows.len());
+        for row in &instance_rows {
+            let instance = from_row(row)?;
+            let host = instance.host_id.and_then(|host_id| hosts.get(&host_id)).cloned();
+            let template = instance.template_id.and_then(|template_id| templates.get(&template_id)).cloned();
+            let mut tasks = unfinished_tasks.remove(&instance.id).unwrap_or_default();
+            tasks.sort_by_key(|task| task.id);
+            contexts.insert(instance.id, InstanceContext { instance, host, template, unfinished_tasks: tasks });
+        }
+        Ok(contexts)
+    })
 }
 
-/// The instance and its pending and running tasks of `kind` (oldest first), in one round trip.
-pub async fn get_with_unfinished(
-    connection: &mut SqliteConnection,
-    id: Uuid,
-    kind: TaskKind,
-) -> StoreResult<Option<(Instance, Vec<Task>)>> {
-    let filter = super::tasks::TaskFilter {
-        states: vec![TaskState::Pending, TaskState::Running],
-        kind: Some(kind),
-        object_id: Some(id),
-        ..Default::default()
-    };
-    let reads = ReadsTogether::new()
-        .read(|query| {
-            query.push("SELECT * FROM instances WHERE id = ").push_bind(id.to_string());
-        })
-        .read(|query| super::tasks::push_list(query, &filter))
-        .fetch(connection)
-        .await?;
-    let [instance_rows, task_rows] = <[_; 2]>::try_from(reads).map_err(|_| StoreError::Corrupt("reads".into()))?;
-    let Some(instance) = instance_rows.first().map(from_row).transpose()? else { return Ok(None) };
-    let mut tasks = task_rows.iter().map(super::tasks::from_row).collect::<StoreResult<Vec<_>>>()?;
-    tasks.sort_by_key(|task| task.id);
-    Ok(Some((instance, tasks)))
+/// The instance and its pending and running tasks of `kind` (oldest first), read inline in one
+/// read transaction.
+pub fn get_with_unfinished(store: &Store, id: Uuid, kind: TaskKind) -> StoreResult<Option<(Instance, Vec<Task>)>> {
+    let id = id.to_string();
+    store.read_inline(|connection| {
+        let instance_rows = super::inline::fetch_all(connection, "SELECT * FROM instances WHERE id = ?1", [&id])?;
+        let Some(instance) = instance_rows.first().map(from_row).transpose()? else { return Ok(None) };
+        // Kind and states written into the statement (see `push_names`): one statement per kind.
+        let tasks = format!(
+            "SELECT * FROM tasks WHERE object_id = ?1 AND kind = '{}' AND state IN ('{}', '{}') ORDER BY id",
+            kind.as_str(),
+            TaskState::Pending.as_str(),
+            TaskState::Running.as_str()
+        );
+        let tasks = super::inline::fetch_all(connection, &tasks, [&id])?;
+        Ok(Some((instance, tasks.iter().map(super::tasks::from_row).collect::<StoreResult<Vec<_>>>()?)))
+    })
 }
 
 pub async fn list(connection: &mut SqliteConnection, filter: &InstanceFilter) -> StoreResult<Vec<Instance>> {

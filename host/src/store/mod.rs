@@ -12,10 +12,12 @@ pub mod fleet;
 pub mod groups;
 pub mod hosts;
 pub mod identity;
+mod inline;
 pub mod instances;
 pub mod plugin_state;
 pub mod projects;
 pub mod registry;
+mod rows;
 pub mod tasks;
 pub mod templates;
 
@@ -37,6 +39,9 @@ use crate::model::{NewEvent, Timestamp};
 pub enum StoreError {
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// From a read run inline ([`inline`]).
+    #[error("database error")]
+    Inline(#[from] rusqlite::Error),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value is not readable: {0}")]
@@ -55,6 +60,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     writer: Arc<ConnectionPool>,
     readers: Arc<ConnectionPool>,
+    inline_readers: Arc<inline::InlineReaders>,
     latest_event: watch::Sender<i64>,
     batches: mpsc::UnboundedSender<QueuedBatch>,
 }
@@ -76,16 +82,23 @@ impl Store {
             sqlx::migrate!("./migrations").run(&mut *connection).await?;
             events::latest_seq(&mut connection).await?
         };
+        let inline_readers = Arc::new(inline::InlineReaders::new(options.get_filename().to_owned()));
         let readers = ConnectionPool::new(options.read_only(true), READER_CONNECTIONS);
         let (latest_event, _) = watch::channel(latest);
         let (batches, queued) = mpsc::unbounded_channel();
         tokio::spawn(commit_batches(writer.clone(), latest_event.clone(), queued));
-        Ok(Store { writer, readers, latest_event, batches })
+        Ok(Store { writer, readers, inline_readers, latest_event, batches })
     }
 
     /// A connection for reads.
     pub async fn reader(&self) -> StoreResult<Connection> {
         self.readers.acquire().await
+    }
+
+    /// Runs `read` inline, on this thread, in a read transaction (see [`inline`]): for short
+    /// reads only.
+    pub(crate) fn read_inline<T>(&self, read: impl FnOnce(&rusqlite::Connection) -> StoreResult<T>) -> StoreResult<T> {
+        self.inline_readers.read(read)
     }
 
     /// Starts a write transaction (`BEGIN IMMEDIATE` on the single writer, so transactions
@@ -752,12 +765,6 @@ pub(crate) fn push_names(query: &mut QueryBuilder<'_, Sqlite>, names: impl IntoI
     }
 }
 
-/// Pushes `(SELECT value FROM json_each(?))` binding `json_array`: a list of values as one
-/// bind, so that the query's text does not change with their number.
-pub(crate) fn push_json_array_values(query: &mut QueryBuilder<'static, Sqlite>, json_array: &str) {
-    query.push("(SELECT value FROM json_each(").push_bind(json_array.to_owned()).push("))");
-}
-
 /// Ends a list query: rows after the cursor id, in id (creation) order, at most `limit`.
 pub(crate) fn push_page(query: &mut sqlx::QueryBuilder<'_, Sqlite>, after: Option<uuid::Uuid>, limit: Option<u32>) {
     if let Some(after) = after {
@@ -806,6 +813,29 @@ mod tests {
     async fn event_kinds(store: &Store) -> Vec<String> {
         let events = events::list_after(&mut store.reader().await.expect("reader"), 0, 100).await.expect("list");
         events.into_iter().map(|event| event.kind).collect()
+    }
+
+    #[tokio::test]
+    async fn reads_run_inline_see_what_was_committed_in_a_file_or_in_memory() {
+        let (on_disk, _directory) = open_temporary().await;
+        let in_memory = Store::open("sqlite::memory:").await.expect("open in memory");
+        for store in [on_disk, in_memory] {
+            let count = |store: &Store| {
+                store.read_inline(|connection| {
+                    let rows = inline::fetch_all(connection, "SELECT count(*) AS events FROM events", [])?;
+                    rows.first().map(|row| rows::StoredRow::value::<i64>(row, "events")).transpose()
+                })
+            };
+            assert_eq!(count(&store).expect("read"), Some(0));
+            let mut batch = store.batch();
+            batch.append_event(NewEvent::new("test.seen", "test", "a"));
+            batch.commit().await.expect("commit");
+            assert_eq!(count(&store).expect("read"), Some(1), "the committed event is seen");
+            let refused = store.read_inline(|connection| {
+                inline::fetch_all(connection, "INSERT INTO events (time, type) VALUES ('', '')", [])
+            });
+            assert!(refused.is_err(), "inline connections only read");
+        }
     }
 
     #[tokio::test]

@@ -4,27 +4,28 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
+use super::rows::StoredRow;
 use super::{Store, StoreResult, WriteTx, format_time, parse_time, parse_uuid};
 use crate::auth::identity::{Project, Quota, Usage};
 
-fn limit(row: &SqliteRow, column: &str) -> StoreResult<Option<u64>> {
-    let value: Option<i64> = row.try_get(column)?;
+fn limit(row: &impl StoredRow, column: &str) -> StoreResult<Option<u64>> {
+    let value: Option<i64> = row.value(column)?;
     Ok(value.map(|value| value.max(0) as u64))
 }
 
-pub(super) fn from_row(row: &SqliteRow) -> StoreResult<Project> {
+pub(super) fn from_row(row: &impl StoredRow) -> StoreResult<Project> {
     Ok(Project {
-        id: parse_uuid(row.try_get("id")?)?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
+        id: parse_uuid(row.value("id")?)?,
+        name: row.value("name")?,
+        description: row.value("description")?,
         quota: Quota {
             max_instances: limit(row, "max_instances")?,
             max_vcpu: limit(row, "max_vcpu")?,
             max_ram_mb: limit(row, "max_ram_mb")?,
             max_template_bytes: limit(row, "max_template_bytes")?,
         },
-        created_at: parse_time(row.try_get("created_at")?)?,
-        updated_at: parse_time(row.try_get("updated_at")?)?,
+        created_at: parse_time(row.value("created_at")?)?,
+        updated_at: parse_time(row.value("updated_at")?)?,
     })
 }
 

@@ -1,10 +1,10 @@
 //! The template registry's chunk index: which chunks are stored, which a template may reference,
 //! and the chunk lists of template files.
 
-use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
+use super::rows::StoredRow;
 use super::{StoreResult, format_time, parse_enum, parse_time, parse_uuid};
 use crate::model::{TemplateFile, Timestamp};
 
@@ -181,18 +181,18 @@ pub async fn file_chunks(
 }
 
 /// A file from a row of `template_files` (plus its `chunk_count`), with its version number.
-pub(super) fn file_from_row(row: &SqliteRow) -> StoreResult<(u32, TemplateFile)> {
+pub(super) fn file_from_row(row: &impl StoredRow) -> StoreResult<(u32, TemplateFile)> {
     Ok((
-        row.try_get("number")?,
+        row.value("number")?,
         TemplateFile {
-            name: row.try_get("name")?,
-            kind: parse_enum(row.try_get("kind")?)?,
-            format: parse_enum(row.try_get("format")?)?,
-            size_bytes: row.try_get::<i64, _>("size_bytes")? as u64,
-            sha256: row.try_get("sha256")?,
-            chunk_size: row.try_get::<i64, _>("chunk_size")? as u64,
-            chunk_count: row.try_get::<i64, _>("chunk_count")? as u64,
-            pushed_at: parse_time(row.try_get("pushed_at")?)?,
+            name: row.value("name")?,
+            kind: parse_enum(row.value("kind")?)?,
+            format: parse_enum(row.value("format")?)?,
+            size_bytes: row.value::<i64>("size_bytes")? as u64,
+            sha256: row.value("sha256")?,
+            chunk_size: row.value::<i64>("chunk_size")? as u64,
+            chunk_count: row.value::<i64>("chunk_count")? as u64,
+            pushed_at: parse_time(row.value("pushed_at")?)?,
         },
     ))
 }

@@ -1,9 +1,11 @@
 //! Durable tasks: every long operation is a row here before it starts.
 
-use sqlx::sqlite::SqliteRow;
+use std::sync::LazyLock;
+
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
+use super::rows::StoredRow;
 use super::{
     PendingWrites, Store, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_time,
     parse_optional_uuid, parse_time, parse_uuid, push_page, to_json,
@@ -21,29 +23,28 @@ pub struct TaskFilter {
     pub limit: Option<u32>,
 }
 
-pub(super) fn from_row(row: &SqliteRow) -> StoreResult<Task> {
-    let optional_uuid = |column: &str| parse_optional_uuid(row.try_get(column)?);
-    let error =
-        match (row.try_get::<Option<String>, _>("error_code")?, row.try_get::<Option<String>, _>("error_message")?) {
-            (Some(code), message) => Some(TaskError { code, message: message.unwrap_or_default() }),
-            _ => None,
-        };
+pub(super) fn from_row(row: &impl StoredRow) -> StoreResult<Task> {
+    let optional_uuid = |column: &str| parse_optional_uuid(row.value(column)?);
+    let error = match (row.value::<Option<String>>("error_code")?, row.value::<Option<String>>("error_message")?) {
+        (Some(code), message) => Some(TaskError { code, message: message.unwrap_or_default() }),
+        _ => None,
+    };
     Ok(Task {
-        id: parse_uuid(row.try_get("id")?)?,
-        kind: parse_enum(row.try_get("kind")?)?,
-        state: parse_enum(row.try_get("state")?)?,
+        id: parse_uuid(row.value("id")?)?,
+        kind: parse_enum(row.value("kind")?)?,
+        state: parse_enum(row.value("state")?)?,
         object_id: optional_uuid("object_id")?,
         parent_id: optional_uuid("parent_id")?,
-        progress: row.try_get::<f64, _>("progress")? as f32,
-        message: row.try_get("message")?,
-        input: parse_json(row.try_get("input")?)?,
-        result: row.try_get::<Option<String>, _>("result")?.as_deref().map(parse_json).transpose()?,
+        progress: row.value::<f64>("progress")? as f32,
+        message: row.value("message")?,
+        input: parse_json(row.value("input")?)?,
+        result: row.value::<Option<String>>("result")?.as_deref().map(parse_json).transpose()?,
         error,
-        attempts: row.try_get("attempts")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        created_at: parse_time(row.try_get("created_at")?)?,
-        started_at: parse_optional_time(row.try_get("started_at")?)?,
-        ended_at: parse_optional_time(row.try_get("ended_at")?)?,
+        attempts: row.value("attempts")?,
+        idempotency_key: row.value("idempotency_key")?,
+        created_at: parse_time(row.value("created_at")?)?,
+        started_at: parse_optional_time(row.value("started_at")?)?,
+        ended_at: parse_optional_time(row.value("ended_at")?)?,
     })
 }
 
@@ -185,13 +186,14 @@ pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &Task
     push_page(query, filter.after, filter.limit);
 }
 
-/// Pushes the read of the pending and running tasks of the objects of `ids` (a JSON array).
-pub(super) fn push_unfinished_of_objects(query: &mut QueryBuilder<'static, Sqlite>, ids: &str) {
-    query.push("SELECT * FROM tasks WHERE state IN (");
-    super::push_names(query, [TaskState::Pending.as_str(), TaskState::Running.as_str()]);
-    query.push(") AND object_id IN ");
-    super::push_json_array_values(query, ids);
-}
+/// The read of the pending and running tasks of the objects of `?1` (a JSON array of ids).
+pub(super) static SELECT_UNFINISHED_OF_OBJECTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT * FROM tasks WHERE state IN ('{}', '{}') AND object_id IN (SELECT value FROM json_each(?1))",
+        TaskState::Pending.as_str(),
+        TaskState::Running.as_str()
+    )
+});
 
 /// Starts up to `limit` pending tasks the dispatcher may start now, oldest first, and appends
 /// their `task.started` events, in one batch (one query of the next group commit): running, one more

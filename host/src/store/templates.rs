@@ -1,41 +1,42 @@
 //! Templates and their versions.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
-use super::{ReadsTogether, StoreError, StoreResult, format_time, parse_enum, parse_time, parse_uuid};
+use super::rows::StoredRow;
+use super::{ReadsTogether, Store, StoreError, StoreResult, format_time, parse_enum, parse_time, parse_uuid};
 use crate::auth::identity::Project;
 use crate::model::{DiskFormat, Template, TemplateFile, TemplateVersion};
 
-fn from_row(row: &SqliteRow) -> StoreResult<Template> {
+fn from_row(row: &impl StoredRow) -> StoreResult<Template> {
     Ok(Template {
-        id: parse_uuid(row.try_get("id")?)?,
-        name: row.try_get("name")?,
-        project_id: parse_uuid(row.try_get("project_id")?)?,
-        arch: parse_enum(row.try_get("arch")?)?,
-        description: row.try_get("description")?,
+        id: parse_uuid(row.value("id")?)?,
+        name: row.value("name")?,
+        project_id: parse_uuid(row.value("project_id")?)?,
+        arch: parse_enum(row.value("arch")?)?,
+        description: row.value("description")?,
         versions: Vec::new(),
-        created_at: parse_time(row.try_get("created_at")?)?,
-        updated_at: parse_time(row.try_get("updated_at")?)?,
+        created_at: parse_time(row.value("created_at")?)?,
+        updated_at: parse_time(row.value("updated_at")?)?,
     })
 }
 
 /// A version from a row of [`VERSIONS_WITH_FILES`], without its files.
-fn version_from_row(row: &SqliteRow) -> StoreResult<TemplateVersion> {
+fn version_from_row(row: &impl StoredRow) -> StoreResult<TemplateVersion> {
     Ok(TemplateVersion {
-        number: row.try_get("number")?,
-        tag: row.try_get("tag")?,
-        description: row.try_get("description")?,
-        size_bytes: row.try_get::<i64, _>("version_size_bytes")? as u64,
+        number: row.value("number")?,
+        tag: row.value("tag")?,
+        description: row.value("description")?,
+        size_bytes: row.value::<i64>("version_size_bytes")? as u64,
         format: DiskFormat::Raw,
         image_sha256: None,
         image_uploaded_at: None,
-        pulled_at: row.try_get::<Option<String>, _>("pulled_at")?.as_deref().map(parse_time).transpose()?,
+        pulled_at: row.value::<Option<String>>("pulled_at")?.as_deref().map(parse_time).transpose()?,
         files: Vec::new(),
-        created_at: parse_time(row.try_get("created_at")?)?,
+        created_at: parse_time(row.value("created_at")?)?,
     })
 }
 
@@ -50,18 +51,18 @@ const VERSIONS_WITH_FILES: &str = "SELECT v.template_id, v.number, v.tag, v.desc
     LEFT JOIN template_files f ON f.template_id = v.template_id AND f.number = v.number";
 
 /// Gives each template its versions from rows of [`VERSIONS_WITH_FILES`].
-fn attach_versions(templates: &mut [Template], rows: &[SqliteRow]) -> StoreResult<()> {
+fn attach_versions(templates: &mut [Template], rows: &[impl StoredRow]) -> StoreResult<()> {
     let position: HashMap<Uuid, usize> =
         templates.iter().enumerate().map(|(index, template)| (template.id, index)).collect();
     let mut versions: HashMap<(Uuid, u32), (TemplateVersion, Vec<TemplateFile>)> = HashMap::new();
     let mut order = Vec::new();
     for row in rows {
-        let key = (parse_uuid(row.try_get("template_id")?)?, row.try_get("number")?);
+        let key = (parse_uuid(row.value("template_id")?)?, row.value("number")?);
         if let std::collections::hash_map::Entry::Vacant(entry) = versions.entry(key) {
             entry.insert((version_from_row(row)?, Vec::new()));
             order.push(key);
         }
-        if row.try_get::<Option<String>, _>("name")?.is_some()
+        if row.value::<Option<String>>("name")?.is_some()
             && let Some((_, files)) = versions.get_mut(&key)
         {
             files.push(super::registry::file_from_row(row)?.1);
@@ -97,7 +98,10 @@ pub(super) fn read_all(reads: ReadsTogether) -> ReadsTogether {
 }
 
 /// The templates (by name, with their versions and files) from the rows of [`read_all`]'s reads.
-pub(super) fn list_from_reads(template_rows: &[SqliteRow], version_rows: &[SqliteRow]) -> StoreResult<Vec<Template>> {
+pub(super) fn list_from_reads(
+    template_rows: &[impl StoredRow],
+    version_rows: &[impl StoredRow],
+) -> StoreResult<Vec<Template>> {
     let mut templates = template_rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
     templates.sort_by(|one, other| one.name.cmp(&other.name));
     attach_versions(&mut templates, version_rows)?;
@@ -135,10 +139,10 @@ fn read_where(reads: ReadsTogether, column: &str, value: String) -> ReadsTogethe
         })
 }
 
-/// The template `reference` names — by id, or else by name — and the project `project_id`, in
-/// one round trip.
-pub async fn get_with_project(
-    connection: &mut SqliteConnection,
+/// The template `reference` names — by id, or else by name — and the project `project_id`, read
+/// inline in one read transaction.
+pub fn get_with_project(
+    store: &Store,
     reference: &str,
     project_id: Uuid,
 ) -> StoreResult<(Option<Template>, Option<Project>)> {
@@ -146,38 +150,35 @@ pub async fn get_with_project(
         Ok(id) => ("id", id.to_string()),
         Err(_) => ("name", reference.to_owned()),
     };
-    let reads = read_where(ReadsTogether::new(), column, value)
-        .read(|query| super::projects::push_get(query, project_id))
-        .fetch(connection)
-        .await?;
-    let [template_rows, version_rows, project_rows] =
-        <[_; 3]>::try_from(reads).map_err(|_| StoreError::Corrupt("reads".into()))?;
-    let project = project_rows.first().map(super::projects::from_row).transpose()?;
-    Ok((from_reads(&template_rows, &version_rows)?, project))
+    store.read_inline(|connection| {
+        let read = |sql: &str, value: &str| super::inline::fetch_all(connection, sql, [value]);
+        let template_rows = read(&format!("SELECT * FROM templates WHERE {column} = ?1"), &value)?;
+        let version_rows = read(
+            &format!("{VERSIONS_WITH_FILES} WHERE v.template_id = (SELECT id FROM templates WHERE {column} = ?1)"),
+            &value,
+        )?;
+        let project_rows = read("SELECT * FROM projects WHERE id = ?1", &project_id.to_string())?;
+        let project = project_rows.first().map(super::projects::from_row).transpose()?;
+        Ok((from_reads(&template_rows, &version_rows)?, project))
+    })
 }
 
-/// Adds the two reads of the templates the instances of `instance_ids` (a JSON array) were
-/// made from (see [`list_from_reads`]).
-pub(super) fn read_of_instances(reads: ReadsTogether, instance_ids: &str) -> ReadsTogether {
-    let push_templates = |query: &mut QueryBuilder<'static, Sqlite>| {
-        query.push("(SELECT template_id FROM instances WHERE id IN ");
-        super::push_json_array_values(query, instance_ids);
-        query.push(")");
-    };
-    reads
-        .read(|query| {
-            query.push("SELECT * FROM templates WHERE id IN ");
-            push_templates(query);
-        })
-        .read(|query| {
-            query.push(format_args!("{VERSIONS_WITH_FILES} WHERE v.template_id IN "));
-            push_templates(query);
-        })
-}
+/// The reads of the templates (with versions and files) the instances of `?1` (a JSON array of
+/// ids) were made from (see [`list_from_reads`]).
+pub(super) static SELECT_OF_INSTANCES: LazyLock<[String; 2]> = LazyLock::new(|| {
+    let templates = "(SELECT template_id FROM instances WHERE id IN (SELECT value FROM json_each(?1)))";
+    [
+        format!("SELECT * FROM templates WHERE id IN {templates}"),
+        format!("{VERSIONS_WITH_FILES} WHERE v.template_id IN {templates}"),
+    ]
+});
 
 /// The template (with its versions and files) from the rows of a template read and of its
 /// versions' read.
-pub(super) fn from_reads(template_rows: &[SqliteRow], version_rows: &[SqliteRow]) -> StoreResult<Option<Template>> {
+pub(super) fn from_reads(
+    template_rows: &[impl StoredRow],
+    version_rows: &[impl StoredRow],
+) -> StoreResult<Option<Template>> {
     let Some(row) = template_rows.first() else { return Ok(None) };
     let mut templates = [from_row(row)?];
     attach_versions(&mut templates, version_rows)?;

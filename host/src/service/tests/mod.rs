@@ -236,7 +236,8 @@ async fn a_create_pulls_a_missing_template_and_starts_with_its_placement_on_a_ho
     assert_eq!(starting.data["host"], placed.data["host"], "{starting:?}");
 }
 
-/// What a task reads of its instance in one round trip is what the separate reads give.
+/// What a task reads of its instance inline, in one read transaction, is what the separate reads
+/// through sqlx give.
 #[tokio::test]
 async fn an_instance_read_in_context_matches_its_parts_read_one_by_one() {
     // A slow stop keeps a task unfinished while the instance is read.
@@ -251,11 +252,17 @@ async fn an_instance_read_in_context_matches_its_parts_read_one_by_one() {
         .instance_action(&Caller::system(), id, InstanceAction::Stop, ActionOptions::default())
         .await
         .expect("stop accepted");
+    // Read once the stop has begun: then nothing changes for its 3 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while service.get_instance(&Caller::system(), id).await.expect("get").state != InstanceState::Stopping {
+        assert!(std::time::Instant::now() < deadline, "the stop began");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let mut reader = service.store().reader().await.expect("reader");
-    // One snapshot for every read below.
+    // One snapshot for every read below through sqlx; the contexts are read inline.
     sqlx::query("BEGIN").execute(&mut *reader).await.expect("begin");
     let all = store::instances::ContextParts { template: true, unfinished_tasks: true };
-    let context = store::instances::get_in_context(&mut reader, id, all).await.expect("read").expect("found");
+    let context = store::instances::get_in_context(service.store(), id, all).expect("read").expect("found");
     let instance = store::instances::get(&mut reader, id).await.expect("read").expect("found");
     let host = store::hosts::get(&mut reader, instance.host_id.expect("placed")).await.expect("read");
     let template_id = instance.template_id.expect("from a template");
@@ -272,19 +279,19 @@ async fn an_instance_read_in_context_matches_its_parts_read_one_by_one() {
     assert_eq!(json(&context.unfinished_tasks), json(&tasks));
     assert_eq!(tasks.iter().map(|task| task.id).collect::<Vec<_>>(), vec![stop.id], "the stop is under way");
 
-    let lean = store::instances::get_in_context(&mut reader, id, Default::default()).await.expect("read");
+    let lean = store::instances::get_in_context(service.store(), id, Default::default()).expect("read");
     let lean = lean.expect("found");
     assert!(lean.template.is_none() && lean.unfinished_tasks.is_empty(), "{lean:?}");
     assert_eq!(json(&lean.host), json(&host));
-    let unknown = store::instances::get_in_context(&mut reader, Uuid::now_v7(), all).await.expect("read");
+    let unknown = store::instances::get_in_context(service.store(), Uuid::now_v7(), all).expect("read");
     assert!(unknown.is_none(), "an unknown instance is none");
 
     // Several at once (as for the tasks of a claim): each as read alone; unknown ones left out.
     let mut together =
-        store::instances::get_contexts(&mut reader, &[second, Uuid::now_v7(), id], all).await.expect("read together");
+        store::instances::get_contexts(service.store(), &[second, Uuid::now_v7(), id], all).expect("read together");
     assert_eq!(together.len(), 2, "{together:?}");
     for one in [id, second] {
-        let alone = store::instances::get_in_context(&mut reader, one, all).await.expect("read").expect("found");
+        let alone = store::instances::get_in_context(service.store(), one, all).expect("read").expect("found");
         let read_together = together.remove(&one).expect("read together");
         assert_eq!(json(&read_together.instance), json(&alone.instance));
         assert_eq!(json(&read_together.host), json(&alone.host));
@@ -358,12 +365,11 @@ async fn a_template_read_with_a_project_matches_the_reads_one_by_one() {
     let template = store::templates::get_by_name(&mut reader, "base").await.expect("read").expect("found");
     let project = store::projects::get(&mut reader, default).await.expect("read").expect("found");
     for reference in ["base".to_owned(), template.id.to_string()] {
-        let (found, with) = store::templates::get_with_project(&mut reader, &reference, default).await.expect("read");
+        let (found, with) = store::templates::get_with_project(service.store(), &reference, default).expect("read");
         assert_eq!(json(&found), json(&Some(&template)), "{reference}");
         assert_eq!(json(&with), json(&Some(&project)), "{reference}");
     }
-    let (none, missing) =
-        store::templates::get_with_project(&mut reader, "nothing", Uuid::now_v7()).await.expect("read");
+    let (none, missing) = store::templates::get_with_project(service.store(), "nothing", Uuid::now_v7()).expect("read");
     assert!(none.is_none() && missing.is_none());
 }
 
