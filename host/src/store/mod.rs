@@ -5,7 +5,8 @@
 //! [`WriteBatch`], writes committed by the store's batch committer together with the other
 //! batches waiting at that moment (group commit): every state change and the events
 //! describing it commit together, and readers are woken only after the commit. Reads use a
-//! separate pool and never block behind writers (WAL).
+//! separate pool and never block behind writers (WAL); the small reads of hot paths run inline
+//! on the calling thread instead ([`inline`]), without sqlx's round trip to a connection thread.
 
 pub mod events;
 pub mod fleet;
@@ -54,8 +55,8 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The database: one writer connection, a pool of readers, and the latest event sequence
-/// number for anyone waiting on new events.
+/// The database: one writer connection, a pool of readers, read-only connections for reads run
+/// inline, and the latest event sequence number for anyone waiting on new events.
 #[derive(Clone)]
 pub struct Store {
     writer: Arc<ConnectionPool>,
