@@ -7,6 +7,9 @@
 //! inline through rusqlite on the calling thread, and prints wall time, CPU time and context
 //! switches per call. Not a test: nothing here asserts a speed.
 
+#[path = "common/proc_stat.rs"]
+mod proc_stat;
+
 use std::time::Instant;
 
 use sqlx::{ConnectOptions as _, Row as _};
@@ -103,7 +106,7 @@ struct Measure {
 
 impl Measure {
     fn start() -> Measure {
-        Measure { started: Instant::now(), cpu: process_cpu_seconds(), switches: context_switches() }
+        Measure { started: Instant::now(), cpu: cpu_seconds(), switches: context_switches() }
     }
 
     fn print(&self, way: &str, what: &str) {
@@ -111,31 +114,18 @@ impl Measure {
         println!(
             "  {way:>6}: {what}: {:.1} µs wall, {:.1} µs CPU, {:.1} context switches per call",
             per_call(self.started.elapsed().as_secs_f64()),
-            per_call(process_cpu_seconds() - self.cpu),
+            per_call(cpu_seconds() - self.cpu),
             context_switches().saturating_sub(self.switches) as f64 / CALLS as f64,
         );
     }
 }
 
-/// User and system CPU seconds of this process (`/proc/self/stat`, in clock ticks of 1/100 s).
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields = stat.rsplit_once(')').map_or("", |(_, fields)| fields);
-    fields.split_whitespace().skip(11).take(2).filter_map(|field| field.parse::<f64>().ok()).sum::<f64>() / 100.0
+/// User and system CPU seconds of this process.
+fn cpu_seconds() -> f64 {
+    proc_stat::process_cpu_seconds("self").map_or(0.0, |(this_process, _)| this_process)
 }
 
-/// Voluntary and involuntary context switches of all of this process's threads.
+/// Context switches of all of this process's threads.
 fn context_switches() -> u64 {
-    let threads = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
-    threads
-        .filter_map(|thread| std::fs::read_to_string(thread.path().join("status")).ok())
-        .flat_map(|status| {
-            status
-                .lines()
-                .filter_map(|line| line.split_once(':'))
-                .filter(|(key, _)| key.ends_with("ctxt_switches"))
-                .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
+    proc_stat::thread_use().values().map(|thread| thread.context_switches).sum()
 }
