@@ -1,43 +1,41 @@
 //! The append-only event log.
 
-use sqlx::query_builder::Separated;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use rusqlite::types::Value;
+use sqlx::{Row, SqliteConnection};
 
-use super::{StoreResult, format_time, parse_json, parse_time};
+use super::{Statement, StoreResult, format_time, parse_json, parse_time};
 use crate::model::{Event, NewEvent, Timestamp};
 
-/// Events per `INSERT`: nine bound values each, far below SQLite's limit of 32,766.
-const EVENTS_PER_STATEMENT: usize = 500;
+const INSERT: &str = "INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) ";
 
-/// Pushes the `INSERT`s appending `events` (with the time each was appended).
-pub(super) fn push_appends(query: &mut QueryBuilder<'static, Sqlite>, events: &[&(Timestamp, NewEvent)]) {
-    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-        query.push("INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) ");
-        query.push_values(chunk, |mut row, (time, event)| bind_event(&mut row, time, event));
-        query.push("; ");
-    }
+/// The `INSERT` appending `event` (appended at `time`).
+pub(super) fn append(time: &Timestamp, event: &NewEvent) -> Statement {
+    let mut statement = Statement::new(INSERT);
+    statement.push("VALUES (").bind_all(columns(time, event)).push(")");
+    statement
 }
 
-/// Pushes the `INSERT` appending `event` (appended at `time`) only if the statement pushed just
-/// before it changed a row (SQLite's `changes()`).
-pub(super) fn push_append_if_changed(query: &mut QueryBuilder<'static, Sqlite>, time: &Timestamp, event: &NewEvent) {
-    query.push("INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) SELECT ");
-    bind_event(&mut query.separated(", "), time, event);
-    query.push(" WHERE changes() = 1; ");
+/// The `INSERT` appending `event` (appended at `time`) only if the statement run just before it
+/// changed a row (SQLite's `changes()`).
+pub(super) fn append_if_changed(time: &Timestamp, event: &NewEvent) -> Statement {
+    let mut statement = Statement::new(INSERT);
+    statement.push("SELECT ").bind_all(columns(time, event)).push(" WHERE changes() = 1");
+    statement
 }
 
-/// Binds an event's columns, in the order of the `INSERT`s above.
-fn bind_event(values: &mut Separated<'_, 'static, Sqlite, &'static str>, time: &Timestamp, event: &NewEvent) {
-    values
-        .push_bind(format_time(time))
-        .push_bind(event.kind.clone())
-        .push_bind(event.object_kind)
-        .push_bind(event.object_id.clone())
-        .push_bind(event.actor.clone())
-        .push_bind(event.scheme.clone())
-        .push_bind(event.source.clone())
-        .push_bind(event.outcome.clone())
-        .push_bind(event.data.to_string());
+/// An event's columns, in the order of the `INSERT`s above.
+fn columns(time: &Timestamp, event: &NewEvent) -> [Value; 9] {
+    [
+        format_time(time).into(),
+        event.kind.clone().into(),
+        event.object_kind.to_owned().into(),
+        event.object_id.clone().into(),
+        event.actor.clone().into(),
+        event.scheme.clone().into(),
+        event.source.clone().into(),
+        event.outcome.clone().into(),
+        event.data.to_string().into(),
+    ]
 }
 
 pub(super) async fn latest_seq(connection: &mut SqliteConnection) -> StoreResult<i64> {
@@ -95,19 +93,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_transaction_appends_more_events_than_one_statement_holds() {
+    async fn a_transaction_and_a_batch_append_many_events_in_order() {
         let (store, _directory) = open_temporary().await;
-        let count = EVENTS_PER_STATEMENT * 2 + 7;
+        let count = 1207;
         let mut transaction = store.begin().await.expect("begin");
         for index in 0..count {
             transaction.append_event(NewEvent::new("test.many", "test", index.to_string()));
         }
         transaction.commit().await.expect("commit");
+        let mut batch = store.batch();
+        for index in count..2 * count {
+            batch.append_event(NewEvent::new("test.many", "test", index.to_string()));
+        }
+        batch.commit().await.expect("commit");
         let events = list_after(&mut store.reader().await.expect("reader"), 0, 5000).await.expect("list");
-        assert_eq!(events.len(), count);
+        assert_eq!(events.len(), 2 * count);
         let in_order = events.iter().enumerate().all(|(index, event)| event.object_id == index.to_string());
         assert!(in_order, "events keep the order they were appended in");
-        assert_eq!(*store.subscribe_events().borrow(), events[count - 1].seq);
+        assert_eq!(*store.subscribe_events().borrow(), events[2 * count - 1].seq);
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::rows::StoredRow;
 use super::{
-    PendingWrites, Store, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid,
+    PendingWrites, Statement, Store, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid,
     parse_time, parse_uuid, push_page, to_json,
 };
 use crate::model::{Host, Instance, InstanceState, NewEvent, Task, TaskKind, TaskState, Template};
@@ -216,10 +216,7 @@ fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &
 }
 
 pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
-    let mut query = QueryBuilder::new("");
-    push_insert(&mut query, instance);
-    query.build().execute(connection).await?;
-    Ok(())
+    insert_statement(instance).execute(connection).await
 }
 
 /// What the database answers an instance of a project that does not exist (migration 0007).
@@ -227,50 +224,50 @@ const MISSING_PROJECT: &str = "instance of a missing project";
 
 /// Whether `error` is the refusal of an instance whose project does not exist.
 pub fn is_missing_project(error: &StoreError) -> bool {
-    matches!(error, StoreError::Database(sqlx::Error::Database(database)) if database.message() == MISSING_PROJECT)
+    error.refusal().is_some_and(|refusal| refusal.message == MISSING_PROJECT)
 }
 
 /// [`insert`], sent with the commit.
 pub fn defer_insert(writes: &mut PendingWrites, instance: &Instance) {
-    let instance = instance.clone();
-    writes.defer(move |query| push_insert(query, &instance));
+    writes.defer(insert_statement(instance));
 }
 
-fn push_insert(query: &mut QueryBuilder<'static, Sqlite>, instance: &Instance) {
-    query.push(
+fn insert_statement(instance: &Instance) -> Statement {
+    let mut statement = Statement::new(
         "INSERT INTO instances (id, project_id, name, external_id, state, template_id, template_version, provider, \
             host_id, requested_host_id, provider_id, vcpu, ram_mb, disk_gb, priority, placement, ip, mac, vlan, metadata, \
             startup_script, startup_result, error, origin, created_at, updated_at) VALUES (",
     );
-    query
-        .separated(", ")
-        .push_bind(instance.id.to_string())
-        .push_bind(instance.project_id.to_string())
-        .push_bind(instance.name.clone())
-        .push_bind(instance.external_id.clone())
-        .push_bind(instance.state.as_str())
-        .push_bind(instance.template_id.map(|id| id.to_string()))
-        .push_bind(instance.template_version)
-        .push_bind(instance.provider.clone())
-        .push_bind(instance.host_id.map(|id| id.to_string()))
-        .push_bind(instance.requested_host_id.map(|id| id.to_string()))
-        .push_bind(instance.provider_id.clone())
-        .push_bind(instance.vcpu)
-        .push_bind(instance.ram_mb as i64)
-        .push_bind(instance.disk_gb as i64)
-        .push_bind(instance.priority)
-        .push_bind(to_json(&instance.placement))
-        .push_bind(instance.ip.clone())
-        .push_bind(instance.mac.clone())
-        .push_bind(instance.vlan)
-        .push_bind(to_json(&instance.metadata))
-        .push_bind(instance.startup_script.clone())
-        .push_bind(instance.startup_result.as_ref().map(to_json))
-        .push_bind(instance.error.clone())
-        .push_bind(instance.origin.as_str())
-        .push_bind(format_time(&instance.created_at))
-        .push_bind(format_time(&instance.updated_at));
-    query.push("); ");
+    statement.bind_all([
+        instance.id.to_string().into(),
+        instance.project_id.to_string().into(),
+        instance.name.clone().into(),
+        instance.external_id.clone().into(),
+        instance.state.as_str().to_owned().into(),
+        instance.template_id.map(|id| id.to_string()).into(),
+        instance.template_version.into(),
+        instance.provider.clone().into(),
+        instance.host_id.map(|id| id.to_string()).into(),
+        instance.requested_host_id.map(|id| id.to_string()).into(),
+        instance.provider_id.clone().into(),
+        instance.vcpu.into(),
+        (instance.ram_mb as i64).into(),
+        (instance.disk_gb as i64).into(),
+        instance.priority.into(),
+        to_json(&instance.placement).into(),
+        instance.ip.clone().into(),
+        instance.mac.clone().into(),
+        instance.vlan.into(),
+        to_json(&instance.metadata).into(),
+        instance.startup_script.clone().into(),
+        instance.startup_result.as_ref().map(to_json).into(),
+        instance.error.clone().into(),
+        instance.origin.as_str().to_owned().into(),
+        format_time(&instance.created_at).into(),
+        format_time(&instance.updated_at).into(),
+    ]);
+    statement.push(")");
+    statement
 }
 
 /// The live (not terminated) instance that has `mac`, if any.
@@ -317,16 +314,12 @@ pub async fn templates_in_use_on_host(
 
 /// Writes every mutable column of the instance.
 pub async fn update(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
-    let mut query = QueryBuilder::new("");
-    push_update(&mut query, instance);
-    query.build().execute(connection).await?;
-    Ok(())
+    update_statement(instance).execute(connection).await
 }
 
 /// [`update`], sent with the commit.
 pub fn defer_update(writes: &mut PendingWrites, instance: &Instance) {
-    let instance = instance.clone();
-    writes.defer(move |query| push_update(query, &instance));
+    writes.defer(update_statement(instance));
 }
 
 /// Moves the instance from state `from` to `to` (`updated_at` set to `time`), with `event`,
@@ -341,50 +334,48 @@ pub fn defer_state_change_when_idle(
     event: NewEvent,
 ) {
     let time = super::now();
-    writes.defer(move |query| {
-        query.push("UPDATE instances SET state = ");
-        super::push_names(query, [to.as_str()]);
-        query.push(", updated_at = ").push_bind(format_time(&time));
-        query.push(" WHERE id = ").push_bind(instance_id.to_string()).push(" AND state = ");
-        super::push_names(query, [from.as_str()]);
-        query.push(
+    let mut change = Statement::new("UPDATE instances SET state = ");
+    change.push_names([to.as_str()]).push(", updated_at = ").bind(format_time(&time));
+    change.push(" WHERE id = ").bind(instance_id.to_string()).push(" AND state = ").push_names([from.as_str()]);
+    change
+        .push(
             " AND NOT EXISTS (SELECT 1 FROM tasks WHERE object_id = instances.id \
                AND state IN ('pending', 'running') AND kind != ",
-        );
-        super::push_names(query, [TaskKind::InstanceDelete.as_str()]);
-        query.push("); ");
-        super::events::push_append_if_changed(query, &time, &event);
-    });
+        )
+        .push_names([TaskKind::InstanceDelete.as_str()])
+        .push(")");
+    writes.defer(change);
+    writes.defer(super::events::append_if_changed(&time, &event));
 }
 
 /// The instance's mutable columns as they are in `instance`.
-fn push_update(query: &mut QueryBuilder<'static, Sqlite>, instance: &Instance) {
-    query
-        .push("UPDATE instances SET name = ")
-        .push_bind(instance.name.clone())
+fn update_statement(instance: &Instance) -> Statement {
+    let mut statement = Statement::new("UPDATE instances SET name = ");
+    statement
+        .bind(instance.name.clone())
         .push(", external_id = ")
-        .push_bind(instance.external_id.clone())
+        .bind(instance.external_id.clone())
         .push(", state = ")
-        .push_bind(instance.state.as_str())
+        .bind(instance.state.as_str().to_owned())
         .push(", provider = ")
-        .push_bind(instance.provider.clone())
+        .bind(instance.provider.clone())
         .push(", host_id = ")
-        .push_bind(instance.host_id.map(|id| id.to_string()))
+        .bind(instance.host_id.map(|id| id.to_string()))
         .push(", ip = ")
-        .push_bind(instance.ip.clone())
+        .bind(instance.ip.clone())
         .push(", mac = ")
-        .push_bind(instance.mac.clone())
+        .bind(instance.mac.clone())
         .push(", metadata = ")
-        .push_bind(to_json(&instance.metadata))
+        .bind(to_json(&instance.metadata))
         .push(", startup_result = ")
-        .push_bind(instance.startup_result.as_ref().map(to_json))
+        .bind(instance.startup_result.as_ref().map(to_json))
         .push(", error = ")
-        .push_bind(instance.error.clone())
+        .bind(instance.error.clone())
         .push(", updated_at = ")
-        .push_bind(format_time(&instance.updated_at))
+        .bind(format_time(&instance.updated_at))
         .push(" WHERE id = ")
-        .push_bind(instance.id.to_string())
-        .push("; ");
+        .bind(instance.id.to_string());
+    statement
 }
 
 /// Per host, how many live instances carry each affinity key.

@@ -19,6 +19,7 @@ pub mod plugin_state;
 pub mod projects;
 pub mod registry;
 mod rows;
+mod statement;
 pub mod tasks;
 pub mod templates;
 
@@ -29,12 +30,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::FutureExt as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
 use sqlx::{Column as _, ConnectOptions as _, Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::model::{NewEvent, Timestamp};
+use rows::InlineRow;
+pub(crate) use statement::Statement;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,6 +56,28 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A statement the database refused: a constraint or a trigger's `RAISE`.
+pub(crate) struct Refusal<'e> {
+    pub message: &'e str,
+    pub unique_violation: bool,
+}
+
+impl StoreError {
+    /// What the database said, when it refused a statement (through sqlx or inline).
+    pub(crate) fn refusal(&self) -> Option<Refusal<'_>> {
+        match self {
+            StoreError::Database(sqlx::Error::Database(database)) => {
+                Some(Refusal { message: database.message(), unique_violation: database.is_unique_violation() })
+            }
+            StoreError::Inline(rusqlite::Error::SqliteFailure(error, Some(message))) => Some(Refusal {
+                message,
+                unique_violation: error.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE,
+            }),
+            _ => None,
+        }
+    }
+}
 
 /// The database: one writer connection, a pool of readers, read-only connections for reads run
 /// inline, and the latest event sequence number for anyone waiting on new events.
@@ -84,10 +108,11 @@ impl Store {
             events::latest_seq(&mut connection).await?
         };
         let inline_readers = Arc::new(inline::InlineReaders::new(options.get_filename().to_owned()));
+        let inline_writer = Arc::new(inline::InlineWriter::new(options.get_filename().to_owned()));
         let readers = ConnectionPool::new(options.read_only(true), READER_CONNECTIONS);
         let (latest_event, _) = watch::channel(latest);
         let (batches, queued) = mpsc::unbounded_channel();
-        tokio::spawn(commit_batches(writer.clone(), latest_event.clone(), queued));
+        tokio::spawn(commit_batches(writer.clone(), inline_writer, latest_event.clone(), queued));
         Ok(Store { writer, readers, inline_readers, latest_event, batches })
     }
 
@@ -241,12 +266,20 @@ impl ReadsTogether {
     }
 }
 
-/// The writer connection, outside any transaction, and when it was acquired.
-async fn acquire_writer(writer: &Arc<ConnectionPool>) -> StoreResult<(Connection, Instant)> {
+/// The write lock (the writer connection's slot), and when it was had. Whoever holds it may
+/// write, through the sqlx writer connection or inline.
+async fn lock_writer(writer: &Arc<ConnectionPool>) -> StoreResult<(OwnedSemaphorePermit, Instant)> {
     let asked = Instant::now();
-    let mut connection = writer.acquire().await?;
+    let lock = writer.slot().await?;
     let acquired = Instant::now();
     WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
+    Ok((lock, acquired))
+}
+
+/// The writer connection, outside any transaction, and when it was acquired.
+async fn acquire_writer(writer: &Arc<ConnectionPool>) -> StoreResult<(Connection, Instant)> {
+    let (lock, acquired) = lock_writer(writer).await?;
+    let mut connection = writer.connection_in(lock).await?;
     if writer.interrupted_commit.swap(false, Ordering::AcqRel) {
         // Ends the transaction a commit cancelled half-way may have left open; an error only
         // means there was none.
@@ -280,11 +313,21 @@ impl ConnectionPool {
     }
 
     async fn acquire(self: &Arc<Self>) -> StoreResult<Connection> {
-        let slot = match tokio::time::timeout(ACQUIRE_TIMEOUT, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_closed)) => return Err(sqlx::Error::PoolClosed.into()),
-            Err(_elapsed) => return Err(sqlx::Error::PoolTimedOut.into()),
-        };
+        let slot = self.slot().await?;
+        self.connection_in(slot).await
+    }
+
+    /// A slot: the right to use one of the connections.
+    async fn slot(&self) -> StoreResult<OwnedSemaphorePermit> {
+        match tokio::time::timeout(ACQUIRE_TIMEOUT, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_closed)) => Err(sqlx::Error::PoolClosed.into()),
+            Err(_elapsed) => Err(sqlx::Error::PoolTimedOut.into()),
+        }
+    }
+
+    /// A connection for the holder of `slot`.
+    async fn connection_in(self: &Arc<Self>, slot: OwnedSemaphorePermit) -> StoreResult<Connection> {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let connection = match idle {
             Some(connection) => connection,
@@ -432,74 +475,54 @@ impl DerefMut for SingleWrite {
 /// by the store's `defer_*` functions) and then events, in the order they were added.
 #[derive(Default)]
 pub struct PendingWrites {
-    statements: Vec<DeferredStatement>,
-    events: Vec<(Timestamp, NewEvent)>,
+    statements: Vec<Statement>,
+    events: Vec<Statement>,
 }
-
-/// Pushes one complete statement, ending with `; `, onto the query a commit sends.
-type DeferredStatement = Box<dyn Fn(&mut QueryBuilder<'static, Sqlite>) + Send + Sync>;
 
 impl PendingWrites {
     /// Appends an event: written with the commit, in the order appended.
     pub fn append_event(&mut self, event: NewEvent) {
-        self.events.push((now(), event));
+        self.events.push(events::append(&now(), &event));
     }
 
-    /// Adds a statement: `push` pushes it (ending with `; `) onto the query the commit sends,
-    /// again if a failed group commit retries this batch alone.
-    pub(crate) fn defer(&mut self, push: impl Fn(&mut QueryBuilder<'static, Sqlite>) + Send + Sync + 'static) {
-        self.statements.push(Box::new(push));
+    /// Adds a statement, sent with the commit (again if a failed group commit retries this
+    /// batch alone).
+    pub(crate) fn defer(&mut self, statement: Statement) {
+        self.statements.push(statement);
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Statement> {
+        self.statements.iter().chain(&self.events)
     }
 }
 
-/// Sends `BEGIN IMMEDIATE` (when `begin`), every statement and event of `writes` and `COMMIT`
-/// on `connection`: one query per batch of writes, the first with the `BEGIN`, the last with
-/// the `COMMIT` (one round trip for a single batch). Answers the sequence number of the newest
-/// event (read before the `COMMIT`, so events appended need not each answer theirs) and, for
-/// each batch, the rows its statements returned. On an error the transaction is still open.
-async fn commit_on(
-    connection: &mut SqliteConnection,
-    begin: bool,
+/// Commits `writes` inline on the writer `connection` in one transaction (`BEGIN IMMEDIATE`,
+/// every statement and event of each batch, `COMMIT`), rolled back on an error. Answers the
+/// sequence number of the newest event (read before the `COMMIT`, so events appended need not
+/// each answer theirs) and, for each batch, the rows its statements returned.
+fn commit_inline(
+    connection: &rusqlite::Connection,
     writes: &[&PendingWrites],
-) -> StoreResult<(Option<i64>, Vec<Vec<SqliteRow>>)> {
-    let mut newest_event = None;
-    let batches = writes.len().max(1);
-    let mut returned: Vec<Vec<SqliteRow>> = (0..batches).map(|_| Vec::new()).collect();
-    for (index, batch_rows) in returned.iter_mut().enumerate() {
-        let mut query = QueryBuilder::new(if begin && index == 0 { "BEGIN IMMEDIATE; " } else { "" });
-        let mut statements = 0;
-        if let Some(writes) = writes.get(index) {
-            for statement in &writes.statements {
-                statement(&mut query);
+) -> StoreResult<(Option<i64>, Vec<Vec<InlineRow>>)> {
+    connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let committed = (|| {
+        let mut returned = Vec::with_capacity(writes.len());
+        for batch in writes {
+            let mut rows = Vec::new();
+            for statement in batch.all() {
+                statement.run_inline(connection, &mut rows)?;
             }
-            let events: Vec<_> = writes.events.iter().collect();
-            events::push_appends(&mut query, &events);
-            statements = writes.statements.len() + events.len();
+            returned.push(rows);
         }
-        if index + 1 == batches {
-            query.push("SELECT max(seq) AS newest_event FROM events; COMMIT");
-        }
-        if query.sql().is_empty() {
-            continue;
-        }
-        // A batch's query has the same text whichever batches share its commit, so commits of
-        // the same shape (one task's outcome) stay prepared in the connection's statement
-        // cache; a large one (a create of hundreds of instances) would keep hundreds of
-        // prepared statements there, so it is prepared afresh.
-        let cached = statements <= MAX_CACHED_COMMIT_STATEMENTS;
-        for row in query.build().persistent(cached).fetch_all(&mut *connection).await? {
-            if row.columns().first().is_some_and(|column| column.name() == "newest_event") {
-                newest_event = row.try_get::<Option<i64>, _>("newest_event")?;
-            } else {
-                batch_rows.push(row);
-            }
-        }
+        let newest_event = connection.prepare_cached("SELECT max(seq) FROM events")?.query_row([], |row| row.get(0))?;
+        connection.prepare_cached("COMMIT")?.execute([])?;
+        Ok((newest_event, returned))
+    })();
+    if committed.is_err() && !connection.is_autocommit() {
+        connection.execute_batch("ROLLBACK")?;
     }
-    Ok((newest_event, returned))
+    committed
 }
-
-/// Commits with more statements and events than this are not kept prepared.
-const MAX_CACHED_COMMIT_STATEMENTS: usize = 64;
 
 /// See [`Store::batch`]. Dropping it without [`WriteBatch::commit`] writes nothing.
 pub struct WriteBatch {
@@ -524,9 +547,9 @@ impl WriteBatch {
         self.commit_returning().await.map(drop)
     }
 
-    /// [`WriteBatch::commit`], answering the rows its statements returned (its events' aside):
-    /// a claim of tasks is a batch that answers what it took.
-    pub(crate) async fn commit_returning(self) -> StoreResult<Vec<SqliteRow>> {
+    /// [`WriteBatch::commit`], answering the rows its statements returned: a claim of tasks
+    /// is a batch that answers what it took.
+    pub(crate) async fn commit_returning(self) -> StoreResult<Vec<InlineRow>> {
         let (done, outcome) = oneshot::channel();
         let batch = QueuedBatch { writes: self.writes, caller: self.caller, done };
         self.queue.send(batch).map_err(|_| sqlx::Error::PoolClosed)?;
@@ -537,61 +560,59 @@ impl WriteBatch {
 struct QueuedBatch {
     writes: PendingWrites,
     caller: &'static std::panic::Location<'static>,
-    done: oneshot::Sender<StoreResult<Vec<SqliteRow>>>,
+    done: oneshot::Sender<StoreResult<Vec<InlineRow>>>,
 }
 
 /// At most this many batches share one transaction.
 const BATCHES_PER_COMMIT: usize = 64;
 
 /// The batch committer, one task per store (group commit): takes the next batch, waits for the
-/// writer, and commits it with every batch that arrived meanwhile in one transaction. Should
-/// that transaction fail, each of its batches is committed alone, so one bad batch fails only
-/// itself. Runs until the store is dropped.
+/// write lock, and commits it inline with every batch that arrived meanwhile in one
+/// transaction. Should that transaction fail, each of its batches is committed alone, so one
+/// bad batch fails only itself. Runs until the store is dropped.
 async fn commit_batches(
     writer: Arc<ConnectionPool>,
+    inline_writer: Arc<inline::InlineWriter>,
     latest_event: watch::Sender<i64>,
     mut queue: mpsc::UnboundedReceiver<QueuedBatch>,
 ) {
     while let Some(first) = queue.recv().await {
-        let acquired = acquire_writer(&writer).await;
+        let lock = lock_writer(&writer).await;
         let mut group = vec![first];
         while group.len() < BATCHES_PER_COMMIT
             && let Ok(next) = queue.try_recv()
         {
             group.push(next);
         }
-        let committing = commit_group(&writer, &latest_event, acquired, group);
+        let committing = std::panic::AssertUnwindSafe(|| match lock {
+            Ok((_lock, acquired)) => inline_writer.with(|connection| match connection {
+                Ok(connection) => commit_group(connection, &latest_event, acquired, group),
+                Err(error) => fail_group(group, &error),
+            }),
+            Err(error) => fail_group(group, &error),
+        });
         // A panic fails the group's batches (their answers are dropped), not the committer.
-        if std::panic::AssertUnwindSafe(committing).catch_unwind().await.is_err() {
+        if std::panic::catch_unwind(committing).is_err() {
             tracing::error!("committing a group of write batches panicked; its batches failed");
         }
     }
 }
 
-/// Commits `group` on the writer `acquired` for it, then answers each batch.
-async fn commit_group(
-    writer: &Arc<ConnectionPool>,
+/// Commits `group` inline on the writer `connection` (locked at `acquired`), then answers each
+/// batch.
+fn commit_group(
+    connection: &rusqlite::Connection,
     latest_event: &watch::Sender<i64>,
-    acquired: StoreResult<(Connection, Instant)>,
+    acquired: Instant,
     mut group: Vec<QueuedBatch>,
 ) {
-    let (connection, acquired) = match acquired {
-        Ok(writer) => writer,
-        Err(error) => {
-            let reason = match &error {
-                StoreError::Database(source) => source.to_string(),
-                other => other.to_string(),
-            };
-            for batch in group {
-                let _ = batch.done.send(Err(StoreError::WriterUnavailable(reason.clone())));
-            }
-            return;
-        }
-    };
     let writes: Vec<_> = group.iter().map(|batch| &batch.writes).collect();
     let callers: Vec<_> = group.iter().map(|batch| batch.caller).collect();
-    match commit_writes(connection, true, &writes, latest_event, acquired, &callers).await {
-        Ok(returned) => {
+    let committed = commit_inline(connection, &writes);
+    record_write(acquired, &callers);
+    match committed {
+        Ok((newest_event, returned)) => {
+            publish_newest_event(latest_event, newest_event);
             for (batch, rows) in group.into_iter().zip(returned) {
                 let _ = batch.done.send(Ok(rows));
             }
@@ -601,44 +622,33 @@ async fn commit_group(
         }
         Err(_) => {
             for batch in group {
-                let outcome = match acquire_writer(writer).await {
-                    Ok((connection, acquired)) => {
-                        let (writes, callers) = ([&batch.writes], [batch.caller]);
-                        let committed = commit_writes(connection, true, &writes, latest_event, acquired, &callers);
-                        committed.await.map(|mut returned| returned.pop().unwrap_or_default())
-                    }
-                    Err(error) => Err(error),
-                };
+                let acquired = Instant::now();
+                let committed = commit_inline(connection, &[&batch.writes]);
+                record_write(acquired, &[batch.caller]);
+                let outcome = committed.map(|(newest_event, mut returned)| {
+                    publish_newest_event(latest_event, newest_event);
+                    returned.pop().unwrap_or_default()
+                });
                 let _ = batch.done.send(outcome);
             }
         }
     }
 }
 
-/// Commits `writes` on the writer `connection` (after `BEGIN IMMEDIATE` when `begin`), wakes
-/// event subscribers, and records the writer's use; answers, for each batch of `writes`, the
-/// rows its statements returned. A failed commit is rolled back before the connection is given
-/// back.
-async fn commit_writes(
-    mut connection: Connection,
-    begin: bool,
-    writes: &[&PendingWrites],
-    latest_event: &watch::Sender<i64>,
-    acquired: Instant,
-    callers: &[&'static std::panic::Location<'static>],
-) -> StoreResult<Vec<Vec<SqliteRow>>> {
-    let in_flight = CommitInFlight(Some(connection.pool.clone()));
-    let committed = commit_on(&mut connection, begin, writes).await;
-    in_flight.finished();
-    if committed.is_err() && sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
-        // No transaction was open (`BEGIN` failed), or the connection is broken: start afresh.
-        connection.discard();
-    } else {
-        drop(connection);
+/// Fails each batch of `group`: the writer could not be had.
+fn fail_group(group: Vec<QueuedBatch>, error: &StoreError) {
+    let reason = match error {
+        StoreError::Database(source) => source.to_string(),
+        other => other.to_string(),
+    };
+    for batch in group {
+        let _ = batch.done.send(Err(StoreError::WriterUnavailable(reason.clone())));
     }
-    record_write(acquired, callers);
-    let (last_event, returned) = committed?;
-    if let Some(seq) = last_event {
+}
+
+/// Tells event subscribers about events up to `newest_event`, if that is news.
+fn publish_newest_event(latest_event: &watch::Sender<i64>, newest_event: Option<i64>) {
+    if let Some(seq) = newest_event {
         latest_event.send_if_modified(|latest| {
             let newer = seq > *latest;
             if newer {
@@ -647,12 +657,39 @@ async fn commit_writes(
             newer
         });
     }
-    Ok(returned)
 }
 
-/// Armed while a commit runs: when its caller is cancelled (a client hung up), the future is
-/// dropped at the `await` and a failed commit's transaction may still be open on the writer.
-/// Dropped armed, it tells the writer's next user to roll back first.
+/// Commits the transaction on the writer `connection`: sends `writes` with the `COMMIT`, wakes
+/// event subscribers and records the writer's use. A failed commit is rolled back before the
+/// connection is given back.
+async fn commit_transaction(
+    mut connection: Connection,
+    writes: &PendingWrites,
+    latest_event: &watch::Sender<i64>,
+    acquired: Instant,
+    caller: &'static std::panic::Location<'static>,
+) -> StoreResult<()> {
+    let newest_event = Statement::new("SELECT max(seq) AS newest_event FROM events");
+    let commit = Statement::new("COMMIT");
+    let in_flight = CommitInFlight(Some(connection.pool.clone()));
+    let committed = statement::run_together(&mut connection, writes.all().chain([&newest_event, &commit])).await;
+    in_flight.finished();
+    if committed.is_err() && sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
+        // The connection is broken: start afresh.
+        connection.discard();
+    } else {
+        drop(connection);
+    }
+    record_write(acquired, &[caller]);
+    let rows = committed?;
+    let newest = rows.iter().find(|row| row.columns().first().is_some_and(|column| column.name() == "newest_event"));
+    publish_newest_event(latest_event, newest.map(|row| row.try_get("newest_event")).transpose()?.flatten());
+    Ok(())
+}
+
+/// Armed while a transaction's commit runs: when its caller is cancelled (a client hung up),
+/// the future is dropped at the `await` and a failed commit's transaction may still be open on
+/// the writer. Dropped armed, it tells the writer's next user to roll back first.
 struct CommitInFlight(Option<Arc<ConnectionPool>>);
 
 impl CommitInFlight {
@@ -693,8 +730,7 @@ impl WriteTx {
 
     pub async fn commit(mut self) -> StoreResult<()> {
         let Some(connection) = self.connection.take() else { return Ok(()) };
-        commit_writes(connection, false, &[&self.writes], &self.latest_event, self.acquired, &[self.caller]).await?;
-        Ok(())
+        commit_transaction(connection, &self.writes, &self.latest_event, self.acquired, self.caller).await
     }
 }
 
@@ -759,11 +795,19 @@ pub(crate) fn parse_uuid(text: &str) -> StoreResult<uuid::Uuid> {
 /// with a partial index's condition (such as `kind = ?` with migration 0009's) makes it
 /// prepare the statement again at every execution with another value.
 pub(crate) fn push_names(query: &mut QueryBuilder<'_, Sqlite>, names: impl IntoIterator<Item = &'static str>) {
-    let mut separated = query.separated(", ");
-    for name in names {
-        debug_assert!(!name.contains('\''), "a name written into SQL: {name}");
-        separated.push(format_args!("'{name}'"));
-    }
+    query.push(self::names(names));
+}
+
+/// `'a', 'b', …`: see [`push_names`].
+fn names(names: impl IntoIterator<Item = &'static str>) -> String {
+    let quoted: Vec<String> = names
+        .into_iter()
+        .map(|name| {
+            debug_assert!(!name.contains('\''), "a name written into SQL: {name}");
+            format!("'{name}'")
+        })
+        .collect();
+    quoted.join(", ")
 }
 
 /// Ends a list query: rows after the cursor id, in id (creation) order, at most `limit`.
@@ -806,9 +850,7 @@ mod tests {
 
     /// A statement that fails when the commit sends it.
     fn defer_failing_statement(writes: &mut PendingWrites) {
-        writes.defer(|query| {
-            query.push("INSERT INTO no_such_table VALUES (1); ");
-        });
+        writes.defer(Statement::new("INSERT INTO no_such_table VALUES (1)"));
     }
 
     async fn event_kinds(store: &Store) -> Vec<String> {
@@ -891,10 +933,9 @@ mod tests {
             .map(|key| {
                 let mut batch = store.batch();
                 batch.append_event(NewEvent::new("test.written", "test", key));
-                batch.writes().defer(move |query| {
-                    query.push("INSERT INTO plugin_state (provider, key, value) VALUES ('provider', ");
-                    query.push_bind(key).push(", x'00') RETURNING key; ");
-                });
+                let mut insert = Statement::new("INSERT INTO plugin_state (provider, key, value) VALUES ('provider', ");
+                insert.bind(key.to_owned()).push(", x'00') RETURNING key");
+                batch.writes().defer(insert);
                 tokio::spawn(batch.commit_returning())
             })
             .collect();
@@ -902,7 +943,7 @@ mod tests {
         transaction.commit().await.expect("commit");
         for (commit, key) in commits.into_iter().zip(["first", "second", "third"]) {
             let rows = commit.await.expect("joined").expect("committed");
-            let keys: Vec<String> = rows.iter().map(|row| row.try_get("key").expect("key")).collect();
+            let keys: Vec<String> = rows.iter().map(|row| rows::StoredRow::value(row, "key").expect("key")).collect();
             assert_eq!(keys, [key], "a batch's rows are its own, without its events'");
         }
         assert_eq!(event_kinds(&store).await.len(), 3);
@@ -917,19 +958,6 @@ mod tests {
             matches!(&committed, Err(StoreError::WriterUnavailable(reason)) if reason.contains("closed")),
             "{committed:?}"
         );
-    }
-
-    #[tokio::test]
-    async fn a_batch_whose_statement_panics_fails_alone_and_the_committer_goes_on() {
-        let (store, _directory) = open_temporary().await;
-        let mut batch = store.batch();
-        batch.writes().defer(|_| panic!("a statement that cannot be written"));
-        assert!(batch.commit().await.is_err(), "the panicking batch failed");
-
-        let mut batch = store.batch();
-        batch.append_event(NewEvent::new("test.kept", "test", "b"));
-        batch.commit().await.expect("the next batch commits");
-        assert_eq!(event_kinds(&store).await, ["test.kept"]);
     }
 
     #[tokio::test]

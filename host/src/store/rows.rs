@@ -30,8 +30,21 @@ impl StoredRow for SqliteRow {
 /// A row read inline, with its columns' names.
 #[derive(Debug, Clone)]
 pub(crate) struct InlineRow {
-    pub(super) columns: Arc<[String]>,
-    pub(super) values: Vec<Value>,
+    columns: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+impl InlineRow {
+    /// The names of the columns `statement` answers, shared by its rows.
+    pub(super) fn columns(statement: &rusqlite::Statement<'_>) -> Arc<[String]> {
+        statement.column_names().into_iter().map(str::to_owned).collect()
+    }
+
+    /// `row`, owned, answered by a statement with `columns`.
+    pub(super) fn read(row: &rusqlite::Row<'_>, columns: &Arc<[String]>) -> rusqlite::Result<InlineRow> {
+        let values = (0..columns.len()).map(|index| row.get::<_, Value>(index)).collect::<Result<_, _>>()?;
+        Ok(InlineRow { columns: columns.clone(), values })
+    }
 }
 
 impl StoredRow for InlineRow {

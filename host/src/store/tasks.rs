@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::rows::StoredRow;
 use super::{
-    PendingWrites, Store, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_time,
+    PendingWrites, Statement, Store, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_time,
     parse_optional_uuid, parse_time, parse_uuid, push_page, to_json,
 };
 use crate::model::{Task, TaskError, TaskKind, TaskState, Timestamp};
@@ -51,73 +51,67 @@ pub(super) fn from_row(row: &impl StoredRow) -> StoreResult<Task> {
 /// Inserts `task`, sent with the commit (`request_digest`: of the request an idempotency key
 /// stands for).
 pub fn defer_insert(writes: &mut PendingWrites, task: &Task, request_digest: Option<String>) {
-    let task = task.clone();
-    writes.defer(move |query| {
-        query.push(
-            "INSERT INTO tasks (id, kind, state, object_id, parent_id, progress, message, input, result, error_code, \
-                error_message, attempts, idempotency_key, request_digest, created_at, started_at, ended_at) VALUES (",
-        );
-        query
-            .separated(", ")
-            .push_bind(task.id.to_string())
-            .push_bind(task.kind.as_str())
-            .push_bind(task.state.as_str())
-            .push_bind(task.object_id.map(|id| id.to_string()))
-            .push_bind(task.parent_id.map(|id| id.to_string()))
-            .push_bind(f64::from(task.progress))
-            .push_bind(task.message.clone())
-            .push_bind(task.input.to_string())
-            .push_bind(task.result.as_ref().map(to_json))
-            .push_bind(task.error.as_ref().map(|error| error.code.clone()))
-            .push_bind(task.error.as_ref().map(|error| error.message.clone()))
-            .push_bind(task.attempts)
-            .push_bind(task.idempotency_key.clone())
-            .push_bind(request_digest.clone())
-            .push_bind(format_time(&task.created_at))
-            .push_bind(task.started_at.as_ref().map(format_time))
-            .push_bind(task.ended_at.as_ref().map(format_time));
-        query.push("); ");
-    });
+    let mut statement = Statement::new(
+        "INSERT INTO tasks (id, kind, state, object_id, parent_id, progress, message, input, result, error_code, \
+            error_message, attempts, idempotency_key, request_digest, created_at, started_at, ended_at) VALUES (",
+    );
+    statement.bind_all([
+        task.id.to_string().into(),
+        task.kind.as_str().to_owned().into(),
+        task.state.as_str().to_owned().into(),
+        task.object_id.map(|id| id.to_string()).into(),
+        task.parent_id.map(|id| id.to_string()).into(),
+        f64::from(task.progress).into(),
+        task.message.clone().into(),
+        task.input.to_string().into(),
+        task.result.as_ref().map(to_json).into(),
+        task.error.as_ref().map(|error| error.code.clone()).into(),
+        task.error.as_ref().map(|error| error.message.clone()).into(),
+        task.attempts.into(),
+        task.idempotency_key.clone().into(),
+        request_digest.into(),
+        format_time(&task.created_at).into(),
+        task.started_at.as_ref().map(format_time).into(),
+        task.ended_at.as_ref().map(format_time).into(),
+    ]);
+    statement.push(")");
+    writes.defer(statement);
 }
 
 /// Writes the task's progress and outcome columns.
 pub async fn update(connection: &mut SqliteConnection, task: &Task) -> StoreResult<()> {
-    let mut query = QueryBuilder::new("");
-    push_update(&mut query, task);
-    query.build().execute(connection).await?;
-    Ok(())
+    update_statement(task).execute(connection).await
 }
 
 /// [`update`], sent with the commit.
 pub fn defer_update(writes: &mut PendingWrites, task: &Task) {
-    let task = task.clone();
-    writes.defer(move |query| push_update(query, &task));
+    writes.defer(update_statement(task));
 }
 
 /// The task's state, progress and outcome as they are in `task`.
-fn push_update(query: &mut QueryBuilder<'static, Sqlite>, task: &Task) {
-    query
-        .push("UPDATE tasks SET state = ")
-        .push_bind(task.state.as_str())
+fn update_statement(task: &Task) -> Statement {
+    let mut statement = Statement::new("UPDATE tasks SET state = ");
+    statement
+        .bind(task.state.as_str().to_owned())
         .push(", progress = ")
-        .push_bind(f64::from(task.progress))
+        .bind(f64::from(task.progress))
         .push(", message = ")
-        .push_bind(task.message.clone())
+        .bind(task.message.clone())
         .push(", result = ")
-        .push_bind(task.result.as_ref().map(to_json))
+        .bind(task.result.as_ref().map(to_json))
         .push(", error_code = ")
-        .push_bind(task.error.as_ref().map(|error| error.code.clone()))
+        .bind(task.error.as_ref().map(|error| error.code.clone()))
         .push(", error_message = ")
-        .push_bind(task.error.as_ref().map(|error| error.message.clone()))
+        .bind(task.error.as_ref().map(|error| error.message.clone()))
         .push(", attempts = ")
-        .push_bind(task.attempts)
+        .bind(task.attempts)
         .push(", started_at = ")
-        .push_bind(task.started_at.as_ref().map(format_time))
+        .bind(task.started_at.as_ref().map(format_time))
         .push(", ended_at = ")
-        .push_bind(task.ended_at.as_ref().map(format_time))
+        .bind(task.ended_at.as_ref().map(format_time))
         .push(" WHERE id = ")
-        .push_bind(task.id.to_string())
-        .push("; ");
+        .bind(task.id.to_string());
+    statement
 }
 
 /// Claims a task for running: writes its state, attempts and start time only if it is still
@@ -162,8 +156,7 @@ pub async fn list(connection: &mut SqliteConnection, filter: &TaskFilter) -> Sto
 /// Whether `error` is the refusal of a second unfinished delete task of one instance (see
 /// migration 0009).
 pub fn is_second_unfinished_delete(error: &StoreError) -> bool {
-    matches!(error, StoreError::Database(sqlx::Error::Database(database))
-        if database.is_unique_violation() && database.message().ends_with("tasks.object_id"))
+    error.refusal().is_some_and(|refusal| refusal.unique_violation && refusal.message.ends_with("tasks.object_id"))
 }
 
 pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &TaskFilter) {
@@ -205,35 +198,35 @@ pub async fn claim(store: &Store, limit: u32, now: &Timestamp) -> StoreResult<Ve
     let mut batch = store.batch();
     // The tasks taken are noted in a table of the writer connection's own (`temp`), so that
     // the statements after the claim, sent with it, find them.
-    batch.writes().defer(move |query| {
-        query
-            .push(
-                "CREATE TEMP TABLE IF NOT EXISTS claimed_tasks (id TEXT PRIMARY KEY); \
-                 DELETE FROM temp.claimed_tasks; \
-                 INSERT INTO temp.claimed_tasks \
-                     SELECT t.id FROM tasks t LEFT JOIN instances i ON i.id = t.object_id \
-                     WHERE t.state = 'pending' AND t.kind != 'batch' \
-                       AND (t.kind != 'instance.create' OR i.host_id IS NOT NULL OR t.cancel_requested = 1) \
-                     ORDER BY t.id LIMIT ",
-            )
-            .push_bind(limit)
-            .push("; UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ")
-            .push_bind(now.clone())
-            .push(") WHERE id IN (SELECT id FROM temp.claimed_tasks) RETURNING *; ");
-        // What `NewEvent::new("task.started", "task", id).data(json!({ "attempt": attempts }))`
-        // appends.
-        query
-            .push("INSERT INTO events (time, type, object_kind, object_id, actor, data) SELECT ")
-            .push_bind(now.clone())
-            .push(
-                ", 'task.started', 'task', id, 'system', json_object('attempt', attempts) FROM tasks \
-                 WHERE id IN (SELECT id FROM temp.claimed_tasks) ORDER BY id; ",
-            );
-    });
+    let writes = batch.writes();
+    writes.defer(Statement::new("CREATE TEMP TABLE IF NOT EXISTS claimed_tasks (id TEXT PRIMARY KEY)"));
+    writes.defer(Statement::new("DELETE FROM temp.claimed_tasks"));
+    let mut take = Statement::new(
+        "INSERT INTO temp.claimed_tasks \
+             SELECT t.id FROM tasks t LEFT JOIN instances i ON i.id = t.object_id \
+             WHERE t.state = 'pending' AND t.kind != 'batch' \
+               AND (t.kind != 'instance.create' OR i.host_id IS NOT NULL OR t.cancel_requested = 1) \
+             ORDER BY t.id LIMIT ",
+    );
+    take.bind(limit);
+    writes.defer(take);
+    let mut start = Statement::new(
+        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ",
+    );
+    start.bind(now.clone()).push(") WHERE id IN (SELECT id FROM temp.claimed_tasks) RETURNING *");
+    writes.defer(start);
+    // What `NewEvent::new("task.started", "task", id).data(json!({ "attempt": attempts }))`
+    // appends.
+    let mut started = Statement::new("INSERT INTO events (time, type, object_kind, object_id, actor, data) SELECT ");
+    started.bind(now).push(
+        ", 'task.started', 'task', id, 'system', json_object('attempt', attempts) FROM tasks \
+         WHERE id IN (SELECT id FROM temp.claimed_tasks) ORDER BY id",
+    );
+    writes.defer(started);
     let rows = batch.commit_returning().await?;
     let mut claimed = rows
         .iter()
-        .map(|row| Ok((from_row(row)?, row.try_get("cancel_requested")?)))
+        .map(|row| Ok((from_row(row)?, row.value("cancel_requested")?)))
         .collect::<StoreResult<Vec<(Task, bool)>>>()?;
     // Ids are UUIDv7: their order is the order of creation.
     claimed.sort_by_key(|(task, _)| task.id);
@@ -256,16 +249,15 @@ pub async fn is_cancel_requested(connection: &mut SqliteConnection, id: Uuid) ->
 /// Sets the message of the pending creation task of an instance (why it waits), when it
 /// changed; sent with the commit.
 pub fn defer_pending_create_message(writes: &mut PendingWrites, instance_id: Uuid, message: String) {
-    writes.defer(move |query| {
-        query
-            .push("UPDATE tasks SET message = ")
-            .push_bind(message.clone())
-            .push(" WHERE object_id = ")
-            .push_bind(instance_id.to_string())
-            .push(" AND kind = 'instance.create' AND state = 'pending' AND (message IS NULL OR message != ")
-            .push_bind(message.clone())
-            .push("); ");
-    });
+    let mut statement = Statement::new("UPDATE tasks SET message = ");
+    statement
+        .bind(message.clone())
+        .push(" WHERE object_id = ")
+        .bind(instance_id.to_string())
+        .push(" AND kind = 'instance.create' AND state = 'pending' AND (message IS NULL OR message != ")
+        .bind(message)
+        .push(")");
+    writes.defer(statement);
 }
 
 /// How many children of a batch are in each state.
