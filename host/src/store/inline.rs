@@ -73,12 +73,12 @@ impl InlineWriter {
     /// fail), outside any transaction: one that a panic left open is rolled back first.
     pub(super) fn with<T>(&self, write: impl FnOnce(StoreResult<&Connection>) -> T) -> T {
         let mut connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
-        if connection.as_ref().is_some_and(|connection| !connection.is_autocommit()) {
-            let rolled_back = connection.as_ref().map(|connection| connection.execute_batch("ROLLBACK"));
-            if let Some(Err(_)) = rolled_back {
-                // Broken: opened afresh below.
-                *connection = None;
-            }
+        if let Some(open) = connection.as_ref()
+            && !open.is_autocommit()
+            && open.execute_batch("ROLLBACK").is_err()
+        {
+            // Broken: opened afresh below.
+            *connection = None;
         }
         let connection = match &mut *connection {
             Some(connection) => Ok(&*connection),

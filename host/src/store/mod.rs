@@ -1,9 +1,9 @@
 //! Persistence: sqlx on SQLite (WAL) with embedded migrations, and one repository module per
 //! table. The only module that knows SQL.
 //!
-//! Writes go through [`WriteTx`], a transaction on the single writer connection, or
-//! [`WriteBatch`], writes committed by the store's batch committer together with the other
-//! batches waiting at that moment (group commit): every state change and the events
+//! Writes go through [`WriteTx`], a transaction on the sqlx writer connection, or
+//! [`WriteBatch`], writes committed inline by the store's batch committer together with the
+//! other batches waiting at that moment (group commit), both under one write lock: every state change and the events
 //! describing it commit together, and readers are woken only after the commit. Reads use a
 //! separate pool and never block behind writers (WAL); the small reads of hot paths run inline
 //! on the calling thread instead ([`inline`]), without sqlx's round trip to a connection thread.
@@ -195,8 +195,8 @@ impl Store {
 
     /// A write transaction that only writes: its statements and events are collected, and
     /// [`WriteBatch::commit`] hands them to the batch committer, which commits every batch
-    /// waiting at that moment in one transaction and one round trip (a [`WriteTx`] holds the
-    /// writer from `BEGIN` on, a round trip per statement).
+    /// waiting at that moment in one transaction, inline (a [`WriteTx`] holds the writer from
+    /// `BEGIN` on, a round trip per statement).
     #[track_caller]
     pub fn batch(&self) -> WriteBatch {
         WriteBatch {
@@ -608,11 +608,8 @@ fn commit_group(
 ) {
     let writes: Vec<_> = group.iter().map(|batch| &batch.writes).collect();
     let callers: Vec<_> = group.iter().map(|batch| batch.caller).collect();
-    let committed = commit_inline(connection, &writes);
-    record_write(acquired, &callers);
-    match committed {
-        Ok((newest_event, returned)) => {
-            publish_newest_event(latest_event, newest_event);
+    match commit_recorded(connection, latest_event, acquired, &writes, &callers) {
+        Ok(returned) => {
             for (batch, rows) in group.into_iter().zip(returned) {
                 let _ = batch.done.send(Ok(rows));
             }
@@ -622,17 +619,28 @@ fn commit_group(
         }
         Err(_) => {
             for batch in group {
-                let acquired = Instant::now();
-                let committed = commit_inline(connection, &[&batch.writes]);
-                record_write(acquired, &[batch.caller]);
-                let outcome = committed.map(|(newest_event, mut returned)| {
-                    publish_newest_event(latest_event, newest_event);
-                    returned.pop().unwrap_or_default()
-                });
-                let _ = batch.done.send(outcome);
+                let committed =
+                    commit_recorded(connection, latest_event, Instant::now(), &[&batch.writes], &[batch.caller]);
+                let _ = batch.done.send(committed.map(|mut returned| returned.pop().unwrap_or_default()));
             }
         }
     }
+}
+
+/// [`commit_inline`], then the writer's use since `acquired` recorded and event subscribers
+/// woken.
+fn commit_recorded(
+    connection: &rusqlite::Connection,
+    latest_event: &watch::Sender<i64>,
+    acquired: Instant,
+    writes: &[&PendingWrites],
+    callers: &[&'static std::panic::Location<'static>],
+) -> StoreResult<Vec<Vec<InlineRow>>> {
+    let committed = commit_inline(connection, writes);
+    record_write(acquired, callers);
+    let (newest_event, returned) = committed?;
+    publish_newest_event(latest_event, newest_event);
+    Ok(returned)
 }
 
 /// Fails each batch of `group`: the writer could not be had.
