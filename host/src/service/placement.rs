@@ -72,49 +72,20 @@ impl Service {
         self.inner.placement_wanted.store(true, Ordering::Release);
     }
 
-    /// Places what it can.
+    /// Places what it can, in one write transaction: the fleet read, the decisions and their
+    /// writes inline on the writer (see `Store::transact`).
     async fn place_all_waiting(&self) -> ServiceResult<PlacementPass> {
         let filter = waiting_for_a_host();
-        if store::instances::list(&mut *self.store().reader().await?, &filter).await?.is_empty() {
+        let first = InstanceFilter { limit: Some(1), ..filter.clone() };
+        if store::instances::list_inline(self.store(), &first)?.is_empty() {
             return Ok(PlacementPass { placed: 0, left_waiting: 0 });
         }
-        let (mut transaction, fleet) = store::fleet::begin_reading(self.store(), &filter).await?;
-        let mut snapshot = self.snapshot(fleet);
-        let templates = &snapshot.templates;
-        let requests: Vec<PlacementRequest> =
-            snapshot.waiting.iter().map(|instance| placement_request(instance, templates)).collect();
-        let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
-        let mut pass = PlacementPass { placed: 0, left_waiting: 0 };
-        for (instance, decision) in snapshot.waiting.into_iter().zip(decisions) {
-            match decision.host_id.and_then(|host_id| snapshot.hosts.iter().find(|host| host.id == host_id)) {
-                Some(host) => {
-                    pass.placed += 1;
-                    let mut instance = instance;
-                    instance.host_id = Some(host.id);
-                    instance.provider = Some(host.provider.clone());
-                    instance.updated_at = store::now();
-                    let placed = NewEvent::new("instance.placed", "instance", instance.id).data(json!({
-                        "host_id": host.id, "host": host.name, "provider": host.provider, "group_id": decision.group_id,
-                    }));
-                    // On a host that holds its template, nothing comes before the start: the
-                    // instance is `starting` from here (its task would say so first thing).
-                    let starting = starts_at_once(&instance, host, templates)
-                        .then(|| change_state(&mut instance, InstanceState::Starting, json!({ "host": host.name })));
-                    store::instances::defer_update(transaction.writes(), &instance);
-                    transaction.append_event(placed);
-                    if let Some(starting) = starting {
-                        transaction.append_event(starting);
-                    }
-                }
-                None => {
-                    pass.left_waiting += 1;
-                    let message = format!("waiting for capacity: {}", decision.explain());
-                    store::tasks::defer_pending_create_message(transaction.writes(), instance.id, message);
-                }
-            }
-        }
-        transaction.commit().await?;
-        Ok(pass)
+        let loaded = self.loaded_providers();
+        let pass = self.store().transact(move |connection, writes| {
+            let fleet = store::fleet::read(connection, &filter)?;
+            Ok(place(snapshot(fleet, &loaded), writes))
+        });
+        Ok(pass.await?)
     }
 
     /// Why a waiting instance is not placed yet (or where it went).
@@ -171,45 +142,87 @@ impl Service {
 
     /// A [`Snapshot`] read outside a transaction, to explain placement without placing.
     async fn read_snapshot(&self) -> ServiceResult<Snapshot> {
-        let mut reader = self.store().reader().await?;
-        let fleet = store::fleet::read(&mut reader, &waiting_for_a_host()).await?;
-        Ok(self.snapshot(fleet))
+        let fleet = self.store().read_inline(|connection| store::fleet::read(connection, &waiting_for_a_host()))?;
+        Ok(snapshot(fleet, &self.loaded_providers()))
     }
 
-    fn snapshot(&self, fleet: store::fleet::Fleet) -> Snapshot {
-        let store::fleet::Fleet { waiting, hosts, groups, affinity_keys: mut affinity, templates } = fleet;
-        let groups = groups
-            .into_iter()
-            .map(|group| (group.id, GroupPolicy { fallback: group.fallback_group_id, strategy: group.strategy }))
-            .collect();
-        let loaded: Vec<&str> = self.providers().loaded().map(|(name, _)| name).collect();
-        let candidates = hosts
-            .iter()
-            .map(|host| HostCandidate {
-                id: host.id,
-                state: if loaded.contains(&host.provider.as_str()) { host.state } else { HostState::Offline },
-                maintenance: host.maintenance,
-                arch: host.arch,
-                labels: host.labels.clone(),
-                groups: host.groups.clone(),
-                capacity_mode: host.capacity.mode,
-                max_instances: host.capacity.max_instances,
-                vcpu_limit: host.vcpu_limit(),
-                ram_limit_mb: host.ram_limit_mb(),
-                disk_limit_gb: host.disk_gb,
-                used: host.usage.clone(),
-                cached_templates: host
-                    .cached_templates
-                    .iter()
-                    .map(|template| (template.name.clone(), template.version))
-                    .collect(),
-                usb_free: host.usb_devices.iter().map(|(name, group)| (name.clone(), group.available)).collect(),
-                affinity_keys: affinity.remove(&host.id).unwrap_or_default(),
-            })
-            .collect();
-        let templates = templates.into_iter().map(|template| (template.id, template)).collect();
-        Snapshot { hosts, candidates, groups, waiting, templates }
+    /// The providers whose plugins are loaded: their hosts can take instances.
+    fn loaded_providers(&self) -> Vec<String> {
+        self.providers().loaded().map(|(name, _)| name.to_owned()).collect()
     }
+}
+
+/// Decides where the waiting instances of `snapshot` go, and defers the writes of the
+/// decisions to `writes`: the placed instances (`starting` at once on a host that holds their
+/// template) with their events, the reason why each other one waits.
+fn place(mut snapshot: Snapshot, writes: &mut store::PendingWrites) -> PlacementPass {
+    let templates = &snapshot.templates;
+    let requests: Vec<PlacementRequest> =
+        snapshot.waiting.iter().map(|instance| placement_request(instance, templates)).collect();
+    let decisions = scheduler::place_all(&mut snapshot.candidates, &snapshot.groups, &requests);
+    let mut pass = PlacementPass { placed: 0, left_waiting: 0 };
+    for (mut instance, decision) in snapshot.waiting.into_iter().zip(decisions) {
+        match decision.host_id.and_then(|host_id| snapshot.hosts.iter().find(|host| host.id == host_id)) {
+            Some(host) => {
+                pass.placed += 1;
+                instance.host_id = Some(host.id);
+                instance.provider = Some(host.provider.clone());
+                instance.updated_at = store::now();
+                let placed = NewEvent::new("instance.placed", "instance", instance.id).data(json!({
+                    "host_id": host.id, "host": host.name, "provider": host.provider, "group_id": decision.group_id,
+                }));
+                // On a host that holds its template, nothing comes before the start: the
+                // instance is `starting` from here (its task would say so first thing).
+                let starting = starts_at_once(&instance, host, templates)
+                    .then(|| change_state(&mut instance, InstanceState::Starting, json!({ "host": host.name })));
+                store::instances::defer_update(writes, &instance);
+                writes.append_event(placed);
+                if let Some(starting) = starting {
+                    writes.append_event(starting);
+                }
+            }
+            None => {
+                pass.left_waiting += 1;
+                let message = format!("waiting for capacity: {}", decision.explain());
+                store::tasks::defer_pending_create_message(writes, instance.id, message);
+            }
+        }
+    }
+    pass
+}
+
+fn snapshot(fleet: store::fleet::Fleet, loaded: &[String]) -> Snapshot {
+    let store::fleet::Fleet { waiting, hosts, groups, affinity_keys: mut affinity, templates } = fleet;
+    let groups = groups
+        .into_iter()
+        .map(|group| (group.id, GroupPolicy { fallback: group.fallback_group_id, strategy: group.strategy }))
+        .collect();
+    let candidates = hosts
+        .iter()
+        .map(|host| HostCandidate {
+            id: host.id,
+            state: if loaded.contains(&host.provider) { host.state } else { HostState::Offline },
+            maintenance: host.maintenance,
+            arch: host.arch,
+            labels: host.labels.clone(),
+            groups: host.groups.clone(),
+            capacity_mode: host.capacity.mode,
+            max_instances: host.capacity.max_instances,
+            vcpu_limit: host.vcpu_limit(),
+            ram_limit_mb: host.ram_limit_mb(),
+            disk_limit_gb: host.disk_gb,
+            used: host.usage.clone(),
+            cached_templates: host
+                .cached_templates
+                .iter()
+                .map(|template| (template.name.clone(), template.version))
+                .collect(),
+            usb_free: host.usb_devices.iter().map(|(name, group)| (name.clone(), group.available)).collect(),
+            affinity_keys: affinity.remove(&host.id).unwrap_or_default(),
+        })
+        .collect();
+    let templates = templates.into_iter().map(|template| (template.id, template)).collect();
+    Snapshot { hosts, candidates, groups, waiting, templates }
 }
 
 /// The instances placement places: waiting for a host.

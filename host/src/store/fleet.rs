@@ -1,11 +1,11 @@
-//! What placement decides on, read in one round trip: the instances waiting for a host, every
-//! host with its usage, the groups' policies, the affinity keys on each host and the templates.
+//! What placement decides on, read in one read or write transaction: the instances waiting
+//! for a host, every host with its usage, the groups' policies, the affinity keys on each host
+//! and the templates.
 
-use sqlx::SqliteConnection;
-use sqlx::sqlite::SqliteRow;
+use rusqlite::Connection;
 
 use super::instances::{AffinityKeys, InstanceFilter};
-use super::{ReadsTogether, Store, StoreError, StoreResult, WriteTx, groups, hosts, instances, templates};
+use super::{StoreResult, groups, hosts, inline, instances, templates};
 use crate::model::{Group, Host, Instance, Template};
 
 pub struct Fleet {
@@ -20,42 +20,16 @@ pub struct Fleet {
     pub templates: Vec<Template>,
 }
 
-/// Reads the [`Fleet`] on `connection` (in a transaction, a consistent picture).
-pub async fn read(connection: &mut SqliteConnection, waiting: &InstanceFilter) -> StoreResult<Fleet> {
-    from_reads(add_reads(ReadsTogether::new(), waiting).fetch(connection).await?)
-}
-
-/// Begins a write transaction and reads the [`Fleet`] in it, in one round trip: what placement
-/// decides on, as its writes will find it.
-#[track_caller]
-pub fn begin_reading<'a>(
-    store: &'a Store,
-    waiting: &InstanceFilter,
-) -> impl Future<Output = StoreResult<(WriteTx, Fleet)>> + Send + 'a {
-    let beginning = store.begin_reading(|reads| add_reads(reads, waiting));
-    async move {
-        let (transaction, rows) = beginning.await?;
-        Ok((transaction, from_reads(rows)?))
-    }
-}
-
-fn add_reads(reads: ReadsTogether, waiting: &InstanceFilter) -> ReadsTogether {
-    let reads = reads
-        .read(|query| instances::push_list(query, waiting))
-        .read(hosts::push_list)
-        .read(groups::push_list_without_hosts)
-        .read(instances::push_affinity_keys);
-    templates::read_all(reads)
-}
-
-fn from_reads(reads: Vec<Vec<SqliteRow>>) -> StoreResult<Fleet> {
-    let [waiting, hosts, groups, affinity_keys, templates, versions] =
-        <[_; 6]>::try_from(reads).map_err(|_| StoreError::Corrupt("the fleet's reads".into()))?;
+/// Reads the [`Fleet`] inline on `connection`: in a transaction (a read transaction of
+/// [`super::Store::read_inline`], or the write transaction of [`super::Store::transact`] that
+/// writes the placements), a consistent picture.
+pub fn read(connection: &Connection, waiting: &InstanceFilter) -> StoreResult<Fleet> {
+    let fetch = |sql: &str| inline::fetch_all(connection, sql, []);
     Ok(Fleet {
-        waiting: instances::from_rows(&waiting)?,
-        hosts: hosts::from_rows(&hosts)?,
-        groups: groups::without_hosts_from_rows(&groups)?,
-        affinity_keys: instances::affinity_keys_from_rows(&affinity_keys)?,
-        templates: templates::list_from_reads(&templates, &versions)?,
+        waiting: instances::from_rows(&instances::list_statement(waiting).fetch_inline(connection)?)?,
+        hosts: hosts::from_rows(&fetch(&hosts::SELECT_ALL)?)?,
+        groups: groups::without_hosts_from_rows(&fetch(groups::SELECT_ALL_WITHOUT_HOSTS)?)?,
+        affinity_keys: instances::affinity_keys_from_rows(&fetch(instances::SELECT_AFFINITY_KEYS)?)?,
+        templates: templates::list_from_reads(&fetch(templates::SELECT_ALL)?, &fetch(templates::VERSIONS_WITH_FILES)?)?,
     })
 }

@@ -1,23 +1,23 @@
 //! Node groups and their member hosts.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
+use super::rows::StoredRow;
 use super::{StoreResult, format_time, parse_enum, parse_optional_uuid, parse_time, parse_uuid};
 use crate::model::Group;
 
-fn from_row(row: &SqliteRow) -> StoreResult<Group> {
+fn from_row(row: &impl StoredRow) -> StoreResult<Group> {
     Ok(Group {
-        id: parse_uuid(row.try_get("id")?)?,
-        name: row.try_get("name")?,
-        project_id: parse_uuid(row.try_get("project_id")?)?,
-        description: row.try_get("description")?,
-        fallback_group_id: parse_optional_uuid(row.try_get("fallback_group_id")?)?,
-        strategy: parse_enum(row.try_get("strategy")?)?,
+        id: parse_uuid(row.value("id")?)?,
+        name: row.value("name")?,
+        project_id: parse_uuid(row.value("project_id")?)?,
+        description: row.value("description")?,
+        fallback_group_id: parse_optional_uuid(row.value("fallback_group_id")?)?,
+        strategy: parse_enum(row.value("strategy")?)?,
         hosts: Vec::new(),
-        created_at: parse_time(row.try_get("created_at")?)?,
-        updated_at: parse_time(row.try_get("updated_at")?)?,
+        created_at: parse_time(row.value("created_at")?)?,
+        updated_at: parse_time(row.value("updated_at")?)?,
     })
 }
 
@@ -32,14 +32,12 @@ async fn with_hosts(connection: &mut SqliteConnection, mut groups: Vec<Group>) -
     Ok(groups)
 }
 
-/// Pushes the read of every group without its member hosts, for [`super::ReadsTogether`]
-/// (turn its rows into groups with [`without_hosts_from_rows`]).
-pub(super) fn push_list_without_hosts(query: &mut QueryBuilder<'static, Sqlite>) {
-    query.push("SELECT * FROM groups");
-}
+/// The read of every group without its member hosts (turn its rows into groups with
+/// [`without_hosts_from_rows`]).
+pub(super) const SELECT_ALL_WITHOUT_HOSTS: &str = "SELECT * FROM groups";
 
-/// Groups (their `hosts` empty) from the rows of [`push_list_without_hosts`], by name.
-pub(super) fn without_hosts_from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<Group>> {
+/// Groups (their `hosts` empty) from the rows of [`SELECT_ALL_WITHOUT_HOSTS`], by name.
+pub(super) fn without_hosts_from_rows(rows: &[impl StoredRow]) -> StoreResult<Vec<Group>> {
     let mut groups = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
     groups.sort_by(|one, other| one.name.cmp(&other.name));
     Ok(groups)

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::rows::StoredRow;
@@ -40,7 +40,7 @@ pub(super) static SELECT_OF_INSTANCES: LazyLock<String> = LazyLock::new(|| {
     format!("{SELECT_HEAD}host_id IN {hosts}{SELECT_TAIL} WHERE h.id IN {hosts}")
 });
 
-static SELECT_ALL: LazyLock<String> =
+pub(super) static SELECT_ALL: LazyLock<String> =
     LazyLock::new(|| format!("{} ORDER BY h.provider, h.name", select_with_usage("host_id IS NOT NULL")));
 /// Binds the host's id twice.
 static SELECT_ONE: LazyLock<String> = LazyLock::new(|| format!("{} WHERE h.id = ?", select_with_usage("host_id = ?")));
@@ -147,13 +147,7 @@ pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Host>> {
     rows.iter().map(from_row).collect()
 }
 
-/// Pushes the read of [`list`], for [`super::ReadsTogether`] (turn its rows into hosts with
-/// [`from_rows`]).
-pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>) {
-    query.push(SELECT_ALL.as_str());
-}
-
-/// Hosts from the rows of a read pushed by [`push_list`], in [`list`]'s order.
+/// Hosts from the rows of [`SELECT_ALL`], in [`list`]'s order.
 pub(super) fn from_rows(rows: &[impl StoredRow]) -> StoreResult<Vec<Host>> {
     let mut hosts = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
     hosts.sort_by(|one, other| (&one.provider, &one.name).cmp(&(&other.provider, &other.name)));

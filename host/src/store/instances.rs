@@ -2,14 +2,13 @@
 
 use std::collections::HashMap;
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::rows::StoredRow;
 use super::{
     PendingWrites, Statement, Store, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_uuid,
-    parse_time, parse_uuid, push_page, to_json,
+    parse_time, parse_uuid, to_json,
 };
 use crate::model::{Host, Instance, InstanceState, NewEvent, Task, TaskKind, TaskState, Template};
 
@@ -157,62 +156,61 @@ pub fn get_with_unfinished(store: &Store, id: Uuid, kind: TaskKind) -> StoreResu
 }
 
 pub async fn list(connection: &mut SqliteConnection, filter: &InstanceFilter) -> StoreResult<Vec<Instance>> {
-    let mut query = QueryBuilder::new("");
-    push_list(&mut query, filter);
-    let rows = query.build().fetch_all(connection).await?;
+    let rows = list_statement(filter).fetch(connection).await?;
     rows.iter().map(from_row).collect()
 }
 
-/// Pushes the read of [`list`] (for [`super::ReadsTogether`]: turn its rows into instances with
-/// [`from_rows`]).
-pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &InstanceFilter) {
-    query.push("SELECT * FROM instances WHERE 1 = 1");
-    push_state_list(query, " AND state IN (", &filter.states);
-    push_state_list(query, " AND state NOT IN (", &filter.excluded_states);
-    if let Some(host_id) = filter.host_id {
-        query.push(" AND host_id = ").push_bind(host_id.to_string());
-    }
-    if filter.unplaced {
-        query.push(" AND host_id IS NULL");
-    }
-    if let Some(projects) = &filter.projects {
-        query.push(" AND project_id IN (");
-        let mut separated = query.separated(", ");
-        separated.push("NULL");
-        for project in projects {
-            separated.push_bind(project.to_string());
-        }
-        query.push(")");
-    }
-    if let Some(provider) = &filter.provider {
-        query.push(" AND provider = ").push_bind(provider.clone());
-    }
-    if let Some(template_id) = filter.template_id {
-        query.push(" AND template_id = ").push_bind(template_id.to_string());
-    }
-    if let Some(name) = &filter.name {
-        query.push(" AND name = ").push_bind(name.clone());
-    }
-    if let Some(external_id) = &filter.external_id {
-        query.push(" AND external_id = ").push_bind(external_id.clone());
-    }
-    push_page(query, filter.after, filter.limit);
+/// [`list`], inline (see [`Store::read_inline`]).
+pub fn list_inline(store: &Store, filter: &InstanceFilter) -> StoreResult<Vec<Instance>> {
+    store.read_inline(|connection| from_rows(&list_statement(filter).fetch_inline(connection)?))
 }
 
-/// Instances from the rows of a read pushed by [`push_list`], in id order.
-pub(super) fn from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<Instance>> {
+/// The read of [`list`] (turn its rows into instances with [`from_rows`]).
+pub(super) fn list_statement(filter: &InstanceFilter) -> Statement {
+    let mut statement = Statement::new("SELECT * FROM instances WHERE 1 = 1");
+    push_state_list(&mut statement, " AND state IN (", &filter.states);
+    push_state_list(&mut statement, " AND state NOT IN (", &filter.excluded_states);
+    if let Some(host_id) = filter.host_id {
+        statement.push(" AND host_id = ").bind(host_id.to_string());
+    }
+    if filter.unplaced {
+        statement.push(" AND host_id IS NULL");
+    }
+    if let Some(projects) = &filter.projects {
+        statement.push(" AND project_id IN (NULL");
+        for project in projects {
+            statement.push(", ").bind(project.to_string());
+        }
+        statement.push(")");
+    }
+    if let Some(provider) = &filter.provider {
+        statement.push(" AND provider = ").bind(provider.clone());
+    }
+    if let Some(template_id) = filter.template_id {
+        statement.push(" AND template_id = ").bind(template_id.to_string());
+    }
+    if let Some(name) = &filter.name {
+        statement.push(" AND name = ").bind(name.clone());
+    }
+    if let Some(external_id) = &filter.external_id {
+        statement.push(" AND external_id = ").bind(external_id.clone());
+    }
+    statement.push_page(filter.after, filter.limit);
+    statement
+}
+
+/// Instances from the rows of [`list_statement`], in id order.
+pub(super) fn from_rows(rows: &[impl StoredRow]) -> StoreResult<Vec<Instance>> {
     let mut instances = rows.iter().map(from_row).collect::<StoreResult<Vec<_>>>()?;
     instances.sort_by_key(|instance| instance.id);
     Ok(instances)
 }
 
-fn push_state_list(query: &mut QueryBuilder<'_, Sqlite>, prefix: &str, states: &[InstanceState]) {
+fn push_state_list(statement: &mut Statement, prefix: &str, states: &[InstanceState]) {
     if states.is_empty() {
         return;
     }
-    query.push(prefix);
-    super::push_names(query, states.iter().map(|state| state.as_str()));
-    query.push(")");
+    statement.push(prefix).push_names(states.iter().map(|state| state.as_str())).push(")");
 }
 
 pub async fn insert(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
@@ -381,24 +379,20 @@ fn update_statement(instance: &Instance) -> Statement {
 /// Per host, how many live instances carry each affinity key.
 pub type AffinityKeys = HashMap<Uuid, HashMap<String, u32>>;
 
-/// Pushes the read of the [`AffinityKeys`] (`affinity_key`, else `anti_affinity_key`: both
-/// share one key space), counted in SQL so that placement does not load every instance; turn
-/// its rows into keys with [`affinity_keys_from_rows`].
-pub(super) fn push_affinity_keys(query: &mut QueryBuilder<'static, Sqlite>) {
-    query.push(
-        "SELECT host_id, key, COUNT(*) AS count FROM ( \
-             SELECT host_id, COALESCE(json_extract(placement, '$.affinity_key'), \
-                                      json_extract(placement, '$.anti_affinity_key')) AS key \
-             FROM instances WHERE host_id IS NOT NULL AND state != 'terminated' \
-         ) WHERE key IS NOT NULL GROUP BY host_id, key",
-    );
-}
+/// The read of the [`AffinityKeys`] (`affinity_key`, else `anti_affinity_key`: both share one
+/// key space), counted in SQL so that placement does not load every instance; turn its rows
+/// into keys with [`affinity_keys_from_rows`].
+pub(super) const SELECT_AFFINITY_KEYS: &str = "SELECT host_id, key, COUNT(*) AS count FROM ( \
+         SELECT host_id, COALESCE(json_extract(placement, '$.affinity_key'), \
+                                  json_extract(placement, '$.anti_affinity_key')) AS key \
+         FROM instances WHERE host_id IS NOT NULL AND state != 'terminated' \
+     ) WHERE key IS NOT NULL GROUP BY host_id, key";
 
-pub(super) fn affinity_keys_from_rows(rows: &[SqliteRow]) -> StoreResult<AffinityKeys> {
+pub(super) fn affinity_keys_from_rows(rows: &[impl StoredRow]) -> StoreResult<AffinityKeys> {
     let mut keys = AffinityKeys::new();
     for row in rows {
-        let host_id = parse_uuid(row.try_get("host_id")?)?;
-        keys.entry(host_id).or_default().insert(row.try_get("key")?, row.try_get("count")?);
+        let host_id = parse_uuid(row.value("host_id")?)?;
+        keys.entry(host_id).or_default().insert(row.value("key")?, row.value("count")?);
     }
     Ok(keys)
 }

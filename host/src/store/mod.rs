@@ -86,6 +86,7 @@ pub struct Store {
     writer: Arc<ConnectionPool>,
     readers: Arc<ConnectionPool>,
     inline_readers: Arc<inline::InlineReaders>,
+    inline_writer: Arc<inline::InlineWriter>,
     latest_event: watch::Sender<i64>,
     batches: mpsc::UnboundedSender<QueuedBatch>,
 }
@@ -112,8 +113,8 @@ impl Store {
         let readers = ConnectionPool::new(options.read_only(true), READER_CONNECTIONS);
         let (latest_event, _) = watch::channel(latest);
         let (batches, queued) = mpsc::unbounded_channel();
-        tokio::spawn(commit_batches(writer.clone(), inline_writer, latest_event.clone(), queued));
-        Ok(Store { writer, readers, inline_readers, latest_event, batches })
+        tokio::spawn(commit_batches(writer.clone(), inline_writer.clone(), latest_event.clone(), queued));
+        Ok(Store { writer, readers, inline_readers, inline_writer, latest_event, batches })
     }
 
     /// A connection for reads.
@@ -160,21 +161,39 @@ impl Store {
         }
     }
 
-    /// [`Store::begin`], sending the reads `add_reads` adds with the `BEGIN` in one round trip;
-    /// answers the transaction and the rows of each read.
+    /// Runs `work` in one write transaction on the writer, inline on a blocking thread, under
+    /// the write lock: what it reads on the connection it gets is what its writes (deferred to
+    /// the [`PendingWrites`] it gets, committed after it) change, with no round trip in between.
+    /// For a read, a decision and its writes (a placement pass); `work` answering an error
+    /// writes nothing.
     #[track_caller]
-    pub(crate) fn begin_reading(
+    pub(crate) fn transact<T: Send + 'static>(
         &self,
-        add_reads: impl FnOnce(ReadsTogether) -> ReadsTogether,
-    ) -> impl Future<Output = StoreResult<(WriteTx, Vec<Vec<SqliteRow>>)>> + Send + '_ {
+        work: impl FnOnce(&rusqlite::Connection, &mut PendingWrites) -> StoreResult<T> + Send + 'static,
+    ) -> impl Future<Output = StoreResult<T>> + Send + '_ {
         let caller = std::panic::Location::caller();
-        let reads = add_reads(ReadsTogether { query: QueryBuilder::new("BEGIN IMMEDIATE; "), reads: 0 });
         async move {
-            let (connection, acquired) = acquire_writer(&self.writer).await?;
-            // Dropped on an error: rolled back (or the connection discarded if `BEGIN` failed).
-            let mut transaction = self.write_transaction(connection, acquired, caller);
-            let rows = reads.fetch(&mut transaction).await?;
-            Ok((transaction, rows))
+            let (lock, acquired) = lock_writer(&self.writer).await?;
+            let (writer, latest_event) = (self.inline_writer.clone(), self.latest_event.clone());
+            let transacting = tokio::task::spawn_blocking(move || {
+                let _lock = lock;
+                writer.with(|connection| {
+                    let connection = connection?;
+                    let transacted = in_transaction(connection, |connection| {
+                        let mut writes = PendingWrites::default();
+                        let answer = work(connection, &mut writes)?;
+                        let (newest_event, _) = write_all(connection, &[&writes])?;
+                        Ok((answer, newest_event))
+                    });
+                    record_write(acquired, &[caller]);
+                    let (answer, newest_event) = transacted?;
+                    publish_newest_event(&latest_event, newest_event);
+                    Ok(answer)
+                })
+            });
+            transacting
+                .await
+                .map_err(|error| StoreError::WriterUnavailable(format!("a transaction failed: {error}")))?
         }
     }
 
@@ -496,32 +515,50 @@ impl PendingWrites {
     }
 }
 
-/// Commits `writes` inline on the writer `connection` in one transaction (`BEGIN IMMEDIATE`,
-/// every statement and event of each batch, `COMMIT`), rolled back on an error. Answers the
-/// sequence number of the newest event (read before the `COMMIT`, so events appended need not
-/// each answer theirs) and, for each batch, the rows its statements returned.
+/// Commits `writes` inline on the writer `connection` in one transaction: every statement
+/// and event of each batch (see [`write_all`]).
 fn commit_inline(
     connection: &rusqlite::Connection,
     writes: &[&PendingWrites],
 ) -> StoreResult<(Option<i64>, Vec<Vec<InlineRow>>)> {
+    in_transaction(connection, |connection| write_all(connection, writes))
+}
+
+/// Runs `work` inline on the writer `connection` in one transaction (`BEGIN IMMEDIATE`, …,
+/// `COMMIT`), rolled back on an error.
+fn in_transaction<T>(
+    connection: &rusqlite::Connection,
+    work: impl FnOnce(&rusqlite::Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
     connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let committed = (|| {
-        let mut returned = Vec::with_capacity(writes.len());
-        for batch in writes {
-            let mut rows = Vec::new();
-            for statement in batch.all() {
-                statement.run_inline(connection, &mut rows)?;
-            }
-            returned.push(rows);
-        }
-        let newest_event = connection.prepare_cached("SELECT max(seq) FROM events")?.query_row([], |row| row.get(0))?;
+    let committed = work(connection).and_then(|answer| {
         connection.prepare_cached("COMMIT")?.execute([])?;
-        Ok((newest_event, returned))
-    })();
+        Ok(answer)
+    });
     if committed.is_err() && !connection.is_autocommit() {
         connection.execute_batch("ROLLBACK")?;
     }
     committed
+}
+
+/// Runs the statements and events of each of `writes`, in order, on the writer `connection`
+/// in a transaction. Answers the sequence number of the newest event (read once, so events
+/// appended need not each answer theirs) and, for each of `writes`, the rows its statements
+/// returned.
+fn write_all(
+    connection: &rusqlite::Connection,
+    writes: &[&PendingWrites],
+) -> StoreResult<(Option<i64>, Vec<Vec<InlineRow>>)> {
+    let mut returned = Vec::with_capacity(writes.len());
+    for batch in writes {
+        let mut rows = Vec::new();
+        for statement in batch.all() {
+            statement.run_inline(connection, &mut rows)?;
+        }
+        returned.push(rows);
+    }
+    let newest_event = connection.prepare_cached("SELECT max(seq) FROM events")?.query_row([], |row| row.get(0))?;
+    Ok((newest_event, returned))
 }
 
 /// See [`Store::batch`]. Dropping it without [`WriteBatch::commit`] writes nothing.
@@ -798,15 +835,10 @@ pub(crate) fn parse_uuid(text: &str) -> StoreResult<uuid::Uuid> {
     uuid::Uuid::parse_str(text).map_err(|error| StoreError::Corrupt(format!("uuid '{text}': {error}")))
 }
 
-/// Pushes `'a', 'b', …`: names of an enum's variants (fixed, without quotes) written into the
-/// statement instead of bound. SQLite plans with them; a bound value that the planner compares
-/// with a partial index's condition (such as `kind = ?` with migration 0009's) makes it
-/// prepare the statement again at every execution with another value.
-pub(crate) fn push_names(query: &mut QueryBuilder<'_, Sqlite>, names: impl IntoIterator<Item = &'static str>) {
-    query.push(self::names(names));
-}
-
-/// `'a', 'b', …`: see [`push_names`].
+/// `'a', 'b', …`: names of an enum's variants (fixed, without quotes) written into a statement
+/// instead of bound. SQLite plans with them; a bound value that the planner compares with a
+/// partial index's condition (such as `kind = ?` with migration 0009's) makes it prepare the
+/// statement again at every execution with another value.
 fn names(names: impl IntoIterator<Item = &'static str>) -> String {
     let quoted: Vec<String> = names
         .into_iter()
@@ -816,17 +848,6 @@ fn names(names: impl IntoIterator<Item = &'static str>) -> String {
         })
         .collect();
     quoted.join(", ")
-}
-
-/// Ends a list query: rows after the cursor id, in id (creation) order, at most `limit`.
-pub(crate) fn push_page(query: &mut sqlx::QueryBuilder<'_, Sqlite>, after: Option<uuid::Uuid>, limit: Option<u32>) {
-    if let Some(after) = after {
-        query.push(" AND id > ").push_bind(after.to_string());
-    }
-    query.push(" ORDER BY id");
-    if let Some(limit) = limit {
-        query.push(" LIMIT ").push_bind(limit);
-    }
 }
 
 pub(crate) fn parse_optional_uuid(text: Option<String>) -> StoreResult<Option<uuid::Uuid>> {
@@ -902,6 +923,45 @@ mod tests {
         batch.commit().await.expect("the next batch commits");
         assert_eq!(event_kinds(&store).await, ["test.kept"]);
         assert_eq!(*store.subscribe_events().borrow(), 1, "subscribers see the kept event only");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_run_inline_commits_what_it_decided_on_what_it_read_or_nothing() {
+        let (store, _directory) = open_temporary().await;
+        let mut batch = store.batch();
+        batch.append_event(NewEvent::new("test.first", "test", "a"));
+        batch.commit().await.expect("commit");
+        let count_events = |connection: &rusqlite::Connection| {
+            let rows = inline::fetch_all(connection, "SELECT count(*) AS events FROM events", [])?;
+            rows.first().map(|row| rows::StoredRow::value::<i64>(row, "events")).transpose()
+        };
+        let seen = store
+            .transact(move |connection, writes| {
+                let seen = count_events(connection)?;
+                writes.append_event(NewEvent::new("test.second", "test", "a"));
+                Ok(seen)
+            })
+            .await
+            .expect("transact");
+        assert_eq!(seen, Some(1), "the work reads what was committed before it");
+
+        let refused = store
+            .transact(|_, writes| {
+                writes.append_event(NewEvent::new("test.lost", "test", "a"));
+                Err::<(), _>(StoreError::Corrupt("decided against".into()))
+            })
+            .await;
+        assert!(matches!(refused, Err(StoreError::Corrupt(_))), "the work's own error: {refused:?}");
+        let failed = store
+            .transact(|_, writes| {
+                writes.append_event(NewEvent::new("test.lost", "test", "a"));
+                defer_failing_statement(writes);
+                Ok(())
+            })
+            .await;
+        assert!(failed.is_err(), "a failing write fails the transaction");
+        assert_eq!(event_kinds(&store).await, ["test.first", "test.second"], "failed work wrote nothing");
+        assert_eq!(*store.subscribe_events().borrow(), 2, "subscribers see the committed events");
     }
 
     #[tokio::test]

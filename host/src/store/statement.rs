@@ -1,7 +1,7 @@
-//! Write statements as data: SQL text with `?` placeholders and the values bound to them, run
-//! on either kind of connection — inline on the writer ([`super::inline::InlineWriter`]: the
-//! batch committer's) or through sqlx (a [`super::WriteTx`]'s connection). The repository
-//! modules build each write once, as a [`Statement`].
+//! Statements as data: SQL text with `?` placeholders and the values bound to them, run on
+//! either kind of connection — inline ([`super::inline`]: the batch committer's writes, reads on
+//! hot paths) or through sqlx (a [`super::WriteTx`]'s connection, a reader). The repository
+//! modules build each statement once, as a [`Statement`].
 
 use rusqlite::types::Value;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -52,9 +52,33 @@ impl Statement {
         self
     }
 
+    /// Ends a list query: rows after the cursor id, in id (creation) order, at most `limit`.
+    pub(crate) fn push_page(&mut self, after: Option<uuid::Uuid>, limit: Option<u32>) -> &mut Statement {
+        if let Some(after) = after {
+            self.push(" AND id > ").bind(after.to_string());
+        }
+        self.push(" ORDER BY id");
+        if let Some(limit) = limit {
+            self.push(" LIMIT ").bind(limit);
+        }
+        self
+    }
+
     /// Runs the statement through sqlx.
     pub(crate) async fn execute(&self, connection: &mut SqliteConnection) -> StoreResult<()> {
         run_together(connection, [self]).await.map(drop)
+    }
+
+    /// Runs the statement through sqlx; answers its rows.
+    pub(crate) async fn fetch(&self, connection: &mut SqliteConnection) -> StoreResult<Vec<SqliteRow>> {
+        run_together(connection, [self]).await
+    }
+
+    /// Runs the statement inline (see [`Statement::run_inline`]); answers its rows.
+    pub(crate) fn fetch_inline(&self, connection: &rusqlite::Connection) -> StoreResult<Vec<InlineRow>> {
+        let mut rows = Vec::new();
+        self.run_inline(connection, &mut rows)?;
+        Ok(rows)
     }
 
     /// Runs the statement inline, keeping it prepared on the connection, and appends the rows

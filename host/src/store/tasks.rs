@@ -2,13 +2,13 @@
 
 use std::sync::LazyLock;
 
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use super::rows::StoredRow;
 use super::{
     PendingWrites, Statement, Store, StoreError, StoreResult, format_time, parse_enum, parse_json, parse_optional_time,
-    parse_optional_uuid, parse_time, parse_uuid, push_page, to_json,
+    parse_optional_uuid, parse_time, parse_uuid, to_json,
 };
 use crate::model::{Task, TaskError, TaskKind, TaskState, Timestamp};
 
@@ -147,9 +147,7 @@ pub async fn get_by_idempotency_key(
 }
 
 pub async fn list(connection: &mut SqliteConnection, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
-    let mut query = QueryBuilder::new("");
-    push_list(&mut query, filter);
-    let rows = query.build().fetch_all(connection).await?;
+    let rows = list_statement(filter).fetch(connection).await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -159,24 +157,22 @@ pub fn is_second_unfinished_delete(error: &StoreError) -> bool {
     error.refusal().is_some_and(|refusal| refusal.unique_violation && refusal.message.ends_with("tasks.object_id"))
 }
 
-pub(super) fn push_list(query: &mut QueryBuilder<'static, Sqlite>, filter: &TaskFilter) {
-    query.push("SELECT * FROM tasks WHERE 1 = 1");
+fn list_statement(filter: &TaskFilter) -> Statement {
+    let mut statement = Statement::new("SELECT * FROM tasks WHERE 1 = 1");
     if !filter.states.is_empty() {
-        query.push(" AND state IN (");
-        super::push_names(query, filter.states.iter().map(|state| state.as_str()));
-        query.push(")");
+        statement.push(" AND state IN (").push_names(filter.states.iter().map(|state| state.as_str())).push(")");
     }
     if let Some(kind) = filter.kind {
-        query.push(" AND kind = ");
-        super::push_names(query, [kind.as_str()]);
+        statement.push(" AND kind = ").push_names([kind.as_str()]);
     }
     if let Some(object_id) = filter.object_id {
-        query.push(" AND object_id = ").push_bind(object_id.to_string());
+        statement.push(" AND object_id = ").bind(object_id.to_string());
     }
     if let Some(parent_id) = filter.parent_id {
-        query.push(" AND parent_id = ").push_bind(parent_id.to_string());
+        statement.push(" AND parent_id = ").bind(parent_id.to_string());
     }
-    push_page(query, filter.after, filter.limit);
+    statement.push_page(filter.after, filter.limit);
+    statement
 }
 
 /// The read of the pending and running tasks of the objects of `?1` (a JSON array of ids).

@@ -40,9 +40,12 @@ fn version_from_row(row: &impl StoredRow) -> StoreResult<TemplateVersion> {
     })
 }
 
+/// The read of every template, without its versions.
+pub(super) const SELECT_ALL: &str = "SELECT * FROM templates";
+
 /// Every version of a template with its files (one row per file, or one without a file for a
 /// version that has none).
-const VERSIONS_WITH_FILES: &str = "SELECT v.template_id, v.number, v.tag, v.description, \
+pub(super) const VERSIONS_WITH_FILES: &str = "SELECT v.template_id, v.number, v.tag, v.description, \
         v.size_bytes AS version_size_bytes, v.pulled_at, v.created_at, \
         f.name, f.kind, f.format, f.size_bytes, f.sha256, f.chunk_size, f.pushed_at, \
         (SELECT count(*) FROM file_chunks c WHERE c.template_id = f.template_id \
@@ -90,7 +93,7 @@ pub async fn list(connection: &mut SqliteConnection) -> StoreResult<Vec<Template
 pub(super) fn read_all(reads: ReadsTogether) -> ReadsTogether {
     reads
         .read(|query| {
-            query.push("SELECT * FROM templates");
+            query.push(SELECT_ALL);
         })
         .read(|query| {
             query.push(VERSIONS_WITH_FILES);
