@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use hyperplane::config::Config;
-use proc_stat::{ThreadUse, process_cpu_seconds, thread_use};
+use proc_stat::{ThreadUse, idle_seconds, process_cpu_seconds, thread_use};
 use serde_json::{Value, json};
 
 /// The server binary's allocator (`src/main.rs`).
@@ -268,51 +268,70 @@ async fn wait_for_connections_closed(baseline: usize) -> anyhow::Result<usize> {
 }
 
 /// CPU time used so far by this process, its waited-for children (the python runs) and
-/// libvirtd, and this process's threads by name.
+/// libvirtd, the threads of this process and of libvirtd by name, and the machine's idle time.
 struct CpuUse {
+    at: Instant,
     this_process: f64,
     children: f64,
     libvirtd: f64,
     threads: BTreeMap<String, ThreadUse>,
+    libvirtd_threads: BTreeMap<String, ThreadUse>,
+    idle: f64,
 }
 
 impl CpuUse {
     fn now(libvirtd: u32) -> anyhow::Result<CpuUse> {
         let (this_process, children) = process_cpu_seconds("self")?;
+        let libvirtd = libvirtd.to_string();
         Ok(CpuUse {
+            at: Instant::now(),
             this_process,
             children,
-            libvirtd: process_cpu_seconds(&libvirtd.to_string())?.0,
-            threads: thread_use(),
+            libvirtd: process_cpu_seconds(&libvirtd)?.0,
+            threads: thread_use("self"),
+            libvirtd_threads: thread_use(&libvirtd),
+            idle: idle_seconds()?,
         })
     }
 
-    /// What each lifecycle cost between `earlier` and now.
+    /// What each lifecycle cost between `earlier` and now, and how idle the machine was.
     fn since(&self, earlier: &CpuUse) -> String {
         let per_lifecycle = |seconds: f64| seconds * 1e3 / LIFECYCLES as f64;
         let switches = |use_: &CpuUse| use_.threads.values().map(|thread| thread.context_switches).sum::<u64>();
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get()) as f64;
+        let elapsed = (self.at - earlier.at).as_secs_f64();
         format!(
-            "CPU {:.2} ms in this process ({:.0} context switches), {:.2} ms in python, {:.2} ms in libvirtd",
+            "CPU {:.2} ms in this process ({:.0} context switches), {:.2} ms in python, {:.2} ms in libvirtd; \
+             the machine's {cores} cores {:.0}% idle",
             per_lifecycle(self.this_process - earlier.this_process),
             switches(self).saturating_sub(switches(earlier)) as f64 / LIFECYCLES as f64,
             per_lifecycle(self.children - earlier.children),
-            per_lifecycle(self.libvirtd - earlier.libvirtd)
+            per_lifecycle(self.libvirtd - earlier.libvirtd),
+            (self.idle - earlier.idle) * 100.0 / (elapsed * cores),
         )
     }
 
-    /// This process's CPU and context switches per lifecycle since `earlier`, by thread name
-    /// (threads started since count in full).
+    /// CPU and context switches per lifecycle since `earlier`, by thread name (threads started
+    /// since count in full): this process's, then libvirtd's.
     fn by_thread_since(&self, earlier: &CpuUse) -> String {
-        let threads = self.threads.iter().map(|(name, now)| {
-            let before = earlier.threads.get(name).copied().unwrap_or_default();
-            format!(
-                "{name} {:.2} ms ({:.0})",
-                (now.cpu - before.cpu) * 1e3 / LIFECYCLES as f64,
-                now.context_switches.saturating_sub(before.context_switches) as f64 / LIFECYCLES as f64
-            )
-        });
-        threads.collect::<Vec<_>>().join(", ")
+        format!(
+            "{}; libvirtd: {}",
+            threads_since(&self.threads, &earlier.threads),
+            threads_since(&self.libvirtd_threads, &earlier.libvirtd_threads)
+        )
     }
+}
+
+fn threads_since(now: &BTreeMap<String, ThreadUse>, earlier: &BTreeMap<String, ThreadUse>) -> String {
+    let threads = now.iter().map(|(name, now)| {
+        let before = earlier.get(name).copied().unwrap_or_default();
+        format!(
+            "{name} {:.2} ms ({:.0})",
+            (now.cpu - before.cpu) * 1e3 / LIFECYCLES as f64,
+            now.context_switches.saturating_sub(before.context_switches) as f64 / LIFECYCLES as f64
+        )
+    });
+    threads.collect::<Vec<_>>().join(", ")
 }
 
 fn libvirtd_pid() -> anyhow::Result<u32> {

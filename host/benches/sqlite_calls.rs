@@ -127,5 +127,5 @@ fn cpu_seconds() -> f64 {
 
 /// Context switches of all of this process's threads.
 fn context_switches() -> u64 {
-    proc_stat::thread_use().values().map(|thread| thread.context_switches).sum()
+    proc_stat::thread_use("self").values().map(|thread| thread.context_switches).sum()
 }

@@ -31,11 +31,21 @@ fn stat_fields(path: &str) -> anyhow::Result<(String, String)> {
     Ok((name.to_string(), fields.to_string()))
 }
 
-/// CPU and context switches of this process's threads, summed by name (without the
-/// numbers some names end in: `sqlx-sqlite-worker-3`).
-pub fn thread_use() -> BTreeMap<String, ThreadUse> {
+/// Seconds all CPUs of the machine have been idle (idle and waiting for I/O), from `/proc/stat`.
+#[allow(dead_code)] // not every benchmark prints it
+pub fn idle_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().find(|line| line.starts_with("cpu ")).context("/proc/stat has a cpu line")?;
+    // user nice system idle iowait …
+    let idle: f64 = cpu.split_whitespace().skip(4).take(2).filter_map(|field| field.parse::<f64>().ok()).sum();
+    Ok(idle / USER_HZ)
+}
+
+/// CPU and context switches of the threads of process `pid` (`self` for this one), summed by
+/// name (without the numbers some names end in: `sqlx-sqlite-worker-3`).
+pub fn thread_use(pid: &str) -> BTreeMap<String, ThreadUse> {
     let mut by_name = BTreeMap::<String, ThreadUse>::new();
-    for thread in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for thread in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
         let (Ok((name, fields)), Ok(status)) = (
             stat_fields(&thread.path().join("stat").to_string_lossy()),
             std::fs::read_to_string(thread.path().join("status")),
