@@ -62,6 +62,9 @@ pub(super) struct InlineWriter {
 
 /// Statements kept prepared on the writer: one per shape of write.
 const WRITER_PREPARED_STATEMENTS: usize = 128;
+/// Statements kept prepared on each reader: the reads of the hot paths (a task's context, the
+/// fleet, …) are more than rusqlite's default of 16.
+const READER_PREPARED_STATEMENTS: usize = 64;
 
 impl InlineWriter {
     /// The writer of the database sqlx opens at `path` (its options' filename).
@@ -109,6 +112,8 @@ fn open(path: &Path, access: Access) -> StoreResult<Connection> {
     if access == Access::Write {
         connection.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
         connection.set_prepared_statement_cache_capacity(WRITER_PREPARED_STATEMENTS);
+    } else {
+        connection.set_prepared_statement_cache_capacity(READER_PREPARED_STATEMENTS);
     }
     Ok(connection)
 }
