@@ -1,10 +1,12 @@
 //! Persistence: sqlx on SQLite (WAL) with embedded migrations, and one repository module per
 //! table. The only module that knows SQL.
 //!
-//! Writes go through [`WriteTx`], a transaction on the sqlx writer connection, or
-//! [`WriteBatch`], writes committed inline by the store's batch committer together with the
-//! other batches waiting at that moment (group commit), both under one write lock: every state change and the events
-//! describing it commit together, and readers are woken only after the commit. Reads use a
+//! Writes go through [`WriteTx`], a transaction on the sqlx writer connection; [`WriteBatch`],
+//! writes committed inline by the store's batch committer together with the other batches
+//! waiting at that moment (group commit); or [`Store::transact`], reads, a decision and its
+//! writes inline on the writer in one transaction. All three hold one write lock: every state
+//! change and the events describing it commit together, and readers are woken only after the
+//! commit. Reads use a
 //! separate pool and never block behind writers (WAL); the small reads of hot paths run inline
 //! on the calling thread instead ([`inline`]), without sqlx's round trip to a connection thread.
 
