@@ -142,7 +142,8 @@ impl Service {
 
     /// A [`Snapshot`] read outside a transaction, to explain placement without placing.
     async fn read_snapshot(&self) -> ServiceResult<Snapshot> {
-        let fleet = self.store().read_inline(|connection| store::fleet::read(connection, &waiting_for_a_host()))?;
+        let fleet = self.store().read_blocking(|connection| store::fleet::read(connection, &waiting_for_a_host()));
+        let fleet = fleet.await?;
         Ok(snapshot(fleet, &self.loaded_providers()))
     }
 

@@ -55,6 +55,10 @@ pub enum StoreError {
     /// the group gets it).
     #[error("the database writer is unavailable: {0}")]
     WriterUnavailable(String),
+    /// Work run on a blocking thread ended without an answer: it panicked, or the runtime is
+    /// shutting down.
+    #[error("database work ended without an answer: {0}")]
+    Interrupted(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -130,6 +134,17 @@ impl Store {
         self.inline_readers.read(read)
     }
 
+    /// [`Store::read_inline`] on a blocking thread, for a read that may be long (the whole
+    /// fleet): a runtime worker is not held while it runs.
+    pub(crate) async fn read_blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let readers = self.inline_readers.clone();
+        let reading = tokio::task::spawn_blocking(move || readers.read(read));
+        reading.await.map_err(|error| StoreError::Interrupted(error.to_string()))?
+    }
+
     /// Starts a write transaction (`BEGIN IMMEDIATE` on the single writer, so transactions
     /// never fail to upgrade and placement decisions see every committed instance).
     #[track_caller]
@@ -193,9 +208,7 @@ impl Store {
                     Ok(answer)
                 })
             });
-            transacting
-                .await
-                .map_err(|error| StoreError::WriterUnavailable(format!("a transaction failed: {error}")))?
+            transacting.await.map_err(|error| StoreError::Interrupted(error.to_string()))?
         }
     }
 
