@@ -6,9 +6,9 @@
 //! waiting at that moment (group commit); or [`Store::transact`], reads, a decision and its
 //! writes inline on the writer in one transaction. All three hold one write lock: every state
 //! change and the events describing it commit together, and readers are woken only after the
-//! commit. Reads use a
-//! separate pool and never block behind writers (WAL); the small reads of hot paths run inline
-//! on the calling thread instead ([`inline`]), without sqlx's round trip to a connection thread.
+//! commit. Reads use a separate pool and never block behind writers (WAL); the small reads of
+//! hot paths run inline on the calling thread instead ([`inline`]), without sqlx's round trip
+//! to a connection thread.
 
 pub mod events;
 pub mod fleet;
