@@ -5,6 +5,7 @@
 //! --bench sqlite_calls`). What runs here must be short (a read by key, a commit of prepared
 //! statements): it holds the calling thread, a runtime worker, while it runs.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -73,21 +74,34 @@ impl InlineWriter {
     }
 
     /// Runs `write` on the connection (opened on first use; `write` gets the error should that
-    /// fail), outside any transaction: one that a panic left open is rolled back first.
+    /// fail), outside any transaction: one left open (a failed `ROLLBACK`) is rolled back
+    /// first, and one that `write` leaves open by panicking is rolled back before the panic
+    /// goes on — before the caller gives up the write lock.
     pub(super) fn with<T>(&self, write: impl FnOnce(StoreResult<&Connection>) -> T) -> T {
-        let mut connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = connection.as_ref()
+        let mut slot = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = slot.as_ref()
             && !open.is_autocommit()
             && open.execute_batch("ROLLBACK").is_err()
         {
             // Broken: opened afresh below.
-            *connection = None;
+            *slot = None;
         }
-        let connection = match &mut *connection {
+        let connection = match &mut *slot {
             Some(connection) => Ok(&*connection),
             empty => open(&self.path, Access::Write).map(|opened| &*empty.insert(opened)),
         };
-        write(connection)
+        match std::panic::catch_unwind(AssertUnwindSafe(|| write(connection))) {
+            Ok(answer) => answer,
+            Err(panic) => {
+                if let Some(open) = slot.as_ref()
+                    && !open.is_autocommit()
+                    && open.execute_batch("ROLLBACK").is_err()
+                {
+                    *slot = None;
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 }
 

@@ -985,6 +985,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_panic_in_inline_work_rolls_back_before_the_write_lock_is_given_up() {
+        let (store, _directory) = open_temporary().await;
+        let panicked = store
+            .transact(|connection, _| -> StoreResult<()> {
+                connection.execute_batch(
+                    "INSERT INTO events (time, type, object_kind, object_id, actor) VALUES ('', 'test.lost', '', '', '')",
+                )?;
+                panic!("a bug in the work");
+            })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Interrupted(_))), "{panicked:?}");
+        // The next writer does not wait for a transaction the panic left open.
+        let begun = tokio::time::timeout(Duration::from_secs(2), store.begin()).await;
+        let mut transaction = begun.expect("the writer is free").expect("begin");
+        transaction.append_event(NewEvent::new("test.kept", "test", "a"));
+        transaction.commit().await.expect("commit");
+        assert_eq!(event_kinds(&store).await, ["test.kept"]);
+    }
+
+    #[tokio::test]
     async fn batches_waiting_together_commit_together_and_a_bad_one_fails_alone() {
         let (store, _directory) = open_temporary().await;
         // Holding the writer makes the batches queue up: the committer takes them as one group.
