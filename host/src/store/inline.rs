@@ -79,13 +79,7 @@ impl InlineWriter {
     /// goes on — before the caller gives up the write lock.
     pub(super) fn with<T>(&self, write: impl FnOnce(StoreResult<&Connection>) -> T) -> T {
         let mut slot = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(open) = slot.as_ref()
-            && !open.is_autocommit()
-            && open.execute_batch("ROLLBACK").is_err()
-        {
-            // Broken: opened afresh below.
-            *slot = None;
-        }
+        end_transaction_left_open(&mut slot);
         let connection = match &mut *slot {
             Some(connection) => Ok(&*connection),
             empty => open(&self.path, Access::Write).map(|opened| &*empty.insert(opened)),
@@ -93,15 +87,21 @@ impl InlineWriter {
         match std::panic::catch_unwind(AssertUnwindSafe(|| write(connection))) {
             Ok(answer) => answer,
             Err(panic) => {
-                if let Some(open) = slot.as_ref()
-                    && !open.is_autocommit()
-                    && open.execute_batch("ROLLBACK").is_err()
-                {
-                    *slot = None;
-                }
+                end_transaction_left_open(&mut slot);
                 std::panic::resume_unwind(panic)
             }
         }
+    }
+}
+
+/// Rolls back a transaction left open on the writer's connection; a connection that cannot is
+/// dropped (opened afresh on next use).
+fn end_transaction_left_open(slot: &mut Option<Connection>) {
+    if let Some(open) = slot.as_ref()
+        && !open.is_autocommit()
+        && open.execute_batch("ROLLBACK").is_err()
+    {
+        *slot = None;
     }
 }
 
@@ -138,12 +138,22 @@ pub(super) fn fetch_all(
     sql: &str,
     params: impl rusqlite::Params,
 ) -> StoreResult<Vec<InlineRow>> {
-    let mut statement = connection.prepare_cached(sql)?;
-    let columns = InlineRow::columns(&statement);
-    let mut rows = statement.query(params)?;
     let mut read = Vec::new();
+    let mut statement = connection.prepare_cached(sql)?;
+    read_rows(&mut statement, params, &mut read)?;
+    Ok(read)
+}
+
+/// Runs the prepared `statement` with `params` and appends the rows it answers to `read`.
+pub(super) fn read_rows(
+    statement: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    read: &mut Vec<InlineRow>,
+) -> StoreResult<()> {
+    let columns = InlineRow::columns(statement);
+    let mut rows = statement.query(params)?;
     while let Some(row) = rows.next()? {
         read.push(InlineRow::read(row, &columns)?);
     }
-    Ok(read)
+    Ok(())
 }

@@ -195,17 +195,12 @@ impl Store {
             let transacting = tokio::task::spawn_blocking(move || {
                 let _lock = lock;
                 writer.with(|connection| {
-                    let connection = connection?;
-                    let transacted = in_transaction(connection, |connection| {
+                    commit_recorded(connection?, &latest_event, acquired, &[caller], |connection| {
                         let mut writes = PendingWrites::default();
                         let answer = work(connection, &mut writes)?;
-                        let (newest_event, _) = write_all(connection, &[&writes])?;
+                        let (_, newest_event) = write_all(connection, &[&writes])?;
                         Ok((answer, newest_event))
-                    });
-                    record_write(acquired, &[caller]);
-                    let (answer, newest_event) = transacted?;
-                    publish_newest_event(&latest_event, newest_event);
-                    Ok(answer)
+                    })
                 })
             });
             transacting.await.map_err(|error| StoreError::Interrupted(error.to_string()))?
@@ -530,40 +525,41 @@ impl PendingWrites {
     }
 }
 
-/// Commits `writes` inline on the writer `connection` in one transaction: every statement
-/// and event of each batch (see [`write_all`]).
-fn commit_inline(
+/// Runs `work` inline on the writer `connection` (locked at `acquired`) in one transaction
+/// (`BEGIN IMMEDIATE`, …, `COMMIT`; rolled back on an error), then records the writer's use
+/// and wakes event subscribers. `work` answers its answer and the newest event's number.
+fn commit_recorded<T>(
     connection: &rusqlite::Connection,
-    writes: &[&PendingWrites],
-) -> StoreResult<(Option<i64>, Vec<Vec<InlineRow>>)> {
-    in_transaction(connection, |connection| write_all(connection, writes))
-}
-
-/// Runs `work` inline on the writer `connection` in one transaction (`BEGIN IMMEDIATE`, …,
-/// `COMMIT`), rolled back on an error.
-fn in_transaction<T>(
-    connection: &rusqlite::Connection,
-    work: impl FnOnce(&rusqlite::Connection) -> StoreResult<T>,
+    latest_event: &watch::Sender<i64>,
+    acquired: Instant,
+    callers: &[&'static std::panic::Location<'static>],
+    work: impl FnOnce(&rusqlite::Connection) -> StoreResult<(T, Option<i64>)>,
 ) -> StoreResult<T> {
-    connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let committed = work(connection).and_then(|answer| {
-        connection.prepare_cached("COMMIT")?.execute([])?;
-        Ok(answer)
-    });
-    if committed.is_err() && !connection.is_autocommit() {
-        connection.execute_batch("ROLLBACK")?;
-    }
-    committed
+    let committed = (|| {
+        connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let committed = work(connection).and_then(|answer| {
+            connection.prepare_cached("COMMIT")?.execute([])?;
+            Ok(answer)
+        });
+        if committed.is_err() && !connection.is_autocommit() {
+            connection.execute_batch("ROLLBACK")?;
+        }
+        committed
+    })();
+    record_write(acquired, callers);
+    let (answer, newest_event) = committed?;
+    publish_newest_event(latest_event, newest_event);
+    Ok(answer)
 }
 
 /// Runs the statements and events of each of `writes`, in order, on the writer `connection`
-/// in a transaction. Answers the sequence number of the newest event (read once, so events
-/// appended need not each answer theirs) and, for each of `writes`, the rows its statements
-/// returned.
+/// in a transaction. Answers, for each of `writes`, the rows its statements returned, and the
+/// sequence number of the newest event (read once, so events appended need not each answer
+/// theirs).
 fn write_all(
     connection: &rusqlite::Connection,
     writes: &[&PendingWrites],
-) -> StoreResult<(Option<i64>, Vec<Vec<InlineRow>>)> {
+) -> StoreResult<(Vec<Vec<InlineRow>>, Option<i64>)> {
     let mut returned = Vec::with_capacity(writes.len());
     for batch in writes {
         let mut rows = Vec::new();
@@ -573,7 +569,7 @@ fn write_all(
         returned.push(rows);
     }
     let newest_event = connection.prepare_cached("SELECT max(seq) FROM events")?.query_row([], |row| row.get(0))?;
-    Ok((newest_event, returned))
+    Ok((returned, newest_event))
 }
 
 /// See [`Store::batch`]. Dropping it without [`WriteBatch::commit`] writes nothing.
@@ -665,7 +661,10 @@ fn commit_group(
 ) {
     let writes: Vec<_> = group.iter().map(|batch| &batch.writes).collect();
     let callers: Vec<_> = group.iter().map(|batch| batch.caller).collect();
-    match commit_recorded(connection, latest_event, acquired, &writes, &callers) {
+    let commit = |writes: &[&PendingWrites], acquired, callers: &[_]| {
+        commit_recorded(connection, latest_event, acquired, callers, |connection| write_all(connection, writes))
+    };
+    match commit(&writes, acquired, &callers) {
         Ok(returned) => {
             for (batch, rows) in group.into_iter().zip(returned) {
                 let _ = batch.done.send(Ok(rows));
@@ -676,28 +675,11 @@ fn commit_group(
         }
         Err(_) => {
             for batch in group {
-                let committed =
-                    commit_recorded(connection, latest_event, Instant::now(), &[&batch.writes], &[batch.caller]);
+                let committed = commit(&[&batch.writes], Instant::now(), &[batch.caller]);
                 let _ = batch.done.send(committed.map(|mut returned| returned.pop().unwrap_or_default()));
             }
         }
     }
-}
-
-/// [`commit_inline`], then the writer's use since `acquired` recorded and event subscribers
-/// woken.
-fn commit_recorded(
-    connection: &rusqlite::Connection,
-    latest_event: &watch::Sender<i64>,
-    acquired: Instant,
-    writes: &[&PendingWrites],
-    callers: &[&'static std::panic::Location<'static>],
-) -> StoreResult<Vec<Vec<InlineRow>>> {
-    let committed = commit_inline(connection, writes);
-    record_write(acquired, callers);
-    let (newest_event, returned) = committed?;
-    publish_newest_event(latest_event, newest_event);
-    Ok(returned)
 }
 
 /// Fails each batch of `group`: the writer could not be had.

@@ -93,12 +93,7 @@ impl Statement {
             prepared.execute(rusqlite::params_from_iter(&self.values))?;
             return Ok(());
         }
-        let columns = InlineRow::columns(&prepared);
-        let mut rows = prepared.query(rusqlite::params_from_iter(&self.values))?;
-        while let Some(row) = rows.next()? {
-            returned.push(InlineRow::read(row, &columns)?);
-        }
-        Ok(())
+        super::inline::read_rows(&mut prepared, rusqlite::params_from_iter(&self.values), returned)
     }
 }
 
