@@ -141,6 +141,21 @@ fn template_upload_then_instance_on_qemu() {
     assert!(matches!(driver.remove_template("lv-1", &template), Err(Error::NotFound(_))));
 }
 
+/// A port held by a listener and the free port after it, both below the kernel's ephemeral
+/// range: the outgoing connections of the tests running meanwhile take their ports from that
+/// range, so one of them cannot take the free port before QEMU binds it.
+fn held_port_and_free_neighbour() -> (std::net::TcpListener, u16) {
+    let start = 20_000 + (std::process::id() % 2_000) as u16 * 4;
+    (start..30_000)
+        .step_by(2)
+        .find_map(|port| {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+            std::net::TcpListener::bind(("127.0.0.1", port + 1)).ok()?;
+            Some((listener, port + 1))
+        })
+        .expect("two free adjacent ports below 30000")
+}
+
 #[test]
 fn a_serial_console_port_another_program_holds_is_given_up_for_a_free_one() {
     use driver_libvirt::serial_ports::{Claim, claim_key};
@@ -149,9 +164,8 @@ fn a_serial_console_port_another_program_holds_is_given_up_for_a_free_one() {
     let mut pool = ScratchPool::create();
     // Two ports: this test holds the first; the second is claimed by another instance until
     // the create has taken the first.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let (listener, free) = held_port_and_free_neighbour();
     let held = listener.local_addr().expect("address").port();
-    let free = held + 1;
     let store = std::sync::Arc::new(MemoryStore::new());
     let state = JsonState::new(store.clone());
     let host_json = format!(
