@@ -82,7 +82,7 @@ impl InlineWriter {
         end_transaction_left_open(&mut slot);
         let connection = match &mut *slot {
             Some(connection) => Ok(&*connection),
-            empty => open(&self.path, Access::Write).map(|opened| &*empty.insert(opened)),
+            empty => open_writer(&self.path).map(|opened| &*empty.insert(opened)),
         };
         match std::panic::catch_unwind(AssertUnwindSafe(|| write(connection))) {
             Ok(answer) => answer,
@@ -111,20 +111,31 @@ enum Access {
     Write,
 }
 
-/// Opens the database sqlx opened at `path`, with the settings of sqlx's connections.
+/// A connection that may write to the database sqlx opened at `path`.
+pub(super) fn open_writer(path: &Path) -> StoreResult<Connection> {
+    open(path, Access::Write)
+}
+
+/// Whether sqlx's `path` names an in-memory database (which has no WAL).
+pub(super) fn is_in_memory(path: &Path) -> bool {
+    path.to_string_lossy().starts_with(SQLX_IN_MEMORY_PREFIX)
+}
+
+/// Opens the database sqlx opened at `path`, with the settings of sqlx's writer connection.
 fn open(path: &Path, access: Access) -> StoreResult<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
     flags |= match access {
         Access::Read => OpenFlags::SQLITE_OPEN_READ_ONLY,
         Access::Write => OpenFlags::SQLITE_OPEN_READ_WRITE,
     };
-    if path.to_string_lossy().starts_with(SQLX_IN_MEMORY_PREFIX) {
+    if is_in_memory(path) {
         flags |= OpenFlags::SQLITE_OPEN_MEMORY | OpenFlags::SQLITE_OPEN_SHARED_CACHE;
     }
     let connection = Connection::open_with_flags(path, flags)?;
     connection.busy_timeout(Duration::from_secs(10))?;
     if access == Access::Write {
         connection.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
+        connection.pragma_update(None, "wal_autocheckpoint", super::checkpoint::BACKSTOP_PAGES)?;
         connection.set_prepared_statement_cache_capacity(WRITER_PREPARED_STATEMENTS);
     } else {
         connection.set_prepared_statement_cache_capacity(READER_PREPARED_STATEMENTS);

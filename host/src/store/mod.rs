@@ -10,6 +10,7 @@
 //! hot paths run inline on the calling thread instead ([`inline`]), without sqlx's round trip
 //! to a connection thread.
 
+mod checkpoint;
 pub mod events;
 pub mod fleet;
 pub mod groups;
@@ -107,16 +108,22 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
             .busy_timeout(Duration::from_secs(10));
-        let writer = ConnectionPool::new(options.clone(), 1);
+        let path = options.get_filename().to_owned();
+        let checkpoints = match inline::is_in_memory(&path) {
+            true => None,
+            false => Some(checkpoint::Trigger::start(path.clone()).map_err(sqlx::Error::Io)?),
+        };
+        let writer = ConnectionPool::new(options.clone(), 1, checkpoints);
         let latest = {
             let mut connection = writer.acquire().await?;
             sqlx::migrate!("./migrations").run(&mut *connection).await?;
             events::latest_seq(&mut connection).await?
         };
-        let inline_readers = Arc::new(inline::InlineReaders::new(options.get_filename().to_owned()));
-        let inline_writer = Arc::new(inline::InlineWriter::new(options.get_filename().to_owned()));
-        let readers = ConnectionPool::new(options.read_only(true), READER_CONNECTIONS);
+        let inline_readers = Arc::new(inline::InlineReaders::new(path.clone()));
+        let inline_writer = Arc::new(inline::InlineWriter::new(path));
+        let readers = ConnectionPool::new(options.read_only(true), READER_CONNECTIONS, None);
         let (latest_event, _) = watch::channel(latest);
         let (batches, queued) = mpsc::unbounded_channel();
         tokio::spawn(commit_batches(writer.clone(), inline_writer.clone(), latest_event.clone(), queued));
@@ -301,6 +308,9 @@ async fn lock_writer(writer: &Arc<ConnectionPool>) -> StoreResult<(OwnedSemaphor
     let asked = Instant::now();
     let lock = writer.slot().await?;
     let acquired = Instant::now();
+    if let Some(checkpoints) = &writer.checkpoints {
+        checkpoints.write_begins();
+    }
     WRITE_STATISTICS.wait_nanos.fetch_add((acquired - asked).as_nanos() as u64, Ordering::Relaxed);
     Ok((lock, acquired))
 }
@@ -327,17 +337,24 @@ struct ConnectionPool {
     /// Set when a commit was cancelled half-way (see [`CommitInFlight`]): the next user of the
     /// writer rolls back first.
     interrupted_commit: AtomicBool,
+    /// The writer's: told whenever the write lock is taken (see [`checkpoint`]).
+    checkpoints: Option<checkpoint::Trigger>,
 }
 
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ConnectionPool {
-    fn new(options: SqliteConnectOptions, size: usize) -> Arc<ConnectionPool> {
+    fn new(
+        options: SqliteConnectOptions,
+        size: usize,
+        checkpoints: Option<checkpoint::Trigger>,
+    ) -> Arc<ConnectionPool> {
         Arc::new(ConnectionPool {
             options,
             idle: std::sync::Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(size)),
             interrupted_commit: AtomicBool::new(false),
+            checkpoints,
         })
     }
 
