@@ -126,7 +126,7 @@ pub(super) fn is_in_memory(path: &Path) -> bool {
     path.to_string_lossy().starts_with(SQLX_IN_MEMORY_PREFIX)
 }
 
-/// Opens the database sqlx opened at `path`, with the settings of sqlx's writer connection.
+/// Opens the database sqlx opened at `path`, with the settings of sqlx's connections.
 fn open(path: &Path, access: Access) -> StoreResult<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
     flags |= match access {
