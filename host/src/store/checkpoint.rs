@@ -1,7 +1,7 @@
 //! WAL checkpoints off the write path. SQLite's own (automatic) checkpoint runs in the
 //! connection whose commit takes the WAL past its threshold, while that connection still holds
 //! the write lock: it copies the WAL's pages into the database and syncs both files, and every
-//! other write waits for it. Here a thread of the store's own checkpoints instead, a short while
+//! other write waits for it. Instead, the store checkpoints on a thread of its own a short while
 //! after writes: PASSIVE, so it never waits for a reader or a writer, and writes go on while it
 //! runs. The writers keep SQLite's automatic checkpoint only as a backstop, at
 //! [`BACKSTOP_PAGES`], should this thread fall behind.
