@@ -189,18 +189,20 @@ impl Store {
     /// the write lock: what it reads on the connection it gets is what its writes (deferred to
     /// the [`PendingWrites`] it gets, committed after it) change, with no round trip in between.
     /// For a read, a decision and its writes (a placement pass); `work` answering an error
-    /// writes nothing.
+    /// writes nothing. Once started, it runs to its end even if the caller stops waiting.
     #[track_caller]
     pub(crate) fn transact<T: Send + 'static>(
         &self,
         work: impl FnOnce(&rusqlite::Connection, &mut PendingWrites) -> StoreResult<T> + Send + 'static,
     ) -> impl Future<Output = StoreResult<T>> + Send + '_ {
         let caller = std::panic::Location::caller();
+        let (pool, writer, latest_event) = (self.writer.clone(), self.inline_writer.clone(), self.latest_event.clone());
         async move {
-            let (lock, acquired) = lock_writer(&self.writer).await?;
-            let (writer, latest_event) = (self.inline_writer.clone(), self.latest_event.clone());
+            let runtime = tokio::runtime::Handle::current();
             let transacting = tokio::task::spawn_blocking(move || {
-                let _lock = lock;
+                // Taken on the blocking thread, so the lock is not held while that thread waits
+                // to be scheduled (a third of a placement pass's time under it on a busy machine).
+                let (_lock, acquired) = runtime.block_on(lock_writer(&pool))?;
                 writer.with(|connection| {
                     commit_recorded(connection?, &latest_event, acquired, &[caller], |connection| {
                         let mut writes = PendingWrites::default();
