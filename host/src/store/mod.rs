@@ -59,7 +59,7 @@ pub enum StoreError {
     /// Work run on a blocking thread ended without an answer: it panicked, or the runtime is
     /// shutting down.
     #[error("database work ended without an answer: {0}")]
-    Interrupted(String),
+    Interrupted(#[from] tokio::task::JoinError),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -111,9 +111,11 @@ impl Store {
             .pragma("wal_autocheckpoint", checkpoint::BACKSTOP_PAGES.to_string())
             .busy_timeout(Duration::from_secs(10));
         let path = options.get_filename().to_owned();
-        let checkpoints = match inline::is_in_memory(&path) {
-            true => None,
-            false => Some(checkpoint::Trigger::start(path.clone()).map_err(sqlx::Error::Io)?),
+        // An in-memory database has no WAL to checkpoint.
+        let checkpoints = if inline::is_in_memory(&path) {
+            None
+        } else {
+            Some(checkpoint::Trigger::start(path.clone()).map_err(sqlx::Error::Io)?)
         };
         let writer = ConnectionPool::new(options.clone(), 1, checkpoints);
         let latest = {
@@ -149,7 +151,7 @@ impl Store {
     ) -> StoreResult<T> {
         let readers = self.inline_readers.clone();
         let reading = tokio::task::spawn_blocking(move || readers.read(read));
-        reading.await.map_err(|error| StoreError::Interrupted(error.to_string()))?
+        reading.await?
     }
 
     /// Starts a write transaction (`BEGIN IMMEDIATE` on the single writer, so transactions
@@ -212,7 +214,7 @@ impl Store {
                     })
                 })
             });
-            transacting.await.map_err(|error| StoreError::Interrupted(error.to_string()))?
+            transacting.await?
         }
     }
 
