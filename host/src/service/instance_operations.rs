@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::lifecycle::{Step, StepResult, failure};
+use super::lifecycle::{STATE_COLUMNS, Step, StepResult, failure};
 use super::providers::{
     instance_state_from_driver, is_conflict, is_not_found, service_error_from_call, snapshot_from_driver,
     task_error_from_call,
@@ -153,7 +153,7 @@ impl Service {
                 let event = NewEvent::new("instance.snapshot_reverted", "instance", id)
                     .data(json!({ "name": name, "state": state }));
                 let data = json!({ "reason": "snapshot reverted", "snapshot": name, "ip": instance.ip });
-                self.set_state_recording(&mut instance, state, data, Some(event)).await?;
+                self.set_state_recording(&mut instance, state, data, Some(event), STATE_COLUMNS).await?;
                 Ok(json!({ "instance_id": id, "snapshot": name, "state": state }))
             }
             Err(error) => {

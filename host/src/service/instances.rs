@@ -24,7 +24,8 @@ use crate::model::{
 };
 use crate::plugins::Driver;
 use crate::scheduler::LabelConstraint;
-use crate::store::{self, PendingWrites, instances::InstanceFilter};
+use crate::store::instances::{Column, InstanceFilter};
+use crate::store::{self, PendingWrites};
 use crate::tasks::NewTask;
 
 /// `POST /v1/instances`: one or more instances of a template.
@@ -568,7 +569,8 @@ impl Service {
             instance.metadata = metadata;
         }
         instance.updated_at = store::now();
-        store::instances::update(&mut transaction, &instance).await?;
+        let columns = [Column::Name, Column::ExternalId, Column::Metadata];
+        store::instances::update(&mut transaction, &instance, &columns).await?;
         transaction.append_event(
             NewEvent::new("instance.updated", "instance", id)
                 .by(caller)

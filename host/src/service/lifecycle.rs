@@ -17,7 +17,7 @@ use crate::model::{ExecOutcome, Host, Instance, InstanceState, NewEvent, Task, T
 use crate::plugins::driver_types as driver;
 use crate::plugins::{CallError, Driver, progress};
 use crate::store;
-use crate::store::instances::{ContextParts, InstanceContext};
+use crate::store::instances::{Column, ContextParts, InstanceContext};
 use crate::tasks::{FinalWrite, TaskContext, TaskHandler, TaskOutcome};
 
 /// How long a startup script may run.
@@ -182,22 +182,24 @@ impl Service {
         Ok((instance, host, driver))
     }
 
-    /// Writes the instance's new state and an `instance.state_changed` event together.
+    /// Writes the instance's new state (its [`STATE_COLUMNS`]) and an `instance.state_changed`
+    /// event together.
     async fn set_state(&self, instance: &mut Instance, state: InstanceState, data: Value) -> StepResult<()> {
-        self.set_state_recording(instance, state, data, None).await
+        self.set_state_recording(instance, state, data, None, STATE_COLUMNS).await
     }
 
-    /// [`Self::set_state`], appending `also` in the same transaction.
+    /// [`Self::set_state`] writing `columns`, appending `also` in the same transaction.
     pub(super) async fn set_state_recording(
         &self,
         instance: &mut Instance,
         state: InstanceState,
         data: Value,
         also: Option<NewEvent>,
+        columns: &[Column],
     ) -> StepResult<()> {
         let event = change_state(instance, state, data);
         let mut batch = self.store().batch();
-        store::instances::defer_update(batch.writes(), instance);
+        store::instances::defer_update(batch.writes(), instance, columns);
         batch.append_event(event);
         if let Some(also) = also {
             batch.append_event(also);
@@ -208,9 +210,16 @@ impl Service {
 
     /// The task's last state change: like [`Self::set_state`], but left to the task engine to
     /// commit together with the task's outcome (one write transaction instead of two).
-    fn set_final_state(&self, context: &TaskContext, instance: &mut Instance, state: InstanceState, data: Value) {
+    fn set_final_state(
+        &self,
+        context: &TaskContext,
+        instance: &mut Instance,
+        state: InstanceState,
+        data: Value,
+        columns: &'static [Column],
+    ) {
         let event = change_state(instance, state, data);
-        context.finish_with(InstanceStateWrite { instance: instance.clone(), event });
+        context.finish_with(InstanceStateWrite { instance: instance.clone(), columns, event });
     }
 
     async fn fail_instance(&self, instance: &mut Instance, error: &TaskError) -> StepResult<()> {
@@ -325,6 +334,8 @@ impl Service {
         }
         check_cancelled(context)?;
         let running = self.start_on_driver(driver, &id).await?;
+        // Without one in the request, the driver chose the MAC.
+        let columns = if instance.mac == running.mac { STATE_COLUMNS } else { STATE_AND_MAC_COLUMNS };
         instance.ip = running.ip.clone();
         instance.mac = running.mac.clone();
         instance.error = None;
@@ -332,10 +343,10 @@ impl Service {
         let script = instance.startup_script.clone().filter(|_| instance.startup_result.is_none());
         let Some(script) = script else {
             // Nothing more to do: `running` is committed with the task's success.
-            self.set_final_state(context, instance, InstanceState::Running, ip);
+            self.set_final_state(context, instance, InstanceState::Running, ip, columns);
             return Ok(());
         };
-        self.set_state(instance, InstanceState::Running, ip).await?;
+        self.set_state_recording(instance, InstanceState::Running, ip, None, columns).await?;
         let outcome = if driver.capabilities().exec {
             match driver.exec(&id, &script, STARTUP_SCRIPT_TIMEOUT.as_millis() as u32).await {
                 Ok(result) => ExecOutcome {
@@ -362,7 +373,7 @@ impl Service {
         instance.startup_result = Some(outcome.clone());
         instance.updated_at = store::now();
         let mut transaction = self.store().begin().await?;
-        store::instances::update(&mut transaction, instance).await?;
+        store::instances::update(&mut transaction, instance, &[Column::StartupResult]).await?;
         transaction.append_event(
             NewEvent::new("instance.startup_script_finished", "instance", instance.id)
                 .data(json!({ "exit_code": outcome.exit_code, "timed_out": outcome.timed_out })),
@@ -537,7 +548,7 @@ impl Service {
         }
         instance.ip = None;
         // Committed with the task's success.
-        self.set_final_state(context, &mut instance, InstanceState::Terminated, Value::Null);
+        self.set_final_state(context, &mut instance, InstanceState::Terminated, Value::Null, STATE_COLUMNS);
         Ok(json!({ "instance_id": id }))
     }
 
@@ -558,6 +569,11 @@ pub(super) fn is_cached_on(host: &Host, template: &driver::TemplateRef) -> bool 
     host.cached_templates.iter().any(|cached| cached.name == template.name && cached.version == template.version)
 }
 
+/// What a task's state change writes: the state and what the driver reports with it.
+pub(super) const STATE_COLUMNS: &[Column] = &[Column::State, Column::Ip, Column::Error];
+/// [`STATE_COLUMNS`] and the MAC, for the create that learnt the MAC the driver chose.
+const STATE_AND_MAC_COLUMNS: &[Column] = &[Column::State, Column::Ip, Column::Mac, Column::Error];
+
 /// Sets the instance's state in memory and returns the `instance.state_changed` event for it,
 /// with `data` merged into the event's `from` and `to`.
 pub(super) fn change_state(instance: &mut Instance, state: InstanceState, data: Value) -> NewEvent {
@@ -575,12 +591,13 @@ pub(super) fn change_state(instance: &mut Instance, state: InstanceState, data: 
 /// the task's outcome (a retried transaction writes the same row and event again).
 struct InstanceStateWrite {
     instance: Instance,
+    columns: &'static [Column],
     event: NewEvent,
 }
 
 impl FinalWrite for InstanceStateWrite {
     fn write(&self, writes: &mut store::PendingWrites) -> Result<(), store::StoreError> {
-        store::instances::defer_update(writes, &self.instance);
+        store::instances::defer_update(writes, &self.instance, self.columns);
         writes.append_event(self.event.clone());
         Ok(())
     }

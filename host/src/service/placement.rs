@@ -19,7 +19,8 @@ use crate::model::{Host, HostState, Instance, InstanceState, NewEvent, Template}
 use crate::scheduler::{
     self, Affinity, AffinityKind, Decision, GroupPolicy, HostCandidate, LabelConstraint, PlacementRequest,
 };
-use crate::store::{self, instances::InstanceFilter};
+use crate::store;
+use crate::store::instances::{Column, InstanceFilter};
 
 /// Why an instance waits, or where a request would go.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -176,7 +177,7 @@ fn place(mut snapshot: Snapshot, writes: &mut store::PendingWrites) -> Placement
                 // instance is `starting` from here (its task would say so first thing).
                 let starting = starts_at_once(&instance, host, templates)
                     .then(|| change_state(&mut instance, InstanceState::Starting, json!({ "host": host.name })));
-                store::instances::defer_update(writes, &instance);
+                store::instances::defer_update(writes, &instance, &[Column::HostId, Column::Provider, Column::State]);
                 writes.append_event(placed);
                 if let Some(starting) = starting {
                     writes.append_event(starting);

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::lifecycle::STATE_COLUMNS;
 use super::providers::{
     arch_from_driver, cached_templates_from_driver, cached_templates_reported, host_state_from_driver,
     instance_state_from_driver,
@@ -244,7 +245,7 @@ impl Service {
             instance.ip = ip;
         }
         instance.updated_at = store::now();
-        store::instances::update(&mut transaction, &instance).await?;
+        store::instances::update(&mut transaction, &instance, STATE_COLUMNS).await?;
         transaction.append_event(NewEvent::new("instance.drift", "instance", instance.id).data(data));
         transaction.commit().await?;
         Ok(())

@@ -310,14 +310,31 @@ pub async fn templates_in_use_on_host(
     Ok(rows.into_iter().map(|(name, version)| (name, version as u32)).collect())
 }
 
-/// Writes every mutable column of the instance.
-pub async fn update(connection: &mut SqliteConnection, instance: &Instance) -> StoreResult<()> {
-    update_statement(instance).execute(connection).await
+/// A mutable column of an instance. A write sets only the columns its caller changed (and
+/// `updated_at`): a task's state change leaves a client's concurrent rename as it is, and an
+/// index over a column not written is not touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Name,
+    ExternalId,
+    State,
+    Provider,
+    HostId,
+    Ip,
+    Mac,
+    Metadata,
+    StartupResult,
+    Error,
+}
+
+/// Writes the instance's `columns` (and `updated_at`) as they are in `instance`.
+pub async fn update(connection: &mut SqliteConnection, instance: &Instance, columns: &[Column]) -> StoreResult<()> {
+    update_statement(instance, columns).execute(connection).await
 }
 
 /// [`update`], sent with the commit.
-pub fn defer_update(writes: &mut PendingWrites, instance: &Instance) {
-    writes.defer(update_statement(instance));
+pub fn defer_update(writes: &mut PendingWrites, instance: &Instance, columns: &[Column]) {
+    writes.defer(update_statement(instance, columns));
 }
 
 /// Moves the instance from state `from` to `to` (`updated_at` set to `time`), with `event`,
@@ -346,33 +363,28 @@ pub fn defer_state_change_when_idle(
     writes.defer(super::events::append_if_changed(&time, &event));
 }
 
-/// The instance's mutable columns as they are in `instance`.
-fn update_statement(instance: &Instance) -> Statement {
-    let mut statement = Statement::new("UPDATE instances SET name = ");
-    statement
-        .bind(instance.name.clone())
-        .push(", external_id = ")
-        .bind(instance.external_id.clone())
-        .push(", state = ")
-        .bind(instance.state.as_str().to_owned())
-        .push(", provider = ")
-        .bind(instance.provider.clone())
-        .push(", host_id = ")
-        .bind(instance.host_id.map(|id| id.to_string()))
-        .push(", ip = ")
-        .bind(instance.ip.clone())
-        .push(", mac = ")
-        .bind(instance.mac.clone())
-        .push(", metadata = ")
-        .bind(to_json(&instance.metadata))
-        .push(", startup_result = ")
-        .bind(instance.startup_result.as_ref().map(to_json))
-        .push(", error = ")
-        .bind(instance.error.clone())
-        .push(", updated_at = ")
-        .bind(format_time(&instance.updated_at))
-        .push(" WHERE id = ")
-        .bind(instance.id.to_string());
+/// The `UPDATE` of the instance's `columns` (and `updated_at`) as they are in `instance`.
+fn update_statement(instance: &Instance, columns: &[Column]) -> Statement {
+    let mut statement = Statement::new("UPDATE instances SET ");
+    for column in columns {
+        match column {
+            Column::Name => statement.push("name = ").bind(instance.name.clone()),
+            Column::ExternalId => statement.push("external_id = ").bind(instance.external_id.clone()),
+            Column::State => statement.push("state = ").bind(instance.state.as_str().to_owned()),
+            Column::Provider => statement.push("provider = ").bind(instance.provider.clone()),
+            Column::HostId => statement.push("host_id = ").bind(instance.host_id.map(|id| id.to_string())),
+            Column::Ip => statement.push("ip = ").bind(instance.ip.clone()),
+            Column::Mac => statement.push("mac = ").bind(instance.mac.clone()),
+            Column::Metadata => statement.push("metadata = ").bind(to_json(&instance.metadata)),
+            Column::StartupResult => {
+                statement.push("startup_result = ").bind(instance.startup_result.as_ref().map(to_json))
+            }
+            Column::Error => statement.push("error = ").bind(instance.error.clone()),
+        };
+        statement.push(", ");
+    }
+    statement.push("updated_at = ").bind(format_time(&instance.updated_at));
+    statement.push(" WHERE id = ").bind(instance.id.to_string());
     statement
 }
 

@@ -85,6 +85,13 @@ fn fast(mut config: serde_json::Value) -> serde_json::Value {
     config
 }
 
+/// Operations of 10 ms, but a start of `start_ms`: the window a test acts in while a create runs.
+fn slow_start(mut config: serde_json::Value, start_ms: u64) -> serde_json::Value {
+    config["delays_ms"] =
+        json!({ "create": 10, "start": start_ms, "stop": 10, "restart": 10, "delete": 10, "pull": 10 });
+    config
+}
+
 fn create_request(template: &str) -> CreateInstances {
     CreateInstances { vcpu: Some(2), ram_mb: Some(1024), ..CreateInstances::of_template(template) }
 }
@@ -402,9 +409,7 @@ async fn a_request_that_fits_nowhere_waits_and_can_be_cancelled() {
 
 #[tokio::test]
 async fn deleting_an_instance_while_it_is_being_created_cancels_the_creation_and_leaves_nothing() {
-    let mut config = json!({ "hosts": 1 });
-    config["delays_ms"] = json!({ "create": 10, "start": 1500, "stop": 10, "restart": 10, "delete": 10, "pull": 10 });
-    let fixture = start(config).await;
+    let fixture = start(slow_start(json!({ "hosts": 1 }), 1500)).await;
     let service = &fixture.service;
     template(service, "base").await;
     let create = service.create_instances(&Caller::system(), create_request("base"), None).await.expect("accepted");
@@ -421,6 +426,34 @@ async fn deleting_an_instance_while_it_is_being_created_cancels_the_creation_and
     );
     let driver = service.providers().driver("sim").expect("loaded");
     assert!(driver.list_instances().await.expect("listed").is_empty(), "nothing left on the hypervisor");
+}
+
+#[tokio::test]
+async fn a_rename_while_the_instance_is_created_outlives_the_create() {
+    let fixture = start(slow_start(json!({ "hosts": 1 }), 600)).await;
+    let service = &fixture.service;
+    template(service, "base").await;
+    let create = service.create_instances(&Caller::system(), create_request("base"), None).await.expect("accepted");
+    let instance_id = create.object_id.expect("instance");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metadata: crate::model::Labels = [("team".to_owned(), "storage".to_owned())].into();
+    let patch = super::instances::InstancePatch {
+        name: Some("renamed".into()),
+        external_id: Some("ticket-7".into()),
+        metadata: Some(metadata.clone()),
+    };
+    let patched = service.update_instance(&Caller::system(), instance_id, patch).await.expect("patched");
+    assert_eq!(patched.state, InstanceState::Starting, "patched while the create runs");
+    let create = service.wait_task(&Caller::system(), create.id, Duration::from_secs(30)).await.expect("task");
+    assert_eq!(create.state, TaskState::Succeeded, "{create:?}");
+    let instance = service.get_instance(&Caller::system(), instance_id).await.expect("instance");
+    assert_eq!(instance.state, InstanceState::Running);
+    assert!(instance.mac.is_some(), "the MAC the driver chose is written with the create's outcome");
+    assert_eq!(
+        (instance.name.as_str(), instance.external_id.as_deref(), &instance.metadata),
+        ("renamed", Some("ticket-7"), &metadata),
+        "the create's writes left the client's changes as they were"
+    );
 }
 
 #[tokio::test]
