@@ -8,11 +8,30 @@ use crate::model::{Event, NewEvent, Timestamp};
 
 const INSERT: &str = "INSERT INTO events (time, type, object_kind, object_id, actor, scheme, source, outcome, data) ";
 
-/// The `INSERT` appending `event` (appended at `time`).
-pub(super) fn append(time: &Timestamp, event: &NewEvent) -> Statement {
-    let mut statement = Statement::new(INSERT);
-    statement.push("VALUES (").bind_all(columns(time, event)).push(")");
-    statement
+/// An event's columns, in the order of the `INSERT`s below.
+pub(super) type EventRow = [Value; 9];
+
+/// Most events one `INSERT` appends.
+const MAX_ROWS_PER_INSERT: usize = 32;
+
+/// The `INSERT`s appending `rows`, in order: several rows per statement (SQLite does a
+/// statement's fixed work, `AUTOINCREMENT`'s bookkeeping among it, once for all of them), in
+/// chunks of a power of two rows so that few statement shapes are kept prepared.
+pub(super) fn append_all(rows: &[EventRow]) -> Vec<Statement> {
+    let mut statements = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let chunk = MAX_ROWS_PER_INSERT.min(1 << rest.len().ilog2());
+        let (taken, left) = rest.split_at(chunk);
+        let mut statement = Statement::new(INSERT);
+        statement.push("VALUES ");
+        for (index, row) in taken.iter().enumerate() {
+            statement.push(if index == 0 { "(" } else { ", (" }).bind_all(row.iter().cloned()).push(")");
+        }
+        statements.push(statement);
+        rest = left;
+    }
+    statements
 }
 
 /// The `INSERT` appending `event` (appended at `time`) only if the statement run just before it
@@ -23,8 +42,8 @@ pub(super) fn append_if_changed(time: &Timestamp, event: &NewEvent) -> Statement
     statement
 }
 
-/// An event's columns, in the order of the `INSERT`s above.
-fn columns(time: &Timestamp, event: &NewEvent) -> [Value; 9] {
+/// An event's columns (appended at `time`).
+pub(super) fn columns(time: &Timestamp, event: &NewEvent) -> EventRow {
     [
         format_time(time).into(),
         event.kind.clone().into(),
@@ -90,6 +109,20 @@ mod tests {
         assert_eq!(kinds, ["test.one", "test.two"]);
         assert!(events[1].seq > events[0].seq);
         assert_eq!(latest, events[1].seq, "subscribers see the last event committed");
+    }
+
+    #[test]
+    fn events_are_appended_in_few_statement_shapes() {
+        let row = columns(&crate::store::now(), &NewEvent::new("test.row", "test", "a"));
+        let mut shapes = std::collections::HashSet::new();
+        for count in 0..=100 {
+            let statements = append_all(&vec![row.clone(); count]);
+            let rows: Vec<usize> = statements.iter().map(|statement| statement.values().len() / row.len()).collect();
+            assert_eq!(rows.iter().sum::<usize>(), count);
+            assert!(rows.iter().all(|rows| rows.is_power_of_two() && *rows <= MAX_ROWS_PER_INSERT), "{rows:?}");
+            shapes.extend(statements.iter().map(|statement| statement.sql().to_owned()));
+        }
+        assert_eq!(shapes.len(), MAX_ROWS_PER_INSERT.ilog2() as usize + 1, "1, 2, 4, … rows per statement");
     }
 
     #[tokio::test]

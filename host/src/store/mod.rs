@@ -26,6 +26,7 @@ mod statement;
 pub mod tasks;
 pub mod templates;
 
+use std::borrow::Cow;
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -526,13 +527,13 @@ impl DerefMut for SingleWrite {
 #[derive(Default)]
 pub struct PendingWrites {
     statements: Vec<Statement>,
-    events: Vec<Statement>,
+    events: Vec<events::EventRow>,
 }
 
 impl PendingWrites {
     /// Appends an event: written with the commit, in the order appended.
     pub fn append_event(&mut self, event: NewEvent) {
-        self.events.push(events::append(&now(), &event));
+        self.events.push(events::columns(&now(), &event));
     }
 
     /// Adds a statement, sent with the commit (again if a failed group commit retries this
@@ -541,8 +542,11 @@ impl PendingWrites {
         self.statements.push(statement);
     }
 
-    fn all(&self) -> impl Iterator<Item = &Statement> {
-        self.statements.iter().chain(&self.events)
+    /// The statements that write these writes, in order: the deferred ones, then the events'
+    /// `INSERT`s.
+    fn all(&self) -> Vec<Cow<'_, Statement>> {
+        let appends = events::append_all(&self.events).into_iter().map(Cow::Owned);
+        self.statements.iter().map(Cow::Borrowed).chain(appends).collect()
     }
 }
 
@@ -584,7 +588,7 @@ fn write_all(
     let mut returned = Vec::with_capacity(writes.len());
     for batch in writes {
         let mut rows = Vec::new();
-        for statement in batch.all() {
+        for statement in &batch.all() {
             statement.run_inline(connection, &mut rows)?;
         }
         returned.push(rows);
@@ -740,7 +744,12 @@ async fn commit_transaction(
     let newest_event = Statement::new("SELECT max(seq) AS newest_event FROM events");
     let commit = Statement::new("COMMIT");
     let in_flight = CommitInFlight(Some(connection.pool.clone()));
-    let committed = statement::run_together(&mut connection, writes.all().chain([&newest_event, &commit])).await;
+    let statements = writes.all();
+    let committed = statement::run_together(
+        &mut connection,
+        statements.iter().map(|statement| &**statement).chain([&newest_event, &commit]),
+    )
+    .await;
     in_flight.finished();
     if committed.is_err() && sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
         // The connection is broken: start afresh.

@@ -64,6 +64,16 @@ impl Statement {
         self
     }
 
+    #[cfg(test)]
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    #[cfg(test)]
+    pub(crate) fn values(&self) -> &[Value] {
+        &self.values
+    }
+
     /// Runs the statement through sqlx.
     pub(crate) async fn execute(&self, connection: &mut SqliteConnection) -> StoreResult<()> {
         run_together(connection, [self]).await.map(drop)
