@@ -301,12 +301,13 @@ impl CpuUse {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get()) as f64;
         let elapsed = (self.at - earlier.at).as_secs_f64();
         format!(
-            "CPU {:.2} ms in this process ({:.0} context switches), {:.2} ms in python, {:.2} ms in libvirtd; \
-             the machine's {cores} cores {:.0}% idle",
+            "CPU {:.2} ms in this process ({:.0} context switches), {:.2} ms in python, {:.2} ms in libvirtd \
+             (busy {:.2} cores on average); the machine's {cores} cores {:.0}% idle",
             per_lifecycle(self.this_process - earlier.this_process),
             switches(self).saturating_sub(switches(earlier)) as f64 / LIFECYCLES as f64,
             per_lifecycle(self.children - earlier.children),
             per_lifecycle(self.libvirtd - earlier.libvirtd),
+            (self.libvirtd - earlier.libvirtd) / elapsed,
             (self.idle - earlier.idle) * 100.0 / (elapsed * cores),
         )
     }
