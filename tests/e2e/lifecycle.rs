@@ -206,6 +206,10 @@ async fn lists_page_with_cursors_filter_project_fields_and_stream_ndjson() {
         .await;
     assert_eq!(status, StatusCode::OK, "{renamed}");
     assert_eq!(renamed["name"], "renamed");
+    let stored = server.get(&format!("/v1/instances/{}", lines[0]["id"].as_str().expect("id"))).await;
+    let kept = |instance: &Value| (instance["name"].clone(), instance["state"].clone(), instance["mac"].clone());
+    assert_eq!(kept(&stored), kept(&renamed), "the rename is stored and the rest as it was");
+    assert_eq!(stored["state"], "running");
 }
 
 #[tokio::test]

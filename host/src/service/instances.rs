@@ -559,17 +559,20 @@ impl Service {
         let mut instance = store::instances::get(&mut transaction, id)
             .await?
             .ok_or_else(|| ServiceError::not_found("instance", id))?;
+        let mut columns = Vec::new();
         if let Some(name) = patch.name.clone() {
             instance.name = name;
+            columns.push(Column::Name);
         }
         if let Some(external_id) = patch.external_id.clone() {
             instance.external_id = Some(external_id);
+            columns.push(Column::ExternalId);
         }
         if let Some(metadata) = patch.metadata.clone() {
             instance.metadata = metadata;
+            columns.push(Column::Metadata);
         }
         instance.updated_at = store::now();
-        let columns = [Column::Name, Column::ExternalId, Column::Metadata];
         store::instances::update(&mut transaction, &instance, &columns).await?;
         transaction.append_event(
             NewEvent::new("instance.updated", "instance", id)
