@@ -26,7 +26,6 @@ mod statement;
 pub mod tasks;
 pub mod templates;
 
-use std::borrow::Cow;
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -542,11 +541,10 @@ impl PendingWrites {
         self.statements.push(statement);
     }
 
-    /// The statements that write these writes, in order: the deferred ones, then the events'
-    /// `INSERT`s.
-    fn all(&self) -> Vec<Cow<'_, Statement>> {
-        let appends = events::append_all(&self.events).into_iter().map(Cow::Owned);
-        self.statements.iter().map(Cow::Borrowed).chain(appends).collect()
+    /// The `INSERT`s of the appended events, sent after the deferred statements (built at
+    /// each commit: a batch retried alone builds them again).
+    fn event_appends(&self) -> Vec<Statement> {
+        events::append_all(&self.events)
     }
 }
 
@@ -588,7 +586,8 @@ fn write_all(
     let mut returned = Vec::with_capacity(writes.len());
     for batch in writes {
         let mut rows = Vec::new();
-        for statement in &batch.all() {
+        let appends = batch.event_appends();
+        for statement in batch.statements.iter().chain(&appends) {
             statement.run_inline(connection, &mut rows)?;
         }
         returned.push(rows);
@@ -744,12 +743,9 @@ async fn commit_transaction(
     let newest_event = Statement::new("SELECT max(seq) AS newest_event FROM events");
     let commit = Statement::new("COMMIT");
     let in_flight = CommitInFlight(Some(connection.pool.clone()));
-    let statements = writes.all();
-    let committed = statement::run_together(
-        &mut connection,
-        statements.iter().map(|statement| &**statement).chain([&newest_event, &commit]),
-    )
-    .await;
+    let appends = writes.event_appends();
+    let statements = writes.statements.iter().chain(&appends).chain([&newest_event, &commit]);
+    let committed = statement::run_together(&mut connection, statements).await;
     in_flight.finished();
     if committed.is_err() && sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
         // The connection is broken: start afresh.
