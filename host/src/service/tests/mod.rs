@@ -92,6 +92,18 @@ fn slow_start(mut config: serde_json::Value, start_ms: u64) -> serde_json::Value
     config
 }
 
+/// One host whose starts take `start_ms`, and a create of an instance of template `base` that
+/// has run for `after_ms`: its task and instance id.
+async fn create_under_way(start_ms: u64, after_ms: u64) -> (Fixture, Task, Uuid) {
+    let fixture = start(slow_start(json!({ "hosts": 1 }), start_ms)).await;
+    template(&fixture.service, "base").await;
+    let create =
+        fixture.service.create_instances(&Caller::system(), create_request("base"), None).await.expect("accepted");
+    let instance_id = create.object_id.expect("instance");
+    tokio::time::sleep(Duration::from_millis(after_ms)).await;
+    (fixture, create, instance_id)
+}
+
 fn create_request(template: &str) -> CreateInstances {
     CreateInstances { vcpu: Some(2), ram_mb: Some(1024), ..CreateInstances::of_template(template) }
 }
@@ -409,12 +421,8 @@ async fn a_request_that_fits_nowhere_waits_and_can_be_cancelled() {
 
 #[tokio::test]
 async fn deleting_an_instance_while_it_is_being_created_cancels_the_creation_and_leaves_nothing() {
-    let fixture = start(slow_start(json!({ "hosts": 1 }), 1500)).await;
+    let (fixture, create, instance_id) = create_under_way(1500, 300).await;
     let service = &fixture.service;
-    template(service, "base").await;
-    let create = service.create_instances(&Caller::system(), create_request("base"), None).await.expect("accepted");
-    let instance_id = create.object_id.expect("instance");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let delete = service.delete_instance(&Caller::system(), instance_id).await.expect("accepted");
     let delete = service.wait_task(&Caller::system(), delete.id, Duration::from_secs(30)).await.expect("task");
     assert_eq!(delete.state, TaskState::Succeeded, "{delete:?}");
@@ -430,12 +438,8 @@ async fn deleting_an_instance_while_it_is_being_created_cancels_the_creation_and
 
 #[tokio::test]
 async fn a_rename_while_the_instance_is_created_outlives_the_create() {
-    let fixture = start(slow_start(json!({ "hosts": 1 }), 600)).await;
+    let (fixture, create, instance_id) = create_under_way(600, 200).await;
     let service = &fixture.service;
-    template(service, "base").await;
-    let create = service.create_instances(&Caller::system(), create_request("base"), None).await.expect("accepted");
-    let instance_id = create.object_id.expect("instance");
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let metadata: crate::model::Labels = [("team".to_owned(), "storage".to_owned())].into();
     let patch = super::instances::InstancePatch {
         name: Some("renamed".into()),
