@@ -143,6 +143,9 @@ fn open(path: &Path, access: Access) -> StoreResult<Connection> {
         connection.pragma_update(None, "wal_autocheckpoint", super::checkpoint::BACKSTOP_PAGES)?;
         connection.set_prepared_statement_cache_capacity(WRITER_PREPARED_STATEMENTS);
     } else {
+        // A read-only open does not hold for an in-memory database, whose cache the readers
+        // share with the connection that writes it.
+        connection.pragma_update(None, "query_only", true)?;
         connection.set_prepared_statement_cache_capacity(READER_PREPARED_STATEMENTS);
     }
     Ok(connection)
