@@ -65,7 +65,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The credential schemes, asked in this order; the first that authenticates or rejects a
-    /// request decides. Default: `auth-apikey`, `auth-session`, `auth-token`, `auth-basic`.
+    /// request decides. Default: `auth-token`, `auth-apikey`, `auth-session`, `auth-basic` —
+    /// the bearer token first: most requests carry one, and each scheme asked is a plugin call.
     pub schemes: Vec<AuthSchemeConfig>,
     /// A session ends after this long unused (each use moves the end on); default 1800.
     pub session_idle_timeout_secs: f64,
@@ -115,9 +116,9 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             schemes: vec![
+                AuthSchemeConfig::bundled("token", BUNDLED_AUTH_TOKEN),
                 AuthSchemeConfig::bundled("apikey", BUNDLED_AUTH_APIKEY),
                 AuthSchemeConfig::bundled("session", BUNDLED_AUTH_SESSION),
-                AuthSchemeConfig::bundled("token", BUNDLED_AUTH_TOKEN),
                 AuthSchemeConfig::bundled("basic", BUNDLED_AUTH_BASIC),
             ],
             session_idle_timeout_secs: 1800.0,
@@ -603,7 +604,7 @@ mod tests {
             config.auth.schemes.iter().map(|scheme| (scheme.name.as_str(), scheme.plugin.as_str())).collect();
         assert_eq!(
             schemes,
-            [("apikey", "auth-apikey"), ("session", "auth-session"), ("token", "auth-token"), ("basic", "auth-basic")]
+            [("token", "auth-token"), ("apikey", "auth-apikey"), ("session", "auth-session"), ("basic", "auth-basic")]
         );
     }
 

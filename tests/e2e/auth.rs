@@ -1,5 +1,5 @@
 //! Authentication through the real server and the bundled auth schemes (the default chain:
-//! apikey, session, token, basic; and a configured one): challenges, the admin token as a
+//! token, apikey, session, basic; and a configured one): challenges, the admin token as a
 //! bearer or a cookie, rejections, their metrics, and a scheme that fails to load stopping the
 //! start.
 

@@ -144,12 +144,12 @@ async fn scheme(
     Arc::new(loaded.unwrap_or_else(|error| panic!("{name} loads: {error}")))
 }
 
-/// The default chain of the server: apikey, session, token, basic.
+/// The default chain of the server: token, apikey, session, basic.
 async fn default_chain(credentials: &Arc<TestCredentials>) -> AuthChain {
     AuthChain::new(vec![
+        scheme("token", AUTH_TOKEN_WASM, serde_json::json!({}), credentials).await,
         scheme("apikey", AUTH_APIKEY_WASM, serde_json::json!({}), credentials).await,
         scheme("session", AUTH_SESSION_WASM, serde_json::json!({}), credentials).await,
-        scheme("token", AUTH_TOKEN_WASM, serde_json::json!({}), credentials).await,
         scheme("basic", AUTH_BASIC_WASM, serde_json::json!({}), credentials).await,
     ])
 }
@@ -240,7 +240,7 @@ async fn without_credentials_the_challenges_of_every_scheme_are_collected() {
     let bearer = challenges.iter().position(|challenge| challenge.starts_with("Bearer"));
     let basic = challenges.iter().position(|challenge| challenge.starts_with("Basic"));
     assert!(bearer < basic, "challenges keep the chain's order: {challenges:?}");
-    for name in ["apikey", "session", "token", "basic"] {
+    for name in ["token", "apikey", "session", "basic"] {
         assert!(message.contains(name), "{message:?} names {name}");
     }
     assert!(credentials.checks().is_empty(), "nothing was sent, so nothing was checked");
