@@ -125,7 +125,9 @@ impl Store {
         };
         let inline_readers = Arc::new(inline::InlineReaders::new(path.clone()));
         let inline_writer = Arc::new(inline::InlineWriter::new(path));
-        let readers = ConnectionPool::new(options.read_only(true), READER_CONNECTIONS, None);
+        // `query_only` too: a read-only open does not hold for an in-memory database.
+        let reader_options = options.read_only(true).pragma("query_only", "ON");
+        let readers = ConnectionPool::new(reader_options, READER_CONNECTIONS, None);
         let (latest_event, _) = watch::channel(latest);
         let (batches, queued) = mpsc::unbounded_channel();
         tokio::spawn(commit_batches(writer.clone(), inline_writer.clone(), latest_event.clone(), queued));
@@ -916,7 +918,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_run_inline_see_what_was_committed_in_a_file_or_in_memory() {
+    async fn readers_see_what_was_committed_and_only_read_in_a_file_or_in_memory() {
         let (on_disk, _directory) = open_temporary().await;
         let in_memory = Store::open("sqlite::memory:").await.expect("open in memory");
         for (database, store) in [("on disk", on_disk), ("in memory", in_memory)] {
@@ -932,14 +934,12 @@ mod tests {
             batch.commit().await.expect("commit");
             assert_eq!(count(&store).expect("read"), Some(1), "the committed event is seen");
             // A write that would succeed on a writable connection.
-            let refused = store.read_inline(|connection| {
-                inline::fetch_all(
-                    connection,
-                    "INSERT INTO events (time, type, object_kind, object_id, actor) VALUES ('', '', '', '', '')",
-                    [],
-                )
-            });
+            let write = "INSERT INTO events (time, type, object_kind, object_id, actor) VALUES ('', '', '', '', '')";
+            let refused = store.read_inline(|connection| inline::fetch_all(connection, write, []));
             assert!(refused.is_err(), "inline connections only read ({database})");
+            let mut reader = store.reader().await.expect("reader");
+            let refused = sqlx::query(write).execute(&mut *reader).await;
+            assert!(refused.is_err(), "reader connections only read ({database})");
         }
     }
 
