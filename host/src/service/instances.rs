@@ -636,9 +636,10 @@ impl Service {
                 active.kind, active.id
             )));
         }
-        let task = self.task_engine().create(transaction.writes(), NewTask::on_object(kind, id, input, caller));
+        let new = NewTask::on_object(kind, id, input, caller);
+        let (task, started) = self.task_engine().create_started(transaction.writes(), new);
         transaction.commit().await?;
-        self.task_engine().wake();
+        self.task_engine().start_committed(started);
         Ok(task)
     }
 
@@ -683,7 +684,7 @@ impl Service {
         // end between the reads and the commit, the task created here finds the instance
         // terminated and succeeds at once.)
         let mut batch = self.store().batch();
-        let task = self.task_engine().create(
+        let (task, started) = self.task_engine().create_started(
             batch.writes(),
             NewTask::on_object(TaskKind::InstanceDelete, id, json!({ "instance_id": id }), caller),
         );
@@ -710,7 +711,7 @@ impl Service {
             }
             Err(error) => return Err(error.into()),
         }
-        self.task_engine().wake();
+        self.task_engine().start_committed(started);
         Ok(task)
     }
 

@@ -81,14 +81,14 @@ impl TaskContext {
 
 /// Runs tasks of every kind but `batch`. Implemented by the service layer.
 pub trait TaskHandler: Send + Sync + 'static {
-    /// What a task starts by reading, read for all the tasks of a claim together.
+    /// What a task starts by reading, read for all the tasks started together.
     type Prefetched: Default + Send + 'static;
-    /// Reads, once for all the tasks just claimed (one round trip instead of one per task), what
+    /// Reads, once for all the tasks just started (one round trip instead of one per task), what
     /// each starts by reading: one value per task, in their order (the default for a task it
     /// has nothing for, or when the read failed: the task then reads for itself).
     fn prefetch(&self, tasks: &[Task]) -> impl Future<Output = Vec<Self::Prefetched>> + Send;
     /// Runs (or resumes: `task.attempts > 1`) the task, with what was read for it after it was
-    /// claimed. Must be idempotent across attempts.
+    /// started. Must be idempotent across attempts.
     fn run(
         &self,
         task: Task,
@@ -169,8 +169,34 @@ struct Shared {
     /// [`CLAIM_INTERVAL`] old.
     work_signalled: AtomicBool,
     running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Tasks created running whose commit has landed, for the dispatcher to spawn.
+    started: Mutex<Vec<ReadyToRun>>,
     waiters: Mutex<Waiters>,
     shutdown: CancellationToken,
+}
+
+/// A task this process has started (claimed, or created running): its cancellation token and
+/// its permit.
+type ReadyToRun = (Task, CancellationToken, OwnedSemaphorePermit);
+
+/// How a task from [`TaskEngine::create_started`] starts once the commit that creates it has
+/// landed (hand it to [`TaskEngine::start_committed`]): at once, in this process, when it was
+/// created running; when the dispatcher claims it, when it was created pending (no permit was
+/// free). Dropped instead (the commit failed), it gives its permit back and forgets its
+/// cancellation token.
+pub struct StartOnCommit {
+    engine: TaskEngine,
+    ready: Option<ReadyToRun>,
+}
+
+impl Drop for StartOnCommit {
+    fn drop(&mut self) {
+        if let Some((task, _, _)) = self.ready.take()
+            && let Ok(mut running) = self.engine.shared.running.lock()
+        {
+            running.remove(&task.id);
+        }
+    }
 }
 
 /// How long the news of a task is kept for a waiter that read it just before.
@@ -256,6 +282,7 @@ impl TaskEngine {
                 wake: Notify::new(),
                 work_signalled: AtomicBool::new(true),
                 running: Mutex::new(HashMap::new()),
+                started: Mutex::new(Vec::new()),
                 waiters: Mutex::new(Waiters::default()),
                 shutdown: CancellationToken::new(),
             }),
@@ -266,30 +293,34 @@ impl TaskEngine {
     /// transaction or a batch): later reads in a transaction do not see it. Call
     /// [`TaskEngine::wake`] after the commit.
     pub fn create(&self, writes: &mut PendingWrites, new: NewTask) -> Task {
-        let task = Task {
-            id: Uuid::now_v7(),
-            kind: new.kind,
-            state: TaskState::Pending,
-            object_id: new.object_id,
-            parent_id: new.parent_id,
-            progress: 0.0,
-            message: None,
-            input: new.input,
-            result: None,
-            error: None,
-            attempts: 0,
-            idempotency_key: new.idempotency_key,
-            created_at: store::now(),
-            started_at: None,
-            ended_at: None,
+        insert(writes, new, None)
+    }
+
+    /// [`TaskEngine::create`] for a task that may run at once (not a batch, not an instance
+    /// creation waiting for placement): when a permit is free it is created running, its
+    /// `task.started` event with it, and starts as soon as its commit has landed, without
+    /// waiting for a claim. Hand the [`StartOnCommit`] to [`TaskEngine::start_committed`]
+    /// after the commit.
+    pub fn create_started(&self, writes: &mut PendingWrites, new: NewTask) -> (Task, StartOnCommit) {
+        let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
+            return (self.create(writes, new), StartOnCommit { engine: self.clone(), ready: None });
         };
-        store::tasks::defer_insert(writes, &task, new.request_digest);
-        writes.append_event(
-            NewEvent::new("task.created", "task", task.id)
-                .by(&new.requested_by)
-                .data(json!({ "kind": task.kind, "object_id": task.object_id, "parent_id": task.parent_id })),
-        );
-        task
+        let task = insert(writes, new, Some(store::now()));
+        let cancel = self.register_running(task.id, false);
+        (task.clone(), StartOnCommit { engine: self.clone(), ready: Some((task, cancel, permit)) })
+    }
+
+    /// Starts a task from [`TaskEngine::create_started`] whose commit has landed.
+    pub fn start_committed(&self, mut start: StartOnCommit) {
+        let Some(ready) = start.ready.take() else {
+            // Created pending: the dispatcher claims it.
+            return self.wake();
+        };
+        if let Ok(mut queue) = self.shared.started.lock() {
+            queue.push(ready);
+        }
+        // Nothing new to claim: the dispatcher only spawns what it is handed.
+        self.shared.wake.notify_one();
     }
 
     /// Asks the dispatcher to look for work now (tasks may have become claimable).
@@ -364,6 +395,7 @@ impl TaskEngine {
             if self.shared.shutdown.is_cancelled() {
                 return;
             }
+            self.spawn_started(&handler).await;
             let placed = handler.before_dispatch().await;
             let signalled = self.shared.work_signalled.swap(false, Ordering::AcqRel);
             if placed || signalled || last_claim.is_none_or(|claimed| claimed.elapsed() >= CLAIM_INTERVAL) {
@@ -389,14 +421,8 @@ impl TaskEngine {
     /// all queueing behind one long claim.
     async fn claim_and_spawn<H: TaskHandler>(&self, handler: &Arc<H>) -> Result<(), StoreError> {
         loop {
-            let available = self.shared.permits.available_permits().min(CLAIM_BATCH);
-            // Only the dispatcher takes permits: the ones counted are there. One is split off
-            // for each task started; the rest go back when dropped.
-            let permits = match available {
-                0 => None,
-                available => self.shared.permits.clone().try_acquire_many_owned(available as u32).ok(),
-            };
-            let Some(mut permits) = permits else {
+            // One permit is split off for each task started; the rest go back when dropped.
+            let Some((mut permits, available)) = self.free_permits(CLAIM_BATCH) else {
                 // Every permit is taken: what is left waits for the next task that ends.
                 self.shared.work_signalled.store(true, Ordering::Release);
                 return Ok(());
@@ -406,25 +432,54 @@ impl TaskEngine {
                 return Ok(());
             }
             let full = started.len() == available;
-            // Cancellable from here: a cancellation requested while the prefetch reads reaches
-            // the task.
-            let tokens: Vec<CancellationToken> = started
-                .iter()
-                .map(|(task, cancel_requested)| self.register_running(task.id, *cancel_requested))
-                .collect();
-            let tasks: Vec<Task> = started.into_iter().map(|(task, _)| task).collect();
-            let mut prefetched = handler.prefetch(&tasks).await.into_iter();
-            let mut claimed = Vec::with_capacity(tasks.len());
-            for (task, cancel) in tasks.into_iter().zip(tokens) {
+            let mut claimed = Vec::with_capacity(started.len());
+            for (task, cancel_requested) in started {
                 // Never short: the claim started at most `available` tasks.
                 let Some(permit) = permits.split(1) else { break };
-                claimed.push((task, cancel, permit, prefetched.next().unwrap_or_default()));
+                // Cancellable from here: a cancellation requested while the prefetch reads
+                // reaches the task.
+                let cancel = self.register_running(task.id, cancel_requested);
+                claimed.push((task, cancel, permit));
             }
-            self.spawn_claimed(handler, claimed);
+            self.prefetch_and_spawn(handler, claimed).await;
             if !full {
                 return Ok(());
             }
         }
+    }
+
+    /// Up to `wanted` free permits, taken together, and how many; none when every permit is
+    /// taken. Requests take permits too ([`TaskEngine::create_started`]): the count can fall
+    /// between looking and taking.
+    fn free_permits(&self, wanted: usize) -> Option<(OwnedSemaphorePermit, usize)> {
+        loop {
+            let available = self.shared.permits.available_permits().min(wanted);
+            if available == 0 {
+                return None;
+            }
+            if let Ok(permits) = self.shared.permits.clone().try_acquire_many_owned(available as u32) {
+                return Some((permits, available));
+            }
+        }
+    }
+
+    /// Spawns the tasks created running since the last cycle ([`TaskEngine::start_committed`]).
+    async fn spawn_started<H: TaskHandler>(&self, handler: &Arc<H>) {
+        let started = self.shared.started.lock().map(|mut queue| std::mem::take(&mut *queue)).unwrap_or_default();
+        if !started.is_empty() {
+            self.prefetch_and_spawn(handler, started).await;
+        }
+    }
+
+    /// Reads what the tasks start by reading, once for all, and spawns them.
+    async fn prefetch_and_spawn<H: TaskHandler>(&self, handler: &Arc<H>, ready: Vec<ReadyToRun>) {
+        let tasks: Vec<Task> = ready.iter().map(|(task, _, _)| task.clone()).collect();
+        let mut prefetched = handler.prefetch(&tasks).await.into_iter();
+        let ready = ready
+            .into_iter()
+            .map(|(task, cancel, permit)| (task, cancel, permit, prefetched.next().unwrap_or_default()))
+            .collect();
+        self.spawn_claimed(handler, ready);
     }
 
     /// The cancellation token of a task this process starts, where [`TaskEngine::cancel`] finds it.
@@ -630,6 +685,39 @@ impl TaskEngine {
     }
 }
 
+/// Inserts a new task with the commit of `writes`: pending, or running since `started_at` (its
+/// first attempt), with its `task.created` event and, running, its `task.started` one.
+fn insert(writes: &mut PendingWrites, new: NewTask, started_at: Option<crate::model::Timestamp>) -> Task {
+    let task = Task {
+        id: Uuid::now_v7(),
+        kind: new.kind,
+        state: if started_at.is_some() { TaskState::Running } else { TaskState::Pending },
+        object_id: new.object_id,
+        parent_id: new.parent_id,
+        progress: 0.0,
+        message: None,
+        input: new.input,
+        result: None,
+        error: None,
+        attempts: u32::from(started_at.is_some()),
+        idempotency_key: new.idempotency_key,
+        created_at: started_at.unwrap_or_else(store::now),
+        started_at,
+        ended_at: None,
+    };
+    store::tasks::defer_insert(writes, &task, new.request_digest);
+    writes.append_event(
+        NewEvent::new("task.created", "task", task.id)
+            .by(&new.requested_by)
+            .data(json!({ "kind": task.kind, "object_id": task.object_id, "parent_id": task.parent_id })),
+    );
+    if task.state == TaskState::Running {
+        // What a claim appends (`store::tasks::claim`).
+        writes.append_event(NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })));
+    }
+    task
+}
+
 /// Sets the final state of `task` from `outcome`.
 fn record_outcome(task: &mut Task, outcome: TaskOutcome) {
     task.ended_at = Some(store::now());
@@ -808,6 +896,18 @@ mod tests {
         task.id
     }
 
+    /// A task created with [`TaskEngine::create_started`], committed and handed over.
+    async fn create_started_task(engine: &TaskEngine, store: &Store) -> Task {
+        let mut transaction = store.begin().await.expect("begin");
+        let (task, start) = engine.create_started(
+            transaction.writes(),
+            NewTask::on_object(TaskKind::InstanceStop, Uuid::now_v7(), json!({}), &Caller::system()),
+        );
+        transaction.commit().await.expect("commit");
+        engine.start_committed(start);
+        task
+    }
+
     async fn event_kinds(store: &Store) -> Vec<String> {
         let events =
             store::events::list_after(&mut store.reader().await.expect("reader"), 0, 1000).await.expect("events");
@@ -963,6 +1063,78 @@ mod tests {
         // The handler holds until its token is cancelled.
         let ended = engine.wait(id, Duration::from_secs(10)).await.expect("wait");
         assert_eq!(ended.state, TaskState::Cancelled);
+        engine.shutdown();
+    }
+    #[tokio::test]
+    async fn a_task_created_started_starts_with_its_commit_without_a_claim() {
+        let (store, _directory) = open_temporary().await;
+        let engine = TaskEngine::new(store.clone(), 4, 3);
+        // Created before the dispatcher starts: its first claim holds the free permits while
+        // it runs.
+        let task = create_started_task(&engine, &store).await;
+        let handler = Handler::new(false, false);
+        engine.start(handler.clone());
+        assert_eq!((task.state, task.attempts), (TaskState::Running, 1));
+        assert_eq!(task.started_at, Some(task.created_at));
+        let ended = engine.wait(task.id, Duration::from_secs(10)).await.expect("wait");
+        assert_eq!(ended.state, TaskState::Succeeded);
+        assert_eq!((ended.attempts, ended.started_at), (1, task.started_at));
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(handler.mismatched_prefetches.load(Ordering::SeqCst), 0, "read for before it ran");
+        // Started in the commit that created it: its start is the event right after its
+        // creation, at the same time, not a claim's later one.
+        let events = store::events::list_after(&mut store.reader().await.expect("reader"), 0, 100).await.expect("list");
+        let kinds: Vec<&str> = events.iter().map(|event| event.kind.as_str()).collect();
+        assert_eq!(kinds, ["task.created", "task.started", "test.final", "task.succeeded"]);
+        assert_eq!(events[1].data, json!({ "attempt": 1 }));
+        assert_eq!(events[1].time, task.created_at);
+        assert_eq!(events[1].seq, events[0].seq + 1);
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn with_no_permit_free_a_task_created_started_waits_for_a_claim() {
+        let (store, _directory) = open_temporary().await;
+        let engine = TaskEngine::new(store.clone(), 1, 3);
+        let first = create_started_task(&engine, &store).await;
+        let second = create_started_task(&engine, &store).await;
+        let handler = Handler::new(true, false);
+        engine.start(handler.clone());
+        assert_eq!(first.state, TaskState::Running, "took the one permit");
+        assert_eq!((second.state, second.attempts, second.started_at), (TaskState::Pending, 0, None));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while handler.runs.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the first runs within 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(engine.read(second.id).await.expect("task").state, TaskState::Pending, "no permit yet");
+        // The first ends (cancelled while held): its permit goes to the second, by a claim.
+        handler.hold.store(false, Ordering::SeqCst);
+        engine.cancel(first.id).await.expect("cancel");
+        assert_eq!(engine.wait(first.id, Duration::from_secs(10)).await.expect("wait").state, TaskState::Cancelled);
+        let second = engine.wait(second.id, Duration::from_secs(10)).await.expect("wait");
+        assert_eq!((second.state, second.attempts), (TaskState::Succeeded, 1));
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_task_created_started_whose_commit_failed_gives_its_permit_back() {
+        let (store, _directory) = open_temporary().await;
+        let engine = TaskEngine::new(store.clone(), 1, 3);
+        let mut transaction = store.begin().await.expect("begin");
+        let (task, start) = engine.create_started(
+            transaction.writes(),
+            NewTask::on_object(TaskKind::InstanceStop, Uuid::now_v7(), json!({}), &Caller::system()),
+        );
+        assert_eq!(engine.shared.permits.available_permits(), 0);
+        assert_eq!(engine.running_tokens().len(), 1, "cancellable from its creation");
+        drop(transaction);
+        drop(start);
+        assert_eq!(engine.shared.permits.available_permits(), 1, "the permit is back");
+        assert!(engine.running_tokens().is_empty(), "nothing left to cancel");
+        assert!(matches!(engine.read(task.id).await, Err(TaskEngineError::NotFound(_))), "nothing written");
         engine.shutdown();
     }
 }
