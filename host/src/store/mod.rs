@@ -534,7 +534,12 @@ pub struct PendingWrites {
 impl PendingWrites {
     /// Appends an event: written with the commit, in the order appended.
     pub fn append_event(&mut self, event: NewEvent) {
-        self.events.push(events::columns(&now(), &event));
+        self.append_event_at(&now(), event);
+    }
+
+    /// [`PendingWrites::append_event`], dated `time` (when what it records happened).
+    pub fn append_event_at(&mut self, time: &Timestamp, event: NewEvent) {
+        self.events.push(events::columns(time, &event));
     }
 
     /// Adds a statement, sent with the commit (again if a failed group commit retries this

@@ -706,14 +706,16 @@ fn insert(writes: &mut PendingWrites, new: NewTask, started_at: Option<crate::mo
         ended_at: None,
     };
     store::tasks::defer_insert(writes, &task, new.request_digest);
-    writes.append_event(
+    writes.append_event_at(
+        &task.created_at,
         NewEvent::new("task.created", "task", task.id)
             .by(&new.requested_by)
             .data(json!({ "kind": task.kind, "object_id": task.object_id, "parent_id": task.parent_id })),
     );
-    if task.state == TaskState::Running {
+    if let Some(started_at) = &task.started_at {
         // What a claim appends (`store::tasks::claim`).
-        writes.append_event(NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts })));
+        let started = NewEvent::new("task.started", "task", task.id).data(json!({ "attempt": task.attempts }));
+        writes.append_event_at(started_at, started);
     }
     task
 }
