@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::model::{NewEvent, Task, TaskError, TaskKind, TaskState};
+use crate::model::{NewEvent, Task, TaskError, TaskKind, TaskState, Timestamp};
 use crate::store::{self, PendingWrites, Store, StoreError, WriteTx};
 
 /// How a task ended, as decided by its handler.
@@ -179,9 +179,9 @@ struct Shared {
 /// its permit.
 type ReadyToRun = (Task, CancellationToken, OwnedSemaphorePermit);
 
-/// How a task from [`TaskEngine::create_started`] starts once the commit that creates it has
-/// landed (hand it to [`TaskEngine::start_committed`]): at once, in this process, when it was
-/// created running; when the dispatcher claims it, when it was created pending (no permit was
+/// What [`TaskEngine::start_committed`] does with a task from [`TaskEngine::create_started`]
+/// once the commit that creates it has landed: start it at once, in this process, if it was
+/// created running, or wake the dispatcher to claim it if it was created pending (no permit was
 /// free). Dropped instead (the commit failed), it gives its permit back and forgets its
 /// cancellation token.
 pub struct StartOnCommit {
@@ -314,7 +314,8 @@ impl TaskEngine {
     pub fn start_committed(&self, mut start: StartOnCommit) {
         let Some(ready) = start.ready.take() else {
             // Created pending: the dispatcher claims it.
-            return self.wake();
+            self.wake();
+            return;
         };
         if let Ok(mut queue) = self.shared.started.lock() {
             queue.push(ready);
@@ -687,7 +688,7 @@ impl TaskEngine {
 
 /// Inserts a new task with the commit of `writes`: pending, or running since `started_at` (its
 /// first attempt), with its `task.created` event and, running, its `task.started` one.
-fn insert(writes: &mut PendingWrites, new: NewTask, started_at: Option<crate::model::Timestamp>) -> Task {
+fn insert(writes: &mut PendingWrites, new: NewTask, started_at: Option<Timestamp>) -> Task {
     let task = Task {
         id: Uuid::now_v7(),
         kind: new.kind,
