@@ -55,6 +55,8 @@ fn main() {
     for watched in ["wit", "plugins", "tests/fixtures", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace_root.join(watched).display());
     }
+    // `sqlx::migrate!` embeds the migrations: a new one must rebuild the crate.
+    println!("cargo:rerun-if-changed={}", manifest_dir.join("migrations").display());
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 
     let guest_target_dir = outer_target_dir(&workspace_root).join("wasm");

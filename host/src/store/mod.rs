@@ -923,6 +923,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lookups_by_batch_and_by_external_id_use_indexes_that_hold_no_nulls() {
+        let (store, _directory) = open_temporary().await;
+        let (plans, partial) = store
+            .read_inline(|connection| {
+                let mut plans = Vec::new();
+                for sql in [
+                    "SELECT state, COUNT(*) AS count FROM tasks WHERE parent_id = ?1 GROUP BY state",
+                    "SELECT * FROM instances WHERE external_id = ?1",
+                ] {
+                    let rows = inline::fetch_all(connection, &format!("EXPLAIN QUERY PLAN {sql}"), ["x"])?;
+                    let details: StoreResult<Vec<String>> =
+                        rows.iter().map(|row| rows::StoredRow::value::<String>(row, "detail")).collect();
+                    plans.push(details?.join("; "));
+                }
+                let mut partial = Vec::new();
+                for (table, index) in [("tasks", "tasks_by_parent"), ("instances", "instances_by_external_id")] {
+                    for row in inline::fetch_all(connection, &format!("PRAGMA index_list({table})"), [])? {
+                        if rows::StoredRow::value::<String>(&row, "name")? == index {
+                            partial.push(rows::StoredRow::value::<i64>(&row, "partial")? == 1);
+                        }
+                    }
+                }
+                Ok((plans, partial))
+            })
+            .expect("read");
+        assert!(plans[0].contains("USING INDEX tasks_by_parent"), "{}", plans[0]);
+        assert!(plans[1].contains("USING INDEX instances_by_external_id"), "{}", plans[1]);
+        assert_eq!(partial, [true, true], "neither index holds the rows without a value");
+    }
+
+    #[tokio::test]
     async fn readers_see_what_was_committed_and_only_read_in_a_file_or_in_memory() {
         let (on_disk, _directory) = open_temporary().await;
         let in_memory = Store::open("sqlite::memory:").await.expect("open in memory");
