@@ -12,7 +12,8 @@
 //! `BUNDLED_AUTH_BASIC_WASM`, `BUNDLED_AUTH_SESSION_WASM`, `BUNDLED_AUTH_APIKEY_WASM`,
 //! `BUNDLED_AUTH_OIDC_WASM`, `BUNDLED_STORAGE_FS_WASM`, `BUNDLED_STORAGE_S3_WASM` and
 //! `FIXTURE_DRIVER_HOSTILE_WASM` (absolute paths of the `.wasm` components) for `env!` in the
-//! host.
+//! host. Also asks for the host to be rebuilt when a migration is added (`sqlx::migrate!` embeds
+//! them).
 
 use std::env;
 use std::ffi::OsString;
